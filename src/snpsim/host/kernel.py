@@ -1,0 +1,385 @@
+"""The host kernel's side of SEV-SNP memory: RMP updates with direct-map adjustment, and the kernel #PF handler.
+
+Models three pieces of Linux (``shared/reference/linux-snp-host.md``):
+
+- ``arch/x86/virt/svm/sev.c`` ``rmp_make_private()`` / ``rmp_make_shared()`` → ``rmpupdate()`` →
+  ``adjust_direct_map()`` (§1, §3): what the host does to its direct map around an RMPUPDATE. Upstream (v6.9+)
+  splits a large mapping to 4K before a 4K RMPUPDATE and does nothing for a 2M one ("even accesses from 1GB
+  mappings will be treated as 2MB accesses"); SNP v5-v10 removed private pages from the direct map
+  (``set_direct_map_invalid_noflush``) and restored them on unassign; the other options of the seed thread
+  (bulk split at ``MEM_ENCRYPT_REG_REGION``, refuse to split) are the other values of the ``directmap`` knob.
+  What happens is chosen by the :class:`~snpsim.policy.Policy` knobs only.
+- ``arch/x86/mm/fault.c`` (§2): a kernel-mode #PF with ``X86_PF_RMP`` (bit 31) or on a not-present direct-map
+  entry goes down the oops path (a host crash). With ``rmp_fault = fixup`` (P. Gonda's rejected proposal, §2)
+  the handler makes the offending pages shared and retries the write; the guest later sees #VC.
+- ``mm/page_alloc.c`` allocation with page zeroing (``kernel_init_pages`` → ``clear_highpage`` through the
+  direct map): every frame handed out is written once by the kernel, which is the common way an RMP #PF
+  would hit a hypervisor-owned page that shares a 2M direct-map mapping with a private page.
+
+Hardware checks are those of :class:`snpsim.hw.rmp.Rmp`: a write through a 2M or 1G mapping faults if any 4K
+page of the enclosing 2M range is assigned (amd-snp-arch.md §7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from snpsim.host.buddy import BuddyAllocator
+from snpsim.host.directmap import DirectMap
+from snpsim.host.frames import FrameTable, Owner
+from snpsim.hw.costs import CostModel
+from snpsim.hw.rmp import Rmp
+from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
+from snpsim.policy import Policy
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """One host crash: a kernel-mode fault that went down the oops path."""
+
+    time_ns: int
+    path: str
+    pfn: int
+    kind: str  # "rmp" or "not-present"
+    error_code: int
+
+
+class HostKernel:
+    """Physical memory, the direct map and the RMP of one host, driven by a policy's knobs.
+
+    ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``); ``busy_ns`` accumulates
+    the cost-model time of every operation performed.
+    """
+
+    def __init__(
+        self,
+        nframes: int,
+        policy: Policy,
+        *,
+        costs: CostModel | None = None,
+        max_level: PageSize = PageSize.SIZE_1G,
+        zero_on_alloc: bool = True,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.nframes = int(nframes)
+        self.policy = policy
+        self.costs = costs or CostModel()
+        self.rmp = Rmp(self.nframes)
+        self.directmap = DirectMap(self.nframes, max_level=max_level)
+        self.buddy = BuddyAllocator(self.nframes)
+        self.frames = FrameTable(self.nframes)
+        self.zero_on_alloc = zero_on_alloc
+        self.clock = clock or (lambda: 0)
+        self.busy_ns = 0
+        self.host_rmp_fault_count = 0
+        self.host_notpresent_fault_count = 0
+        self.crashes: list[Crash] = []
+        #: frames made shared by the ``fixup`` #PF handler (the guest will see #VC on its next private access)
+        self.fixup_page_count = 0
+        #: called with the array of PFNs the fixup handler made shared (kvm zaps its NPT entries)
+        self.fixup_listeners: list[Callable[[IntArray], None]] = []
+        #: movable host pages (page cache / anonymous) oldest first, as the kernel's LRU lists (mm/vmscan.c);
+        #: compaction replaces a migrated page here, as migration rewrites the owner's mapping
+        self.lru: dict[int, None] = {}
+        self._removal_pages = (
+            self.policy.private_page_bytes >> PAGE_SHIFT if self.policy.directmap == "unmap-nosplit" else 1
+        )
+
+    # ------------------------------------------------------------------ metrics
+    @property
+    def host_crash_count(self) -> int:
+        return len(self.crashes)
+
+    def metrics(self) -> dict[str, int]:
+        """The host-level metrics of DESIGN.md, named as there."""
+        return {
+            "directmap_4k": self.directmap.directmap_4k,
+            "directmap_2m": self.directmap.directmap_2m,
+            "directmap_1g": self.directmap.directmap_1g,
+            "directmap_split_count": self.directmap.split_count,
+            "directmap_merge_count": self.directmap.merge_count,
+            "rmpupdate_count": self.rmp.rmpupdate_count,
+            "psmash_count": self.rmp.psmash_count,
+            "host_rmp_fault_count": self.host_rmp_fault_count,
+            "host_notpresent_fault_count": self.host_notpresent_fault_count,
+            "host_crash_count": self.host_crash_count,
+        }
+
+    def _charge_directmap(self, splits_before: int, merges_before: int) -> None:
+        c = self.costs
+        self.busy_ns += (self.directmap.split_count - splits_before) * c.directmap_split_ns
+        self.busy_ns += (self.directmap.merge_count - merges_before) * c.directmap_merge_ns
+
+    # ------------------------------------------------------------------ allocation (mm/page_alloc.c)
+    def alloc(self, order: int, owner: Owner, *, zero: bool | None = None, path: str = "") -> int | None:
+        """Allocate a 2^order block for ``owner``; zero it through the direct map (``kernel_init_pages``)."""
+        pfn = self.buddy.alloc(order)
+        if pfn is None:
+            return None
+        self.frames.set_range(pfn, 1 << order, owner)
+        if self.zero_on_alloc if zero is None else zero:
+            self.kernel_write_range(np.arange(pfn, pfn + (1 << order), dtype=np.int64), path or _ZERO_PATH)
+        return pfn
+
+    def alloc_bulk(self, order: int, count: int, owner: Owner, *, zero: bool | None = None) -> IntArray | None:
+        """``count`` blocks of 2^order (all or nothing), each zeroed like :meth:`alloc`."""
+        pfns = self.buddy.alloc_bulk(order, count)
+        if pfns is None:
+            return None
+        frames = _expand(pfns, order)
+        self.frames.set_many(frames, owner)
+        if self.zero_on_alloc if zero is None else zero:
+            self.kernel_write_range(frames, _ZERO_PATH)
+        return pfns
+
+    def free(self, pfn: int, order: int) -> None:
+        self.buddy.free(pfn, order)
+        self.frames.set_range(pfn, 1 << order, Owner.FREE)
+
+    def free_bulk(self, pfns: IntArray, order: int) -> None:
+        self.buddy.free_bulk(pfns, order)
+        self.frames.set_many(_expand(pfns, order), Owner.FREE)
+
+    # ------------------------------------------------------------------ RMP updates (arch/x86/virt/svm/sev.c)
+    def rmp_make_private(self, pfn: int, gpa: int, level: PageSize, asid: int, *, immutable: bool = False) -> RmpStatus:
+        """``rmp_make_private()``: adjust the direct map per policy, then RMPUPDATE to guest-owned."""
+        s0, m0 = self.directmap.split_count, self.directmap.merge_count
+        self._directmap_before_private(pfn, level)
+        self._charge_directmap(s0, m0)
+        self.busy_ns += self.costs.rmpupdate_ns
+        return self.rmp.rmpupdate(
+            pfn << PAGE_SHIFT, assigned=True, page_size=level, gpa=gpa, asid=asid, immutable=immutable
+        )
+
+    def rmp_make_shared(self, pfn: int, level: PageSize) -> RmpStatus:
+        """``rmp_make_shared()``: RMPUPDATE to hypervisor-owned, then give the pages back to the direct map."""
+        s0, m0 = self.directmap.split_count, self.directmap.merge_count
+        if self.policy.directmap == "split" or self.policy.directmap == "bulk":
+            self._split_for(pfn, level)  # upstream adjust_direct_map() runs on every rmpupdate
+        self.busy_ns += self.costs.rmpupdate_ns
+        status = self.rmp.rmpupdate(pfn << PAGE_SHIFT, assigned=False, page_size=level)
+        if status == RmpStatus.SUCCESS:
+            self._directmap_after_shared(pfn, level)
+        self._charge_directmap(s0, m0)
+        return status
+
+    def rmp_make_private_range(self, pfn: int, npages: int, gpa: int, asid: int) -> IntArray:
+        """4K ``rmp_make_private`` over a contiguous range (vectorised; equal to a loop of the single call)."""
+        s0, m0 = self.directmap.split_count, self.directmap.merge_count
+        dm = self.policy.directmap
+        if dm in ("split", "bulk"):
+            self._split_range(pfn, npages)
+        elif dm == "unmap":
+            self.directmap.remove_range(pfn, npages)
+        elif dm == "unmap-nosplit":
+            self._remove_blocks(pfn, npages)
+        self._charge_directmap(s0, m0)
+        self.busy_ns += npages * self.costs.rmpupdate_ns
+        return self.rmp.rmpupdate_range(pfn << PAGE_SHIFT, npages, assigned=True, gpa=gpa, asid=asid)
+
+    def rmp_make_shared_range(self, pfn: int, npages: int) -> IntArray:
+        """4K ``rmp_make_shared`` over a contiguous range (vectorised)."""
+        s0, m0 = self.directmap.split_count, self.directmap.merge_count
+        if self.policy.directmap in ("split", "bulk"):
+            self._split_range(pfn, npages)
+        self.busy_ns += npages * self.costs.rmpupdate_ns
+        status = self.rmp.rmpupdate_range(pfn << PAGE_SHIFT, npages, assigned=False)
+        ok = np.flatnonzero(status == RmpStatus.SUCCESS)
+        if ok.size:
+            if self.policy.directmap == "unmap":
+                for lo, hi in _runs(ok + pfn):
+                    self.directmap.restore_range(lo, hi - lo)
+            elif self.policy.directmap == "unmap-nosplit":
+                for p in np.unique((ok + pfn) // self._removal_pages):
+                    self._restore_block_if_clean(int(p) * self._removal_pages)
+        self._charge_directmap(s0, m0)
+        return status
+
+    def _split_for(self, pfn: int, level: PageSize) -> None:
+        if level == PageSize.SIZE_4K:
+            self.directmap.set_4k(pfn)
+
+    def _split_range(self, pfn: int, npages: int) -> None:
+        for idx in range(pfn // PAGES_PER_2M, (pfn + npages - 1) // PAGES_PER_2M + 1):
+            self.directmap.split_2m(idx)
+
+    def _block(self, pfn: int) -> tuple[int, int]:
+        n = self._removal_pages
+        lo = pfn // n * n
+        return lo, min(lo + n, self.nframes)
+
+    def _remove_blocks(self, pfn: int, npages: int) -> None:
+        """unmap-nosplit: remove the whole private-granularity blocks (2M or 1G) covering the range."""
+        lo = self._block(pfn)[0]
+        while lo < pfn + npages:
+            self._remove_block(lo)
+            lo += self._removal_pages
+
+    def _remove_block(self, pfn: int) -> None:
+        lo, hi = self._block(pfn)
+        if hi - lo == PAGES_PER_1G:
+            self.directmap.remove_1g(lo // PAGES_PER_1G)
+        else:
+            for idx in range(lo // PAGES_PER_2M, (hi - 1) // PAGES_PER_2M + 1):
+                self.directmap.remove_2m(idx)
+
+    def _restore_block_if_clean(self, pfn: int) -> None:
+        lo, hi = self._block(pfn)
+        if self.rmp.assigned_pages(lo, hi - lo).size:
+            return
+        if hi - lo == PAGES_PER_1G:
+            self.directmap.restore_1g(lo // PAGES_PER_1G)
+        else:
+            for idx in range(lo // PAGES_PER_2M, (hi - 1) // PAGES_PER_2M + 1):
+                self.directmap.restore_2m(idx)
+
+    def _directmap_before_private(self, pfn: int, level: PageSize) -> None:
+        dm = self.policy.directmap
+        if dm in ("split", "bulk"):
+            self._split_for(pfn, level)
+        elif dm == "unmap":
+            if level == PageSize.SIZE_4K:
+                self.directmap.remove_4k(pfn)
+            else:
+                self.directmap.remove_2m(pfn // PAGES_PER_2M)
+        elif dm == "unmap-nosplit":
+            self._remove_block(pfn)
+
+    def _directmap_after_shared(self, pfn: int, level: PageSize) -> None:
+        dm = self.policy.directmap
+        if dm == "unmap":
+            if level == PageSize.SIZE_4K:
+                self.directmap.restore_4k(pfn)
+            else:
+                self.directmap.restore_2m(pfn // PAGES_PER_2M)
+        elif dm == "unmap-nosplit":
+            self._restore_block_if_clean(pfn)
+
+    # ------------------------------------------------------------------ region lifetime (restore points)
+    def register_region(self, pfn: int, npages: int) -> None:
+        """``MEM_ENCRYPT_REG_REGION`` / guest memory registration: ``bulk`` splits the whole region to 4K."""
+        if self.policy.directmap == "bulk" and npages:
+            s0, m0 = self.directmap.split_count, self.directmap.merge_count
+            self._split_range(pfn, npages)
+            self._charge_directmap(s0, m0)
+
+    def register_frames(self, pfns: IntArray) -> None:
+        """:meth:`register_region` for a scattered set of frames (each 2M range holding one is split)."""
+        if self.policy.directmap == "bulk" and pfns.size:
+            s0, m0 = self.directmap.split_count, self.directmap.merge_count
+            for idx in np.unique(pfns // PAGES_PER_2M):
+                self.directmap.split_2m(int(idx))
+            self._charge_directmap(s0, m0)
+
+    def unregister_frames(self, pfns: IntArray) -> int:
+        """``MEM_ENCRYPT_UNREG_REGION``: with ``directmap_restore = on-unregister``, re-merge what is clean."""
+        return self._restore_point(pfns, "on-unregister")
+
+    def release_frames(self, pfns: IntArray) -> int:
+        """guest_memfd released these frames (the explicit release point of UPM): ``on-release`` re-merges."""
+        return self._restore_point(pfns, "on-release")
+
+    def _restore_point(self, pfns: IntArray, when: str) -> int:
+        if self.policy.directmap_restore != when or pfns.size == 0:
+            return 0
+        s0, m0 = self.directmap.split_count, self.directmap.merge_count
+        merged = self.merge_clean(np.unique(pfns // PAGES_PER_2M))
+        self._charge_directmap(s0, m0)
+        return merged
+
+    def merge_clean(self, idx2m: IntArray) -> int:
+        """Merge each listed 2M range that holds no assigned page, then each GiB that became all-2M."""
+        merges = 0
+        for idx in idx2m:
+            i = int(idx)
+            if self.rmp.assigned_in_2m(i * PAGES_PER_2M) == 0:
+                merges += self.directmap.merge_2m(i)
+        for gb in np.unique(idx2m // (PAGES_PER_1G // PAGES_PER_2M)):
+            merges += self.directmap.merge_1g(int(gb))
+        return merges
+
+    # ------------------------------------------------------------------ kernel accesses (arch/x86/mm/fault.c)
+    def kernel_read(self, pfn: int, path: str) -> bool:
+        """A kernel read through the direct map. Reads are not RMP-checked; a not-present entry oopses."""
+        if self.directmap.level(pfn) is None:
+            self._oops(pfn, path, "not-present", 0)
+            return False
+        return True
+
+    def kernel_write(self, pfn: int, path: str) -> bool:
+        """A kernel write through the direct map; returns False if it crashed the host."""
+        level = self.directmap.level(pfn)
+        if level is None:
+            self._oops(pfn, path, "not-present", 0x2)
+            return False
+        if self.rmp.assigned_in_2m(pfn) == 0:
+            return True  # nothing assigned in the 2M range: no mapping size can make this write fault
+        try:
+            self.rmp.check_host_write(pfn << PAGE_SHIFT, level)
+        except HostPageFault as fault:
+            return self._handle_rmp_fault(pfn, level, path, fault)
+        return True
+
+    def kernel_write_range(self, pfns: IntArray, path: str) -> int:
+        """:meth:`kernel_write` on each frame (page clearing, copies); returns the number of crashes."""
+        self.busy_ns += int(pfns.size) * self.costs.page_clear_ns
+        before = self.host_crash_count
+        for pfn in pfns.tolist():
+            self.kernel_write(pfn, path)
+        return self.host_crash_count - before
+
+    def _handle_rmp_fault(self, pfn: int, level: PageSize, path: str, fault: HostPageFault) -> bool:
+        self.host_rmp_fault_count += 1
+        self.busy_ns += self.costs.host_fault_ns
+        if self.policy.rmp_fault != "fixup":
+            self._oops(pfn, path, "rmp", fault.error_code)
+            return False
+        # fixup: make every assigned page the faulting write depends on shared, then retry the write.
+        if level == PageSize.SIZE_4K:
+            victims = np.array([pfn], dtype=np.int64)
+        else:
+            head = pfn // PAGES_PER_2M * PAGES_PER_2M
+            victims = self.rmp.assigned_pages(head, PAGES_PER_2M)
+        for v in victims:
+            entry = self.rmp.rmpread(int(v) << PAGE_SHIFT)
+            if entry.page_size == PageSize.SIZE_2M:
+                self.rmp_make_shared(int(v) // PAGES_PER_2M * PAGES_PER_2M, PageSize.SIZE_2M)
+            elif entry.assigned:
+                self.rmp_make_shared(int(v), PageSize.SIZE_4K)
+        self.fixup_page_count += int(victims.size)
+        for listener in self.fixup_listeners:
+            listener(victims)
+        self.rmp.check_host_write(pfn << PAGE_SHIFT, level)  # the retried write now succeeds
+        return True
+
+    def _oops(self, pfn: int, path: str, kind: str, error_code: int) -> None:
+        if kind == "not-present":
+            self.host_notpresent_fault_count += 1
+        self.busy_ns += self.costs.host_fault_ns
+        self.crashes.append(Crash(int(self.clock()), path, pfn, kind, error_code))
+
+
+_ZERO_PATH = "mm/page_alloc.c:kernel_init_pages"
+
+
+def _expand(pfns: IntArray, order: int) -> IntArray:
+    """All frames of the 2^order blocks starting at ``pfns``."""
+    if order == 0:
+        return np.asarray(pfns, dtype=np.int64)
+    return (np.asarray(pfns, dtype=np.int64)[:, None] + np.arange(1 << order, dtype=np.int64)).ravel()
+
+
+def _runs(sorted_pfns: IntArray) -> list[tuple[int, int]]:
+    """Maximal runs ``[lo, hi)`` of consecutive values in a sorted array."""
+    if sorted_pfns.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_pfns) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [sorted_pfns.size]))
+    return [(int(sorted_pfns[s]), int(sorted_pfns[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
