@@ -346,12 +346,14 @@ class HostKernel:
         else:
             head = pfn // PAGES_PER_2M * PAGES_PER_2M
             victims = self.rmp.assigned_pages(head, PAGES_PER_2M)
-        for v in victims:
-            entry = self.rmp.rmpread(int(v) << PAGE_SHIFT)
+        for v in victims.tolist():
+            entry = self.rmp.rmpread(v << PAGE_SHIFT)
+            if not entry.assigned:
+                continue  # already made shared with its 2M entry
             if entry.page_size == PageSize.SIZE_2M:
-                self.rmp_make_shared(int(v) // PAGES_PER_2M * PAGES_PER_2M, PageSize.SIZE_2M)
-            elif entry.assigned:
-                self.rmp_make_shared(int(v), PageSize.SIZE_4K)
+                self.rmp_make_shared(v // PAGES_PER_2M * PAGES_PER_2M, PageSize.SIZE_2M)
+            else:
+                self.rmp_make_shared(v, PageSize.SIZE_4K)
         self.fixup_page_count += int(victims.size)
         for listener in self.fixup_listeners:
             listener(victims)

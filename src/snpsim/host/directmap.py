@@ -1,0 +1,734 @@
+"""The x86-64 kernel direct map: the host's linear mapping of all physical memory at 1G/2M/4K granularity.
+
+What is modelled (``shared/reference/linux-snp-host.md`` §3 "Direct map policy"):
+
+* The direct map page tables of the host kernel, one entry per level: a PUD entry per 1 GiB, a PMD entry per
+  2 MiB, a PTE per 4 KiB page. Only the *shape* is kept (which level maps each page, and whether the entry is
+  present), never the page contents or protections.
+* Initial layout as ``arch/x86/mm/init_64.c`` ``phys_pud_init()`` / ``phys_pmd_init()`` / ``phys_pte_init()``
+  build it (via ``split_mem_range()``): 1G mappings for every whole aligned GiB (when gbpages are allowed,
+  ``max_level`` = 1G), 2M mappings for the remaining whole 2 MiB ranges, 4K mappings for a tail that is not a
+  multiple of 2 MiB.
+* ``arch/x86/mm/pat/set_memory.c``: ``__change_page_attr()`` / ``split_large_page()``. A split goes one level at a
+  time: a 1G mapping becomes 512 2M mappings, then a 2M mapping becomes 512 4K mappings; each counts as one split
+  (so ``set_memory_4k()`` on a page inside a 1G mapping performs two splits and leaves 511 2M mappings for the
+  rest of the GiB). :meth:`DirectMap.set_4k` is ``set_memory_4k()`` (``force_split``: splits even a not-present
+  large entry). :meth:`DirectMap.remove_4k` / :meth:`DirectMap.restore_4k` are
+  ``set_direct_map_invalid_noflush()`` / ``set_direct_map_default_noflush()``: change one 4K page's present bit,
+  splitting down to 4K only when the page's state actually changes (CPA keeps a large page whose protections
+  already equal the requested ones, ``cpa_inc_lp_sameprot()``). Splitting a not-present large entry yields
+  not-present children.
+* The ``/proc/meminfo`` ``DirectMap4k`` / ``DirectMap2M`` / ``DirectMap1G`` counters
+  (``update_page_count()`` / ``split_page_count()`` / ``arch_report_meminfo()``): bytes mapped at each level,
+  printed in kB. In this model they count present entries only; not-present entries are not counted.
+
+Merging. Upstream never re-merges the direct map ("there isn't currently a mechanism in place to restore 2MB+
+mappings", §3). :meth:`DirectMap.merge_2m` / :meth:`DirectMap.merge_1g` / :meth:`DirectMap.try_merge` exist for
+the ``directmap_restore`` policy knob (``on-release`` / ``on-unregister``), in the style of CPA's
+``collapse_large_pages()``: a 2M range collapses only if all 512 of its 4K entries are present; a GiB collapses
+only if all 512 of its 2M entries are present 2M mappings (and 1G mappings are allowed).
+
+Representation (scales to ``nframes`` = 2**29, i.e. 2 TiB, in a few MB; no per-frame Python objects):
+
+* ``_pud``: one byte per GiB: ``_PUD_NP`` (1G entry, not present), ``_PUD_1G`` (1G mapping), ``_PUD_TABLE``
+  (points to a PMD table).
+* ``_pmd``: one byte per 2 MiB: ``_PMD_NP`` (2M entry, not present), ``_PMD_2M`` (2M mapping), ``_PMD_SPLIT``
+  (points to a PTE table), ``_PMD_UNDER_PUD`` (the enclosing GiB is a 1G entry; the byte is unused).
+* ``_slot``: one int32 per 2 MiB, the row of the PTE pool for a split 2M range (-1 otherwise).
+* ``_bits``: the PTE pool, one row of 512 present bits per split 2M range (rows of merged ranges are recycled).
+
+``_pud`` / ``_pmd`` / ``_slot`` are ``bytearray`` / ``array`` objects (fast scalar access) with numpy views
+sharing their memory (vectorised range operations). All counters are maintained incrementally.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+import numpy.typing as npt
+
+from snpsim.hw.types import PAGE_SIZE, PAGES_PER_1G, PAGES_PER_2M, PageSize
+
+__all__ = ["DirectMap"]
+
+# PUD (1 GiB) entry states.
+_PUD_NP = 0
+_PUD_1G = 1
+_PUD_TABLE = 2
+# PMD (2 MiB) entry states.
+_PMD_NP = 0
+_PMD_2M = 1
+_PMD_SPLIT = 2
+_PMD_UNDER_PUD = 3
+
+_SHIFT_2M = 9  # log2(PAGES_PER_2M)
+_SHIFT_1G = 18  # log2(PAGES_PER_1G)
+_MASK_2M = PAGES_PER_2M - 1
+_PMDS_PER_PUD = PAGES_PER_1G // PAGES_PER_2M  # 512
+
+#: Value returned by :meth:`DirectMap.levels` for a not-present page.
+NOT_PRESENT = -1
+
+IntArray = npt.NDArray[np.int64]
+
+
+class DirectMap:
+    """The kernel direct map over frames ``[0, nframes)``; see the module docstring.
+
+    Mutators return the number of splits they performed; ``split_1g`` / ``split_2m`` / ``merge_*`` return
+    whether they did anything. Index arguments: ``pfn`` is a 4K frame number, ``idx2m`` = ``pfn // 512``,
+    ``gb`` = ``pfn // 262144``. Out-of-range arguments raise :class:`ValueError`.
+    """
+
+    def __init__(self, nframes: int, *, max_level: PageSize = PageSize.SIZE_1G) -> None:
+        if nframes <= 0:
+            raise ValueError(f"nframes must be positive, got {nframes}")
+        max_level = PageSize(max_level)
+        self._nframes = int(nframes)
+        self._max_level = max_level
+        n2m = -(-nframes // PAGES_PER_2M)
+        n1g = -(-nframes // PAGES_PER_1G)
+        self._n2m_total = n2m
+        self._n1g_total = n1g
+        full1g = nframes // PAGES_PER_1G if max_level >= PageSize.SIZE_1G else 0
+        full2m = nframes // PAGES_PER_2M
+        tail = nframes & _MASK_2M
+        self._full1g_total = nframes // PAGES_PER_1G  # GiBs that lie wholly inside [0, nframes)
+
+        self._pud_b = bytearray(n1g)
+        self._pud = np.frombuffer(self._pud_b, dtype=np.uint8)
+        self._pmd_b = bytearray(n2m)
+        self._pmd = np.frombuffer(self._pmd_b, dtype=np.uint8)
+        self._slot_a = array("i", bytes(4 * n2m))
+        self._slot = np.frombuffer(self._slot_a, dtype=np.int32)
+        self._slot.fill(-1)
+        self._free: list[int] = []
+        self._nslots = 0  # rows of _bits ever handed out (the high-water mark)
+        self._bits = np.zeros((0, PAGES_PER_2M), dtype=np.bool_)
+
+        # Counters, in entries (present entries only).
+        self._n4k = 0
+        self._n2m = 0
+        self._n1g = 0
+        self._splits = 0
+        self._merges = 0
+
+        self._pud[:full1g] = _PUD_1G
+        self._pud[full1g:] = _PUD_TABLE
+        self._pmd[: full1g * _PMDS_PER_PUD] = _PMD_UNDER_PUD
+        self._n1g = full1g
+        if max_level >= PageSize.SIZE_2M:
+            self._pmd[full1g * _PMDS_PER_PUD : full2m] = _PMD_2M
+            self._n2m = full2m - full1g * _PMDS_PER_PUD
+            split_lo = full2m
+        else:
+            split_lo = 0
+        # 4K-mapped ranges: the partial tail, or everything when max_level is 4K.
+        nsplit = n2m - split_lo
+        if nsplit:
+            idx = np.arange(split_lo, n2m, dtype=np.int64)
+            slots = self._alloc(nsplit)
+            self._bits[slots] = True
+            self._slot[idx] = slots
+            self._pmd[idx] = _PMD_SPLIT
+            if tail:
+                self._bits[slots[-1], tail:] = False
+            self._n4k = (n2m - split_lo) * PAGES_PER_2M - ((PAGES_PER_2M - tail) if tail else 0)
+
+    # ------------------------------------------------------------------ properties / counters
+
+    @property
+    def nframes(self) -> int:
+        return self._nframes
+
+    @property
+    def max_level(self) -> PageSize:
+        return self._max_level
+
+    @property
+    def directmap_4k(self) -> int:
+        """Bytes mapped by present 4K entries (``DirectMap4k``)."""
+        return self._n4k * PAGE_SIZE
+
+    @property
+    def directmap_2m(self) -> int:
+        """Bytes mapped by present 2M entries (``DirectMap2M``)."""
+        return self._n2m * PAGES_PER_2M * PAGE_SIZE
+
+    @property
+    def directmap_1g(self) -> int:
+        """Bytes mapped by present 1G entries (``DirectMap1G``)."""
+        return self._n1g * PAGES_PER_1G * PAGE_SIZE
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes present in the direct map (sum of the three level counters)."""
+        return (self._n4k + self._n2m * PAGES_PER_2M + self._n1g * PAGES_PER_1G) * PAGE_SIZE
+
+    @property
+    def split_count(self) -> int:
+        """Splits performed (1G -> 512x2M and 2M -> 512x4K each count 1)."""
+        return self._splits
+
+    @property
+    def merge_count(self) -> int:
+        """Merges performed (512x4K -> 2M and 512x2M -> 1G each count 1)."""
+        return self._merges
+
+    def meminfo(self) -> dict[str, int]:
+        """The direct-map lines of ``/proc/meminfo`` in kB (``arch_report_meminfo``).
+
+        The kernel omits ``DirectMap1G`` when gbpages are disabled; the model always reports it (0 then).
+        """
+        return {
+            "DirectMap4k": self._n4k << 2,
+            "DirectMap2M": self._n2m << 11,
+            "DirectMap1G": self._n1g << 20,
+        }
+
+    def format_meminfo(self) -> str:
+        """The three lines exactly as ``/proc/meminfo`` prints them (``"DirectMap4k:    %8lu kB"``)."""
+        return "".join(f"{k}:    {v:8d} kB\n" for k, v in self.meminfo().items())
+
+    def __repr__(self) -> str:
+        mi = self.meminfo()
+        return (
+            f"DirectMap(nframes={self._nframes}, max_level={self._max_level.name}, "
+            f"4k={mi['DirectMap4k']}kB, 2M={mi['DirectMap2M']}kB, 1G={mi['DirectMap1G']}kB, "
+            f"splits={self._splits}, merges={self._merges})"
+        )
+
+    # ------------------------------------------------------------------ argument checks
+
+    def _check_pfn(self, pfn: int) -> None:
+        if not 0 <= pfn < self._nframes:
+            raise ValueError(f"pfn {pfn:#x} outside the direct map [0, {self._nframes:#x})")
+
+    def _check_range(self, pfn: int, npages: int) -> None:
+        if npages < 0 or pfn < 0 or pfn + npages > self._nframes:
+            raise ValueError(f"range pfn {pfn:#x} + {npages} pages outside [0, {self._nframes:#x})")
+
+    def _check_2m(self, idx2m: int) -> None:
+        if not 0 <= idx2m < self._n2m_total:
+            raise ValueError(f"2M index {idx2m} outside [0, {self._n2m_total})")
+
+    def _check_1g(self, gb: int) -> None:
+        if not 0 <= gb < self._n1g_total:
+            raise ValueError(f"1G index {gb} outside [0, {self._n1g_total})")
+
+    # ------------------------------------------------------------------ PTE pool
+
+    def _alloc(self, k: int) -> IntArray:
+        """Hand out ``k`` rows of the PTE pool (recycled rows first); contents are undefined."""
+        nfree = len(self._free)
+        take = min(k, nfree)
+        got: list[int] = self._free[nfree - take :] if take else []
+        if take:
+            del self._free[nfree - take :]
+        rest = k - take
+        if rest:
+            need = self._nslots + rest
+            if need > self._bits.shape[0]:
+                cap = max(need, 2 * self._bits.shape[0], 16)
+                grown = np.zeros((cap, PAGES_PER_2M), dtype=np.bool_)
+                grown[: self._nslots] = self._bits[: self._nslots]
+                self._bits = grown
+            fresh = np.arange(self._nslots, need, dtype=np.int64)
+            self._nslots = need
+            if not got:
+                return fresh
+            return np.concatenate([np.asarray(got, dtype=np.int64), fresh])
+        return np.asarray(got, dtype=np.int64)
+
+    def _alloc_one(self) -> int:
+        if self._free:
+            return self._free.pop()
+        return int(self._alloc(1)[0])
+
+    # ------------------------------------------------------------------ splitting (internal)
+
+    def _split_1g_one(self, gb: int) -> None:
+        """Split a whole-GiB PUD entry (present or not) into 512 PMD entries of the same presence."""
+        present = self._pud_b[gb] == _PUD_1G
+        base = gb * _PMDS_PER_PUD
+        self._pmd[base : base + _PMDS_PER_PUD] = _PMD_2M if present else _PMD_NP
+        self._pud_b[gb] = _PUD_TABLE
+        if present:
+            self._n1g -= 1
+            self._n2m += _PMDS_PER_PUD
+        self._splits += 1
+
+    def _split_2m_one(self, idx: int) -> None:
+        """Split a PMD entry (present or not) into 512 PTEs of the same presence."""
+        present = self._pmd_b[idx] == _PMD_2M
+        slot = self._alloc_one()
+        self._bits[slot] = present
+        self._slot_a[idx] = slot
+        self._pmd_b[idx] = _PMD_SPLIT
+        if present:
+            self._n2m -= 1
+            self._n4k += PAGES_PER_2M
+        self._splits += 1
+
+    def _split_1g_many(self, gbs: IntArray) -> None:
+        """Vectorised :meth:`_split_1g_one` for GiB indices whose PUD is not a table."""
+        k = int(gbs.size)
+        if not k:
+            return
+        present = self._pud[gbs] == _PUD_1G
+        sub = gbs[:, None] * _PMDS_PER_PUD + np.arange(_PMDS_PER_PUD, dtype=np.int64)[None, :]
+        self._pmd[sub] = np.where(present, _PMD_2M, _PMD_NP).astype(np.uint8)[:, None]
+        self._pud[gbs] = _PUD_TABLE
+        npres = int(np.count_nonzero(present))
+        self._n1g -= npres
+        self._n2m += npres * _PMDS_PER_PUD
+        self._splits += k
+
+    def _split_2m_many(self, idxs: IntArray) -> None:
+        """Vectorised :meth:`_split_2m_one` for 2M indices whose PMD is ``_PMD_2M`` or ``_PMD_NP``."""
+        k = int(idxs.size)
+        if not k:
+            return
+        present = self._pmd[idxs] == _PMD_2M
+        slots = self._alloc(k)
+        self._bits[slots] = present[:, None]
+        self._slot[idxs] = slots
+        self._pmd[idxs] = _PMD_SPLIT
+        npres = int(np.count_nonzero(present))
+        self._n2m -= npres
+        self._n4k += npres * PAGES_PER_2M
+        self._splits += k
+
+    # ------------------------------------------------------------------ PTE bits over a range
+
+    def _pte_rows(self, pfn: int, end: int) -> tuple[IntArray, list[tuple[int, int, int]]]:
+        """Split 2M ranges intersecting ``[pfn, end)``: (pool rows wholly covered, [(row, lo, hi)] partial)."""
+        i0 = pfn >> _SHIFT_2M
+        i1 = ((end - 1) >> _SHIFT_2M) + 1
+        sp = np.flatnonzero(self._pmd[i0:i1] == _PMD_SPLIT) + i0
+        if not sp.size:
+            return np.empty(0, dtype=np.int64), []
+        partial: list[tuple[int, int, int]] = []
+        drop: list[int] = []
+        for pos in {0, int(sp.size) - 1}:
+            i = int(sp[pos])
+            lo = max(pfn, i << _SHIFT_2M) - (i << _SHIFT_2M)
+            hi = min(end, (i + 1) << _SHIFT_2M) - (i << _SHIFT_2M)
+            if lo != 0 or hi != PAGES_PER_2M:
+                partial.append((self._slot_a[i], lo, hi))
+                drop.append(pos)
+        if drop:
+            sp = np.delete(sp, drop)
+        return self._slot[sp].astype(np.int64), partial
+
+    def _set_bits(self, pfn: int, end: int, value: bool) -> int:
+        """Set the present bit of every 4K entry in ``[pfn, end)``; return how many bits changed."""
+        full, partial = self._pte_rows(pfn, end)
+        changed = 0
+        for slot, lo, hi in partial:
+            seg = self._bits[slot, lo:hi]
+            n = int(np.count_nonzero(seg))
+            changed += (hi - lo - n) if value else n
+            seg[...] = value
+        if full.size:
+            n = int(np.count_nonzero(self._bits[full]))
+            changed += (int(full.size) * PAGES_PER_2M - n) if value else n
+            self._bits[full] = value
+        return changed
+
+    def _count_bits(self, pfn: int, end: int) -> int:
+        """Present 4K entries in ``[pfn, end)``."""
+        full, partial = self._pte_rows(pfn, end)
+        n = sum(int(np.count_nonzero(self._bits[slot, lo:hi])) for slot, lo, hi in partial)
+        if full.size:
+            n += int(np.count_nonzero(self._bits[full]))
+        return n
+
+    # ------------------------------------------------------------------ queries
+
+    def level(self, pfn: int) -> PageSize | None:
+        """Size of the mapping covering ``pfn``, or ``None`` if its entry is not present."""
+        self._check_pfn(pfn)
+        g = self._pud_b[pfn >> _SHIFT_1G]
+        if g == _PUD_1G:
+            return PageSize.SIZE_1G
+        if g == _PUD_NP:
+            return None
+        m = self._pmd_b[pfn >> _SHIFT_2M]
+        if m == _PMD_2M:
+            return PageSize.SIZE_2M
+        if m == _PMD_NP:
+            return None
+        return PageSize.SIZE_4K if self._bits[self._slot_a[pfn >> _SHIFT_2M], pfn & _MASK_2M] else None
+
+    def levels(self, pfn: int, npages: int) -> npt.NDArray[np.int8]:
+        """Per-page mapping level of ``[pfn, pfn + npages)`` as int8 (``PageSize`` value, -1 = not present).
+
+        Allocates one byte per page: meant for tests and small ranges.
+        """
+        self._check_range(pfn, npages)
+        if npages == 0:
+            return np.empty(0, dtype=np.int8)
+        end = pfn + npages
+        i0 = pfn >> _SHIFT_2M
+        i1 = ((end - 1) >> _SHIFT_2M) + 1
+        idx = np.arange(i0, i1, dtype=np.int64)
+        pud = self._pud[idx >> _SHIFT_2M]
+        pmd = self._pmd[i0:i1]
+        code = np.full(i1 - i0, NOT_PRESENT, dtype=np.int8)
+        code[pud == _PUD_1G] = PageSize.SIZE_1G
+        table = pud == _PUD_TABLE
+        code[table & (pmd == _PMD_2M)] = PageSize.SIZE_2M
+        grid = np.repeat(code[:, None], PAGES_PER_2M, axis=1)
+        sp = np.flatnonzero(table & (pmd == _PMD_SPLIT))
+        if sp.size:
+            rows = self._bits[self._slot[sp + i0]]
+            grid[sp] = np.where(rows, np.int8(PageSize.SIZE_4K), np.int8(NOT_PRESENT))
+        off = pfn - (i0 << _SHIFT_2M)
+        return grid.reshape(-1)[off : off + npages].copy()
+
+    def count_levels(self, pfn: int, npages: int) -> tuple[int, int, int, int]:
+        """Pages of ``[pfn, pfn + npages)`` mapped at 4K, at 2M, at 1G, and not present."""
+        self._check_range(pfn, npages)
+        if npages == 0:
+            return (0, 0, 0, 0)
+        end = pfn + npages
+        i0 = pfn >> _SHIFT_2M
+        i1 = ((end - 1) >> _SHIFT_2M) + 1
+        idx = np.arange(i0, i1, dtype=np.int64)
+        start = idx << _SHIFT_2M
+        overlap = np.minimum(start + PAGES_PER_2M, end) - np.maximum(start, pfn)
+        pud = self._pud[idx >> _SHIFT_2M]
+        pmd = self._pmd[i0:i1]
+        c1g = int(overlap[pud == _PUD_1G].sum())
+        c2m = int(overlap[(pud == _PUD_TABLE) & (pmd == _PMD_2M)].sum())
+        c4k = self._count_bits(pfn, end)
+        return (c4k, c2m, c1g, npages - c4k - c2m - c1g)
+
+    # ------------------------------------------------------------------ splitting (public)
+
+    def split_1g(self, gb: int) -> bool:
+        """Split the 1G entry of GiB ``gb`` into 512 2M entries; False if it is not a 1G entry."""
+        self._check_1g(gb)
+        if self._pud_b[gb] == _PUD_TABLE:
+            return False
+        self._split_1g_one(gb)
+        return True
+
+    def split_2m(self, idx2m: int) -> bool:
+        """Split 2M range ``idx2m`` into 4K entries (splitting its 1G entry first if needed).
+
+        Returns whether the 2M range was split by this call (False if it already was 4K).
+        """
+        self._check_2m(idx2m)
+        if self._pmd_b[idx2m] == _PMD_SPLIT:
+            return False
+        gb = idx2m >> _SHIFT_2M
+        if self._pud_b[gb] != _PUD_TABLE:
+            self._split_1g_one(gb)
+        self._split_2m_one(idx2m)
+        return True
+
+    def set_4k(self, pfn: int) -> int:
+        """``set_memory_4k()`` on one page: make its mapping 4K; return the number of splits (0, 1 or 2)."""
+        self._check_pfn(pfn)
+        idx = pfn >> _SHIFT_2M
+        if self._pmd_b[idx] == _PMD_SPLIT:
+            return 0
+        splits = 0
+        gb = pfn >> _SHIFT_1G
+        if self._pud_b[gb] != _PUD_TABLE:
+            self._split_1g_one(gb)
+            splits += 1
+        self._split_2m_one(idx)
+        return splits + 1
+
+    # ------------------------------------------------------------------ 4K remove / restore
+
+    def remove_4k(self, pfn: int) -> int:
+        """``set_direct_map_invalid_noflush()``: clear ``pfn``'s present bit, splitting down to 4K if needed.
+
+        No-op (no split) if the page is already not present. Returns the number of splits.
+        """
+        self._check_pfn(pfn)
+        gb = pfn >> _SHIFT_1G
+        g = self._pud_b[gb]
+        if g == _PUD_NP:
+            return 0
+        splits = 0
+        if g == _PUD_1G:
+            self._split_1g_one(gb)
+            splits += 1
+        idx = pfn >> _SHIFT_2M
+        m = self._pmd_b[idx]
+        if m == _PMD_NP:
+            return splits
+        if m == _PMD_2M:
+            self._split_2m_one(idx)
+            splits += 1
+        slot = self._slot_a[idx]
+        off = pfn & _MASK_2M
+        if self._bits[slot, off]:
+            self._bits[slot, off] = False
+            self._n4k -= 1
+        return splits
+
+    def restore_4k(self, pfn: int) -> int:
+        """``set_direct_map_default_noflush()``: make ``pfn`` present again, splitting down to 4K if needed.
+
+        No-op (no split) if the page is already present. Returns the number of splits.
+        """
+        self._check_pfn(pfn)
+        gb = pfn >> _SHIFT_1G
+        g = self._pud_b[gb]
+        if g == _PUD_1G:
+            return 0
+        splits = 0
+        if g == _PUD_NP:
+            self._split_1g_one(gb)
+            splits += 1
+        idx = pfn >> _SHIFT_2M
+        m = self._pmd_b[idx]
+        if m == _PMD_2M:
+            return splits
+        if m == _PMD_NP:
+            self._split_2m_one(idx)
+            splits += 1
+        slot = self._slot_a[idx]
+        off = pfn & _MASK_2M
+        if not self._bits[slot, off]:
+            self._bits[slot, off] = True
+            self._n4k += 1
+        return splits
+
+    def remove_range(self, pfn: int, npages: int) -> int:
+        """:meth:`remove_4k` on every page of ``[pfn, pfn + npages)`` (vectorised); returns the splits."""
+        self._check_range(pfn, npages)
+        if npages == 0:
+            return 0
+        before = self._splits
+        end = pfn + npages
+        g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
+        self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_1G) + g0)
+        i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
+        self._split_2m_many(np.flatnonzero(self._pmd[i0:i1] == _PMD_2M) + i0)
+        self._n4k -= self._set_bits(pfn, end, False)
+        return self._splits - before
+
+    def restore_range(self, pfn: int, npages: int) -> int:
+        """:meth:`restore_4k` on every page of ``[pfn, pfn + npages)`` (vectorised); returns the splits."""
+        self._check_range(pfn, npages)
+        if npages == 0:
+            return 0
+        before = self._splits
+        end = pfn + npages
+        g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
+        self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_NP) + g0)
+        i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
+        self._split_2m_many(np.flatnonzero(self._pmd[i0:i1] == _PMD_NP) + i0)
+        self._n4k += self._set_bits(pfn, end, True)
+        return self._splits - before
+
+    # ------------------------------------------------------------------ 2M / 1G remove / restore
+
+    def _frames_2m(self, idx2m: int) -> tuple[int, int]:
+        lo = idx2m << _SHIFT_2M
+        return lo, min(lo + PAGES_PER_2M, self._nframes)
+
+    def remove_2m(self, idx2m: int) -> int:
+        """Make the 2M range ``idx2m`` not present without splitting it to 4K.
+
+        A covering present 1G entry is split into 2M entries first (1 split, returned). A 2M mapping has its
+        present bit cleared; a range already split to 4K has all its 4K entries cleared and stays split.
+        """
+        self._check_2m(idx2m)
+        gb = idx2m >> _SHIFT_2M
+        g = self._pud_b[gb]
+        if g == _PUD_NP:
+            return 0
+        splits = 0
+        if g == _PUD_1G:
+            self._split_1g_one(gb)
+            splits = 1
+        m = self._pmd_b[idx2m]
+        if m == _PMD_2M:
+            self._pmd_b[idx2m] = _PMD_NP
+            self._n2m -= 1
+        elif m == _PMD_SPLIT:
+            self._n4k -= self._set_bits(*self._frames_2m(idx2m), False)
+        return splits
+
+    def restore_2m(self, idx2m: int) -> int:
+        """Make the 2M range ``idx2m`` present again without splitting it to 4K (inverse of :meth:`remove_2m`).
+
+        A covering not-present 1G entry is split first (1 split, returned); a range split to 4K stays split
+        with all its 4K entries present (see :meth:`merge_2m`).
+        """
+        self._check_2m(idx2m)
+        gb = idx2m >> _SHIFT_2M
+        g = self._pud_b[gb]
+        if g == _PUD_1G:
+            return 0
+        splits = 0
+        if g == _PUD_NP:
+            self._split_1g_one(gb)
+            splits = 1
+        m = self._pmd_b[idx2m]
+        if m == _PMD_NP:
+            self._pmd_b[idx2m] = _PMD_2M
+            self._n2m += 1
+        elif m == _PMD_SPLIT:
+            self._n4k += self._set_bits(*self._frames_2m(idx2m), True)
+        return splits
+
+    def _pmd_slice_1g(self, gb: int) -> npt.NDArray[np.uint8]:
+        base = gb * _PMDS_PER_PUD
+        return self._pmd[base : min(base + _PMDS_PER_PUD, self._n2m_total)]
+
+    def _frames_1g(self, gb: int) -> tuple[int, int]:
+        lo = gb << _SHIFT_1G
+        return lo, min(lo + PAGES_PER_1G, self._nframes)
+
+    def remove_1g(self, gb: int) -> int:
+        """Make GiB ``gb`` not present without splitting (a split GiB stays split, all its entries cleared)."""
+        self._check_1g(gb)
+        g = self._pud_b[gb]
+        if g == _PUD_1G:
+            self._pud_b[gb] = _PUD_NP
+            self._n1g -= 1
+        elif g == _PUD_TABLE:
+            pmd = self._pmd_slice_1g(gb)
+            mapped = pmd == _PMD_2M
+            self._n2m -= int(np.count_nonzero(mapped))
+            pmd[mapped] = _PMD_NP
+            self._n4k -= self._set_bits(*self._frames_1g(gb), False)
+        return 0
+
+    def restore_1g(self, gb: int) -> int:
+        """Make GiB ``gb`` present again without splitting (a split GiB stays split, all entries present)."""
+        self._check_1g(gb)
+        g = self._pud_b[gb]
+        if g == _PUD_NP:
+            self._pud_b[gb] = _PUD_1G
+            self._n1g += 1
+        elif g == _PUD_TABLE:
+            pmd = self._pmd_slice_1g(gb)
+            absent = pmd == _PMD_NP
+            self._n2m += int(np.count_nonzero(absent))
+            pmd[absent] = _PMD_2M
+            self._n4k += self._set_bits(*self._frames_1g(gb), True)
+        return 0
+
+    # ------------------------------------------------------------------ merging (model only, not upstream)
+
+    def merge_2m(self, idx2m: int) -> bool:
+        """Collapse split 2M range ``idx2m`` back to one 2M mapping if all 512 4K entries are present."""
+        self._check_2m(idx2m)
+        if self._max_level < PageSize.SIZE_2M or self._pmd_b[idx2m] != _PMD_SPLIT:
+            return False
+        slot = self._slot_a[idx2m]
+        if not self._bits[slot].all():
+            return False
+        self._pmd_b[idx2m] = _PMD_2M
+        self._slot_a[idx2m] = -1
+        self._free.append(slot)
+        self._n4k -= PAGES_PER_2M
+        self._n2m += 1
+        self._merges += 1
+        return True
+
+    def merge_1g(self, gb: int) -> bool:
+        """Collapse split GiB ``gb`` back to one 1G mapping if all 512 2M entries are present 2M mappings."""
+        self._check_1g(gb)
+        if self._max_level < PageSize.SIZE_1G or self._pud_b[gb] != _PUD_TABLE or gb >= self._full1g_total:
+            return False
+        pmd = self._pmd_slice_1g(gb)
+        if not bool((pmd == _PMD_2M).all()):
+            return False
+        pmd[:] = _PMD_UNDER_PUD
+        self._pud_b[gb] = _PUD_1G
+        self._n2m -= _PMDS_PER_PUD
+        self._n1g += 1
+        self._merges += 1
+        return True
+
+    def try_merge(self, pfn: int, npages: int) -> int:
+        """Merge every mergeable 2M range intersecting the range, then every mergeable GiB; return merges."""
+        self._check_range(pfn, npages)
+        if npages == 0 or self._max_level < PageSize.SIZE_2M:
+            return 0
+        before = self._merges
+        end = pfn + npages
+        i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
+        sp = np.flatnonzero(self._pmd[i0:i1] == _PMD_SPLIT) + i0
+        if sp.size:
+            slots = self._slot[sp].astype(np.int64)
+            ok = self._bits[slots].all(axis=1)
+            k = int(np.count_nonzero(ok))
+            if k:
+                merged = sp[ok]
+                self._pmd[merged] = _PMD_2M
+                self._slot[merged] = -1
+                self._free.extend(slots[ok].tolist())
+                self._n4k -= k * PAGES_PER_2M
+                self._n2m += k
+                self._merges += k
+        if self._max_level >= PageSize.SIZE_1G:
+            g0 = pfn >> _SHIFT_1G
+            g1 = min(((end - 1) >> _SHIFT_1G) + 1, self._full1g_total)
+            if g1 > g0:
+                pmd = self._pmd[g0 * _PMDS_PER_PUD : g1 * _PMDS_PER_PUD].reshape(g1 - g0, _PMDS_PER_PUD)
+                ok = (self._pud[g0:g1] == _PUD_TABLE) & (pmd != _PMD_SPLIT).all(axis=1)
+                k = int(np.count_nonzero(ok))
+                if k:
+                    pmd[ok] = _PMD_UNDER_PUD
+                    self._pud[g0:g1][ok] = _PUD_1G
+                    self._n2m -= k * _PMDS_PER_PUD
+                    self._n1g += k
+                    self._merges += k
+        return self._merges - before
+
+    # ------------------------------------------------------------------ self-check
+
+    def check_invariants(self) -> None:
+        """Verify the internal structure and that the counters equal a full recount (O(nframes / 512)).
+
+        Raises :class:`AssertionError` on the first violation. Meant for tests.
+        """
+
+        def fail(msg: str) -> None:
+            raise AssertionError(f"DirectMap invariant: {msg}")
+
+        pud, pmd = self._pud, self._pmd
+        if not np.isin(pud, (_PUD_NP, _PUD_1G, _PUD_TABLE)).all():
+            fail("bad PUD state")
+        if self._max_level < PageSize.SIZE_1G and (pud != _PUD_TABLE).any():
+            fail("1G entry with max_level < 1G")
+        if (pud[self._full1g_total :] != _PUD_TABLE).any():
+            fail("1G entry over a partial GiB")
+        under = np.repeat(pud != _PUD_TABLE, _PMDS_PER_PUD)[: self._n2m_total]
+        if ((pmd == _PMD_UNDER_PUD) != under).any():
+            fail("PMD bytes disagree with their PUD")
+        if self._max_level < PageSize.SIZE_2M and ((pmd == _PMD_2M) | (pmd == _PMD_NP)).any():
+            fail("2M entry with max_level 4K")
+        if self._nframes & _MASK_2M and pmd[-1] != _PMD_SPLIT:
+            fail("partial 2M tail not mapped at 4K")
+        split = pmd == _PMD_SPLIT
+        slots = self._slot[split]
+        if (self._slot[~split] != -1).any() or (slots < 0).any() or (slots >= self._nslots).any():
+            fail("slot array disagrees with PMD states")
+        if np.unique(slots).size != slots.size or np.intersect1d(slots, self._free).size:
+            fail("PTE pool row shared or both used and free")
+        if slots.size + len(self._free) != self._nslots:
+            fail("PTE pool rows leaked")
+        tail = self._nframes & _MASK_2M
+        if tail and self._bits[self._slot[-1], tail:].any():
+            fail("present bit beyond the end of memory")
+        c4k, c2m, c1g, _ = self.count_levels(0, self._nframes)
+        if int(np.count_nonzero(self._bits[slots])) != c4k:
+            fail("4K recount mismatch")
+        if c2m != int(np.count_nonzero(pmd == _PMD_2M)) * PAGES_PER_2M:
+            fail("2M recount mismatch")
+        if (c4k, c2m, c1g) != (self._n4k, self._n2m * PAGES_PER_2M, self._n1g * PAGES_PER_1G):
+            fail(f"counters {(self._n4k, self._n2m, self._n1g)} != recount {(c4k, c2m, c1g)}")

@@ -1,0 +1,102 @@
+"""guest_memfd: the VM's private memory as a file of folios that userspace cannot map.
+
+Models ``virt/kvm/guest_memfd.c`` (``shared/reference/linux-snp-host.md`` §5): folios are allocated on the first
+fault or prepare (``kvm_gmem_get_pfn``: zero the folio, then call the arch prepare hook), ``fallocate(PUNCH_HOLE)``
+frees the folios inside the hole (each freed folio goes through ``kvm_arch_gmem_invalidate`` = SNP's
+``sev_gmem_invalidate``: RMP back to shared), and the freed folio is the *explicit release point* at which the host
+may rebuild its direct map (Sean Christopherson, 2022-09-14, §6). The folio size is the policy's
+``private_granularity``: upstream is order-0 only; with 2M/1G folios (the THP and hugetlb series, §5) a hole that
+does not cover a whole folio frees nothing ("if holes are punched in any ranges less than a full huge page, no
+pages are removed from the filemap").
+
+With ``private_backing = vmm`` (pre-UPM SNP) there is no guest_memfd: private pages are the VMM's own pages
+(:class:`snpsim.vmm.backing.VmmMemory`), converted in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from snpsim.host import HostKernel, Owner
+from snpsim.hw.types import PAGE_SHIFT
+
+IntArray = npt.NDArray[np.int64]
+
+
+class GuestMemfd:
+    """One VM's guest_memfd over gfns ``[0, npages)`` with folios of ``folio_pages`` 4K pages."""
+
+    def __init__(
+        self,
+        host: HostKernel,
+        npages: int,
+        folio_pages: int,
+        *,
+        invalidate: Callable[[IntArray], None],
+    ) -> None:
+        self.host = host
+        self.npages = int(npages)
+        self.folio_pages = int(folio_pages)
+        self.order = self.folio_pages.bit_length() - 1
+        nfolios = -(-self.npages // self.folio_pages)
+        #: host frame of each folio's first page, -1 if not allocated
+        self.folio_pfn = np.full(nfolios, -1, dtype=np.int64)
+        self._invalidate = invalidate
+        self.allocated_folios = 0
+        self.peak_folios = 0
+
+    @property
+    def private_bytes(self) -> int:
+        return self.allocated_folios * self.folio_pages << PAGE_SHIFT
+
+    def pfns(self, gfn: int, npages: int) -> IntArray:
+        """Host frames of ``[gfn, gfn+npages)``, -1 where no folio is allocated."""
+        g = np.arange(gfn, gfn + npages, dtype=np.int64)
+        base = self.folio_pfn[g // self.folio_pages]
+        return np.where(base >= 0, base + g % self.folio_pages, -1)
+
+    def get_pfns(self, gfn: int, npages: int) -> IntArray | None:
+        """``kvm_gmem_get_pfn`` over a range: allocate (and zero) the missing folios; None if out of memory."""
+        f0, f1 = gfn // self.folio_pages, (gfn + npages - 1) // self.folio_pages + 1
+        missing = np.flatnonzero(self.folio_pfn[f0:f1] < 0) + f0
+        if missing.size:
+            got = self.host.alloc_bulk(self.order, int(missing.size), Owner.GMEM)
+            if got is None:
+                return None
+            self.folio_pfn[missing] = got
+            self.host.register_frames(got)
+            self.allocated_folios += int(missing.size)
+            self.peak_folios = max(self.peak_folios, self.allocated_folios)
+        return self.pfns(gfn, npages)
+
+    def punch_hole(self, gfn: int, npages: int) -> int:
+        """``fallocate(PUNCH_HOLE)``: free every folio wholly inside the range; returns folios freed."""
+        f0 = -(-gfn // self.folio_pages)
+        f1 = (gfn + npages) // self.folio_pages
+        if f1 <= f0:
+            return 0
+        idx = np.flatnonzero(self.folio_pfn[f0:f1] >= 0) + f0
+        if idx.size:
+            self._free_folios(idx)
+        return int(idx.size)
+
+    def release_all(self) -> int:
+        """The file's last reference is dropped (VM destroyed): every folio is freed."""
+        idx = np.flatnonzero(self.folio_pfn >= 0)
+        if idx.size:
+            bases = self.folio_pfn[idx]
+            self._free_folios(idx)
+            self.host.unregister_frames((bases[:, None] + np.arange(self.folio_pages, dtype=np.int64)).ravel())
+        return int(idx.size)
+
+    def _free_folios(self, idx: IntArray) -> None:
+        bases = self.folio_pfn[idx]
+        frames = (bases[:, None] + np.arange(self.folio_pages, dtype=np.int64)).ravel()
+        self._invalidate(frames)  # sev_gmem_invalidate: RMP back to hypervisor-owned
+        self.host.release_frames(frames)  # the explicit release point
+        self.host.free_bulk(bases, self.order)
+        self.folio_pfn[idx] = -1
+        self.allocated_folios -= int(idx.size)

@@ -1,0 +1,118 @@
+"""KVM's SEV-SNP hooks: guest_memfd prepare/invalidate, the RMP #NPF handler, and Page State Change requests.
+
+Models ``arch/x86/kvm/svm/sev.c`` (``shared/reference/linux-snp-host.md`` §4, ``amd-snp-arch.md`` §9):
+
+- ``sev_gmem_prepare()``: a 2M RMPUPDATE when the folio is at least 2M and all 512 frames of the 2M range are
+  unassigned (``is_large_rmp_possible``), else 4K RMPUPDATEs; already-assigned frames are left alone.
+- ``sev_gmem_invalidate()``: for every assigned frame being freed: a 2M entry wholly inside the freed range is made
+  shared at 2M; otherwise it is PSMASHed first and its frames made shared at 4K.
+- ``sev_handle_rmp_fault()``: a #NPF with the RMP bit on a 2M RMP entry (a smaller NPT mapping or a 4K PVALIDATE)
+  PSMASHes the entry and zaps the 512 gfns.
+- ``snp_begin_psc()`` / ``snp_begin_psc_msr()``: adjacent PSC entries with the same operation and page size and
+  contiguous GFNs are merged into one ``KVM_HC_MAP_GPA_RANGE`` exit to userspace; an MSR-protocol request is one
+  4K page, one exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from snpsim.guest.psc import PscRequest
+from snpsim.host import HostKernel
+from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_2M, PageSize
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class MapGpaRange:
+    """One ``KVM_EXIT_HYPERCALL`` with ``nr = KVM_HC_MAP_GPA_RANGE``: args gpa, npages (4K), attributes."""
+
+    gfn: int
+    npages: int
+    to_private: bool
+    huge: bool
+
+
+def coalesce_psc(request: PscRequest) -> list[MapGpaRange]:
+    """The userspace exits ``snp_begin_psc`` makes for one PSC request (merging adjacent entries)."""
+    exits: list[MapGpaRange] = []
+    for e in request.entries:
+        n = PAGES_PER_2M if e.size else 1
+        if exits:
+            last = exits[-1]
+            if last.to_private == e.to_private and last.huge == bool(e.size) and last.gfn + last.npages == e.gfn:
+                exits[-1] = MapGpaRange(last.gfn, last.npages + n, last.to_private, last.huge)
+                continue
+        exits.append(MapGpaRange(e.gfn, n, e.to_private, bool(e.size)))
+    return exits
+
+
+def runs(values: IntArray) -> list[tuple[int, int]]:
+    """Runs ``(start_index, length)`` of consecutive increasing values."""
+    if values.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(values) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [values.size]))
+    return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: int, asid: int) -> None:
+    """``sev_gmem_prepare`` for the (gfn, pfn) pairs of freshly faulted guest_memfd pages."""
+    todo = ~_assigned_mask(host, pfns)
+    gfns, pfns = gfns[todo], pfns[todo]
+    if folio_pages >= PAGES_PER_2M and pfns.size:
+        for i in np.flatnonzero((pfns % PAGES_PER_2M == 0) & (gfns % PAGES_PER_2M == 0)).tolist():
+            p = int(pfns[i])
+            if host.rmp.assigned_in_2m(p) == 0:  # is_large_rmp_possible
+                host.rmp_make_private(p, int(gfns[i]) << PAGE_SHIFT, PageSize.SIZE_2M, asid)
+        todo = ~_assigned_mask(host, pfns)
+        gfns, pfns = gfns[todo], pfns[todo]
+    for start, length in runs_pairs(gfns, pfns):
+        host.rmp_make_private_range(int(pfns[start]), length, int(gfns[start]) << PAGE_SHIFT, asid)
+
+
+def runs_pairs(gfns: IntArray, pfns: IntArray) -> list[tuple[int, int]]:
+    """Runs where both gfn and pfn advance by one (contiguous in guest and host physical space)."""
+    if gfns.size == 0:
+        return []
+    brk = np.flatnonzero((np.diff(gfns) != 1) | (np.diff(pfns) != 1)) + 1
+    starts = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [gfns.size]))
+    return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def _assigned_mask(host: HostKernel, pfns: IntArray) -> npt.NDArray[np.bool_]:
+    if pfns.size == 0:
+        return np.zeros(0, dtype=bool)
+    assigned = set(host.rmp.assigned_pages(int(pfns.min()), int(pfns.max() - pfns.min() + 1)).tolist())
+    return np.fromiter((int(p) in assigned for p in pfns), dtype=bool, count=pfns.size)
+
+
+def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
+    """``sev_gmem_invalidate`` over frames being freed (sorted or not)."""
+    if frames.size == 0:
+        return
+    frames = np.unique(frames)
+    assigned = frames[_assigned_mask(host, frames)]
+    if assigned.size == 0:
+        return
+    in_set = set(frames.tolist())
+    four_k: list[int] = []
+    for head in np.unique(assigned // PAGES_PER_2M * PAGES_PER_2M).tolist():
+        entry = host.rmp.rmpread(head << PAGE_SHIFT)
+        mine = assigned[(assigned >= head) & (assigned < head + PAGES_PER_2M)]
+        if entry.page_size == PageSize.SIZE_2M and entry.assigned:
+            if mine.size == PAGES_PER_2M and all(p in in_set for p in range(head, head + PAGES_PER_2M)):
+                host.rmp_make_shared(head, PageSize.SIZE_2M)
+                continue
+            host.busy_ns += host.costs.psmash_ns
+            host.rmp.psmash(head << PAGE_SHIFT)
+        four_k.extend(mine.tolist())
+    arr = np.array(four_k, dtype=np.int64)
+    for start, length in runs(arr):
+        host.rmp_make_shared_range(int(arr[start]), length)

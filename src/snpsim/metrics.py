@@ -1,0 +1,51 @@
+"""The metric names of ``shared/DESIGN.md`` and the event counters the layers above the host increment.
+
+Bytes unless named ``_count``. Host-level values come from :meth:`snpsim.host.HostKernel.metrics`; VM-level
+values are summed over the VMs alive at the time of the sample (counters over all VMs ever run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+METRICS: tuple[str, ...] = (
+    "directmap_4k",
+    "directmap_2m",
+    "directmap_1g",
+    "directmap_split_count",
+    "directmap_merge_count",
+    "rmpupdate_count",
+    "psmash_count",
+    "host_rmp_fault_count",
+    "host_notpresent_fault_count",
+    "host_crash_count",
+    "guest_vc_count",
+    "npf_count",
+    "npt_4k",
+    "npt_2m",
+    "npt_1g",
+    "private_bytes",
+    "shared_bytes",
+    "guest_bytes",
+    "waste_bytes",
+    "to_private_count",
+    "to_shared_count",
+    "psc_request_count",
+    "vmm_exit_count",
+    "sim_time_ns",
+)
+
+
+@dataclass
+class Counters:
+    """Event counters of the guest, kvm and vmm layers (all VMs of a run)."""
+
+    guest_vc_count: int = 0
+    npf_count: int = 0
+    to_private_count: int = 0
+    to_shared_count: int = 0
+    psc_request_count: int = 0
+    vmm_exit_count: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,155 @@
+"""A QEMU-like VMM for one SNP VM: RAM backing, the vCPU run loop's exit handling, conversions, accounting.
+
+Models QEMU ``accel/kvm/kvm-all.c`` (``shared/reference/guest-workloads.md`` §1, ``linux-snp-host.md`` §5):
+
+- guest_memfd RAM is set private when the memslot is created (QEMU patch 20240320083945.991426-16, "QPRIV");
+- ``kvm_handle_hc_map_gpa_range()`` and ``KVM_EXIT_MEMORY_FAULT`` both call ``kvm_convert_memory()``:
+  ``KVM_SET_MEMORY_ATTRIBUTES``, then to-private discards the shared copy (``ram_block_discard_range``, never for
+  hugetlb) and to-shared punches the guest_memfd (``ram_block_discard_guest_memfd_range``); with
+  ``discard_on_convert = false`` neither is done and both copies stay allocated;
+- pre-UPM SNP (``private_backing = vmm``): one copy per gfn, converted in place: the PSC handler RMPUPDATEs the
+  VMM's page (SNP v5 ``snp_handle_page_state_change``);
+- per-VM accounting: private, shared and double-allocated bytes and their peaks, the memory a cgroup must allow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from snpsim.guest.psc import PscRequest
+from snpsim.host import HostKernel, Owner
+from snpsim.hw.types import PAGE_SHIFT, PageSize
+from snpsim.kvm.sev import MapGpaRange, gmem_invalidate, gmem_prepare
+from snpsim.kvm.vm import KvmVm, MemoryFaultExit
+from snpsim.metrics import Counters
+from snpsim.policy import Policy
+from snpsim.vmm.backing import VmmMemory
+
+
+class Qemu:
+    """The VMM process of one VM: ``ram`` marks the gfns that are RAM."""
+
+    def __init__(
+        self, host: HostKernel, policy: Policy, ram: npt.NDArray[np.bool_], *, asid: int, counters: Counters
+    ) -> None:
+        self.host = host
+        self.policy = policy
+        self.ram = ram
+        self.counters = counters
+        self.gmem_backed = policy.private_backing == "gmem"
+        owner = Owner.VMM_SHARED if self.gmem_backed else Owner.VMM_PRIVATE
+        self.memory = VmmMemory(host, ram, policy.shared_backing, owner, register=not self.gmem_backed)
+        self.kvm = KvmVm(host, policy, ram, self.memory, asid=asid, counters=counters)
+        self.peak_private_bytes = 0
+        self.peak_shared_bytes = 0
+        self.peak_total_bytes = 0
+        if self.gmem_backed:
+            for lo, n in _ram_runs(ram):
+                self.kvm.set_memory_attributes(lo, n, True)
+
+    # ------------------------------------------------------------------ the vCPU run loop (KVM_RUN exits)
+    def psc(self, request: PscRequest) -> None:
+        """The guest's PSC VMGEXIT: KVM returns KVM_HC_MAP_GPA_RANGE exits, each handled here."""
+        for exit_ in self.kvm.handle_psc(request):
+            self.map_gpa_range(exit_)
+
+    def map_gpa_range(self, exit_: MapGpaRange) -> None:
+        """``kvm_handle_hc_map_gpa_range``: one userspace exit, one ``kvm_convert_memory``."""
+        self.counters.vmm_exit_count += 1
+        self.host.busy_ns += self.host.costs.userspace_exit_ns
+        if exit_.to_private:
+            self.counters.to_private_count += exit_.npages
+        else:
+            self.counters.to_shared_count += exit_.npages
+        self.convert(exit_.gfn, exit_.npages, exit_.to_private)
+
+    def access(self, gfn: int, npages: int, private: bool, write: bool = True) -> int:
+        """The guest touches memory; a ``KVM_EXIT_MEMORY_FAULT`` is an implicit conversion. Returns #VCs."""
+        for _ in range(npages + 2):
+            try:
+                return self.kvm.guest_access(gfn, npages, private, write)
+            except MemoryFaultExit as fault:
+                self.counters.vmm_exit_count += 1
+                self.counters.npf_count += 1
+                self.host.busy_ns += self.host.costs.userspace_exit_ns
+                self.convert(fault.gfn, fault.npages, fault.private)
+        raise RuntimeError("memory fault loop")  # pragma: no cover - model bug
+
+    def pvalidate(self, gfn: int, npages: int, size: PageSize, validate: bool) -> int:
+        return self.kvm.pvalidate(gfn, npages, size, validate)
+
+    # ------------------------------------------------------------------ kvm_convert_memory
+    def convert(self, gfn: int, npages: int, to_private: bool) -> None:
+        """``kvm_convert_memory(start, size, to_private)``."""
+        self.kvm.set_memory_attributes(gfn, npages, to_private)
+        if self.gmem_backed:
+            if self.policy.discard_on_convert:
+                if to_private:
+                    self.memory.discard(gfn, npages)
+                elif self.kvm.gmem is not None:
+                    self.kvm.gmem.punch_hole(gfn, npages)
+        else:
+            self._convert_in_place(gfn, npages, to_private)
+        self._account()
+
+    def _convert_in_place(self, gfn: int, npages: int, to_private: bool) -> None:
+        pfns = self.memory.pfns(gfn, npages)
+        have = pfns >= 0
+        if to_private:
+            gfns = np.arange(gfn, gfn + npages, dtype=np.int64)
+            gmem_prepare(self.host, gfns[have], pfns[have], 1, self.kvm.asid)
+        else:
+            gmem_invalidate(self.host, pfns[have])
+
+    # ------------------------------------------------------------------ accounting
+    def private_bytes(self) -> int:
+        if self.kvm.gmem is not None:
+            return self.kvm.gmem.private_bytes
+        return int(np.count_nonzero((self.memory.pfn >= 0) & self.kvm.attrs.private)) << PAGE_SHIFT
+
+    def shared_bytes(self) -> int:
+        if self.kvm.gmem is not None:
+            return self.memory.bytes
+        return int(np.count_nonzero((self.memory.pfn >= 0) & ~self.kvm.attrs.private)) << PAGE_SHIFT
+
+    def guest_bytes(self) -> int:
+        """Guest memory that is backed in its current state (private gfns with a private page, shared gfns with
+        a shared page): what the guest can use without a fault allocating memory."""
+        priv = self.kvm.attrs.private
+        shared_ok = self.memory.pfn >= 0
+        if self.kvm.gmem is None:
+            return int(np.count_nonzero(shared_ok)) << PAGE_SHIFT
+        gm = self.kvm.gmem
+        private_ok = np.repeat(gm.folio_pfn >= 0, gm.folio_pages)[: self.kvm.npages]
+        return int(np.count_nonzero(np.where(priv, private_ok, shared_ok) & self.ram)) << PAGE_SHIFT
+
+    def double_allocated_bytes(self) -> int:
+        """Gfns that have both a private page and a shared page allocated."""
+        if self.kvm.gmem is None:
+            return 0
+        gm = self.kvm.gmem
+        private_ok = np.repeat(gm.folio_pfn >= 0, gm.folio_pages)[: self.kvm.npages]
+        return int(np.count_nonzero(private_ok & (self.memory.pfn >= 0))) << PAGE_SHIFT
+
+    def _account(self) -> None:
+        p, s = self.private_bytes(), self.shared_bytes()
+        self.peak_private_bytes = max(self.peak_private_bytes, p)
+        self.peak_shared_bytes = max(self.peak_shared_bytes, s)
+        self.peak_total_bytes = max(self.peak_total_bytes, p + s)
+
+    # ------------------------------------------------------------------ teardown
+    def destroy(self) -> None:
+        """VM shutdown: KVM releases guest_memfd; QEMU unmaps its RAM (pre-UPM: pages are made shared first,
+        ``sev_free_vm``/``snp_reclaim``), and ``MEM_ENCRYPT_UNREG_REGION`` is the restore point for ``bulk``."""
+        self.kvm.destroy()
+        if not self.gmem_backed:
+            assigned = self.memory.pfn[(self.memory.pfn >= 0) & self.kvm.attrs.private]
+            gmem_invalidate(self.host, assigned)
+        frames = self.memory.release_all()
+        self.host.unregister_frames(np.sort(frames))
+
+
+def _ram_runs(ram: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    idx = np.flatnonzero(np.diff(np.concatenate(([0], ram.astype(np.int8), [0]))))
+    return [(int(a), int(b - a)) for a, b in zip(idx[::2], idx[1::2], strict=True)]

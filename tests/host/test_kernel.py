@@ -1,0 +1,216 @@
+"""HostKernel: RMP updates with the direct-map policy, restore points, and the kernel #PF handler.
+
+Expected figures are computed by hand from linux-snp-host.md §3 (adjust_direct_map splits 1G->2M->4K one level
+at a time; a 2M RMPUPDATE needs no split) and amd-snp-arch.md §7 (a write through a 2M/1G mapping faults if any
+page of the 2M range is assigned).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snpsim.host import HostKernel, Owner
+from snpsim.hw import PageSize, RmpStatus
+from snpsim.policy import Policy, presets
+
+GIB_FRAMES = 262144
+K4 = 4096
+M2 = 2 << 20
+G1 = 1 << 30
+
+
+def host(policy: Policy | str, nframes: int = GIB_FRAMES) -> HostKernel:
+    return HostKernel(nframes, presets[policy] if isinstance(policy, str) else policy)
+
+
+KEEP_OOPS = Policy("vmm", "4k", "4k", True, "keep", "never", "oops")
+
+
+def test_upstream_splits_1g_then_2m_for_a_4k_private_page_and_never_merges() -> None:
+    h = host("upstream")
+    assert h.metrics()["directmap_1g"] == G1
+    assert h.rmp_make_private(1000, 0x5000, PageSize.SIZE_4K, 7) == RmpStatus.SUCCESS
+    m = h.metrics()
+    assert m["directmap_split_count"] == 2
+    assert (m["directmap_1g"], m["directmap_2m"], m["directmap_4k"]) == (0, 511 * M2, 512 * K4)
+    assert m["rmpupdate_count"] == 1
+    assert h.rmp_make_shared(1000, PageSize.SIZE_4K) == RmpStatus.SUCCESS
+    h.release_frames(np.array([1000]))
+    m = h.metrics()
+    assert (m["directmap_1g"], m["directmap_2m"], m["directmap_4k"]) == (0, 511 * M2, 512 * K4)
+    assert m["directmap_merge_count"] == 0
+    assert m["rmpupdate_count"] == 2
+
+
+def test_upstream_2m_private_page_needs_no_split() -> None:
+    h = host("upstream")
+    assert h.rmp_make_private(512, 0x200000, PageSize.SIZE_2M, 7) == RmpStatus.SUCCESS
+    assert h.metrics()["directmap_1g"] == G1
+    assert h.metrics()["directmap_split_count"] == 0
+
+
+def test_unmap_removes_the_page_and_restores_it_without_merging() -> None:
+    h = host("unmap")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    m = h.metrics()
+    assert m["directmap_split_count"] == 2
+    assert m["directmap_4k"] == 511 * K4
+    assert m["directmap_4k"] + m["directmap_2m"] + m["directmap_1g"] == G1 - K4
+    assert h.directmap.level(1000) is None
+    h.rmp_make_shared(1000, PageSize.SIZE_4K)
+    assert h.metrics()["directmap_4k"] == 512 * K4
+    assert h.release_frames(np.array([1000])) == 0  # restore = never
+    assert h.metrics()["directmap_merge_count"] == 0
+
+
+def test_upm_remerges_at_the_release_point() -> None:
+    h = host("upm")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    h.rmp_make_shared(1000, PageSize.SIZE_4K)
+    assert h.release_frames(np.array([1000])) == 2  # the 2M range, then the GiB
+    m = h.metrics()
+    assert (m["directmap_1g"], m["directmap_2m"], m["directmap_4k"]) == (G1, 0, 0)
+    assert m["directmap_merge_count"] == 2
+
+
+def test_release_does_not_merge_a_range_that_still_holds_a_private_page() -> None:
+    h = host("upm")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    h.rmp_make_private(1001, K4, PageSize.SIZE_4K, 1)
+    h.rmp_make_shared(1000, PageSize.SIZE_4K)
+    assert h.release_frames(np.array([1000])) == 0
+    assert h.directmap.level(1001) is None
+
+
+def test_unmap_nosplit_removes_whole_2m_mappings_only() -> None:
+    h = host("upm-nosplit")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    m = h.metrics()
+    assert m["directmap_split_count"] == 1  # 1G -> 2M, never to 4K
+    assert (m["directmap_1g"], m["directmap_2m"], m["directmap_4k"]) == (0, 511 * M2, 0)
+    assert h.directmap.level(600) is None  # the whole 2M block [512, 1024) is gone
+    h.rmp_make_shared(1000, PageSize.SIZE_4K)
+    assert h.metrics()["directmap_2m"] == 512 * M2
+    assert h.release_frames(np.arange(512, 1024)) == 1  # the GiB
+    assert h.metrics()["directmap_1g"] == G1
+
+
+def test_unmap_nosplit_keeps_block_removed_while_any_page_is_private() -> None:
+    h = host("upm-nosplit")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    h.rmp_make_private(1001, K4, PageSize.SIZE_4K, 1)
+    h.rmp_make_shared(1000, PageSize.SIZE_4K)
+    assert h.directmap.level(1000) is None
+
+
+def test_bulk_splits_the_region_at_registration_and_restores_at_unregister() -> None:
+    h = host("bulk")
+    h.register_frames(np.arange(0, 1024))
+    m = h.metrics()
+    assert m["directmap_split_count"] == 3  # the GiB, then 2M ranges 0 and 1
+    assert m["directmap_4k"] == 1024 * K4
+    h.rmp_make_private(5, 0, PageSize.SIZE_4K, 1)
+    assert h.metrics()["directmap_split_count"] == 3  # already 4K: no further split
+    assert h.unregister_frames(np.arange(0, 1024)) == 1  # range 1 merges; range 0 holds a private page
+    h.rmp_make_shared(5, PageSize.SIZE_4K)
+    assert h.unregister_frames(np.arange(0, 1024)) == 2  # range 0, then the GiB
+    assert h.metrics()["directmap_1g"] == G1
+
+
+def test_write_through_1g_mapping_faults_on_a_neighbour_of_a_private_page() -> None:
+    h = host(KEEP_OOPS)
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    assert h.kernel_write(1024, "test") is True  # another 2M range
+    assert h.kernel_write(1001, "test:neighbour") is False  # hypervisor-owned, same 2M range
+    assert h.host_rmp_fault_count == 1
+    assert h.host_crash_count == 1
+    crash = h.crashes[0]
+    assert (crash.pfn, crash.path, crash.kind) == (1001, "test:neighbour", "rmp")
+    assert crash.error_code & (1 << 31)
+
+
+def test_fixup_makes_the_2m_range_shared_and_retries() -> None:
+    h = host("fixup")
+    seen: list[list[int]] = []
+    h.fixup_listeners.append(lambda pfns: seen.append(sorted(int(p) for p in pfns)))
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    h.rmp_make_private(700, K4, PageSize.SIZE_4K, 1)
+    assert h.kernel_write(1001, "test") is True
+    assert h.host_rmp_fault_count == 1
+    assert h.host_crash_count == 0
+    assert seen == [[700, 1000]]
+    assert h.fixup_page_count == 2
+    assert not h.rmp.rmpread(1000 * K4).assigned
+    assert not h.rmp.rmpread(700 * K4).assigned
+    assert h.metrics()["rmpupdate_count"] == 4
+
+
+def test_fixup_of_a_2m_private_entry_uses_one_2m_rmpupdate() -> None:
+    h = host("fixup")
+    h.rmp_make_private(512, 0, PageSize.SIZE_2M, 1)
+    assert h.kernel_write(600, "test") is True
+    assert h.fixup_page_count == 512
+    assert h.metrics()["rmpupdate_count"] == 2
+    assert h.rmp.assigned_in_2m(512) == 0
+
+
+def test_split_mapping_protects_neighbours_but_not_the_private_page_itself() -> None:
+    h = host("upstream")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    assert h.kernel_write(1001, "test") is True
+    assert h.kernel_write(1000, "test:self") is False
+    assert h.crashes[-1].kind == "rmp"
+
+
+def test_reads_are_never_rmp_checked_but_unmapped_pages_oops() -> None:
+    h = host("upstream")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    assert h.kernel_read(1000, "test") is True
+    u = host("unmap")
+    u.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    assert u.kernel_read(1000, "mm/ksm.c:calc_checksum") is False
+    assert u.host_notpresent_fault_count == 1
+    assert u.crashes[0].kind == "not-present"
+    assert u.metrics()["host_rmp_fault_count"] == 0
+
+
+def test_allocation_zeroing_hits_the_private_neighbour() -> None:
+    h = host(KEEP_OOPS)
+    h.rmp_make_private(1, 0, PageSize.SIZE_4K, 1)
+    pfn = h.alloc(0, Owner.USER)
+    assert pfn == 0  # the buddy allocator hands out the lowest free frame
+    assert h.host_crash_count == 1
+    assert h.crashes[0].path == "mm/page_alloc.c:kernel_init_pages"
+    assert h.frames.get(0) == Owner.USER
+
+
+def test_alloc_without_zeroing_does_not_write() -> None:
+    h = host(KEEP_OOPS)
+    h.rmp_make_private(1, 0, PageSize.SIZE_4K, 1)
+    assert h.alloc(0, Owner.USER, zero=False) == 0
+    assert h.host_crash_count == 0
+
+
+def test_range_conversions_equal_single_conversions() -> None:
+    for name in presets:
+        a, b = host(name, 2 * GIB_FRAMES), host(name, 2 * GIB_FRAMES)
+        pfn0, n = GIB_FRAMES - 700, 1500  # straddles a GiB boundary
+        sa = a.rmp_make_private_range(pfn0, n, 0x10000, 3)
+        sb = [b.rmp_make_private(pfn0 + i, 0x10000 + i * K4, PageSize.SIZE_4K, 3) for i in range(n)]
+        assert sa.tolist() == [int(s) for s in sb], name
+        assert a.metrics() == b.metrics(), name
+        half = slice(100, 900)
+        ra = a.rmp_make_shared_range(pfn0 + half.start, half.stop - half.start)
+        rb = [b.rmp_make_shared(pfn0 + i, PageSize.SIZE_4K) for i in range(half.start, half.stop)]
+        assert ra.tolist() == [int(s) for s in rb], name
+        assert a.metrics() == b.metrics(), name
+        assert np.array_equal(a.directmap.levels(pfn0 - 512, n + 1024), b.directmap.levels(pfn0 - 512, n + 1024))
+
+
+@pytest.mark.parametrize("name", list(presets))
+def test_costs_are_charged(name: str) -> None:
+    h = host(name)
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    splits = h.metrics()["directmap_split_count"]
+    assert h.busy_ns == h.costs.rmpupdate_ns + splits * h.costs.directmap_split_ns
