@@ -1,18 +1,22 @@
-"""The ``snpsim`` command line."""
+"""The ``snpsim`` command line: run scenarios under one or more presets and compare the metrics."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from snpsim.demo import DemoConfig, run_demo
+import snpsim
 from snpsim.errors import ConfigError
+from snpsim.metrics import METRICS
 from snpsim.policy import presets
-from snpsim.units import format_bytes, parse_duration, parse_size
+from snpsim.scenario import DEFAULT_SCENARIO
+from snpsim.units import format_bytes
 
 app = typer.Typer(
     help="snpsim: model how a KVM host manages the memory of confidential VMs (AMD SEV-SNP).",
@@ -21,11 +25,9 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-_BYTE_METRICS = ("directmap_4k", "directmap_2m", "directmap_1g", "private_bytes")
-
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code=2)
 
 
@@ -36,58 +38,88 @@ def _root(ctx: typer.Context) -> None:
         raise typer.Exit(0)
 
 
+def _format(metric: str, value: float) -> str:
+    if metric.endswith("_count") or metric == "sim_time_ns":
+        return f"{int(value):,}"
+    return format_bytes(int(value))
+
+
 @app.command()
 def run(
-    preset: Annotated[
-        list[str] | None, typer.Option("--preset", "-p", help="Preset to run (repeatable; default: all).")
+    config: Annotated[
+        Path | None, typer.Argument(help="Scenario TOML file (default: the built-in comparison scenario).")
     ] = None,
-    host_memory: Annotated[str, typer.Option(help="Host physical memory.")] = "2G",
-    guest_memory: Annotated[str, typer.Option(help="Guest memory.")] = "256M",
-    conversions: Annotated[int, typer.Option(help="Random private<->shared conversions after boot.")] = 10_000,
-    duration: Annotated[str, typer.Option(help="Simulated time.")] = "1s",
-    seed: Annotated[int, typer.Option(help="RNG seed; same seed, same result.")] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    preset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--preset",
+            "-p",
+            help="Run under this preset (repeatable). Default: the scenario's policy, "
+            "or every preset for the built-in scenario.",
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
+    duration: Annotated[str | None, typer.Option(help="Override the simulated time, e.g. 10s.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Run the built-in demo: one SNP guest on a busy host under each preset, and compare the host's fate."""
+    """Simulate a scenario under one or more presets and print the metrics side by side."""
     try:
-        names = preset or list(presets)
+        if config is None:
+            base: dict[str, Any] = dict(DEFAULT_SCENARIO)
+            names = preset or list(presets)
+        else:
+            from snpsim.scenario import load
+
+            load(config)  # validate the file (errors name the file and field)
+            import tomllib
+
+            base = tomllib.loads(config.read_text())
+            names = preset or [""]
         for name in names:
-            if name not in presets:
+            if name and name not in presets:
                 raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
-        if conversions < 0:
-            raise ConfigError("--conversions", "must be >= 0")
-        cfg = DemoConfig(
-            host_bytes=parse_size(host_memory, "--host-memory"),
-            guest_bytes=parse_size(guest_memory, "--guest-memory"),
-            conversions=conversions,
-            duration_ns=parse_duration(duration, "--duration"),
-            seed=seed,
-        )
-        if cfg.host_bytes < (64 << 20) or cfg.host_bytes % 4096:
-            raise ConfigError("--host-memory", "must be a multiple of 4K and at least 64M")
-        if not 0 < cfg.guest_bytes <= cfg.host_bytes // 2:
-            raise ConfigError("--guest-memory", "must be > 0 and at most half of --host-memory")
+        if seed is not None:
+            base["seed"] = seed
+        if duration is not None:
+            base["duration"] = duration
+        scenarios = {
+            name or str(base.get("policy", "upstream")): ({**base, "policy": name} if name else base) for name in names
+        }
+        from snpsim.scenario import load as load_scenario
+
+        loaded = {label: load_scenario(sc) for label, sc in scenarios.items()}
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    if quiet or as_json:
-        results = run_demo(cfg, names)
-    else:
-        with console.status("") as status:
-            results = run_demo(cfg, names, progress=lambda n: status.update(f"simulating preset [bold]{n}[/] ..."))
+    results = {}
+    with Progress(
+        TextColumn("[bold]{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=quiet or as_json,
+        transient=False,
+    ) as progress:
+        for label, sc in loaded.items():
+            task = progress.add_task(label, total=1.0)
+            results[label] = snpsim.run(sc, progress=lambda f, t=task: progress.update(t, completed=f))
+            progress.update(task, completed=1.0)
     if as_json:
-        console.print_json(json.dumps(results))
+        console.print_json(json.dumps({label: r.summary for label, r in results.items()}))
         return
-    table = Table(
-        title=f"snpsim demo: {format_bytes(cfg.guest_bytes)} SNP guest on a {format_bytes(cfg.host_bytes)} host"
-    )
+    first = next(iter(loaded.values()))
+    table = Table(title=first.name or (str(config) if config else "snpsim"))
     table.add_column("metric")
-    for name in names:
-        table.add_column(name, justify="right")
-    for metric in next(iter(results.values())):
-        cells = [format_bytes(r[metric]) if metric in _BYTE_METRICS else f"{r[metric]:,}" for r in results.values()]
-        table.add_row(metric, *cells)
+    for label in results:
+        table.add_column(label, justify="right")
+    for metric in METRICS:
+        table.add_row(metric, *(_format(metric, r.summary[metric]) for r in results.values()))
     console.print(table)
+    crashed = [label for label, r in results.items() if r.summary["host_crash_count"]]
+    if crashed:
+        paths = {c["path"] for label in crashed for c in results[label].crashes}
+        console.print(f"host crashes under {', '.join(crashed)}; kernel paths: {', '.join(sorted(paths))}")
 
 
 @app.command("presets")

@@ -11,6 +11,8 @@ The schema (``shared/DESIGN.md``; every field but ``vms`` has a default)::
     memory = "64G"
     directmap_max_level = "1g"    # 1g | 2m | 4k: the largest direct-map mapping the kernel uses
     zero_on_alloc = true          # the allocator zeroes pages through the direct map
+    page_cache = 0.0              # share of host memory held by scattered page-cache pages when VMs start
+                                  # (fragments free memory, so guest and host frames share 2M ranges)
     [host.writers.page_zeroing]   # kernel writers: page_zeroing, compaction, ksm, hibernation (see host.writers)
     interval = "1ms"
 
@@ -53,8 +55,35 @@ from snpsim.hw.types import PageSize
 from snpsim.policy import Policy, resolve_policy
 from snpsim.units import parse_duration, parse_size
 
+#: The built-in scenario ``snpsim run`` uses without a config file: a 1 GiB SNP guest converting memory at random
+#: on a 4 GiB host whose memory is half full of scattered page cache, with page zeroing, compaction and KSM running.
+DEFAULT_SCENARIO: dict[str, Any] = {
+    "name": "default: 1G SNP guest, random conversions, busy fragmented host",
+    "seed": 1,
+    "duration": "1500ms",
+    "samples": 30,
+    "policy": "upstream",
+    "host": {
+        "memory": "4G",
+        "page_cache": 0.5,
+        "writers": {
+            "page_zeroing": {"interval": "1ms", "batch": 32, "resident_pages": 32768},
+            "compaction": {},
+            "ksm": {},
+        },
+    },
+    "vms": [
+        {
+            "memory": "1G",
+            "vcpus": 4,
+            "workload": "random-conversion",
+            "params": {"rate_per_s": 2000, "max_pages": 64, "touch_rate_per_s": 2000},
+        }
+    ],
+}
+
 _TOP = {"seed", "duration", "samples", "policy", "host", "vms", "churn", "costs", "name"}
-_HOST = {"memory", "directmap_max_level", "zero_on_alloc", "writers"}
+_HOST = {"memory", "directmap_max_level", "zero_on_alloc", "writers", "page_cache"}
 _VM = {"memory", "vcpus", "workload", "count", "start", "lifetime", "guest", "params"}
 _CHURN = {"interval", "lifetime", "memory", "vcpus", "workload", "max_vms", "guest", "params"}
 _WRITERS = {"page_zeroing", "compaction", "ksm", "hibernation"}
@@ -100,6 +129,7 @@ class Scenario:
     host_memory: int
     directmap_max_level: PageSize
     zero_on_alloc: bool
+    page_cache: float
     writers: dict[str, dict[str, Any]]
     vms: tuple[VmSpec, ...]
     churn: ChurnSpec | None
@@ -178,6 +208,9 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
     zero = host.get("zero_on_alloc", True)
     if not isinstance(zero, bool):
         raise ConfigError("host.zero_on_alloc", f"expected true or false, got {zero!r}")
+    page_cache = host.get("page_cache", 0.0)
+    if isinstance(page_cache, bool) or not isinstance(page_cache, int | float) or not 0 <= page_cache < 1:
+        raise ConfigError("host.page_cache", f"expected a fraction in [0, 1), got {page_cache!r}")
     writers = _table(host.get("writers", {}), "host.writers")
     _unknown(writers, _WRITERS, "host.writers")
     writer_cfg = {k: _writer(k, v) for k, v in writers.items()}
@@ -200,6 +233,7 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         host_memory=host_memory,
         directmap_max_level=_LEVELS[level_name],
         zero_on_alloc=zero,
+        page_cache=float(page_cache),
         writers=writer_cfg,
         vms=vms,
         churn=churn,

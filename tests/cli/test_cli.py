@@ -1,15 +1,40 @@
-"""The snpsim command line: demo run, presets table, clean errors for bad input."""
+"""The snpsim command line: scenario runs under presets, the presets table, clean errors for bad input."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from snpsim.cli import app
 
 runner = CliRunner()
-SMALL = ["--host-memory", "256M", "--guest-memory", "16M", "--conversions", "200", "--duration", "50ms"]
+
+SMALL = """
+seed = 3
+duration = "300ms"
+samples = 5
+policy = "upstream"
+[host]
+memory = "1G"
+page_cache = 0.5
+[host.writers.page_zeroing]
+interval = "1ms"
+[[vms]]
+memory = "128M"
+vcpus = 2
+workload = "random-conversion"
+[vms.params]
+rate_per_s = 500
+touch_rate_per_s = 500
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    return path
 
 
 def test_help_and_no_args() -> None:
@@ -26,34 +51,44 @@ def test_presets_table_lists_every_preset() -> None:
         assert name in result.output
 
 
-def test_demo_json_is_deterministic_and_shows_the_policies_apart() -> None:
-    args = ["run", "--json", "-p", "fixup", "-p", "upstream", "-p", "upm-nosplit", *SMALL]
+def test_config_json_is_deterministic_and_shows_the_policies_apart(tmp_path: Path) -> None:
+    cfg = write(tmp_path, SMALL)
+    args = ["run", str(cfg), "--json", "-p", "fixup", "-p", "upstream", "-p", "upm-nosplit"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, args)
     assert first.output == again.output
     data = json.loads(first.output)
     assert set(data) == {"fixup", "upstream", "upm-nosplit"}
+    # fixup never touches the direct map; upstream splits it; upm-nosplit never maps anything at 4K
     assert data["fixup"]["directmap_4k"] == 0 and data["fixup"]["directmap_split_count"] == 0
     assert data["upstream"]["directmap_4k"] > 0
     assert data["upm-nosplit"]["directmap_4k"] == 0
     assert data["upstream"]["host_crash_count"] == 0
+    # the default policy of the file is used when no preset is given
+    single = json.loads(runner.invoke(app, ["run", str(cfg), "--json"]).output)
+    assert list(single) == ["upstream"]
+    assert single["upstream"] == data["upstream"]
 
 
-def test_demo_table_output() -> None:
-    result = runner.invoke(app, ["run", "-q", "-p", "upstream", *SMALL], env={"COLUMNS": "120"})
+def test_table_output(tmp_path: Path) -> None:
+    cfg = write(tmp_path, SMALL)
+    result = runner.invoke(app, ["run", str(cfg), "-q"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
-    assert "directmap_4k" in result.output
+    assert "directmap_4k" in result.output and "upstream" in result.output
 
 
-def test_bad_input_is_one_line_exit_2() -> None:
-    for args, field in (
-        (["run", "--host-memory", "12Q"], "--host-memory"),
+def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad_field = write(tmp_path, SMALL.replace('memory = "1G"', 'memory = "1Q"'))
+    (tmp_path / "broken.toml").write_text("seed = [")
+    for args, needle in (
+        (["run", str(bad_field)], "host.memory"),
+        (["run", str(tmp_path / "missing.toml")], "missing.toml"),
+        (["run", str(tmp_path / "broken.toml")], "broken.toml"),
         (["run", "-p", "nope"], "--preset"),
-        (["run", "--guest-memory", "8G", "--host-memory", "1G"], "--guest-memory"),
-        (["run", "--duration", "soon"], "--duration"),
+        (["run", "--duration", "soon"], "duration"),
     ):
         result = runner.invoke(app, args)
-        assert result.exit_code == 2, args
-        assert field in result.output
+        assert result.exit_code == 2, (args, result.output)
+        assert needle in result.output
         assert "Traceback" not in result.output

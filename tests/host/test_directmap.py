@@ -397,15 +397,14 @@ class Naive:
         return m + sum(self.merge_1g(g) for g in range(p // P1G, (p + k - 1) // P1G + 1))
 
     def levels(self) -> np.ndarray:
-        lv = np.frombuffer(bytes(self.lvl), dtype=np.uint8).astype(np.int8)
-        lv[np.frombuffer(bytes(self.pres), dtype=np.uint8) == 0] = -1
+        lv = np.frombuffer(self.lvl, dtype=np.int8).copy()
+        lv[np.frombuffer(self.pres, dtype=np.uint8) == 0] = -1
         return lv
 
 
 LAYOUTS = [
     (HOST_N, PageSize.SIZE_1G),
     (HOST_N, PageSize.SIZE_1G),
-    (2 * P1G + P2M, PageSize.SIZE_1G),
     (2 * P1G + P2M, PageSize.SIZE_1G),
     (P1G, PageSize.SIZE_2M),
     (3 * P2M + 5, PageSize.SIZE_1G),
@@ -419,10 +418,12 @@ class DirectMapMachine(RuleBasedStateMachine):
     dm: DirectMap
     nv: Naive
 
-    @initialize(layout=st.sampled_from(LAYOUTS))
-    def setup(self, layout: tuple[int, PageSize]) -> None:
+    @initialize(layout=st.sampled_from(LAYOUTS), vectorised=st.booleans())
+    def setup(self, layout: tuple[int, PageSize], vectorised: bool) -> None:
         n, max_level = layout
         self.dm = DirectMap(n, max_level=max_level)
+        if vectorised:
+            self.dm._small_range_2m = 0  # every range op through the numpy path
         self.nv = Naive(n, max_level)
         n2m = -(-n // P2M)
         # 2M ranges where things happen: GiB edges, the tail, and a couple inside.
@@ -593,7 +594,7 @@ class DirectMapMachine(RuleBasedStateMachine):
 
 
 DirectMapMachine.TestCase.settings = settings(
-    max_examples=80,
+    max_examples=70,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -607,17 +608,22 @@ _OPS = st.lists(
     st.tuples(
         st.sampled_from(["remove", "restore", "set_4k", "remove_2m", "restore_2m", "remove_1g", "restore_1g", "merge"]),
         st.integers(0, HOST_N - 1),
-        st.integers(0, 2000),
+        st.integers(0, 6000),
     ),
     max_size=12,
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(ops=_OPS, max_level=st.sampled_from([PageSize.SIZE_1G, PageSize.SIZE_2M]))
-def test_range_ops_equal_loops(ops: list[tuple[str, int, int]], max_level: PageSize) -> None:
+@given(
+    ops=_OPS,
+    max_level=st.sampled_from([PageSize.SIZE_1G, PageSize.SIZE_2M]),
+    small=st.sampled_from([0, 1, 8]),
+)
+def test_range_ops_equal_loops(ops: list[tuple[str, int, int]], max_level: PageSize, small: int) -> None:
     hot = [0, P1G - 700, P1G - 1, P1G + 5, HOST_N - 900]
     vec = DirectMap(HOST_N, max_level=max_level)
+    vec._small_range_2m = small  # 0: all numpy; 1: scalar path for single-2M ranges; 8: default
     loop = DirectMap(HOST_N, max_level=max_level)
     for name, raw, npages in ops:
         pfn = hot[raw % len(hot)] + raw % 997
@@ -645,6 +651,47 @@ def test_range_ops_equal_loops(ops: list[tuple[str, int, int]], max_level: PageS
     np.testing.assert_array_equal(vec.levels(0, HOST_N), loop.levels(0, HOST_N))
     vec.check_invariants()
     loop.check_invariants()
+
+
+EDGE_N = P1G + 16 * P2M + 3
+
+
+def _prepared(state: str, small: int) -> DirectMap:
+    d = DirectMap(EDGE_N)
+    d._small_range_2m = small
+    if state == "removed-1g":
+        d.remove_1g(0)
+    elif state == "split-1g":
+        d.split_1g(0)
+        d.remove_2m(P1G // P2M - 2)
+    elif state == "split-4k":
+        d.remove_range(P1G - 6 * P2M, 8 * P2M)  # 4K-split, not present, across the GiB boundary
+    return d
+
+
+@pytest.mark.parametrize("state", ["fresh", "removed-1g", "split-1g", "split-4k"])
+def test_range_edges_equal_loops(state: str) -> None:
+    """Vectorised range ops with ends one page either side of 2M boundaries, against per-page loops."""
+    b = P1G - 4 * P2M
+    for d1 in (-1, 0, 1):
+        for last in (b + 3 * P2M, b + 9 * P2M):
+            for d2 in (-1, 0, 1):
+                start, end = b + d1, last + d2
+                for first_op in ("remove", "restore"):
+                    vec, loop = _prepared(state, 0), _prepared(state, 0)
+                    ops = [first_op, "restore" if first_op == "remove" else "remove"]
+                    for op in ops:
+                        one = loop.remove_4k if op == "remove" else loop.restore_4k
+                        splits = sum(one(f) for f in range(start, end))
+                        ranged = vec.remove_range if op == "remove" else vec.restore_range
+                        assert ranged(start, end - start) == splits, (state, d1, last, d2, ops)
+                        assert kb(vec) == kb(loop)
+                        assert np.array_equal(
+                            vec.levels(b - P2M, EDGE_N - b + P2M), loop.levels(b - P2M, EDGE_N - b + P2M)
+                        )
+                    assert vec.try_merge(start, end - start) == loop.try_merge(start, end - start)
+                    assert kb(vec) == kb(loop)
+                    vec.check_invariants()
 
 
 # ---------------------------------------------------------------------------------------------- scale

@@ -189,7 +189,8 @@ class NaiveRmp:
     def _input_2m_ok(self, spa: int, gpa: int, page_size: int) -> bool:
         if not _size_ok(page_size):
             return False
-        return not (page_size == PageSize.SIZE_2M and (spa % SIZE_2M_BYTES or gpa % SIZE_2M_BYTES))
+        # guest-instr-align: the operand is a guest address; only the GPA must be 2M-aligned for a 2M request
+        return not (page_size == PageSize.SIZE_2M and gpa % SIZE_2M_BYTES)
 
     def _owned_entry(self, spa: int, *, asid: int, gpa: int, page_size: PageSize) -> _Page | RmpStatus:
         """RMP ownership + size checks common to PVALIDATE and RMPADJUST (§5, rule 4)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import tracemalloc
 
@@ -29,6 +30,22 @@ def test_status_and_size_values() -> None:
     assert [int(s) for s in (S.SUCCESS, S.FAIL_INPUT, S.FAIL_PERMISSION, S.FAIL_INUSE, S.FAIL_OVERLAP,
                              S.FAIL_SIZEMISMATCH, S.FAIL_BADADDR)] == [0, 1, 2, 3, 4, 6, 7]
     assert (int(K4), int(M2), int(PageSize.SIZE_1G)) == (0, 1, 2)
+
+
+def test_return_types(rmp: Rmp) -> None:
+    """DESIGN.md public API: instructions return RmpStatus, PVALIDATE (RmpStatus, bool), RMPREAD a frozen
+    RmpEntry whose vmpl_perms holds one mask per VMPL0..3 (§1 Table 15-34)."""
+    st = rmp.rmpupdate(page(1), assigned=True, gpa=GPA_OFFSET, asid=1)
+    assert isinstance(st, RmpStatus) and st == S.SUCCESS
+    assert isinstance(rmp.rmpupdate(1, assigned=True), RmpStatus)
+    assert isinstance(rmp.psmash(0), RmpStatus)
+    status, cf = rmp.pvalidate(page(1), asid=1, gpa=GPA_OFFSET, page_size=K4, validate=True)
+    assert isinstance(status, RmpStatus) and isinstance(cf, bool)
+    e = rmp.rmpread(page(1))
+    assert isinstance(e, RmpEntry)
+    assert isinstance(e.vmpl_perms, tuple) and len(e.vmpl_perms) == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.assigned = False  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("n", [0, 1, 511, 512, NPAGES - 1])

@@ -18,6 +18,7 @@ Comparison details:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import HealthCheck, event, settings
@@ -128,13 +129,10 @@ def describe(outcome: Outcome) -> str:
 
 
 def assert_same_entry(spa: int, got: RmpEntry, want: RmpEntry) -> None:
-    if not want.assigned and want.page_size == K4:
-        got = RmpEntry(got.assigned, got.page_size, got.immutable, 0, got.asid, got.vmsa, got.validated,
-                       tuple(got.vmpl_perms))
-        want = RmpEntry(want.assigned, want.page_size, want.immutable, 0, want.asid, want.vmsa, want.validated,
-                        tuple(want.vmpl_perms))
     got = RmpEntry(bool(got.assigned), PageSize(got.page_size), bool(got.immutable), int(got.gpa), int(got.asid),
                    bool(got.vmsa), bool(got.validated), tuple(int(p) for p in got.vmpl_perms))
+    if not want.assigned and want.page_size == K4:  # GPA of a hypervisor-owned 4K entry: not fixed by the rules
+        got, want = replace(got, gpa=0), replace(want, gpa=0)
     assert got == want, f"rmpread({spa:#x}): impl {got} != model {want}"
 
 

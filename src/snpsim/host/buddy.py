@@ -257,6 +257,21 @@ class BuddyAllocator:
         self._free_frames -= 1 << order
         return idx << order
 
+    def take_page_off_buddy(self, pfn: int) -> bool:
+        """``take_page_off_buddy()`` (mm/page_alloc.c): remove the free frame ``pfn`` from the free lists, splitting
+        the free block that holds it and returning the other halves; False if the frame is not free."""
+        pfn = int(pfn)
+        for order in range(self._max_order + 1):
+            idx = pfn >> order
+            if idx in self._sets[order]:
+                self._free[order].remove(idx)
+                while order > 0:
+                    order -= 1
+                    self._free[order].add((pfn >> order) ^ 1)
+                self._free_frames -= 1
+                return True
+        return False
+
     def free(self, pfn: int, order: int) -> None:
         """Free the block of ``2**order`` frames at ``pfn``, merging with free buddies (``__free_one_page``).
 

@@ -44,13 +44,14 @@ sharing their memory (vectorised range operations). All counters are maintained 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
 from snpsim.hw.types import PAGE_SIZE, PAGES_PER_1G, PAGES_PER_2M, PageSize
 
-__all__ = ["DirectMap"]
+__all__ = ["NOT_PRESENT", "DirectMap"]
 
 # PUD (1 GiB) entry states.
 _PUD_NP = 0
@@ -80,6 +81,10 @@ class DirectMap:
     whether they did anything. Index arguments: ``pfn`` is a 4K frame number, ``idx2m`` = ``pfn // 512``,
     ``gb`` = ``pfn // 262144``. Out-of-range arguments raise :class:`ValueError`.
     """
+
+    #: Range operations touching fewer 2M ranges than this run piecewise on the scalar path (cheaper than the
+    #: numpy set-up for small ranges); results are identical either way (tests set 0 to force numpy).
+    _small_range_2m: int = 8
 
     def __init__(self, nframes: int, *, max_level: PageSize = PageSize.SIZE_1G) -> None:
         if nframes <= 0:
@@ -310,17 +315,16 @@ class DirectMap:
         if not sp.size:
             return np.empty(0, dtype=np.int64), []
         partial: list[tuple[int, int, int]] = []
-        drop: list[int] = []
-        for pos in {0, int(sp.size) - 1}:
-            i = int(sp[pos])
-            lo = max(pfn, i << _SHIFT_2M) - (i << _SHIFT_2M)
-            hi = min(end, (i + 1) << _SHIFT_2M) - (i << _SHIFT_2M)
-            if lo != 0 or hi != PAGES_PER_2M:
-                partial.append((self._slot_a[i], lo, hi))
-                drop.append(pos)
-        if drop:
-            sp = np.delete(sp, drop)
-        return self._slot[sp].astype(np.int64), partial
+        first, last = 0, int(sp.size)
+        i = int(sp[0])
+        if pfn > (i << _SHIFT_2M) or end < ((i + 1) << _SHIFT_2M):
+            partial.append((self._slot_a[i], max(pfn - (i << _SHIFT_2M), 0), min(end - (i << _SHIFT_2M), PAGES_PER_2M)))
+            first = 1
+        i = int(sp[-1])
+        if last > first and end < ((i + 1) << _SHIFT_2M):  # only the last range can end early
+            partial.append((self._slot_a[i], 0, end - (i << _SHIFT_2M)))
+            last -= 1
+        return self._slot[sp[first:last]].astype(np.int64), partial
 
     def _set_bits(self, pfn: int, end: int, value: bool) -> int:
         """Set the present bit of every 4K entry in ``[pfn, end)``; return how many bits changed."""
@@ -502,13 +506,71 @@ class DirectMap:
             self._n4k += 1
         return splits
 
+    @staticmethod
+    def _per_2m(op: Callable[[int, int], int], pfn: int, end: int) -> int:
+        """Apply a single-2M-range operation to each 2M piece of ``[pfn, end)``; sum the splits."""
+        splits = 0
+        while pfn < end:
+            nxt = min(((pfn >> _SHIFT_2M) + 1) << _SHIFT_2M, end)
+            splits += op(pfn, nxt)
+            pfn = nxt
+        return splits
+
+    def _remove_in_2m(self, pfn: int, end: int) -> int:
+        """:meth:`remove_range` for a range inside one 2M range (scalar fast path)."""
+        gb = pfn >> _SHIFT_1G
+        g = self._pud_b[gb]
+        if g == _PUD_NP:
+            return 0
+        splits = 0
+        if g == _PUD_1G:
+            self._split_1g_one(gb)
+            splits += 1
+        idx = pfn >> _SHIFT_2M
+        m = self._pmd_b[idx]
+        if m == _PMD_NP:
+            return splits
+        if m == _PMD_2M:
+            self._split_2m_one(idx)
+            splits += 1
+        base = idx << _SHIFT_2M
+        seg = self._bits[self._slot_a[idx], pfn - base : end - base]
+        self._n4k -= int(np.count_nonzero(seg))
+        seg[...] = False
+        return splits
+
+    def _restore_in_2m(self, pfn: int, end: int) -> int:
+        """:meth:`restore_range` for a range inside one 2M range (scalar fast path)."""
+        gb = pfn >> _SHIFT_1G
+        g = self._pud_b[gb]
+        if g == _PUD_1G:
+            return 0
+        splits = 0
+        if g == _PUD_NP:
+            self._split_1g_one(gb)
+            splits += 1
+        idx = pfn >> _SHIFT_2M
+        m = self._pmd_b[idx]
+        if m == _PMD_2M:
+            return splits
+        if m == _PMD_NP:
+            self._split_2m_one(idx)
+            splits += 1
+        base = idx << _SHIFT_2M
+        seg = self._bits[self._slot_a[idx], pfn - base : end - base]
+        self._n4k += (end - pfn) - int(np.count_nonzero(seg))
+        seg[...] = True
+        return splits
+
     def remove_range(self, pfn: int, npages: int) -> int:
         """:meth:`remove_4k` on every page of ``[pfn, pfn + npages)`` (vectorised); returns the splits."""
         self._check_range(pfn, npages)
         if npages == 0:
             return 0
-        before = self._splits
         end = pfn + npages
+        if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
+            return self._per_2m(self._remove_in_2m, pfn, end)
+        before = self._splits
         g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
         self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_1G) + g0)
         i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
@@ -521,8 +583,10 @@ class DirectMap:
         self._check_range(pfn, npages)
         if npages == 0:
             return 0
-        before = self._splits
         end = pfn + npages
+        if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
+            return self._per_2m(self._restore_in_2m, pfn, end)
+        before = self._splits
         g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
         self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_NP) + g0)
         i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
@@ -679,7 +743,7 @@ class DirectMap:
             g1 = min(((end - 1) >> _SHIFT_1G) + 1, self._full1g_total)
             if g1 > g0:
                 pmd = self._pmd[g0 * _PMDS_PER_PUD : g1 * _PMDS_PER_PUD].reshape(g1 - g0, _PMDS_PER_PUD)
-                ok = (self._pud[g0:g1] == _PUD_TABLE) & (pmd != _PMD_SPLIT).all(axis=1)
+                ok = (self._pud[g0:g1] == _PUD_TABLE) & (pmd == _PMD_2M).all(axis=1)
                 k = int(np.count_nonzero(ok))
                 if k:
                     pmd[ok] = _PMD_UNDER_PUD

@@ -94,5 +94,25 @@ class FrameTable:
             pfn = stop % self.nframes
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
+    segment_pages = _SEG_PAGES
+
+    def segments(self) -> list[npt.NDArray[np.uint8] | None]:
+        """The tag arrays of the 1 GiB segments (None: never tagged, all free)."""
+        return self._segs
+
+    def tags(self, pfn: int, npages: int) -> npt.NDArray[np.uint8]:
+        """Tags of ``[pfn, pfn+npages)`` (a copy)."""
+        out = np.zeros(npages, dtype=np.uint8)
+        end = pfn + npages
+        p = pfn
+        while p < end:
+            s = p >> _SEG_SHIFT
+            stop = min(end, (s + 1) << _SEG_SHIFT)
+            seg = self._segs[s]
+            if seg is not None:
+                out[p - pfn : stop - pfn] = seg[p - (s << _SEG_SHIFT) : stop - (s << _SEG_SHIFT)]
+            p = stop
+        return out
+
     def count(self, owner: Owner) -> int:
         return sum(int(np.count_nonzero(seg == owner)) for seg in self._segs if seg is not None)

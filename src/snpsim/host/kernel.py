@@ -87,6 +87,8 @@ class HostKernel:
         #: movable host pages (page cache / anonymous) oldest first, as the kernel's LRU lists (mm/vmscan.c);
         #: compaction replaces a migrated page here, as migration rewrites the owner's mapping
         self.lru: dict[int, None] = {}
+        #: pages moved by direct compaction to make room for high-order allocations
+        self.compaction_migrated = 0
         self._removal_pages = (
             self.policy.private_page_bytes >> PAGE_SHIFT if self.policy.directmap == "unmap-nosplit" else 1
         )
@@ -118,8 +120,12 @@ class HostKernel:
 
     # ------------------------------------------------------------------ allocation (mm/page_alloc.c)
     def alloc(self, order: int, owner: Owner, *, zero: bool | None = None, path: str = "") -> int | None:
-        """Allocate a 2^order block for ``owner``; zero it through the direct map (``kernel_init_pages``)."""
+        """Allocate a 2^order block for ``owner``; zero it through the direct map (``kernel_init_pages``).
+
+        A high-order request that finds no free block tries direct compaction first (:meth:`compact`)."""
         pfn = self.buddy.alloc(order)
+        if pfn is None and order > 0 and self.compact(order):
+            pfn = self.buddy.alloc(order)
         if pfn is None:
             return None
         self.frames.set_range(pfn, 1 << order, owner)
@@ -130,6 +136,8 @@ class HostKernel:
     def alloc_bulk(self, order: int, count: int, owner: Owner, *, zero: bool | None = None) -> IntArray | None:
         """``count`` blocks of 2^order (all or nothing), each zeroed like :meth:`alloc`."""
         pfns = self.buddy.alloc_bulk(order, count)
+        if pfns is None and order > 0:
+            pfns = self._alloc_compacting(order, count)
         if pfns is None:
             return None
         frames = _expand(pfns, order)
@@ -137,6 +145,69 @@ class HostKernel:
         if self.zero_on_alloc if zero is None else zero:
             self.kernel_write_range(frames, _ZERO_PATH)
         return pfns
+
+    def _alloc_compacting(self, order: int, count: int) -> IntArray | None:
+        got: list[int] = []
+        for _ in range(count):
+            pfn = self.buddy.alloc(order)
+            if pfn is None and self.compact(order):
+                pfn = self.buddy.alloc(order)
+            if pfn is None:
+                for p in got:
+                    self.buddy.free(p, order)
+                return None
+            got.append(pfn)
+        return np.array(got, dtype=np.int64)
+
+    def compact(self, order: int) -> bool:
+        """Direct compaction (``mm/compaction.c`` ``__alloc_pages_direct_compact``): free one aligned block of
+        2^order frames by migrating the movable pages out of it.
+
+        The block chosen is the one holding only free and movable (``USER``) frames with the fewest movable
+        pages; its free frames are isolated (``take_page_off_buddy``), each movable page is copied to a new
+        frame through the direct map (``migrate_pages`` → ``folio_mc_copy``: a read of the source and a write of
+        the destination, both RMP/present-checked like any kernel access) and the block is freed whole.
+        Returns False if no such block exists or memory runs out."""
+        n = 1 << order
+        best, best_users = -1, n + 1
+        for s, seg in enumerate(self.frames.segments()):
+            if seg is None or seg.size < n:
+                continue
+            blocks = seg[: seg.size // n * n].reshape(-1, n)
+            movable = ((blocks == Owner.FREE) | (blocks == Owner.USER)).all(axis=1)
+            users = (blocks == Owner.USER).sum(axis=1)
+            cand = np.flatnonzero(movable & (users > 0))
+            if cand.size:
+                k = int(cand[np.argmin(users[cand])])
+                if users[k] < best_users:
+                    best, best_users = (s * self.frames.segment_pages + k * n), int(users[k])
+        if best < 0:
+            return False
+        lo = best
+        tags = self.frames.tags(lo, n)
+        free_frames = np.flatnonzero(tags == Owner.FREE) + lo
+        for f in free_frames.tolist():
+            self.buddy.take_page_off_buddy(f)
+        migrated: list[int] = []
+        for src in (np.flatnonzero(tags == Owner.USER) + lo).tolist():
+            dst = self.buddy.alloc(0)
+            if dst is None:  # out of memory: give back what was isolated or vacated, the block stays fragmented
+                for f in [*free_frames.tolist(), *migrated]:
+                    self.frames.set_range(f, 1, Owner.FREE)
+                    self.buddy.free(f, 0)
+                return False
+            migrated.append(src)
+            self.frames.set_range(dst, 1, Owner.USER)
+            self.kernel_read(src, _MIGRATE_PATH)
+            self.kernel_write(dst, _MIGRATE_PATH)
+            self.busy_ns += self.costs.page_clear_ns
+            if src in self.lru:
+                del self.lru[src]
+                self.lru[dst] = None
+            self.compaction_migrated += 1
+        self.frames.set_range(lo, n, Owner.FREE)
+        self.buddy.free(lo, order)
+        return True
 
     def free(self, pfn: int, order: int) -> None:
         self.buddy.free(pfn, order)
@@ -171,55 +242,70 @@ class HostKernel:
 
     def rmp_make_private_range(self, pfn: int, npages: int, gpa: int, asid: int) -> IntArray:
         """4K ``rmp_make_private`` over a contiguous range (vectorised; equal to a loop of the single call)."""
-        s0, m0 = self.directmap.split_count, self.directmap.merge_count
-        dm = self.policy.directmap
-        if dm in ("split", "bulk"):
-            self._split_range(pfn, npages)
-        elif dm == "unmap":
-            self.directmap.remove_range(pfn, npages)
-        elif dm == "unmap-nosplit":
-            self._remove_blocks(pfn, npages)
-        self._charge_directmap(s0, m0)
-        self.busy_ns += npages * self.costs.rmpupdate_ns
-        return self.rmp.rmpupdate_range(pfn << PAGE_SHIFT, npages, assigned=True, gpa=gpa, asid=asid)
+        pfns = np.arange(pfn, pfn + npages, dtype=np.int64)
+        return self.rmp_make_private_pfns(pfns, pfns - pfn + (gpa >> PAGE_SHIFT), asid)
 
     def rmp_make_shared_range(self, pfn: int, npages: int) -> IntArray:
         """4K ``rmp_make_shared`` over a contiguous range (vectorised)."""
+        return self.rmp_make_shared_pfns(np.arange(pfn, pfn + npages, dtype=np.int64))
+
+    def rmp_make_private_pfns(self, pfns: IntArray, gfns: IntArray, asid: int) -> IntArray:
+        """4K ``rmp_make_private`` of distinct frames ``pfns`` bound to ``gfns`` (vectorised, any order)."""
+        if pfns.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        s0, m0 = self.directmap.split_count, self.directmap.merge_count
+        dm = self.policy.directmap
+        if dm in ("split", "bulk"):
+            self._split_2m_of(pfns)
+        elif dm == "unmap":
+            for lo, hi in _runs(np.sort(pfns)):
+                if hi - lo == 1:
+                    self.directmap.remove_4k(lo)
+                else:
+                    self.directmap.remove_range(lo, hi - lo)
+        elif dm == "unmap-nosplit":
+            for block in np.unique(pfns // self._removal_pages).tolist():
+                self._remove_block(block * self._removal_pages)
+        self._charge_directmap(s0, m0)
+        self.busy_ns += int(pfns.size) * self.costs.rmpupdate_ns
+        return self.rmp.rmpupdate_pfns(pfns, gfns, assigned=True, asid=asid)
+
+    def rmp_make_shared_pfns(self, pfns: IntArray) -> IntArray:
+        """4K ``rmp_make_shared`` of distinct frames (vectorised, any order)."""
+        if pfns.size == 0:
+            return np.zeros(0, dtype=np.int64)
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
         if self.policy.directmap in ("split", "bulk"):
-            self._split_range(pfn, npages)
-        self.busy_ns += npages * self.costs.rmpupdate_ns
-        status = self.rmp.rmpupdate_range(pfn << PAGE_SHIFT, npages, assigned=False)
-        ok = np.flatnonzero(status == RmpStatus.SUCCESS)
-        if ok.size:
+            self._split_2m_of(pfns)
+        self.busy_ns += int(pfns.size) * self.costs.rmpupdate_ns
+        status = self.rmp.rmpupdate_pfns(pfns, assigned=False)
+        done = np.sort(pfns[status == RmpStatus.SUCCESS])
+        if done.size:
             if self.policy.directmap == "unmap":
-                for lo, hi in _runs(ok + pfn):
-                    self.directmap.restore_range(lo, hi - lo)
+                for lo, hi in _runs(done):
+                    if hi - lo == 1:
+                        self.directmap.restore_4k(lo)
+                    else:
+                        self.directmap.restore_range(lo, hi - lo)
             elif self.policy.directmap == "unmap-nosplit":
-                for p in np.unique((ok + pfn) // self._removal_pages):
-                    self._restore_block_if_clean(int(p) * self._removal_pages)
+                for block in np.unique(done // self._removal_pages).tolist():
+                    self._restore_block_if_clean(block * self._removal_pages)
         self._charge_directmap(s0, m0)
         return status
+
+    def _split_2m_of(self, pfns: IntArray) -> None:
+        """``adjust_direct_map`` for 4K RMPUPDATEs: every 2M range holding one of the frames is mapped at 4K."""
+        for idx in np.unique(pfns // PAGES_PER_2M).tolist():
+            self.directmap.split_2m(idx)
 
     def _split_for(self, pfn: int, level: PageSize) -> None:
         if level == PageSize.SIZE_4K:
             self.directmap.set_4k(pfn)
 
-    def _split_range(self, pfn: int, npages: int) -> None:
-        for idx in range(pfn // PAGES_PER_2M, (pfn + npages - 1) // PAGES_PER_2M + 1):
-            self.directmap.split_2m(idx)
-
     def _block(self, pfn: int) -> tuple[int, int]:
         n = self._removal_pages
         lo = pfn // n * n
         return lo, min(lo + n, self.nframes)
-
-    def _remove_blocks(self, pfn: int, npages: int) -> None:
-        """unmap-nosplit: remove the whole private-granularity blocks (2M or 1G) covering the range."""
-        lo = self._block(pfn)[0]
-        while lo < pfn + npages:
-            self._remove_block(lo)
-            lo += self._removal_pages
 
     def _remove_block(self, pfn: int) -> None:
         lo, hi = self._block(pfn)
@@ -266,7 +352,7 @@ class HostKernel:
         """``MEM_ENCRYPT_REG_REGION`` / guest memory registration: ``bulk`` splits the whole region to 4K."""
         if self.policy.directmap == "bulk" and npages:
             s0, m0 = self.directmap.split_count, self.directmap.merge_count
-            self._split_range(pfn, npages)
+            self._split_2m_of(np.arange(pfn // PAGES_PER_2M, (pfn + npages - 1) // PAGES_PER_2M + 1) * PAGES_PER_2M)
             self._charge_directmap(s0, m0)
 
     def register_frames(self, pfns: IntArray) -> None:
@@ -368,6 +454,7 @@ class HostKernel:
 
 
 _ZERO_PATH = "mm/page_alloc.c:kernel_init_pages"
+_MIGRATE_PATH = "mm/compaction.c:compact_zone"
 
 
 def _expand(pfns: IntArray, order: int) -> IntArray:

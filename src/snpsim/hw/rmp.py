@@ -37,6 +37,10 @@ Modelling assumptions where the reference marks a fact unknown ([?]/[I]); each i
   type, SIZEM only for PVALIDATE/RMPADJUST size mismatches and VMPL for permission failures (§7).
 - ``uncovered``: pages beyond the table are hypervisor-owned: host writes never fault on them; guest private
   accesses, PVALIDATE and RMPADJUST on them fail the Covered check (#NPF with the RMP bit).
+- ``guest-instr-align``: PVALIDATE and RMPADJUST take a guest virtual address, so a 2M request returns
+  FAIL_INPUT only when the GPA is not 2M-aligned (§5 [I]); the SPA it translates to is not checked for
+  alignment: a 2M request reaching a 4K RMP entry returns FAIL_SIZEMISMATCH (Table 15-40), and one reaching
+  the middle of a 2M entry fails the Reverse-Map check (#NPF).
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ ASSUMPTIONS: dict[str, str] = {
     "rmpread-gpa": "RMPREAD inside a 2M entry reports page size 2M and gpa = entry gpa + offset",
     "npf-bits": "RMP NPF: RMP|ENC(private)|WRITE|FETCH; SIZEM only for PVALIDATE/RMPADJUST; VMPL for perms",
     "uncovered": "pages beyond the RMP are hypervisor-owned and fail guest private checks",
+    "guest-instr-align": "PVALIDATE/RMPADJUST 2M: FAIL_INPUT only for a misaligned GPA; an SPA on a 4K entry "
+    "gives FAIL_SIZEMISMATCH",
 }
 
 # Flag bits of the per-page flag byte (model-internal, not the raw Zen layout).
@@ -247,6 +253,18 @@ class Rmp:
                 out.append(idx + (c.seg << SEGMENT_SHIFT) + c.lo)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
+    def assigned_mask(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Vectorised ``rmpread(pfn).assigned`` for an array of PFNs (False beyond the table)."""
+        out = np.zeros(pfns.shape, dtype=bool)
+        inside = (pfns >= 0) & (pfns < self.npages)
+        segs = pfns >> SEGMENT_SHIFT
+        for s in np.unique(segs[inside]).tolist():
+            seg = self._segs[s]
+            if seg is not None:
+                sel = inside & (segs == s)
+                out[sel] = (seg.flags[pfns[sel] & _SEG_MASK] & F_ASSIGNED) != 0
+        return out
+
     def assigned_count(self) -> int:
         """Assigned 4K pages in the whole table."""
         return sum(int(s.region_assigned.sum()) for s in self._segs if s is not None)
@@ -364,7 +382,14 @@ class Rmp:
         if step == PAGES_PER_2M:
             self._rmpupdate_range_2m(pfn0, gfn0, in_table, status, assigned, asid, immutable)
         else:
-            self._rmpupdate_range_4k(pfn0, gfn0, in_table, status, assigned, asid, immutable)
+            self._rmpupdate_4k_many(
+                np.arange(pfn0, pfn0 + in_table, dtype=np.int64),
+                np.arange(gfn0, gfn0 + in_table, dtype=np.int64),
+                status[:in_table],
+                assigned,
+                asid,
+                immutable,
+            )
         return status
 
     def _in_use_mask(self, pfn: int, n: int) -> npt.NDArray[np.bool_]:
@@ -374,42 +399,71 @@ class Rmp:
                 mask[p - pfn] = True
         return mask
 
-    def _rmpupdate_range_4k(
+    def rmpupdate_pfns(
         self,
-        pfn0: int,
-        gfn0: int,
-        n: int,
+        pfns: npt.NDArray[np.int64],
+        gfns: npt.NDArray[np.int64] | None = None,
+        *,
+        assigned: bool,
+        asid: int = 0,
+        immutable: bool = False,
+    ) -> npt.NDArray[np.int64]:
+        """Vectorised 4K RMPUPDATE of *distinct* PFNs (any order), page ``k`` bound to ``gfns[k]``.
+
+        Equivalent to a loop of :meth:`rmpupdate` at 4K over the pages (in any order: steps on distinct pages
+        are independent, see :meth:`rmpupdate_range`); returns the per-page status codes.
+        """
+        pfns = np.asarray(pfns, dtype=np.int64)
+        gfns = np.zeros_like(pfns) if gfns is None else np.asarray(gfns, dtype=np.int64)
+        self.rmpupdate_count += int(pfns.size)
+        status = np.zeros(pfns.size, dtype=np.int64)
+        if self._rmpupdate_args_bad(0, PageSize.SIZE_4K, 0, assigned, asid, immutable):
+            status[:] = RmpStatus.FAIL_INPUT
+            return status
+        status[(pfns < 0) | (pfns >= self.npages) | (gfns < 0)] = RmpStatus.FAIL_INPUT
+        self._rmpupdate_4k_many(pfns, gfns, status, assigned, asid, immutable)
+        return status
+
+    def _rmpupdate_4k_many(
+        self,
+        pfns: npt.NDArray[np.int64],
+        gfns: npt.NDArray[np.int64],
         status: npt.NDArray[np.int64],
         assigned: bool,
         asid: int,
         immutable: bool,
     ) -> None:
-        in_use = self._in_use_mask(pfn0, n)
+        """Checks and writes of 4K RMPUPDATEs on distinct in-table pages whose ``status`` is still SUCCESS."""
+        if self._in_use:
+            status[(status == RmpStatus.SUCCESS) & np.isin(pfns, list(self._in_use))] = RmpStatus.FAIL_INUSE
         new_flags = np.uint8((F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0))
-        for c in self._chunks(pfn0, n):
-            seg = self._seg_w(c.seg << SEGMENT_SHIFT)
-            fl = seg.flags[c.lo : c.hi]
-            st = status[c.off : c.off + (c.hi - c.lo)]
+        live = status == RmpStatus.SUCCESS
+        segs = pfns >> SEGMENT_SHIFT
+        for sidx in np.unique(segs[live]).tolist():
+            sel = np.flatnonzero(live & (segs == sidx))
+            seg = self._seg_w(sidx << SEGMENT_SHIFT)
+            idx = pfns[sel] & _SEG_MASK
+            fl = seg.flags[idx]
+            st = np.zeros(sel.size, dtype=np.int64)
             st[(fl & (F_SIZE2M | F_ASSIGNED)) == (F_SIZE2M | F_ASSIGNED)] = RmpStatus.FAIL_OVERLAP
             st[(fl & F_IMMUTABLE) != 0] = RmpStatus.FAIL_PERMISSION
-            st[in_use[c.off : c.off + (c.hi - c.lo)]] = RmpStatus.FAIL_INUSE
+            status[sel] = st
             ok = st == RmpStatus.SUCCESS
             if not ok.any():
                 continue
             # rmpupdate-demote: every unassigned 2M entry touched by a successful step becomes 4K.
             demote = ok & ((fl & F_SIZE2M) != 0)
             if demote.any():
-                for head in np.unique((np.flatnonzero(demote) + c.lo) & ~_2M_MASK):
+                for head in np.unique(idx[demote] & ~_2M_MASK).tolist():
                     seg.flags[head : head + PAGES_PER_2M] &= ~np.uint8(F_SIZE2M)
-            idx = np.flatnonzero(ok) + c.lo
-            was = (seg.flags[idx] & F_ASSIGNED).astype(np.int32)
-            delta = (1 if assigned else 0) - was
-            np.add.at(seg.region_assigned, idx >> 9, delta)
-            seg.flags[idx] = new_flags
-            seg.gfn[idx] = gfn0 + c.off + (idx - c.lo)
-            seg.asid[idx] = asid
+            w = idx[ok]
+            was = (seg.flags[w] & F_ASSIGNED).astype(np.int32)
+            np.add.at(seg.region_assigned, w >> 9, (1 if assigned else 0) - was)
+            seg.flags[w] = new_flags
+            seg.gfn[w] = gfns[sel][ok]
+            seg.asid[w] = asid
             if seg.perms is not None:
-                seg.perms[idx] = 0
+                seg.perms[w] = 0
 
     def _rmpupdate_range_2m(
         self,
@@ -480,9 +534,12 @@ class Rmp:
 
     @staticmethod
     def _guest_instr_input(spa: int, gpa: int, page_size: int) -> RmpStatus | None:
+        """Input checks of PVALIDATE/RMPADJUST: the operand is a guest address, so a 2M request needs a 2M-aligned
+        GPA (``guest-instr-align``); the SPA it translates to is not an input: a 2M request landing on a 4K RMP
+        entry (e.g. through a 4K NPT mapping of a frame that is not 2M-aligned) fails the size check instead."""
         if page_size not in (PageSize.SIZE_4K, PageSize.SIZE_2M) or spa < 0 or gpa < 0:
             return RmpStatus.FAIL_INPUT
-        if page_size == PageSize.SIZE_2M and (spa | gpa) & (PageSize.SIZE_2M.nbytes - 1):
+        if page_size == PageSize.SIZE_2M and gpa & (PageSize.SIZE_2M.nbytes - 1):
             return RmpStatus.FAIL_INPUT
         return None
 
@@ -540,7 +597,30 @@ class Rmp:
         if bad is not None:
             status[:] = bad
             return status, cf
+        if step != 1 and spa & (PageSize.SIZE_2M.nbytes - 1):
+            self.pvalidate_count -= nsteps  # counted again by the single-instruction loop
+            for k in range(nsteps):
+                try:
+                    st, c = self.pvalidate(
+                        spa + k * PageSize.SIZE_2M.nbytes,
+                        asid=asid,
+                        gpa=gpa + k * PageSize.SIZE_2M.nbytes,
+                        page_size=page_size,
+                        validate=validate,
+                    )
+                    status[k], cf[k] = st, c
+                except NestedPageFault:
+                    status[k] = _STEP_NPF
+            return status, cf
         pfn0, gfn0 = spa >> PAGE_SHIFT, gpa >> PAGE_SHIFT
+        if step == 1:
+            self.pvalidate_count -= nsteps  # counted by pvalidate_pfns
+            return self.pvalidate_pfns(
+                np.arange(pfn0, pfn0 + nsteps, dtype=np.int64),
+                np.arange(gfn0, gfn0 + nsteps, dtype=np.int64),
+                asid=asid,
+                validate=validate,
+            )
         status[:] = _STEP_NPF  # pages beyond the table fail the Covered check
         for c in self._chunks(pfn0, nsteps * step):
             seg = self._segs[c.seg]
@@ -566,6 +646,40 @@ class Rmp:
             change = np.flatnonzero(ok & ~same) * step + c.lo
             if step != 1:
                 change = (change[:, None] + np.arange(PAGES_PER_2M)).ravel()
+            if validate:
+                seg.flags[change] |= np.uint8(F_VALIDATED)
+            else:
+                seg.flags[change] &= ~np.uint8(F_VALIDATED)
+        return status, cf
+
+    def pvalidate_pfns(
+        self, pfns: npt.NDArray[np.int64], gfns: npt.NDArray[np.int64], *, asid: int, validate: bool
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Vectorised 4K PVALIDATE of *distinct* frames ``pfns`` at guest frames ``gfns`` (any order).
+
+        Equivalent to a loop of :meth:`pvalidate` at 4K; a step that raises #NPF records status -1.
+        """
+        pfns = np.asarray(pfns, dtype=np.int64)
+        gfns = np.asarray(gfns, dtype=np.int64)
+        self.pvalidate_count += int(pfns.size)
+        status = np.full(pfns.size, _STEP_NPF, dtype=np.int64)  # beyond the table: Covered check fails
+        cf = np.zeros(pfns.size, dtype=bool)
+        inside = (pfns >= 0) & (pfns < self.npages)
+        segs = pfns >> SEGMENT_SHIFT
+        for sidx in np.unique(segs[inside]).tolist():
+            seg = self._segs[sidx]
+            if seg is None:
+                continue  # all hypervisor-owned: every step #NPF
+            sel = np.flatnonzero(inside & (segs == sidx))
+            idx = pfns[sel] & _SEG_MASK
+            fl = seg.flags[idx]
+            owner_ok = ((fl & (F_ASSIGNED | F_IMMUTABLE)) == F_ASSIGNED) & (seg.asid[idx] == asid)
+            owner_ok &= seg.gfn[idx] == gfns[sel]
+            ok = owner_ok & ((fl & F_SIZE2M) == 0)  # a 4K request on a 2M entry: #NPF (SIZEM)
+            status[sel[ok]] = RmpStatus.SUCCESS
+            same = ((fl & F_VALIDATED) != 0) == bool(validate)
+            cf[sel[ok & same]] = True
+            change = idx[ok & ~same]
             if validate:
                 seg.flags[change] |= np.uint8(F_VALIDATED)
             else:

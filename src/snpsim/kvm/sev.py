@@ -72,8 +72,7 @@ def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: 
                 host.rmp_make_private(p, int(gfns[i]) << PAGE_SHIFT, PageSize.SIZE_2M, asid)
         todo = ~_assigned_mask(host, pfns)
         gfns, pfns = gfns[todo], pfns[todo]
-    for start, length in runs_pairs(gfns, pfns):
-        host.rmp_make_private_range(int(pfns[start]), length, int(gfns[start]) << PAGE_SHIFT, asid)
+    host.rmp_make_private_pfns(pfns, gfns, asid)
 
 
 def runs_pairs(gfns: IntArray, pfns: IntArray) -> list[tuple[int, int]]:
@@ -87,10 +86,7 @@ def runs_pairs(gfns: IntArray, pfns: IntArray) -> list[tuple[int, int]]:
 
 
 def _assigned_mask(host: HostKernel, pfns: IntArray) -> npt.NDArray[np.bool_]:
-    if pfns.size == 0:
-        return np.zeros(0, dtype=bool)
-    assigned = set(host.rmp.assigned_pages(int(pfns.min()), int(pfns.max() - pfns.min() + 1)).tolist())
-    return np.fromiter((int(p) in assigned for p in pfns), dtype=bool, count=pfns.size)
+    return host.rmp.assigned_mask(pfns)
 
 
 def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
@@ -113,6 +109,4 @@ def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
             host.busy_ns += host.costs.psmash_ns
             host.rmp.psmash(head << PAGE_SHIFT)
         four_k.extend(mine.tolist())
-    arr = np.array(four_k, dtype=np.int64)
-    for start, length in runs(arr):
-        host.rmp_make_shared_range(int(arr[start]), length)
+    host.rmp_make_shared_pfns(np.array(four_k, dtype=np.int64))

@@ -37,7 +37,7 @@ from snpsim.hw.types import (
 from snpsim.kvm.attributes import MemoryAttributes
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED, NestedPageTable
-from snpsim.kvm.sev import MapGpaRange, coalesce_psc, gmem_invalidate, gmem_prepare, runs_pairs
+from snpsim.kvm.sev import MapGpaRange, coalesce_psc, gmem_invalidate, gmem_prepare
 from snpsim.metrics import Counters
 from snpsim.policy import Policy
 from snpsim.vmm.backing import VmmMemory
@@ -251,26 +251,17 @@ class KvmVm:
                     changed += PAGES_PER_2M
             return changed
         gfns = np.arange(gfn, gfn + npages, dtype=np.int64)
-        pfns = self.npt.pfn[gfn : gfn + npages]
-        for start, length in runs_pairs(gfns, pfns):
-            g0, p0 = gfn + start, int(pfns[start])
-            status, cf = self.host.rmp.pvalidate_range(
-                p0 << PAGE_SHIFT,
-                length,
-                asid=self.asid,
-                gpa=g0 << PAGE_SHIFT,
-                page_size=PageSize.SIZE_4K,
-                validate=validate,
-            )
-            self.host.busy_ns += length * self.host.costs.pvalidate_4k_ns
-            changed += int(np.count_nonzero((status == RmpStatus.SUCCESS) & ~cf))
-            for k in np.flatnonzero(status < 0).tolist():  # #NPF: handled by KVM, then retried
-                g = g0 + k
-                self.counters.npf_count += 1
-                self._handle_rmp_npf(g, p0 + k)
-                self._fault_in(g, 1, True)
-                st, c = self._pvalidate_one(g, int(self.npt.pfn[g]), PageSize.SIZE_4K, validate)
-                changed += int(st == RmpStatus.SUCCESS and not c)
+        pfns = self.npt.pfn[gfn : gfn + npages].copy()
+        status, cf = self.host.rmp.pvalidate_pfns(pfns, gfns, asid=self.asid, validate=validate)
+        self.host.busy_ns += npages * self.host.costs.pvalidate_4k_ns
+        changed += int(np.count_nonzero((status == RmpStatus.SUCCESS) & ~cf))
+        for k in np.flatnonzero(status < 0).tolist():  # #NPF: handled by KVM, then retried
+            g = gfn + k
+            self.counters.npf_count += 1
+            self._handle_rmp_npf(g, int(pfns[k]))
+            self._fault_in(g, 1, True)
+            st, c = self._pvalidate_one(g, int(self.npt.pfn[g]), PageSize.SIZE_4K, validate)
+            changed += int(st == RmpStatus.SUCCESS and not c)
         return changed
 
     def _pvalidate_one(self, gfn: int, pfn: int, size: PageSize, validate: bool) -> tuple[RmpStatus, bool]:

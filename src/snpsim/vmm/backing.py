@@ -48,6 +48,9 @@ class VmmMemory:
         self.allocated_pages = 0
         self.peak_pages = 0
         self.discarded_pages = 0
+        #: per-gfn PRIVATE attribute (KVM's array, shared by reference) and the backed private pages it implies
+        self.attr_private = np.zeros(self.npages, dtype=bool)
+        self.private_pages = 0
 
     @property
     def bytes(self) -> int:
@@ -82,6 +85,7 @@ class VmmMemory:
                         self.pfn[lo:hi] = np.arange(got, got + self.unit, dtype=np.int64)
                         self.huge[u] = True
                         self._account(self.pfn[lo:hi])
+                        self.private_pages += int(np.count_nonzero(self.attr_private[lo:hi]))
         missing = np.flatnonzero(seg < 0)
         if missing.size:
             got_arr = self.host.alloc_bulk(0, int(missing.size), self.owner)
@@ -89,6 +93,7 @@ class VmmMemory:
                 return None
             seg[missing] = got_arr
             self._account(got_arr)
+            self.private_pages += int(np.count_nonzero(self.attr_private[gfn + missing]))
         return seg.copy()
 
     def _account(self, frames: npt.NDArray[np.int64]) -> None:
@@ -109,13 +114,16 @@ class VmmMemory:
                 if lo <= ulo and ulo + self.unit <= hi:
                     self.host.free(int(self.pfn[ulo]), self.order)
                     self.pfn[ulo : ulo + self.unit] = -1
+                    self.private_pages -= int(np.count_nonzero(self.attr_private[ulo : ulo + self.unit]))
                     freed += self.unit
                 self.huge[u] = False  # a partly discarded huge page is split first; whole ones are gone
         seg = self.pfn[lo:hi]
-        have = seg[seg >= 0]
+        backed = seg >= 0
+        have = seg[backed]
         if have.size:
             self.host.free_bulk(np.sort(have), 0)
-            seg[seg >= 0] = -1
+            self.private_pages -= int(np.count_nonzero(backed & self.attr_private[lo:hi]))
+            seg[backed] = -1
             freed += int(have.size)
         self.allocated_pages -= freed
         self.discarded_pages += freed
@@ -134,4 +142,11 @@ class VmmMemory:
         self.pfn[:] = -1
         self.huge[:] = False
         self.allocated_pages = 0
+        self.private_pages = 0
         return frames
+
+    def attributes_changed(self, gfn: int, npages: int, before: npt.NDArray[np.bool_]) -> None:
+        """Keep ``private_pages`` right after KVM changed the attributes of ``[gfn, gfn+npages)``."""
+        backed = self.pfn[gfn : gfn + npages] >= 0
+        after = self.attr_private[gfn : gfn + npages]
+        self.private_pages += int(np.count_nonzero(backed & after)) - int(np.count_nonzero(backed & before))

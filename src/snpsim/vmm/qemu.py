@@ -41,6 +41,7 @@ class Qemu:
         owner = Owner.VMM_SHARED if self.gmem_backed else Owner.VMM_PRIVATE
         self.memory = VmmMemory(host, ram, policy.shared_backing, owner, register=not self.gmem_backed)
         self.kvm = KvmVm(host, policy, ram, self.memory, asid=asid, counters=counters)
+        self.memory.attr_private = self.kvm.attrs.private
         self.peak_private_bytes = 0
         self.peak_shared_bytes = 0
         self.peak_total_bytes = 0
@@ -82,7 +83,9 @@ class Qemu:
     # ------------------------------------------------------------------ kvm_convert_memory
     def convert(self, gfn: int, npages: int, to_private: bool) -> None:
         """``kvm_convert_memory(start, size, to_private)``."""
+        before = self.kvm.attrs.private[gfn : gfn + npages].copy()
         self.kvm.set_memory_attributes(gfn, npages, to_private)
+        self.memory.attributes_changed(gfn, npages, before)
         if self.gmem_backed:
             if self.policy.discard_on_convert:
                 if to_private:
@@ -106,12 +109,12 @@ class Qemu:
     def private_bytes(self) -> int:
         if self.kvm.gmem is not None:
             return self.kvm.gmem.private_bytes
-        return int(np.count_nonzero((self.memory.pfn >= 0) & self.kvm.attrs.private)) << PAGE_SHIFT
+        return self.memory.private_pages << PAGE_SHIFT
 
     def shared_bytes(self) -> int:
         if self.kvm.gmem is not None:
             return self.memory.bytes
-        return int(np.count_nonzero((self.memory.pfn >= 0) & ~self.kvm.attrs.private)) << PAGE_SHIFT
+        return (self.memory.allocated_pages - self.memory.private_pages) << PAGE_SHIFT
 
     def guest_bytes(self) -> int:
         """Guest memory that is backed in its current state (private gfns with a private page, shared gfns with
