@@ -110,7 +110,7 @@ def run(
         return
     first = next(iter(loaded.values()))
     table = Table(title=first.name or (str(config) if config else "snpsim"))
-    table.add_column("metric")
+    table.add_column("metric", no_wrap=True)
     for label in results:
         table.add_column(label, justify="right")
     for metric in METRICS:

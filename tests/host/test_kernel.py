@@ -214,3 +214,41 @@ def test_costs_are_charged(name: str) -> None:
     h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
     splits = h.metrics()["directmap_split_count"]
     assert h.busy_ns == h.costs.rmpupdate_ns + splits * h.costs.directmap_split_ns
+
+
+def test_take_page_off_buddy_splits_the_free_block() -> None:
+    h = host("upstream", 1024)
+    assert h.buddy.take_page_off_buddy(5) is True
+    # the order-10 block splits: free halves of orders 9..0 remain, one block each (1023 frames)
+    assert h.buddy.buddyinfo()[:11] == [1] * 10 + [0]
+    assert h.buddy.free_frames == 1023
+    assert h.buddy.take_page_off_buddy(5) is False
+    h.buddy.free(5, 0)
+    assert h.buddy.buddyinfo()[10] == 1
+
+
+def test_direct_compaction_migrates_movable_pages_for_a_2m_folio() -> None:
+    h = host("upstream", 4096)
+    frames = h.buddy.alloc_bulk(0, 4096)
+    assert frames is not None
+    keep = frames % 2 == 0  # every other frame holds page cache: no free 2M block anywhere
+    h.buddy.free_bulk(frames[~keep], 0)
+    h.frames.set_many(frames[keep], Owner.USER)
+    assert h.buddy.largest_free_order() == 0
+    pfn = h.alloc(9, Owner.GMEM)
+    assert pfn is not None and pfn % 512 == 0
+    # the chosen block held 256 movable pages; each moved to a free frame outside it
+    assert h.compaction_migrated == 256
+    assert h.frames.count(Owner.USER) == 2048
+    assert h.buddy.used_frames == 2048 + 512
+    assert all(h.frames.get(p) == Owner.GMEM for p in range(pfn, pfn + 512))
+
+
+def test_compaction_fails_when_blocks_hold_unmovable_pages() -> None:
+    h = host("upstream", 2048)
+    frames = h.buddy.alloc_bulk(0, 2048)
+    assert frames is not None
+    h.buddy.free_bulk(frames[frames % 4 != 0], 0)
+    h.frames.set_many(frames[frames % 4 == 0], Owner.KERNEL)  # unmovable
+    assert h.alloc(9, Owner.GMEM) is None
+    assert h.compaction_migrated == 0

@@ -51,16 +51,6 @@ def coalesce_psc(request: PscRequest) -> list[MapGpaRange]:
     return exits
 
 
-def runs(values: IntArray) -> list[tuple[int, int]]:
-    """Runs ``(start_index, length)`` of consecutive increasing values."""
-    if values.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(values) != 1) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [values.size]))
-    return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
-
-
 def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: int, asid: int) -> None:
     """``sev_gmem_prepare`` for the (gfn, pfn) pairs of freshly faulted guest_memfd pages."""
     todo = ~_assigned_mask(host, pfns)
@@ -73,16 +63,6 @@ def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: 
         todo = ~_assigned_mask(host, pfns)
         gfns, pfns = gfns[todo], pfns[todo]
     host.rmp_make_private_pfns(pfns, gfns, asid)
-
-
-def runs_pairs(gfns: IntArray, pfns: IntArray) -> list[tuple[int, int]]:
-    """Runs where both gfn and pfn advance by one (contiguous in guest and host physical space)."""
-    if gfns.size == 0:
-        return []
-    brk = np.flatnonzero((np.diff(gfns) != 1) | (np.diff(pfns) != 1)) + 1
-    starts = np.concatenate(([0], brk))
-    ends = np.concatenate((brk, [gfns.size]))
-    return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
 
 def _assigned_mask(host: HostKernel, pfns: IntArray) -> npt.NDArray[np.bool_]:

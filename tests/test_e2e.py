@@ -1,0 +1,184 @@
+"""End to end through ``snpsim.run``: figures of a Linux boot derived by hand, and every preset x workload.
+
+The boot of a 1 GiB, 4-vCPU guest (guest-workloads.md §2; QEMU q35: all RAM below 4 GiB, no ZONE_NORMAL):
+
+| event (row)                     | pages         | direction | protocol, entries            | PSC requests |
+|---------------------------------|---------------|-----------|------------------------------|--------------|
+| OVMF pre-validation of low RAM  | 262144        | private   | GHCB, 512 2M entries         | 512/64 = 8   |
+| GHCB per vCPU (#1)              | 4 x 1         | shared    | MSR                          | 4            |
+| .bss..decrypted (#2)            | 512           | shared    | MSR                          | 512          |
+| per-CPU decrypted page (#3)     | 4 x 1         | shared    | MSR                          | 4            |
+| SWIOTLB (#5) 64 MiB, 2M-aligned | 16384         | shared    | GHCB, 32 2M entries          | 1            |
+| atomic pools DMA, DMA32 (#7)    | 2 x 32        | shared    | GHCB, 4K entries             | 2            |
+| vrings: net 3 + blk 4 (#8a)     | 7 x 2         | shared    | GHCB                         | 7            |
+| attestation (#10)               | 2 x 1         | shared    | GHCB                         | 2            |
+| .bss..decrypted tail (#2)       | 512 - 3 = 509 | private   | GHCB, 4K entries: 64 x 7 + 61 | 8            |
+
+SWIOTLB = clamp(6 % of 1 GiB, 64 MiB, 1 GiB) = 64 MiB; atomic pool = max(128 KiB, 1 GiB / 8192) = 128 KiB.
+Totals: 548 PSC requests, each one KVM_HC_MAP_GPA_RANGE exit (entries of a request are contiguous);
+to_shared = 4 + 512 + 4 + 16384 + 64 + 14 + 2 = 16984; to_private = 262144 + 509 = 262653.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import snpsim
+from snpsim.guest.workloads import WORKLOADS
+from snpsim.metrics import METRICS
+
+MIB = 1 << 20
+K4 = 4096
+
+
+def boot(policy: str, **extra: Any) -> dict[str, int | float]:
+    scenario = {
+        "seed": 1,
+        "policy": policy,
+        "host": {"memory": "4G"},
+        "vms": [{"memory": "1G", "vcpus": 4, "workload": "linux-boot"}],
+        "duration": "2s",
+        **extra,
+    }
+    return snpsim.run(scenario).summary
+
+
+@pytest.mark.parametrize("policy", sorted(snpsim.presets))
+def test_boot_conversions_are_policy_independent(policy: str) -> None:
+    s = boot(policy)
+    granularity = snpsim.presets[policy].private_granularity
+    # 4K private pages (guest_memfd 4K folios or pre-UPM VMM pages): one 4K RMPUPDATE per page made private
+    # (262144 + 509) and per page given back (16984); 2M folios: see test_boot_upm_nosplit_rmp_and_memory
+    assert s["rmpupdate_count"] == (262144 + 509 + 16984 if granularity == "4k" else 512 + 32)
+    assert s["psc_request_count"] == 548
+    assert s["vmm_exit_count"] == 548
+    assert s["to_shared_count"] == 16984
+    assert s["to_private_count"] == 262653
+    assert s["guest_vc_count"] == 0
+    assert s["host_crash_count"] == 0
+    assert s["sim_time_ns"] == 2_000_000_000
+    dm = snpsim.presets[policy].directmap
+    if dm == "keep":
+        assert (s["directmap_1g"], s["directmap_split_count"]) == (4 << 30, 0)
+    elif dm == "unmap-nosplit":
+        assert s["directmap_4k"] == 0
+    else:
+        assert s["directmap_4k"] > 0
+
+
+def test_boot_upstream_rmp_and_memory() -> None:
+    s = boot("upstream")
+    assert s["psmash_count"] == 0
+    # pages shared at the end of boot: 16984 - 509 re-privatised; their folios were punched
+    assert s["private_bytes"] == (262144 - 16475) * K4
+    assert s["npt_2m"] == 0 and s["npt_1g"] == 0
+    assert s["waste_bytes"] == 0
+    # every 2M range holding a guest page was split to 4K; the rest of the 4 GiB stays 1G
+    assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] == 4 << 30
+
+
+def test_boot_upm_nosplit_rmp_and_memory() -> None:
+    s = boot("upm-nosplit")
+    # 2M folios: 512 2M RMPUPDATEs to private; the 64 MiB SWIOTLB covers 32 whole folios, freed with one 2M
+    # RMPUPDATE each; no other hole covers a whole folio
+    assert s["rmpupdate_count"] == 512 + 32
+    # 4K rescinds on 2M entries PSMASH once per 2M range: the GHCB/per-CPU/vring range at the top of RAM, the
+    # .bss..decrypted range, and the DMA atomic pool's range
+    assert s["psmash_count"] == 3
+    assert s["private_bytes"] == 1024 * MIB - 32 * 2 * MIB
+    assert s["directmap_4k"] == 0
+    assert s["waste_bytes"] > 0
+
+
+def test_same_seed_same_result_and_timeline() -> None:
+    scenario = {
+        "seed": 7,
+        "policy": "upm",
+        "host": {"memory": "1G", "page_cache": 0.3, "writers": {"page_zeroing": {"interval": "1ms"}}},
+        "vms": [{"memory": "128M", "vcpus": 2, "workload": "random-conversion"}],
+        "duration": "1500ms",
+        "samples": 10,
+    }
+    a, b = snpsim.run(scenario), snpsim.run(scenario)
+    assert a.summary == b.summary
+    assert a.timeline.equals(b.timeline)
+    assert list(a.timeline.columns) == ["time_ns", *METRICS]
+    assert a.timeline["time_ns"].iloc[0] == 0
+    assert a.timeline["time_ns"].iloc[-1] == 1_500_000_000
+    assert a.timeline.iloc[-1]["waste_bytes"] == a.summary["waste_bytes"]
+
+
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+@pytest.mark.parametrize("policy", sorted(snpsim.presets))
+def test_every_preset_runs_every_workload(policy: str, workload: str) -> None:
+    r = snpsim.run(
+        {
+            "seed": 2,
+            "policy": policy,
+            "host": {"memory": "1G", "page_cache": 0.25, "writers": {"page_zeroing": {"interval": "5ms"}}},
+            "vms": [{"memory": "128M", "vcpus": 2, "workload": workload}],
+            "duration": "1200ms",
+            "samples": 4,
+        }
+    )
+    s = r.summary
+    assert set(s) == set(METRICS)
+    assert s["waste_bytes"] == s["private_bytes"] + s["shared_bytes"] - s["guest_bytes"]
+    assert s["waste_bytes"] >= 0
+    assert s["guest_bytes"] <= 128 * MIB
+    assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] <= 1 << 30
+    assert not any(v.oom for v in r.vms)
+    if snpsim.presets[policy].directmap in ("unmap-nosplit", "keep"):
+        assert s["directmap_4k"] == 0
+
+
+@pytest.mark.parametrize(("policy", "merges"), [("upm", True), ("bulk", True), ("upstream", False), ("unmap", False)])
+def test_churn_creates_and_destroys_vms(policy: str, merges: bool) -> None:
+    r = snpsim.run(
+        {
+            "seed": 3,
+            "policy": policy,
+            "host": {"memory": "2G"},
+            "vms": [],
+            "churn": {
+                "interval": "250ms",
+                "lifetime": "400ms",
+                "memory": ["64M", "128M"],
+                "vcpus": [1, 2],
+                "workload": "linux-boot",
+            },
+            "duration": "2s",
+            "samples": 8,
+        }
+    )
+    assert len(r.vms) >= 3
+    assert any(v.end_ns is not None for v in r.vms)
+    ended = [v for v in r.vms if v.end_ns is not None]
+    assert all(v.end_ns >= v.start_ns for v in ended)
+    # upm re-merges at guest_memfd's release point, bulk at unregister; upstream and unmap never merge
+    assert (r.summary["directmap_merge_count"] > 0) == merges
+    assert r.summary["directmap_split_count"] > 0
+
+
+@pytest.mark.parametrize(
+    ("scenario", "field"),
+    [
+        ({"vms": [{"memory": "1G"}], "host": {"memory": "12Q"}}, "host.memory"),
+        ({"vms": [{"memory": "3M"}]}, "vms[0].memory"),
+        ({"vms": [{"memory": "1G", "workload": "nope"}]}, "vms[0].workload"),
+        ({"vms": [{"memory": "1G", "vcpus": 0}]}, "vms[0].vcpus"),
+        ({"vms": [{"memory": "1G"}], "policy": "nope"}, "policy"),
+        ({"vms": [{"memory": "1G"}], "colour": 1}, "colour"),
+        ({"vms": []}, "vms"),
+        ({"vms": [{"memory": "8G"}], "host": {"memory": "4G"}}, "vms"),
+        ({"vms": [{"memory": "1G", "guest": {"lazy_accept": "maybe"}}]}, "vms[0].guest.lazy_accept"),
+        ({"vms": [{"memory": "1G"}], "host": {"writers": {"ksm": {"speed": 3}}}}, "host.writers.ksm.speed"),
+        ({"vms": [{"memory": "1G"}], "duration": "soon"}, "duration"),
+    ],
+)
+def test_bad_scenarios_name_the_field(scenario: dict[str, Any], field: str) -> None:
+    with pytest.raises(snpsim.ConfigError) as exc:
+        snpsim.run(scenario)
+    assert exc.value.field == field, str(exc.value)
