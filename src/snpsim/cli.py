@@ -60,10 +60,15 @@ def run(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
     duration: Annotated[str | None, typer.Option(help="Override the simulated time, e.g. 10s.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Results folder (Parquet timeline + JSON summary per run, and report.html)."),
+    ] = Path("snpsim-out"),
+    no_save: Annotated[bool, typer.Option("--no-save", help="Do not write results or the report.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Simulate a scenario under one or more presets and print the metrics side by side."""
+    """Simulate a scenario under one or more presets, save the results and a report, print the metrics."""
     try:
         if config is None:
             base: dict[str, Any] = dict(DEFAULT_SCENARIO)
@@ -105,6 +110,15 @@ def run(
             task = progress.add_task(label, total=1.0)
             results[label] = snpsim.run(sc, progress=lambda f, t=task: progress.update(t, completed=f))
             progress.update(task, completed=1.0)
+            if not no_save and out is not None:
+                from snpsim.results import save
+
+                save(results[label], out, label)
+    report_path = None
+    if not no_save and out is not None:
+        from snpsim.report import build
+
+        report_path = build(out)
     if as_json:
         console.print_json(json.dumps({label: r.summary for label, r in results.items()}))
         return
@@ -120,6 +134,25 @@ def run(
     if crashed:
         paths = {c["path"] for label in crashed for c in results[label].crashes}
         console.print(f"host crashes under {', '.join(crashed)}; kernel paths: {', '.join(sorted(paths))}")
+    if report_path is not None:
+        console.print(f"results in {out}/, report: {report_path}")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="Results folder written by 'snpsim run --out'.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default RESULTS/report.html).")
+    ] = None,
+) -> None:
+    """Build the offline HTML report of a results folder."""
+    from snpsim.report import build
+
+    try:
+        path = build(results, output)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"report: {path}")
 
 
 @app.command("presets")
