@@ -155,6 +155,81 @@ def report(
     console.print(f"report: {path}")
 
 
+@app.command()
+def limits(
+    memory: Annotated[str, typer.Option(help="Guest RAM, e.g. 64G.")] = "4G",
+    vcpus: Annotated[int, typer.Option(help="Guest vCPUs.")] = 4,
+    preset: Annotated[
+        list[str] | None, typer.Option("--preset", "-p", help="Preset (repeatable; default all).")
+    ] = None,
+    workload: Annotated[str, typer.Option(help="Workload simulated for the observed figure.")] = "random-conversion",
+    duration: Annotated[str, typer.Option(help="Simulated time of the observed run.")] = "3s",
+    seed: Annotated[int, typer.Option(help="RNG seed.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The memory a VMM's cgroup needs for one guest under each preset: worst case and simulated peak."""
+    from snpsim.limits import limits as compute
+    from snpsim.units import parse_duration, parse_size
+
+    try:
+        size = parse_size(memory, "--memory")
+        if size < (64 << 20) or size % (2 << 20):
+            raise ConfigError("--memory", "guest memory must be a multiple of 2M and at least 64M")
+        if vcpus < 1:
+            raise ConfigError("--vcpus", "must be >= 1")
+        parse_duration(duration, "--duration")
+        names = preset or list(presets)
+        for name in names:
+            if name not in presets:
+                raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
+        with err_console.status("simulating ...", spinner="dots") if not as_json else _null():
+            rows = compute(size, vcpus, names, workload=workload, duration=duration, seed=seed)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        console.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    table = Table(title=f"cgroup memory for a {format_bytes(size)}, {vcpus}-vCPU guest ({workload}, {duration})")
+    for col in (
+        "preset",
+        "worst case",
+        "= private",
+        "+ shared",
+        "observed peak",
+        "private",
+        "shared",
+        "RMP (host)",
+        "NPT (host)",
+    ):
+        table.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            r.preset,
+            *(
+                format_bytes(v)
+                for v in (
+                    r.worst_case_bytes,
+                    r.worst_private_bytes,
+                    r.worst_shared_bytes,
+                    r.observed_peak_bytes,
+                    r.observed_private_bytes,
+                    r.observed_shared_bytes,
+                    r.rmp_overhead_bytes,
+                    r.npt_overhead_bytes,
+                )
+            ),
+        )
+    console.print(table)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 @app.command("presets")
 def list_presets() -> None:
     """Show the presets and their knob values."""

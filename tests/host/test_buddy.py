@@ -104,9 +104,7 @@ def alloc_loop(b: BuddyAllocator, order: int, count: int) -> list[int] | None:
 
 
 @st.composite
-def fragmented_allocators(
-    draw: st.DrawFn, max_nframes: int = 300
-) -> tuple[BuddyAllocator, list[tuple[int, int]]]:
+def fragmented_allocators(draw: st.DrawFn, max_nframes: int = 300) -> tuple[BuddyAllocator, list[tuple[int, int]]]:
     """A small allocator after a random history of alloc/free; returns it and the allocated blocks."""
     max_order = draw(st.integers(0, 7))
     nframes = draw(st.integers(1, max_nframes))

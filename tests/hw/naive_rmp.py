@@ -85,7 +85,13 @@ class _Page:
 
     def copy(self) -> _Page:
         return _Page(
-            self.assigned, self.page_size, self.immutable, self.gpa, self.asid, self.vmsa, self.validated,
+            self.assigned,
+            self.page_size,
+            self.immutable,
+            self.gpa,
+            self.asid,
+            self.vmsa,
+            self.validated,
             list(self.perms),
         )
 
@@ -118,8 +124,14 @@ class NaiveRmp:
     def rmpread(self, spa: int) -> RmpEntry:
         p = self._page(spa // PAGE_SIZE)
         return RmpEntry(
-            assigned=p.assigned, page_size=p.page_size, immutable=p.immutable, gpa=p.gpa, asid=p.asid,
-            vmsa=p.vmsa, validated=p.validated, vmpl_perms=tuple(p.perms),
+            assigned=p.assigned,
+            page_size=p.page_size,
+            immutable=p.immutable,
+            gpa=p.gpa,
+            asid=p.asid,
+            vmsa=p.vmsa,
+            validated=p.validated,
+            vmpl_perms=tuple(p.perms),
         )
 
     def mark_in_use(self, spa: int) -> None:
@@ -130,7 +142,13 @@ class NaiveRmp:
 
     # ---------------------------------------------------------------- RMPUPDATE (§3, rule 1)
     def rmpupdate(
-        self, spa: int, *, assigned: bool, page_size: PageSize = PageSize.SIZE_4K, gpa: int = 0, asid: int = 0,
+        self,
+        spa: int,
+        *,
+        assigned: bool,
+        page_size: PageSize = PageSize.SIZE_4K,
+        gpa: int = 0,
+        asid: int = 0,
         immutable: bool = False,
     ) -> RmpStatus:
         if spa % PAGE_SIZE or gpa % PAGE_SIZE or not _size_ok(page_size):
@@ -237,8 +255,17 @@ class NaiveRmp:
 
     # ---------------------------------------------------------------- RMPADJUST (§6, rule 5)
     def rmpadjust(
-        self, spa: int, *, asid: int, gpa: int, page_size: PageSize, vmpl: int, target_vmpl: int, perms: int,
-        vmsa: bool = False, subset_first: bool = False,
+        self,
+        spa: int,
+        *,
+        asid: int,
+        gpa: int,
+        page_size: PageSize,
+        vmpl: int,
+        target_vmpl: int,
+        perms: int,
+        vmsa: bool = False,
+        subset_first: bool = False,
     ) -> RmpStatus:
         """Rule 5. The rule lists the 'perms subset of the current VMPL's mask' check and the ownership/size
         checks without saying which comes first. Default: ownership/size first (a page's masks mean nothing
@@ -282,8 +309,16 @@ class NaiveRmp:
             raise ModelHostPageFault(spa)
 
     def check_guest_access(
-        self, spa: int, *, asid: int, gpa: int, npt_size: PageSize, write: bool = False, fetch: bool = False,
-        encrypted: bool = True, vmpl: int = 0,
+        self,
+        spa: int,
+        *,
+        asid: int,
+        gpa: int,
+        npt_size: PageSize,
+        write: bool = False,
+        fetch: bool = False,
+        encrypted: bool = True,
+        vmpl: int = 0,
     ) -> None:
         if not encrypted and not fetch:
             if write and self._any_assigned(spa, npt_size):
@@ -310,14 +345,25 @@ class NaiveRmp:
 
     # ---------------------------------------------------------------- range operations (loops)
     def rmpupdate_range(
-        self, spa: int, npages: int, *, assigned: bool, page_size: PageSize = PageSize.SIZE_4K, gpa: int = 0,
-        asid: int = 0, immutable: bool = False,
+        self,
+        spa: int,
+        npages: int,
+        *,
+        assigned: bool,
+        page_size: PageSize = PageSize.SIZE_4K,
+        gpa: int = 0,
+        asid: int = 0,
+        immutable: bool = False,
     ) -> np.ndarray:
         step_pages = PAGES_PER_2M if page_size == PageSize.SIZE_2M else 1
         step = step_pages * PAGE_SIZE
         out = [
             self.rmpupdate(
-                spa + i * step, assigned=assigned, page_size=page_size, gpa=gpa + i * step, asid=asid,
+                spa + i * step,
+                assigned=assigned,
+                page_size=page_size,
+                gpa=gpa + i * step,
+                asid=asid,
                 immutable=immutable,
             )
             for i in range(npages // step_pages)

@@ -128,8 +128,7 @@ def test_gpa_mismatch(rmp: Rmp, write: bool, fetch: bool) -> None:
 @pytest.mark.parametrize(("write", "fetch"), ACCESSES, ids=ACCESS_IDS)
 def test_immutable(rmp: Rmp, write: bool, fetch: bool) -> None:
     """§7 Mutable check: Immutable=1 (e.g. Pre-Guest, §2) => NPF."""
-    assert rmp.rmpupdate(page(6), assigned=True, gpa=page(6) + GPA_OFFSET, asid=ASID,
-                         immutable=True) == S.SUCCESS
+    assert rmp.rmpupdate(page(6), assigned=True, gpa=page(6) + GPA_OFFSET, asid=ASID, immutable=True) == S.SUCCESS
     expect_private_npf(rmp, page(6), write=write, fetch=fetch)
 
 
@@ -164,8 +163,10 @@ def test_rescind_then_vc_and_reassign_then_vc(rmp: Rmp) -> None:
     """§8: RMPUPDATE clears Validated => next private access #VC; rescinded pages #VC too (§5)."""
     private_page(rmp, page(12))
     access(rmp, page(12))
-    assert rmp.pvalidate(page(12), asid=ASID, gpa=page(12) + GPA_OFFSET, page_size=K4,
-                         validate=False) == (S.SUCCESS, False)
+    assert rmp.pvalidate(page(12), asid=ASID, gpa=page(12) + GPA_OFFSET, page_size=K4, validate=False) == (
+        S.SUCCESS,
+        False,
+    )
     expect_vc(rmp, page(12))
     private_page(rmp, page(13))
     assert rmp.rmpupdate(page(13), assigned=True, gpa=page(13) + GPA_OFFSET, asid=ASID) == S.SUCCESS
@@ -184,8 +185,10 @@ def test_npf_has_priority_over_vc(rmp: Rmp) -> None:
 
 
 def set_vmpl1(rmp: Rmp, spa: int, perms: int) -> None:
-    assert rmp.rmpadjust(spa, asid=ASID, gpa=spa + GPA_OFFSET, page_size=K4, vmpl=0, target_vmpl=1,
-                         perms=perms) == S.SUCCESS
+    assert (
+        rmp.rmpadjust(spa, asid=ASID, gpa=spa + GPA_OFFSET, page_size=K4, vmpl=0, target_vmpl=1, perms=perms)
+        == S.SUCCESS
+    )
 
 
 def expect_vmpl_npf(rmp: Rmp, spa: int, **kw: object) -> None:
@@ -207,7 +210,7 @@ def test_no_permissions_at_lower_vmpl(rmp: Rmp, vmpl: int, write: bool, fetch: b
     [
         (PERM_READ, {"read"}),
         (PERM_READ | PERM_WRITE, {"read", "write"}),
-        (PERM_READ | PERM_EXEC_USER, {"read"}),             # X-user does not allow a supervisor fetch
+        (PERM_READ | PERM_EXEC_USER, {"read"}),  # X-user does not allow a supervisor fetch
         (PERM_READ | PERM_EXEC_SUPERVISOR, {"read", "fetch"}),
         (PERM_EXEC_SUPERVISOR, {"fetch"}),
         (PERM_READ | PERM_WRITE | PERM_EXEC_SUPERVISOR, {"read", "write", "fetch"}),
@@ -234,8 +237,12 @@ def test_2m_entry_vmpl_perms(rmp: Rmp) -> None:
     """Rule 5+7: RMPADJUST on a 2M entry grants every page; the VMPL check uses the 2M entry's mask."""
     private_page(rmp, region(3), M2)
     expect_vmpl_npf(rmp, region(3) + page(9), npt_size=M2, vmpl=2)
-    assert rmp.rmpadjust(region(3), asid=ASID, gpa=region(3) + GPA_OFFSET, page_size=M2, vmpl=0,
-                         target_vmpl=2, perms=PERM_READ) == S.SUCCESS
+    assert (
+        rmp.rmpadjust(
+            region(3), asid=ASID, gpa=region(3) + GPA_OFFSET, page_size=M2, vmpl=0, target_vmpl=2, perms=PERM_READ
+        )
+        == S.SUCCESS
+    )
     access(rmp, region(3) + page(9), npt_size=M2, vmpl=2)
     expect_vmpl_npf(rmp, region(3) + page(9), npt_size=M2, vmpl=2, write=True)
 

@@ -14,8 +14,10 @@ M2 = PageSize.SIZE_2M
 
 
 def assign_2m(rmp: Rmp, spa: int, asid: int = 1, immutable: bool = False) -> None:
-    assert rmp.rmpupdate(spa, assigned=True, page_size=M2, gpa=spa + GPA_OFFSET, asid=asid,
-                         immutable=immutable) == S.SUCCESS
+    assert (
+        rmp.rmpupdate(spa, assigned=True, page_size=M2, gpa=spa + GPA_OFFSET, asid=asid, immutable=immutable)
+        == S.SUCCESS
+    )
 
 
 def snapshot(rmp: Rmp, spa: int) -> list[RmpEntry]:
@@ -33,7 +35,13 @@ def test_psmash_preserves_fields_and_gives_consecutive_gpas(rmp: Rmp) -> None:
     assert rmp.psmash(base) == S.SUCCESS
     for k in range(PAGES_PER_2M):
         assert rmp.rmpread(base + page(k)) == RmpEntry(
-            assigned=True, page_size=K4, immutable=False, gpa=g + page(k), asid=7, vmsa=False, validated=True,
+            assigned=True,
+            page_size=K4,
+            immutable=False,
+            gpa=g + page(k),
+            asid=7,
+            vmsa=False,
+            validated=True,
             vmpl_perms=(PERM_ALL, 0, 0x9, 0),
         )
     # neighbouring regions untouched

@@ -15,8 +15,10 @@ ASID = 5
 
 
 def assign(rmp: Rmp, spa: int, size: PageSize = K4, asid: int = ASID, immutable: bool = False) -> None:
-    assert rmp.rmpupdate(spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid,
-                         immutable=immutable) == S.SUCCESS
+    assert (
+        rmp.rmpupdate(spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid, immutable=immutable)
+        == S.SUCCESS
+    )
 
 
 def pv(rmp: Rmp, spa: int, size: PageSize = K4, validate: bool = True, **kw: int) -> tuple[RmpStatus, bool]:
@@ -101,8 +103,8 @@ def test_psmash_then_4k_pvalidate(rmp: Rmp) -> None:
     ("spa", "size", "gpa_delta"),
     [
         (region(1), PageSize.SIZE_1G, 0),
-        (region(1) + page(1), M2, 0),           # spa not 2M aligned (gpa is then not aligned either)
-        (region(1), M2, page(1)),               # gpa not aligned
+        (region(1) + page(1), M2, 0),  # spa not 2M aligned (gpa is then not aligned either)
+        (region(1), M2, page(1)),  # gpa not aligned
         (region(1), M2, page(256)),
     ],
 )
@@ -141,12 +143,16 @@ def test_not_vmpl0_is_fail_permission(rmp: Rmp, vmpl: int) -> None:
     """§5 'PVALIDATE can only be performed at VMPL0'; rule 4: vmpl != 0 => FAIL_PERMISSION, no change,
     checked before the RMP checks."""
     assign(rmp, page(3))
-    assert rmp.pvalidate(page(3), asid=ASID, gpa=page(3) + GPA_OFFSET, page_size=K4, validate=True,
-                         vmpl=vmpl) == (S.FAIL_PERMISSION, False)
+    assert rmp.pvalidate(page(3), asid=ASID, gpa=page(3) + GPA_OFFSET, page_size=K4, validate=True, vmpl=vmpl) == (
+        S.FAIL_PERMISSION,
+        False,
+    )
     assert not rmp.rmpread(page(3)).validated
     # hypervisor-owned page: still FAIL_PERMISSION rather than #NPF
-    assert rmp.pvalidate(page(50), asid=ASID, gpa=0, page_size=K4, validate=True,
-                         vmpl=vmpl) == (S.FAIL_PERMISSION, False)
+    assert rmp.pvalidate(page(50), asid=ASID, gpa=0, page_size=K4, validate=True, vmpl=vmpl) == (
+        S.FAIL_PERMISSION,
+        False,
+    )
 
 
 # --------------------------------------------------------------------------- #NPF (RMP checks)

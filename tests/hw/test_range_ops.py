@@ -122,8 +122,15 @@ def rmpupdate_range_args(draw: st.DrawFn) -> dict[str, Any]:
     gpa = (spa - spa % PAGE_SIZE + GPA_OFFSET if assigned else 0) + draw(st.sampled_from([0] * 8 + [PAGE_SIZE]))
     asid = draw(st.sampled_from([1, 2])) if assigned else draw(st.sampled_from([0] * 8 + [1]))
     immutable = draw(st.sampled_from([False] * 8 + [True]))
-    return {"spa": spa, "npages": npages, "assigned": assigned, "page_size": size, "gpa": gpa, "asid": asid,
-            "immutable": immutable}
+    return {
+        "spa": spa,
+        "npages": npages,
+        "assigned": assigned,
+        "page_size": size,
+        "gpa": gpa,
+        "asid": asid,
+        "immutable": immutable,
+    }
 
 
 @SETTINGS
@@ -133,14 +140,29 @@ def test_rmpupdate_range_equals_loop(ops: list[Op], args: dict[str, Any]) -> Non
     (rules of amd-snp-arch.md §3 apply per step: a failing step leaves later steps to run)."""
     a, b = twins(ops)
     spa, npages, size, gpa = args["spa"], args["npages"], args["page_size"], args["gpa"]
-    got = as_int_array(a.rmpupdate_range(
-        spa, npages, assigned=args["assigned"], page_size=size, gpa=gpa, asid=args["asid"],
-        immutable=args["immutable"],
-    ))
+    got = as_int_array(
+        a.rmpupdate_range(
+            spa,
+            npages,
+            assigned=args["assigned"],
+            page_size=size,
+            gpa=gpa,
+            asid=args["asid"],
+            immutable=args["immutable"],
+        )
+    )
     step_pages, step = step_of(size)
     want = [
-        int(b.rmpupdate(spa + i * step, assigned=args["assigned"], page_size=size, gpa=gpa + i * step,
-                        asid=args["asid"], immutable=args["immutable"]))
+        int(
+            b.rmpupdate(
+                spa + i * step,
+                assigned=args["assigned"],
+                page_size=size,
+                gpa=gpa + i * step,
+                asid=args["asid"],
+                immutable=args["immutable"],
+            )
+        )
         for i in range(npages // step_pages)
     ]
     assert got.tolist() == want
@@ -168,8 +190,14 @@ def pvalidate_range_args(draw: st.DrawFn, ops: list[Op]) -> dict[str, Any]:
     else:
         npages = draw(st.one_of(st.integers(1, 2 * PAGES_PER_2M), st.integers(1, 8)))
     gpa = spa - spa % PAGE_SIZE + GPA_OFFSET + draw(st.sampled_from([0] * 8 + [PAGE_SIZE]))
-    return {"spa": spa, "npages": npages, "asid": draw(st.sampled_from([1, 1, 1, 2])), "gpa": gpa,
-            "page_size": size, "validate": draw(st.sampled_from([True, True, False]))}
+    return {
+        "spa": spa,
+        "npages": npages,
+        "asid": draw(st.sampled_from([1, 1, 1, 2])),
+        "gpa": gpa,
+        "page_size": size,
+        "validate": draw(st.sampled_from([True, True, False])),
+    }
 
 
 @SETTINGS
@@ -180,8 +208,7 @@ def test_pvalidate_range_equals_loop(ops: list[Op], data: st.DataObject) -> None
     args = data.draw(pvalidate_range_args(ops))
     a, b = twins(ops)
     spa, npages, size, gpa = args["spa"], args["npages"], args["page_size"], args["gpa"]
-    status, cf = a.pvalidate_range(spa, npages, asid=args["asid"], gpa=gpa, page_size=size,
-                                   validate=args["validate"])
+    status, cf = a.pvalidate_range(spa, npages, asid=args["asid"], gpa=gpa, page_size=size, validate=args["validate"])
     status = as_int_array(status)
     cf = np.asarray(cf)
     step_pages, step = step_of(size)
@@ -189,8 +216,9 @@ def test_pvalidate_range_equals_loop(ops: list[Op], data: st.DataObject) -> None
     want_cf: list[bool] = []
     for i in range(npages // step_pages):
         try:
-            s, c = b.pvalidate(spa + i * step, asid=args["asid"], gpa=gpa + i * step, page_size=size,
-                               validate=args["validate"])
+            s, c = b.pvalidate(
+                spa + i * step, asid=args["asid"], gpa=gpa + i * step, page_size=size, validate=args["validate"]
+            )
         except NestedPageFault:
             s, c = -1, False
         want_status.append(int(s))

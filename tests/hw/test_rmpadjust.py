@@ -25,16 +25,26 @@ RW = PERM_READ | PERM_WRITE
 
 
 def assign(rmp: Rmp, spa: int, size: PageSize = K4, asid: int = ASID, immutable: bool = False) -> None:
-    assert rmp.rmpupdate(spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid,
-                         immutable=immutable) == S.SUCCESS
+    assert (
+        rmp.rmpupdate(spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid, immutable=immutable)
+        == S.SUCCESS
+    )
 
 
-def adj(rmp: Rmp, spa: int, *, vmpl: int = 0, target: int = 1, perms: int = RW, size: PageSize = K4,
-        vmsa: bool = False, **kw: int) -> RmpStatus:
+def adj(
+    rmp: Rmp,
+    spa: int,
+    *,
+    vmpl: int = 0,
+    target: int = 1,
+    perms: int = RW,
+    size: PageSize = K4,
+    vmsa: bool = False,
+    **kw: int,
+) -> RmpStatus:
     args: dict[str, int] = {"asid": ASID, "gpa": spa + GPA_OFFSET}
     args.update(kw)
-    return rmp.rmpadjust(spa, page_size=size, vmpl=vmpl, target_vmpl=target, perms=perms, vmsa=vmsa,
-                         **args)  # type: ignore[arg-type]
+    return rmp.rmpadjust(spa, page_size=size, vmpl=vmpl, target_vmpl=target, perms=perms, vmsa=vmsa, **args)  # type: ignore[arg-type]
 
 
 def expect_npf(rmp: Rmp, spa: int, *, sizem: bool, **kw: int) -> None:
@@ -72,8 +82,10 @@ def test_vmpl1_grants_subset_to_vmpl2(rmp: Rmp) -> None:
 def test_rmpadjust_does_not_touch_validated(rmp: Rmp) -> None:
     """§1: RMPADJUST writes only masks (+VMSA); Validated is PVALIDATE's."""
     assign(rmp, page(2))
-    assert rmp.pvalidate(page(2), asid=ASID, gpa=page(2) + GPA_OFFSET, page_size=K4,
-                         validate=True) == (S.SUCCESS, False)
+    assert rmp.pvalidate(page(2), asid=ASID, gpa=page(2) + GPA_OFFSET, page_size=K4, validate=True) == (
+        S.SUCCESS,
+        False,
+    )
     assert adj(rmp, page(2)) == S.SUCCESS
     e = rmp.rmpread(page(2))
     assert e.validated and e.assigned and e.asid == ASID

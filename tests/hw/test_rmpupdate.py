@@ -18,8 +18,10 @@ M2 = PageSize.SIZE_2M
 
 
 def assign(rmp: Rmp, spa: int, size: PageSize = K4, asid: int = 1, immutable: bool = False) -> None:
-    assert rmp.rmpupdate(spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid,
-                         immutable=immutable) == S.SUCCESS
+    assert (
+        rmp.rmpupdate(spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid, immutable=immutable)
+        == S.SUCCESS
+    )
 
 
 # --------------------------------------------------------------------------- initial state / RMPREAD
@@ -27,8 +29,18 @@ def assign(rmp: Rmp, spa: int, size: PageSize = K4, asid: int = 1, immutable: bo
 
 def test_status_and_size_values() -> None:
     """§3/§4/§5 return codes and §1 Page_Size encoding (MS-docs, Linux sev.h)."""
-    assert [int(s) for s in (S.SUCCESS, S.FAIL_INPUT, S.FAIL_PERMISSION, S.FAIL_INUSE, S.FAIL_OVERLAP,
-                             S.FAIL_SIZEMISMATCH, S.FAIL_BADADDR)] == [0, 1, 2, 3, 4, 6, 7]
+    assert [
+        int(s)
+        for s in (
+            S.SUCCESS,
+            S.FAIL_INPUT,
+            S.FAIL_PERMISSION,
+            S.FAIL_INUSE,
+            S.FAIL_OVERLAP,
+            S.FAIL_SIZEMISMATCH,
+            S.FAIL_BADADDR,
+        )
+    ] == [0, 1, 2, 3, 4, 6, 7]
     assert (int(K4), int(M2), int(PageSize.SIZE_1G)) == (0, 1, 2)
 
 
@@ -75,8 +87,16 @@ def test_assign_4k_fields(rmp: Rmp) -> None:
     """§1 fields written by RMPUPDATE; §3 masks reset VMPL0-full/others-none on assignment (15.36.7)."""
     assert rmp.rmpupdate(page(3), assigned=True, gpa=0x7000, asid=9) == S.SUCCESS
     e = rmp.rmpread(page(3))
-    assert e == RmpEntry(assigned=True, page_size=K4, immutable=False, gpa=0x7000, asid=9, vmsa=False,
-                         validated=False, vmpl_perms=(PERM_ALL, 0, 0, 0))
+    assert e == RmpEntry(
+        assigned=True,
+        page_size=K4,
+        immutable=False,
+        gpa=0x7000,
+        asid=9,
+        vmsa=False,
+        validated=False,
+        vmpl_perms=(PERM_ALL, 0, 0, 0),
+    )
     # neighbours untouched
     assert rmp.rmpread(page(2)) == RmpEntry()
     assert rmp.rmpread(page(4)) == RmpEntry()
@@ -101,8 +121,10 @@ def test_rmpupdate_clears_validated_vmsa_and_resets_masks(rmp: Rmp) -> None:
     spa = page(10)
     assign(rmp, spa, asid=2)
     assert rmp.pvalidate(spa, asid=2, gpa=spa + GPA_OFFSET, page_size=K4, validate=True) == (S.SUCCESS, False)
-    assert rmp.rmpadjust(spa, asid=2, gpa=spa + GPA_OFFSET, page_size=K4, vmpl=0, target_vmpl=1, perms=0x3,
-                         vmsa=True) == S.SUCCESS
+    assert (
+        rmp.rmpadjust(spa, asid=2, gpa=spa + GPA_OFFSET, page_size=K4, vmpl=0, target_vmpl=1, perms=0x3, vmsa=True)
+        == S.SUCCESS
+    )
     before = rmp.rmpread(spa)
     assert before.validated and before.vmsa and before.vmpl_perms == (PERM_ALL, 0x3, 0, 0)
     assign(rmp, spa, asid=2)  # identical values again
@@ -117,8 +139,16 @@ def test_assign_2m_covers_all_512_pages(rmp: Rmp) -> None:
     assert rmp.rmpupdate(region(1), assigned=True, page_size=M2, gpa=g, asid=4) == S.SUCCESS
     for k in (0, 1, 2, 255, 510, 511):
         e = rmp.rmpread(region(1) + page(k))
-        assert e == RmpEntry(assigned=True, page_size=M2, immutable=False, gpa=g + page(k), asid=4,
-                             vmsa=False, validated=False, vmpl_perms=(PERM_ALL, 0, 0, 0))
+        assert e == RmpEntry(
+            assigned=True,
+            page_size=M2,
+            immutable=False,
+            gpa=g + page(k),
+            asid=4,
+            vmsa=False,
+            validated=False,
+            vmpl_perms=(PERM_ALL, 0, 0, 0),
+        )
     assert rmp.rmpread(region(1) - page(1)) == RmpEntry()
     assert rmp.rmpread(region(2)) == RmpEntry()
 
@@ -126,8 +156,10 @@ def test_assign_2m_covers_all_512_pages(rmp: Rmp) -> None:
 def test_2m_validated_visible_on_every_page(rmp: Rmp) -> None:
     """Rule 1: rmpread of any page in a 2M entry returns the 2M entry's validated bit."""
     assign(rmp, region(2), M2, asid=1)
-    assert rmp.pvalidate(region(2), asid=1, gpa=region(2) + GPA_OFFSET, page_size=M2,
-                         validate=True) == (S.SUCCESS, False)
+    assert rmp.pvalidate(region(2), asid=1, gpa=region(2) + GPA_OFFSET, page_size=M2, validate=True) == (
+        S.SUCCESS,
+        False,
+    )
     assert all(rmp.rmpread(region(2) + page(k)).validated for k in range(PAGES_PER_2M))
 
 
@@ -182,21 +214,21 @@ def test_4k_on_head_of_unassigned_2m_demotes(rmp: Rmp) -> None:
 @pytest.mark.parametrize(
     ("spa", "kwargs"),
     [
-        (page(1) + 1, {"assigned": True}),                                    # spa not 4K aligned
+        (page(1) + 1, {"assigned": True}),  # spa not 4K aligned
         (page(1) + 0x800, {"assigned": False}),
-        (TABLE_END, {"assigned": True}),                                      # beyond the table
+        (TABLE_END, {"assigned": True}),  # beyond the table
         (TABLE_END + region(3), {"assigned": False}),
-        (region(4), {"assigned": True, "page_size": M2}),                     # 2M range beyond
-        (region(0), {"assigned": True, "page_size": PageSize.SIZE_1G}),       # size not 4K/2M
+        (region(4), {"assigned": True, "page_size": M2}),  # 2M range beyond
+        (region(0), {"assigned": True, "page_size": PageSize.SIZE_1G}),  # size not 4K/2M
         (region(0), {"assigned": False, "page_size": PageSize.SIZE_1G}),
-        (page(1), {"assigned": True, "page_size": M2}),                       # 2M spa not aligned
+        (page(1), {"assigned": True, "page_size": M2}),  # 2M spa not aligned
         (region(1) + page(511), {"assigned": True, "page_size": M2}),
-        (region(1), {"assigned": True, "page_size": M2, "gpa": 0x1000}),      # 2M gpa not aligned
+        (region(1), {"assigned": True, "page_size": M2, "gpa": 0x1000}),  # 2M gpa not aligned
         (region(1), {"assigned": True, "page_size": M2, "gpa": 0x30_0000}),
-        (page(2), {"assigned": True, "gpa": 0x1234}),                         # gpa not 4K aligned
+        (page(2), {"assigned": True, "gpa": 0x1234}),  # gpa not 4K aligned
         (page(2), {"assigned": True, "gpa": 0x10_0001, "asid": 1}),
-        (page(2), {"assigned": False, "asid": 1}),                            # shared with asid != 0
-        (page(2), {"assigned": False, "immutable": True}),                    # shared and immutable
+        (page(2), {"assigned": False, "asid": 1}),  # shared with asid != 0
+        (page(2), {"assigned": False, "immutable": True}),  # shared and immutable
         (region(1), {"assigned": False, "page_size": M2, "asid": 3}),
     ],
 )

@@ -3,6 +3,8 @@ single-page instructions, whatever the order of the frames (steps on distinct pa
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,10 +25,8 @@ def seeded(ops: list[tuple[int, int]]) -> Rmp:
             head = (i % 3) * 512
             rmp.rmpupdate(head * 4096, assigned=True, page_size=PageSize.SIZE_2M, gpa=head * 4096, asid=1)
         elif kind == 2:
-            try:
+            with contextlib.suppress(NestedPageFault):
                 rmp.pvalidate(i * 4096, asid=1, gpa=i * 4096, page_size=PageSize.SIZE_4K, validate=True)
-            except NestedPageFault:
-                pass
         else:
             rmp.rmpupdate(i * 4096, assigned=True, gpa=i * 4096, asid=1, immutable=True)
     return rmp

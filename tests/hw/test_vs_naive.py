@@ -46,8 +46,9 @@ SNP_EXCEPTIONS = (NestedPageFault, VmmCommunicationException, HostPageFault)
 #: regions 0..3 are covered, 4..5 lie beyond the table (weighted towards the table).
 region_idx = st.sampled_from([0, 0, 0, 1, 1, 2, 3, 4, 5])
 #: page offsets inside a 2M range, concentrated on a few pages so that operations collide.
-page_off = st.one_of(st.sampled_from([0, 0, 0, 1, 2, 511]), st.sampled_from([0, 1, 3, 256, 510, 511]),
-                     st.integers(0, PAGES_PER_2M - 1))
+page_off = st.one_of(
+    st.sampled_from([0, 0, 0, 1, 2, 511]), st.sampled_from([0, 1, 3, 256, 510, 511]), st.integers(0, PAGES_PER_2M - 1)
+)
 in_table_region = st.sampled_from([0, 0, 1, 1, 2, 3])
 byte_misalign = st.sampled_from([0, 0, 0, 0, 0, 0, 1, 0x800, 0xFFF])
 asids = st.sampled_from([1, 1, 1, 2, 0])
@@ -129,8 +130,16 @@ def describe(outcome: Outcome) -> str:
 
 
 def assert_same_entry(spa: int, got: RmpEntry, want: RmpEntry) -> None:
-    got = RmpEntry(bool(got.assigned), PageSize(got.page_size), bool(got.immutable), int(got.gpa), int(got.asid),
-                   bool(got.vmsa), bool(got.validated), tuple(int(p) for p in got.vmpl_perms))
+    got = RmpEntry(
+        bool(got.assigned),
+        PageSize(got.page_size),
+        bool(got.immutable),
+        int(got.gpa),
+        int(got.asid),
+        bool(got.vmsa),
+        bool(got.validated),
+        tuple(int(p) for p in got.vmpl_perms),
+    )
     if not want.assigned and want.page_size == K4:  # GPA of a hypervisor-owned 4K entry: not fixed by the rules
         got, want = replace(got, gpa=0), replace(want, gpa=0)
     assert got == want, f"rmpread({spa:#x}): impl {got} != model {want}"
@@ -224,8 +233,7 @@ class RmpVsNaive(RuleBasedStateMachine):
             gpa += data.draw(st.sampled_from([1, 0x10]))  # gpa not 4K aligned
         result = self.both(
             f"rmpupdate({spa:#x}, assigned={assigned}, {size!r}, gpa={gpa:#x}, asid={asid}, imm={immutable})",
-            lambda r: r.rmpupdate(spa, assigned=assigned, page_size=size, gpa=gpa, asid=asid,
-                                  immutable=immutable),
+            lambda r: r.rmpupdate(spa, assigned=assigned, page_size=size, gpa=gpa, asid=asid, immutable=immutable),
         )
         self.remember(result, spa, assigned)
         self.touched(spa)
@@ -238,8 +246,9 @@ class RmpVsNaive(RuleBasedStateMachine):
         asid = data.draw(st.sampled_from([1, 1, 2]))
         result = self.both(
             f"rmpupdate({spa:#x}, assigned=True, {size!r}, gpa={spa + GPA_OFFSET:#x}, asid={asid}, imm={immutable})",
-            lambda m: m.rmpupdate(spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid,
-                                  immutable=immutable),
+            lambda m: m.rmpupdate(
+                spa, assigned=True, page_size=size, gpa=spa + GPA_OFFSET, asid=asid, immutable=immutable
+            ),
         )
         self.remember(result, spa, True)
         self.touched(spa)
@@ -254,8 +263,9 @@ class RmpVsNaive(RuleBasedStateMachine):
             spa = data.draw(page_spa())
         if size == M2:
             spa -= spa % region(1)
-        self.both(f"rmpupdate({spa:#x}, assigned=False, {size!r})",
-                  lambda m: m.rmpupdate(spa, assigned=False, page_size=size))
+        self.both(
+            f"rmpupdate({spa:#x}, assigned=False, {size!r})", lambda m: m.rmpupdate(spa, assigned=False, page_size=size)
+        )
         self.touched(spa)
 
     def owner_args(self, data: st.DataObject, size: PageSize) -> tuple[int, int, int]:
@@ -291,8 +301,7 @@ class RmpVsNaive(RuleBasedStateMachine):
         write, fetch = kind == "write", kind == "fetch"
         self.both(
             f"check_guest_access({spa:#x}, asid={asid}, gpa={gpa:#x}, {npt!r}, {kind}, vmpl={vmpl})",
-            lambda r: r.check_guest_access(spa, asid=asid, gpa=gpa, npt_size=npt, write=write, fetch=fetch,
-                                           vmpl=vmpl),
+            lambda r: r.check_guest_access(spa, asid=asid, gpa=gpa, npt_size=npt, write=write, fetch=fetch, vmpl=vmpl),
         )
 
     @rule(data=st.data(), r=region_idx, off=st.sampled_from([0] * 8 + [PAGE_SIZE, 1, region(1) // 2]))
@@ -340,14 +349,17 @@ class RmpVsNaive(RuleBasedStateMachine):
         target = vmpl + data.draw(st.sampled_from([1, 1, 1, 2, 3, 0, -1]))  # > 3 => FAIL_INPUT
         perms = data.draw(perms_st)
         vmsa = size == K4 and data.draw(st.sampled_from([False] * 4 + [True]))
-        what = (f"rmpadjust({spa:#x}, asid={asid}, gpa={gpa:#x}, {size!r}, vmpl={vmpl}, target={target}, "
-                f"perms={perms:#x}, vmsa={vmsa})")
+        what = (
+            f"rmpadjust({spa:#x}, asid={asid}, gpa={gpa:#x}, {size!r}, vmpl={vmpl}, target={target}, "
+            f"perms={perms:#x}, vmsa={vmsa})"
+        )
         # Rule 5 leaves open whether the perms-subset check precedes the ownership/size checks: either order
         # is accepted (both fail without writing anything, so the model can evaluate the other order too).
         self.both(
             what,
-            lambda r, **extra: r.rmpadjust(spa, asid=asid, gpa=gpa, page_size=size, vmpl=vmpl, target_vmpl=target,
-                                           perms=perms, vmsa=vmsa, **extra),
+            lambda r, **extra: r.rmpadjust(
+                spa, asid=asid, gpa=gpa, page_size=size, vmpl=vmpl, target_vmpl=target, perms=perms, vmsa=vmsa, **extra
+            ),
             alt={"subset_first": True},
         )
         self.touched(spa)
@@ -378,8 +390,9 @@ class RmpVsNaive(RuleBasedStateMachine):
         self.both(
             f"check_guest_access({spa + mis:#x}, asid={asid}, gpa={gpa:#x}, {npt!r}, {kind}, enc={encrypted}, "
             f"vmpl={vmpl})",
-            lambda r: r.check_guest_access(spa + mis, asid=asid, gpa=gpa, npt_size=npt, write=write, fetch=fetch,
-                                           encrypted=encrypted, vmpl=vmpl),
+            lambda r: r.check_guest_access(
+                spa + mis, asid=asid, gpa=gpa, npt_size=npt, write=write, fetch=fetch, encrypted=encrypted, vmpl=vmpl
+            ),
         )
 
     @rule(r=st.integers(0, NREGIONS - 1))

@@ -54,6 +54,7 @@ class Qemu:
         """The guest's PSC VMGEXIT: KVM returns KVM_HC_MAP_GPA_RANGE exits, each handled here."""
         for exit_ in self.kvm.handle_psc(request):
             self.map_gpa_range(exit_)
+        self._account()
 
     def map_gpa_range(self, exit_: MapGpaRange) -> None:
         """``kvm_handle_hc_map_gpa_range``: one userspace exit, one ``kvm_convert_memory``."""
@@ -69,7 +70,9 @@ class Qemu:
         """The guest touches memory; a ``KVM_EXIT_MEMORY_FAULT`` is an implicit conversion. Returns #VCs."""
         for _ in range(npages + 2):
             try:
-                return self.kvm.guest_access(gfn, npages, private, write)
+                vcs = self.kvm.guest_access(gfn, npages, private, write)
+                self._account()
+                return vcs
             except MemoryFaultExit as fault:
                 self.counters.vmm_exit_count += 1
                 self.counters.npf_count += 1
@@ -78,7 +81,9 @@ class Qemu:
         raise RuntimeError("memory fault loop")  # pragma: no cover - model bug
 
     def pvalidate(self, gfn: int, npages: int, size: PageSize, validate: bool) -> int:
-        return self.kvm.pvalidate(gfn, npages, size, validate)
+        changed = self.kvm.pvalidate(gfn, npages, size, validate)
+        self._account()
+        return changed
 
     # ------------------------------------------------------------------ kvm_convert_memory
     def convert(self, gfn: int, npages: int, to_private: bool) -> None:
@@ -94,7 +99,6 @@ class Qemu:
                     self.kvm.gmem.punch_hole(gfn, npages)
         else:
             self._convert_in_place(gfn, npages, to_private)
-        self._account()
 
     def _convert_in_place(self, gfn: int, npages: int, to_private: bool) -> None:
         pfns = self.memory.pfns(gfn, npages)

@@ -1,0 +1,53 @@
+"""Memory limits: the analytic worst case per knob combination (hand-derived) and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from snpsim.cli import app
+from snpsim.limits import limits, worst_case
+from snpsim.policy import Policy, presets
+
+G = 1 << 30
+K4 = 4096
+
+
+@pytest.mark.parametrize(
+    ("policy", "private", "shared"),
+    [
+        (presets["upstream"], G, 0),  # 4K folios, discard: complementary copies
+        (presets["upm"], G, 0),
+        (presets["fixup"], G, 0),  # pre-UPM: one copy, converted in place
+        # 2M folios: one private page per folio pins 2 MiB while 511 of its 512 pages are shared
+        (presets["upm-nosplit"], G, G - (G // (2 << 20)) * K4),
+        # hugetlb-2m shared: one shared page per 2M allocates a huge page that is never freed; 511 stay private
+        (presets["hugetlb"], G - (G // (2 << 20)) * K4, G),
+        (Policy("gmem", "4k", "4k", False, "split", "never", "oops"), G, G),  # no discard: everything doubled
+        (Policy("gmem", "1g", "4k", True, "keep", "never", "oops"), G, G - K4),  # one 1G folio
+        (Policy("gmem", "4k", "thp", True, "split", "never", "oops"), G, 0),  # THP is split and discarded
+    ],
+)
+def test_worst_case(policy: Policy, private: int, shared: int) -> None:
+    assert worst_case(policy, G) == (private, shared)
+
+
+def test_observed_peak_never_exceeds_the_worst_case() -> None:
+    for row in limits(256 << 20, 2, ["upstream", "upm-nosplit", "hugetlb"], duration="1500ms"):
+        assert 0 < row.observed_peak_bytes <= row.worst_case_bytes, row
+        assert row.rmp_overhead_bytes == (256 << 20) // 256  # 16 bytes per 4K page = RAM / 256
+
+
+def test_limits_cli() -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["limits", "--memory", "128M", "--vcpus", "2", "-p", "upm-nosplit", "--json", "--duration", "1200ms"]
+    )
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["preset"] == "upm-nosplit"
+    assert row["worst_case_bytes"] == (128 << 20) * 2 - 64 * K4
+    bad = runner.invoke(app, ["limits", "--memory", "3M"])
+    assert bad.exit_code == 2 and "--memory" in bad.output
