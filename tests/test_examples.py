@@ -1,0 +1,82 @@
+"""Every example scenario in examples/ runs, and shows what its comment says it shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import snpsim
+from snpsim.metrics import METRICS
+from snpsim.runner import Result
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(name: str) -> Result:
+    return snpsim.run(EXAMPLES / name)
+
+
+def test_every_example_is_covered() -> None:
+    names = {p.name for p in EXAMPLES.glob("*.toml")}
+    assert names == set(CHECKS)
+
+
+def check_boot(r: Result) -> None:
+    s = r.summary
+    assert s["directmap_4k"] > 0 and s["host_crash_count"] == 0 and s["waste_bytes"] == 0
+
+
+def check_fragmented(r: Result) -> None:
+    s = r.summary
+    assert s["directmap_4k"] == 4 << 30  # every 2M range of the host holds a guest page: all split
+
+
+def check_churn(r: Result) -> None:
+    s = r.summary
+    assert len(r.vms) >= 4 and any(v.end_ns for v in r.vms)
+    assert s["directmap_merge_count"] > 0
+
+
+def check_fixup(r: Result) -> None:
+    s = r.summary
+    assert s["host_rmp_fault_count"] > 0 and s["host_crash_count"] == 0 and s["guest_vc_count"] > 0
+    assert s["directmap_split_count"] == 0
+
+
+def check_unmap(r: Result) -> None:
+    s = r.summary
+    assert s["host_crash_count"] == s["host_notpresent_fault_count"] > 0
+    assert {c["path"] for c in r.crashes} == {"mm/ksm.c:calc_checksum"}
+
+
+def check_hugetlb(r: Result) -> None:
+    s = r.summary
+    assert s["waste_bytes"] > 0 and s["directmap_4k"] == 0
+
+
+def check_workloads(r: Result) -> None:
+    s = r.summary
+    assert {v.workload for v in r.vms} == {"lazy-accept", "swiotlb-dynamic", "dma-churn", "kexec", "idle"}
+    assert not any(v.oom for v in r.vms)
+    assert s["directmap_4k"] == 0
+
+
+CHECKS = {
+    "boot-4g.toml": check_boot,
+    "fragmented-host.toml": check_fragmented,
+    "vm-churn.toml": check_churn,
+    "fixup-integrity.toml": check_fixup,
+    "unmap-ksm.toml": check_unmap,
+    "hugetlb-waste.toml": check_hugetlb,
+    "workloads.toml": check_workloads,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_example(name: str) -> None:
+    r = run(name)
+    assert set(r.summary) == set(METRICS)
+    s = r.summary
+    assert s["waste_bytes"] == s["private_bytes"] + s["shared_bytes"] - s["guest_bytes"] >= 0
+    CHECKS[name](r)
