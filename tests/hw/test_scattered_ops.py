@@ -72,3 +72,15 @@ def test_pvalidate_pfns_equals_loop(setup: list[tuple[int, int]], pfns: list[int
         except NestedPageFault:
             assert status[k] == -1
     assert table(a) == table(b)
+
+
+def test_rmpread_2mb_region_status() -> None:
+    """amd-snp-arch.md §3: RMPREAD's 2MB region status = 1 iff the input is 2M-aligned and any *other* page of
+    the 2M region is assigned."""
+    rmp = Rmp(NPAGES)
+    assert rmp.rmpupdate(0, assigned=True, gpa=0, asid=1) == 0  # the 2M-aligned page itself
+    assert not rmp.region_status(0)
+    assert rmp.rmpupdate(7 * 4096, assigned=True, gpa=7 * 4096, asid=1) == 0
+    assert rmp.region_status(0)
+    assert not rmp.region_status(7 * 4096)  # not 2M-aligned
+    assert not rmp.region_status(512 * 4096)

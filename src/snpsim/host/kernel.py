@@ -348,15 +348,9 @@ class HostKernel:
             self._restore_block_if_clean(pfn)
 
     # ------------------------------------------------------------------ region lifetime (restore points)
-    def register_region(self, pfn: int, npages: int) -> None:
-        """``MEM_ENCRYPT_REG_REGION`` / guest memory registration: ``bulk`` splits the whole region to 4K."""
-        if self.policy.directmap == "bulk" and npages:
-            s0, m0 = self.directmap.split_count, self.directmap.merge_count
-            self._split_2m_of(np.arange(pfn // PAGES_PER_2M, (pfn + npages - 1) // PAGES_PER_2M + 1) * PAGES_PER_2M)
-            self._charge_directmap(s0, m0)
-
     def register_frames(self, pfns: IntArray) -> None:
-        """:meth:`register_region` for a scattered set of frames (each 2M range holding one is split)."""
+        """``MEM_ENCRYPT_REG_REGION`` / guest memory registration of these frames: ``bulk`` splits every 2M range
+        holding one of them to 4K."""
         if self.policy.directmap == "bulk" and pfns.size:
             s0, m0 = self.directmap.split_count, self.directmap.merge_count
             for idx in np.unique(pfns // PAGES_PER_2M):

@@ -11,7 +11,6 @@ question directly from the per-gfn array (same result: the flag is exactly "attr
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
 from snpsim.hw.types import PageSize
 
@@ -38,24 +37,14 @@ class MemoryAttributes:
             self.set_count += 1
         return changed
 
-    def is_private(self, gfn: int) -> bool:
-        return bool(self.private[gfn])
-
-    def uniform(self, gfn: int, level: PageSize) -> bool:
-        """``!(disallow_lpage & KVM_LPAGE_MIXED_FLAG)`` for the ``level``-aligned range holding ``gfn``."""
+    def uniform_value(self, gfn: int, level: PageSize) -> bool | None:
+        """The attribute shared by the whole ``level``-aligned range holding ``gfn`` (PRIVATE or not), or None if
+        the range is mixed (``KVM_LPAGE_MIXED_FLAG``) or runs past the end of the VM."""
         n = level.npages
         lo = gfn // n * n
-        hi = lo + n
-        if hi > self.npages:
-            return False
-        seg = self.private[lo:hi]
-        return bool(seg.all() or not seg.any())
-
-    def uniform_mask(self, level: PageSize) -> npt.NDArray[np.bool_]:
-        """Per ``level``-aligned range of the VM: are its attributes uniform (the last partial range: False)."""
-        n = level.npages
-        full = self.npages // n
-        if level == PageSize.SIZE_4K:
-            return np.ones(self.npages, dtype=bool)
-        blocks = self.private[: full * n].reshape(full, n)
-        return blocks.all(axis=1) | ~blocks.any(axis=1)
+        if lo + n > self.npages:
+            return None
+        seg = self.private[lo : lo + n]
+        if seg.all():
+            return True
+        return False if not seg.any() else None

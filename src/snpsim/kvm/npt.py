@@ -81,8 +81,3 @@ class NestedPageTable:
             self.pfn[lo:hi][mask] = -1
             self.zap_count += 1
         return count
-
-    def zap_pfns(self, pfns: npt.NDArray[np.int64]) -> int:
-        """Zap the mappings of these host frames (e.g. pages the host made shared behind the guest's back)."""
-        hit = np.flatnonzero(np.isin(self.pfn, pfns))
-        return sum(self.zap(int(g), 1) for g in hit)

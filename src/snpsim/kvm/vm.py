@@ -106,10 +106,7 @@ class KvmVm:
                 continue
             n = level.npages
             lo = gfn // n * n
-            if lo + n > self.npages or not self.ram[lo : lo + n].all():
-                continue
-            seg = self.attrs.private[lo : lo + n]
-            if bool(seg.all()) if private else not seg.any():
+            if self.attrs.uniform_value(gfn, level) is private and self.ram[lo : lo + n].all():
                 return level
         return PageSize.SIZE_4K
 
