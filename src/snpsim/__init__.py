@@ -22,16 +22,66 @@ if TYPE_CHECKING:
     from snpsim.runner import Result
     from snpsim.scenario import Scenario
 
-__all__ = ["ConfigError", "Policy", "presets", "run"]
+__all__ = ["ConfigError", "Policy", "presets", "replay", "run"]
 __version__ = "0.1.0"
 
 
 def run(
-    scenario: Mapping[str, Any] | str | Path | Scenario, *, progress: Callable[[float], None] | None = None
+    scenario: Mapping[str, Any] | str | Path | Scenario,
+    *,
+    progress: Callable[[float], None] | None = None,
+    record_conversions: bool = False,
 ) -> Result:
-    """Simulate a scenario (a dict, a TOML path or a loaded :class:`~snpsim.scenario.Scenario`)."""
+    """Simulate a scenario (a dict, a TOML path or a loaded :class:`~snpsim.scenario.Scenario`).
+
+    ``record_conversions``: keep every ``kvm_convert_memory`` in ``Result.conversions`` (for trace export)."""
     from snpsim.runner import Simulation
     from snpsim.scenario import Scenario, load
 
     loaded = scenario if isinstance(scenario, Scenario) else load(scenario)
-    return Simulation(loaded, progress=progress).run()
+    return Simulation(loaded, progress=progress, record_conversions=record_conversions).run()
+
+
+def replay(
+    trace: str | Path,
+    policy: str | Mapping[str, Any] = "upstream",
+    *,
+    format: str = "auto",
+    lenient: bool = False,
+    vm_memory: int | str | None = None,
+    vcpus: int = 4,
+    host_memory: int | str | None = None,
+    seed: int = 1,
+    samples: int = 100,
+    progress: Callable[[float], None] | None = None,
+    record_conversions: bool = False,
+) -> Result:
+    """Replay a QEMU or ftrace conversion trace under a policy: what would that policy have done to the host.
+
+    The trace's conversions drive the guest -> vmm -> kvm -> host -> hw layers at their timestamps (relative to
+    the first one); the VM's RAM is ``vm_memory`` or inferred from the highest converted address. Bad traces
+    raise :class:`snpsim.traces.TraceError` (a ``ValueError``) naming file and line.
+    """
+    from snpsim.runner import Simulation
+    from snpsim.scenario import load
+    from snpsim.traces import parse, to_guest_events
+    from snpsim.units import parse_size
+
+    memory = None if vm_memory is None else parse_size(vm_memory, "vm_memory")
+    guest = to_guest_events(parse(trace, format, lenient), vm_memory=memory)
+    events = list(guest.events)
+    last = events[-1].time_ns if events else 0
+    host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
+    scenario = load(
+        {
+            "name": f"replay of {Path(trace).name}",
+            "seed": seed,
+            "policy": policy,
+            "duration": last + 1_000_000,
+            "samples": samples,
+            "host": {"memory": host},
+            "vms": [{"memory": guest.memory_bytes, "vcpus": vcpus, "workload": "idle"}],
+        }
+    )
+    sim = Simulation(scenario, progress=progress, vm_events={0: events}, record_conversions=record_conversions)
+    return sim.run()

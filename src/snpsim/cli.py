@@ -65,6 +65,10 @@ def run(
         typer.Option("--out", "-o", help="Results folder (Parquet timeline + JSON summary per run, and report.html)."),
     ] = Path("snpsim-out"),
     no_save: Annotated[bool, typer.Option("--no-save", help="Do not write results or the report.")] = False,
+    trace_out: Annotated[
+        Path | None, typer.Option("--trace-out", help="Write the simulated conversions as a trace (first preset).")
+    ] = None,
+    trace_format: Annotated[str, typer.Option("--trace-format", help="qemu or ftrace.")] = "qemu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -84,6 +88,8 @@ def run(
         for name in names:
             if name and name not in presets:
                 raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
+        if trace_format not in ("qemu", "ftrace"):
+            raise ConfigError("--trace-format", f"expected qemu or ftrace, got {trace_format!r}")
         if seed is not None:
             base["seed"] = seed
         if duration is not None:
@@ -96,6 +102,22 @@ def run(
         loaded = {label: load_scenario(sc) for label, sc in scenarios.items()}
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    record = trace_out is not None
+    jobs = {
+        label: (lambda p, sc=sc, first=(i == 0): snpsim.run(sc, progress=p, record_conversions=record and first))
+        for i, (label, sc) in enumerate(loaded.items())
+    }
+    results = _run_all(jobs, out=None if no_save else out, quiet=quiet or as_json)
+    report_path = None if no_save or out is None else out / "report.html"
+    if trace_out is not None:
+        _write_trace(next(iter(results.values())).conversions or [], trace_out, trace_format)
+    _print_summaries(results, next(iter(loaded.values())).name or (str(config) if config else "snpsim"), as_json)
+    if report_path is not None and not as_json:
+        console.print(f"results in {out}/, report: {report_path}")
+
+
+def _run_all(jobs: dict[str, Any], *, out: Path | None, quiet: bool) -> dict[str, Any]:
+    """Run each job with a progress bar; save each result and the report if ``out`` is set."""
     results = {}
     with Progress(
         TextColumn("[bold]{task.description:<12}"),
@@ -103,27 +125,38 @@ def run(
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         console=err_console,
-        disable=quiet or as_json,
+        disable=quiet,
         transient=False,
     ) as progress:
-        for label, sc in loaded.items():
+        for label, job in jobs.items():
             task = progress.add_task(label, total=1.0)
-            results[label] = snpsim.run(sc, progress=lambda f, t=task: progress.update(t, completed=f))
+            results[label] = job(lambda f, t=task: progress.update(t, completed=f))
             progress.update(task, completed=1.0)
-            if not no_save and out is not None:
+            if out is not None:
                 from snpsim.results import save
 
                 save(results[label], out, label)
-    report_path = None
-    if not no_save and out is not None:
+    if out is not None:
         from snpsim.report import build
 
-        report_path = build(out)
+        build(out)
+    return results
+
+
+def _write_trace(conversions: list[tuple[int, int, int, bool]], path: Path, fmt: str) -> None:
+    from snpsim.traces import write_ftrace, write_qemu
+
+    try:
+        (write_qemu if fmt == "qemu" else write_ftrace)(conversions, path)
+    except OSError as exc:
+        raise _fail(f"{path}: cannot write trace: {exc.strerror}") from None
+
+
+def _print_summaries(results: dict[str, Any], title: str, as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps({label: r.summary for label, r in results.items()}))
         return
-    first = next(iter(loaded.values()))
-    table = Table(title=first.name or (str(config) if config else "snpsim"))
+    table = Table(title=title)
     table.add_column("metric", no_wrap=True)
     for label in results:
         table.add_column(label, justify="right")
@@ -134,8 +167,51 @@ def run(
     if crashed:
         paths = {c["path"] for label in crashed for c in results[label].crashes}
         console.print(f"host crashes under {', '.join(crashed)}; kernel paths: {', '.join(sorted(paths))}")
-    if report_path is not None:
-        console.print(f"results in {out}/, report: {report_path}")
+
+
+@app.command()
+def replay(
+    trace: Annotated[Path, typer.Argument(help="QEMU (-trace kvm_convert_memory ...) or ftrace/trace-cmd text.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, qemu or ftrace.")] = "auto",
+    preset: Annotated[list[str] | None, typer.Option("--preset", "-p", help="Preset (repeatable).")] = None,
+    vm_memory: Annotated[str | None, typer.Option(help="Guest RAM (default: inferred from the trace).")] = None,
+    vcpus: Annotated[int, typer.Option(help="Guest vCPUs.")] = 4,
+    lenient: Annotated[bool, typer.Option("--lenient", help="Skip and count bad lines instead of stopping.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder.")] = Path("snpsim-out"),
+    no_save: Annotated[bool, typer.Option("--no-save", help="Do not write results or the report.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Replay a real conversion trace under one or more presets: what each policy would have done."""
+    from snpsim.traces import TraceError, parse
+
+    names = preset or ["upstream"]
+    try:
+        for name in names:
+            if name not in presets:
+                raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
+        if fmt not in ("auto", "qemu", "ftrace"):
+            raise ConfigError("--format", f"expected auto, qemu or ftrace, got {fmt!r}")
+        if not trace.is_file():
+            raise ConfigError(str(trace), "no such trace file")
+        reader = parse(trace, fmt, lenient)
+        for _ in reader:  # validate the whole trace once before simulating (errors name file:line)
+            pass
+        jobs = {
+            name: (
+                lambda p, name=name: snpsim.replay(
+                    trace, name, format=fmt, lenient=lenient, vm_memory=vm_memory, vcpus=vcpus, progress=p
+                )
+            )
+            for name in names
+        }
+        results = _run_all(jobs, out=None if no_save else out, quiet=quiet or as_json)
+    except (ConfigError, TraceError) as exc:
+        raise _fail(str(exc)) from None
+    _print_summaries(results, f"replay of {trace.name}", as_json)
+    stats = reader.stats
+    if not as_json and (stats.bad_lines or sum(stats.skipped_unknown.values())):
+        console.print(f"skipped: {stats.bad_lines} bad lines, {sum(stats.skipped_unknown.values())} unknown events")
 
 
 @app.command()

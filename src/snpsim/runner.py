@@ -9,7 +9,7 @@ give identical results.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
+from snpsim.guest.events import Timed
 from snpsim.guest.executor import SnpGuest
 from snpsim.guest.workloads import WORKLOADS
 from snpsim.host import HostKernel, Owner, writers
@@ -54,11 +55,23 @@ class Result:
     scenario: Scenario
     vms: list[VmRecord] = field(default_factory=list)
     crashes: list[dict[str, Any]] = field(default_factory=list)
+    #: (time_ns, gfn, npages, to_private) of every kvm_convert_memory, if the run recorded them
+    conversions: list[tuple[int, int, int, bool]] | None = None
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, progress: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        progress: Callable[[float], None] | None = None,
+        vm_events: dict[int, Iterable[Timed]] | None = None,
+        record_conversions: bool = False,
+    ) -> None:
         self.s = scenario
+        #: guest events given from outside (a replayed trace) for the VM of that index, instead of its workload
+        self.vm_events = vm_events or {}
+        #: every kvm_convert_memory of every VM (time_ns, gfn, npages, to_private), when recording
+        self.conversions: list[tuple[int, int, int, bool]] | None = [] if record_conversions else None
         self.env = simpy.Environment()
         self.host = HostKernel(
             scenario.host_memory >> PAGE_SHIFT,
@@ -115,12 +128,15 @@ class Simulation:
             ram[lo : lo + n] = True
         record = VmRecord(f"vm{index}", asid, spec.memory, spec.vcpus, spec.workload, int(self.env.now))
         self.records.append(record)
-        qemu = Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters)
+        trace = None if self.conversions is None else lambda *ev: self.conversions.append(ev)  # type: ignore[union-attr]
+        qemu = Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters, trace=trace)
         guest = SnpGuest(qemu)
         self.live[asid] = qemu
         t0 = int(self.env.now)
         end = self.s.duration_ns if lifetime_ns is None else min(self.s.duration_ns, t0 + lifetime_ns)
-        events = WORKLOADS[spec.workload](cfg, self.rng(1, index), end - t0, **spec.params)
+        events = self.vm_events.get(index)
+        if events is None:
+            events = WORKLOADS[spec.workload](cfg, self.rng(1, index), end - t0, **spec.params)
         try:
             for timed in events:
                 t = t0 + timed.time_ns
@@ -198,4 +214,4 @@ class Simulation:
             {"time_ns": c.time_ns, "path": c.path, "pfn": c.pfn, "kind": c.kind, "error_code": c.error_code}
             for c in self.host.crashes
         ]
-        return Result(dict(final), timeline, self.s, self.records, crashes)
+        return Result(dict(final), timeline, self.s, self.records, crashes, self.conversions)

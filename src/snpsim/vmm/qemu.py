@@ -14,6 +14,8 @@ Models QEMU ``accel/kvm/kvm-all.c`` (``shared/reference/guest-workloads.md`` §1
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -31,9 +33,18 @@ class Qemu:
     """The VMM process of one VM: ``ram`` marks the gfns that are RAM."""
 
     def __init__(
-        self, host: HostKernel, policy: Policy, ram: npt.NDArray[np.bool_], *, asid: int, counters: Counters
+        self,
+        host: HostKernel,
+        policy: Policy,
+        ram: npt.NDArray[np.bool_],
+        *,
+        asid: int,
+        counters: Counters,
+        trace: Callable[[int, int, int, bool], None] | None = None,
     ) -> None:
         self.host = host
+        #: called as QEMU's ``kvm_convert_memory`` trace event fires: (time_ns, gfn, npages, to_private)
+        self.trace = trace
         self.policy = policy
         self.ram = ram
         self.counters = counters
@@ -88,6 +99,8 @@ class Qemu:
     # ------------------------------------------------------------------ kvm_convert_memory
     def convert(self, gfn: int, npages: int, to_private: bool) -> None:
         """``kvm_convert_memory(start, size, to_private)``."""
+        if self.trace is not None:
+            self.trace(int(self.host.clock()), gfn, npages, to_private)
         before = self.kvm.attrs.private[gfn : gfn + npages].copy()
         self.kvm.set_memory_attributes(gfn, npages, to_private)
         self.memory.attributes_changed(gfn, npages, before)

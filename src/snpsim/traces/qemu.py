@@ -1,0 +1,285 @@
+"""Parser for QEMU trace output of guest memory conversions (the ``log`` trace backend).
+
+Models the text QEMU writes with ``-trace kvm_convert_memory -trace kvm_memory_fault -trace
+kvm_hc_map_gpa_range`` (``-D file`` or stderr), from the format strings in QEMU ``accel/kvm/trace-events`` and
+``target/i386/kvm/trace-events`` (``shared/reference/guest-workloads.md`` §1, §4)::
+
+    kvm_convert_memory(uint64_t start, uint64_t size, const char *msg)  "start 0x%" PRIx64 " size 0x%" PRIx64 " %s"
+    kvm_memory_fault(uint64_t start, uint64_t size, uint64_t flags)     "start 0x%" PRIx64 " size 0x%" PRIx64
+                                                                        " flags 0x%" PRIx64
+    kvm_hc_map_gpa_range(uint64_t gpa, uint64_t size, uint64_t attributes, uint64_t flags)
+                                                "gpa 0x%" PRIx64 " size 0x%" PRIx64 " attributes 0x%" PRIx64
+                                                " flags 0x%" PRIx64
+
+Line forms accepted:
+
+* ``kvm_convert_memory start 0x4000000 size 0x1000 shared_to_private`` (the log backend; ``msg`` is
+  ``shared_to_private`` or ``private_to_shared``);
+* ``PID@SEC.USEC:kvm_convert_memory ...``: the log backend with timestamps on (the tracetool log backend prints
+  ``"%d@%zu.%06zu:"``, thread id and ``gettimeofday()``; blanks after the colon are tolerated);
+* ``YYYY-MM-DDTHH:MM:SS.ffffffZ `` in front of any line: the ISO-8601 context of newer QEMU message output
+  (``-msg timestamp=on``) [I: best effort], taken as the line's time;
+* ``qemu-system-x86_64: warning: memory fault: GPA 0x4000000 size 0x1000 flags 0x8 kvm_convert_memory start
+  0x4000000 size 0x1000 shared_to_private``: the real log line quoted in the reference (KAL24), a QEMU
+  warning and a trace event on one line; the trace event after it is parsed as any other, the warning itself is
+  informational. ``PROGRAM: ...`` / ``PROGRAM(ctx): ...`` lines (QEMU's error_report/warn_report output) are
+  counted as informational messages, unless what follows the prefix is one of the three events;
+* other ``name args`` lines are trace events this parser does not know (``kvm_run_exit ...``): skipped and
+  counted by name; blank lines and ``#`` comment lines (our extension, for annotated example files) are ignored.
+
+Meaning (QEMU ``kvm_convert_memory()``, ``kvm_handle_hc_map_gpa_range()``, ``kvm_cpu_exec()``):
+
+* ``kvm_convert_memory``: the conversion QEMU performs (KVM_SET_MEMORY_ATTRIBUTES + discard/punch-hole);
+* ``kvm_memory_fault``: KVM_EXIT_MEMORY_FAULT, an implicit conversion; ``flags & 0x8``
+  (KVM_MEMORY_EXIT_FLAG_PRIVATE) = to private, else to shared;
+* ``kvm_hc_map_gpa_range``: KVM_EXIT_HYPERCALL with nr KVM_HC_MAP_GPA_RANGE; ``size`` is already in bytes
+  (``args[1] * TARGET_PAGE_SIZE``) and ``attributes`` is the raw ``args[2]``, so to private iff
+  ``attributes & 0x10`` (KVM_MAP_GPA_RANGE_ENCRYPTED = ENC_STAT(1) = 1 << 4; QEMU passes exactly
+  ``attributes & KVM_MAP_GPA_RANGE_ENCRYPTED`` to kvm_convert_memory). Bits 0-1 are the PAGE_SZ hint and are
+  ignored; bit 3 (0x8, the value of KVM_MEMORY_ATTRIBUTE_PRIVATE) does *not* mean private here.
+
+**Duplicates.** QEMU traces one conversion up to twice: ``kvm_hc_map_gpa_range`` or ``kvm_memory_fault`` (the exit)
+and then ``kvm_convert_memory`` (the conversion it causes). ``kvm_convert_memory`` is authoritative: if the trace
+contains any ``kvm_convert_memory`` line, only those are replayed and the other two are counted in
+``ParseStats.informational``. Only a trace without any ``kvm_convert_memory`` line (the event was not enabled)
+replays ``kvm_hc_map_gpa_range`` and ``kvm_memory_fault`` instead (``ParseStats.secondary_used``). The decision is
+made by a look-ahead over the whole text before parsing (a substring search, stopping at the first hit).
+
+**Time.** A line's time is its timestamp (``PID@SEC.USEC:`` or ISO prefix) in ns. A line without one takes the
+previous timestamp; before the first timestamp (and in traces without any) it is ``line number *
+line_spacing_ns`` (:data:`DEFAULT_LINE_SPACING_NS` = 1 us per line), which keeps order and rough spacing.
+Timestamps going backwards are an error (strict) or are clamped (lenient).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import re
+from collections.abc import Iterator
+from typing import IO
+
+from snpsim.traces._common import (
+    DEFAULT_LINE_SPACING_NS,
+    BadLine,
+    Clock,
+    Source,
+    Template,
+    any_line_contains,
+    check_range,
+    ensure_text,
+    open_source,
+    quote,
+    run_lines,
+    seconds_to_ns,
+    source_name,
+)
+from snpsim.traces.model import ParseStats, TraceConversion
+
+__all__ = [
+    "CONVERT",
+    "DEFAULT_LINE_SPACING_NS",
+    "HC_MAP_GPA_RANGE",
+    "KVM_MAP_GPA_RANGE_ENCRYPTED",
+    "KVM_MEMORY_EXIT_FLAG_PRIVATE",
+    "MEMORY_FAULT",
+    "parse_qemu",
+]
+
+CONVERT = "kvm_convert_memory"
+MEMORY_FAULT = "kvm_memory_fault"
+HC_MAP_GPA_RANGE = "kvm_hc_map_gpa_range"
+#: ``struct kvm_run.memory_fault.flags`` bit: the faulting access was private (include/uapi/linux/kvm.h).
+KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3
+#: KVM_HC_MAP_GPA_RANGE ``args[2]``: ENC_STAT(1) = the range becomes encrypted/private (asm/kvm_para.h).
+KVM_MAP_GPA_RANGE_ENCRYPTED = 1 << 4
+#: ``kvm_convert_memory``'s ``msg`` argument.
+SHARED_TO_PRIVATE = "shared_to_private"
+PRIVATE_TO_SHARED = "private_to_shared"
+#: Informational counter names for non-event lines.
+MESSAGE = "<qemu message>"
+FAULT_WARNING = "<memory fault warning>"
+
+_T_CONVERT = Template(CONVERT, "start {start:0xh} size {size:0xh} {msg:w}")
+_T_FAULT = Template(MEMORY_FAULT, "start {start:0xh} size {size:0xh} flags {flags:0xh}")
+_T_HC = Template(HC_MAP_GPA_RANGE, "gpa {gpa:0xh} size {size:0xh} attributes {attributes:0xh} flags {flags:0xh}")
+_KNOWN = frozenset({CONVERT, MEMORY_FAULT, HC_MAP_GPA_RANGE})
+
+_PIDTS = re.compile(r"([0-9]+)@([0-9]{1,30})\.([0-9]{1,30}):[ \t]*", re.ASCII)
+_ISO = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,30}))?(Z|[+-][0-9]{2}:?[0-9]{2})?"
+    r"[ \t]+",
+    re.ASCII,
+)
+_PROG = re.compile(r"([A-Za-z0-9_.+-]+)(?:\([^)]*\))?:[ \t]+", re.ASCII)
+_EVENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:[ \t]+(.*))?", re.ASCII | re.DOTALL)
+_FAST = re.compile(
+    r"(?:([0-9]+)@([0-9]{1,30})\.([0-9]{1,30}):[ \t]*)?([A-Za-z_][A-Za-z0-9_]*)(?:[ \t]+(.*))?", re.ASCII | re.DOTALL
+)
+_SEVERITY = re.compile(r"(?:warning|error|info|note):[ \t]+", re.ASCII | re.IGNORECASE)
+_FAULT_WARNING = re.compile(
+    r"memory fault: GPA (\S+) size (\S+) flags (\S+)(?:[ \t]+(.*))?", re.ASCII | re.IGNORECASE | re.DOTALL
+)
+
+
+def _iso_ns(m: re.Match[str]) -> int:
+    """ns since the epoch of an ISO-8601 prefix (``Z``, ``+HH:MM`` or no zone = UTC); a leap second 60 is 59."""
+    y, mo, d, h, mi, s = (int(m.group(i)) for i in range(1, 7))
+    try:
+        when = datetime.datetime(y, mo, d, h, mi, min(s, 59), tzinfo=datetime.UTC)
+    except ValueError:
+        raise BadLine(f"bad timestamp {quote(m.group(0).strip())}") from None
+    secs = calendar.timegm(when.utctimetuple())
+    tz = m.group(8)
+    if tz and tz != "Z":
+        sign = -1 if tz[0] == "-" else 1
+        digits = tz[1:].replace(":", "")
+        secs -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    if secs < 0:
+        raise BadLine(f"timestamp {quote(m.group(0).strip())} before 1970")
+    return seconds_to_ns(str(secs), m.group(7) or "")
+
+
+class _QemuParser:
+    """State of one pass: the clock, the duplicate policy and the counters."""
+
+    def __init__(self, source: str, stats: ParseStats, lenient: bool, use_secondary: bool, spacing: int) -> None:
+        self.source = source
+        self.stats = stats
+        self.use_secondary = use_secondary
+        self.clock = Clock(stats, lenient, spacing)
+
+    def line(self, raw: str, lineno: int) -> TraceConversion | None:
+        line = raw.strip()
+        if not line or line[0] == "#":
+            return None
+        m = _FAST.fullmatch(line)
+        if m is not None:  # the common case: [PID@SEC.USEC:]name fields
+            sec = m.group(2)
+            ts = seconds_to_ns(sec, m.group(3)) if sec is not None else None
+            return self.event(m.group(4), m.group(5) or "", ts, lineno)
+        return self.slow_line(line, lineno)
+
+    def slow_line(self, line: str, lineno: int) -> TraceConversion | None:
+        ts: int | None = None
+        pos = 0
+        if line[0].isdigit():
+            m = _ISO.match(line)
+            if m is not None:
+                ts = _iso_ns(m)
+                pos = m.end()
+        m = _PIDTS.match(line, pos)
+        if m is not None:
+            ts = seconds_to_ns(m.group(2), m.group(3))
+            pos = m.end()
+        else:
+            m = _PROG.match(line, pos)
+            if m is not None:
+                if m.group(1) in _KNOWN:
+                    raise BadLine(f"malformed {m.group(1)} line: unexpected ':' after the event name")
+                return self.message(line[m.end() :], ts, lineno)
+        m = _EVENT.fullmatch(line, pos)
+        if m is None:
+            raise BadLine(f"unrecognised line {quote(line[pos:])} (not a QEMU trace event)")
+        return self.event(m.group(1), m.group(2) or "", ts, lineno)
+
+    def message(self, text: str, ts: int | None, lineno: int) -> TraceConversion | None:
+        """A ``PROGRAM: ...`` line: a memory-fault warning (maybe with an event after it), an event, or a message."""
+        m = _SEVERITY.match(text)
+        if m is not None:
+            text = text[m.end() :]
+        w = _FAULT_WARNING.match(text)
+        if w is not None:
+            rest = (w.group(4) or "").strip()
+            if rest:
+                conv = self.embedded(rest, ts, lineno)
+            else:
+                conv = None
+                if ts is not None:
+                    self.clock.time(ts, lineno)
+            self.stats.informational[FAULT_WARNING] += 1
+            return conv
+        e = _EVENT.fullmatch(text)
+        if (e is not None and e.group(1) in _KNOWN) or _PIDTS.match(text) is not None:
+            return self.embedded(text, ts, lineno)
+        if ts is not None:  # a message's own timestamp still has to keep the order; it never gets a made-up one
+            self.clock.time(ts, lineno)
+        self.stats.informational[MESSAGE] += 1
+        return None
+
+    def embedded(self, text: str, ts: int | None, lineno: int) -> TraceConversion | None:
+        m = _PIDTS.match(text)
+        if m is not None:
+            ts = seconds_to_ns(m.group(2), m.group(3))
+            text = text[m.end() :]
+        e = _EVENT.fullmatch(text)
+        if e is None:
+            raise BadLine(f"unrecognised text {quote(text)} after a QEMU message prefix")
+        return self.event(e.group(1), e.group(2) or "", ts, lineno)
+
+    def event(self, name: str, fields: str, ts: int | None, lineno: int) -> TraceConversion | None:
+        secondary = True
+        if name == CONVERT:
+            gpa, size, msg = _T_CONVERT.parse(fields)
+            if msg == SHARED_TO_PRIVATE:
+                to_private = True
+            elif msg == PRIVATE_TO_SHARED:
+                to_private = False
+            else:
+                raise BadLine(
+                    f"bad direction {quote(str(msg))} in {CONVERT} (expected {SHARED_TO_PRIVATE} or "
+                    f"{PRIVATE_TO_SHARED})"
+                )
+            secondary = False
+        elif name == MEMORY_FAULT:
+            gpa, size, flags = _T_FAULT.parse(fields)
+            to_private = bool(flags & KVM_MEMORY_EXIT_FLAG_PRIVATE)
+        elif name == HC_MAP_GPA_RANGE:
+            gpa, size, attributes, _flags = _T_HC.parse(fields)
+            to_private = bool(attributes & KVM_MAP_GPA_RANGE_ENCRYPTED)
+        else:
+            self.clock.time(ts, lineno)
+            self.stats.unknown(name)
+            return None
+        check_range(name, gpa, size)
+        t = self.clock.time(ts, lineno)
+        if secondary and not self.use_secondary:
+            self.stats.informational[name] += 1
+            return None
+        return TraceConversion(t, gpa, size, to_private, self.source, lineno, name)
+
+
+def parse_open(
+    f: IO[str],
+    source: str,
+    *,
+    lenient: bool = False,
+    stats: ParseStats | None = None,
+    line_spacing_ns: int = DEFAULT_LINE_SPACING_NS,
+) -> Iterator[TraceConversion]:
+    """Parse an already-open seekable text file (see :func:`parse_qemu`)."""
+    stats = stats if stats is not None else ParseStats()
+    stats.source, stats.format = source, "qemu"
+    use_secondary = not any_line_contains(f, CONVERT + " ")
+    stats.secondary_used = use_secondary
+    parser = _QemuParser(source, stats, lenient, use_secondary, line_spacing_ns)
+    yield from run_lines(f, parser.line, source, lenient, stats)
+
+
+def parse_qemu(
+    src: Source,
+    *,
+    lenient: bool = False,
+    stats: ParseStats | None = None,
+    line_spacing_ns: int = DEFAULT_LINE_SPACING_NS,
+) -> Iterator[TraceConversion]:
+    """Stream the conversions of a QEMU trace log (a path or a text file), in file order.
+
+    Strict mode (default) raises :class:`~snpsim.traces.model.TraceError` (``file:line: reason``) at the first bad
+    line; ``lenient=True`` skips bad lines and counts them in ``stats`` (pass a :class:`ParseStats` to read the
+    counts; it is complete when the generator is exhausted).
+    """
+    ensure_text(src)
+    name = source_name(src)
+    with open_source(src) as f:
+        yield from parse_open(f, name, lenient=lenient, stats=stats, line_spacing_ns=line_spacing_ns)

@@ -1,0 +1,148 @@
+"""Turn parsed trace conversions into the guest layer's events, so a real trace can drive the simulator.
+
+A replayed trace is what the guest asked for (guest-workloads.md §1): each :class:`TraceConversion` becomes
+``Timed(t, Conversion(gfn, npages, to_private, protocol, huge_ok=True, what="trace"))``
+(:mod:`snpsim.guest.events`), ``t`` relative to the first conversion. ``protocol`` is ``Protocol.MSR`` for
+conversions read from ``kvm_vmgexit_msr_protocol_enter`` (the guest used the GHCB MSR protocol, one page per
+request; amd-snp-arch.md §9) and ``Protocol.GHCB`` for everything else. ``huge_ok=True``: the trace does not say
+whether the guest addressed the range through its direct map; 2M PSC entries are allowed where aligned.
+
+The guest's RAM size is given or inferred so that :class:`snpsim.guest.linux.LinuxGuestConfig` accepts it and
+its RAM map covers every converted range. That map is QEMU q35's (``pc_q35_init``): all RAM below 4 GiB if the
+guest has less than 2.75 GiB, else 2 GiB below 4 GiB and the rest from 4 GiB; ``[lowmem, 4 GiB)`` is the PCI
+hole, not RAM. A conversion outside RAM (beyond the given size, in the hole, or needing more than the model's
+16 TiB) is a :class:`TraceError` naming the trace line. Independent of the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from snpsim.errors import ConfigError
+from snpsim.guest.events import Conversion, Protocol, Timed
+from snpsim.guest.linux import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, LinuxGuestConfig
+from snpsim.traces.ftrace import MSR_PROTOCOL_ENTER
+from snpsim.traces.model import PAGE_SHIFT, TraceConversion, TraceError
+
+__all__ = ["GuestTrace", "infer_memory_bytes", "ram_ranges", "to_guest_events"]
+
+MIB = 1 << 20
+GIB = 1 << 30
+FOUR_GIB = 4 * GIB
+#: q35: guests with at least this much RAM get only 2 GiB below 4 GiB (``pc_q35_init``; snpsim.guest.linux).
+Q35_LOWMEM_THRESHOLD = 0xB000_0000
+Q35_LOWMEM_LARGE = 2 * GIB
+ALIGN = 2 * MIB
+
+
+class GuestTrace(NamedTuple):
+    """``memory_bytes`` for ``LinuxGuestConfig`` and the replayable events (``mem, events = to_guest_events(...)``)."""
+
+    memory_bytes: int
+    events: list[Timed] | Iterator[Timed]
+
+
+def _round_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def ram_ranges(memory_bytes: int) -> list[tuple[int, int]]:
+    """Guest RAM as ``(gpa, end)`` byte ranges, from ``LinuxGuestConfig.ram_ranges()`` (q35 map)."""
+    cfg = LinuxGuestConfig(memory_bytes, 1)
+    return [(gfn << PAGE_SHIFT, (gfn + n) << PAGE_SHIFT) for gfn, n in cfg.ram_ranges()]
+
+
+def _in_ram(conv: TraceConversion, ranges: list[tuple[int, int]]) -> bool:
+    end = conv.gpa + conv.size
+    return any(lo <= conv.gpa and end <= hi for lo, hi in ranges)
+
+
+def _outside(conv: TraceConversion, memory_bytes: int, ranges: list[tuple[int, int]], why: str) -> TraceError:
+    ram = ", ".join(f"[{lo:#x}, {hi:#x})" for lo, hi in ranges)
+    return TraceError(
+        conv.source,
+        conv.line,
+        f"conversion {conv.gpa:#x}+{conv.size:#x} is not guest RAM of a {memory_bytes} byte q35 guest (RAM {ram}){why}",
+    )
+
+
+def infer_memory_bytes(conversions: Iterable[TraceConversion]) -> int:
+    """The smallest valid guest RAM size (2 MiB multiple, >= 64 MiB) whose q35 RAM map holds every conversion.
+
+    Conversions below 4 GiB only: their highest end rounded up to 2 MiB. Any at or above 4 GiB: 2 GiB low RAM plus
+    their highest end above 4 GiB (rounded up), and at least 2.75 GiB (the smallest q35 guest with RAM above
+    4 GiB). Raises TraceError for a conversion no q35 guest has as RAM (in or across the PCI hole, or beyond 16 TiB).
+    """
+    convs = list(conversions)
+    if not convs:
+        return MIN_MEMORY_BYTES
+    high = [c for c in convs if c.gpa + c.size > FOUR_GIB]
+    if high:
+        top = max(high, key=lambda c: c.gpa + c.size)
+        mem = max(Q35_LOWMEM_LARGE + _round_up(top.gpa + top.size - FOUR_GIB, ALIGN), Q35_LOWMEM_THRESHOLD)
+    else:
+        top = max(convs, key=lambda c: c.gpa + c.size)
+        mem = max(_round_up(top.gpa + top.size, ALIGN), MIN_MEMORY_BYTES)
+    if mem > MAX_MEMORY_BYTES:
+        raise TraceError(
+            top.source,
+            top.line,
+            f"conversion {top.gpa:#x}+{top.size:#x} needs {mem} bytes of guest RAM, more than the model's "
+            f"{MAX_MEMORY_BYTES} (16 TiB)",
+        )
+    ranges = ram_ranges(mem)
+    for c in convs:
+        if not _in_ram(c, ranges):
+            raise _outside(c, mem, ranges, "; no q35 guest has RAM there (PCI hole below 4 GiB)")
+    return mem
+
+
+def _events(
+    conversions: Iterable[TraceConversion], memory_bytes: int, ranges: list[tuple[int, int]] | None
+) -> Iterator[Timed]:
+    t0: int | None = None
+    last = 0
+    for c in conversions:
+        if ranges is not None and not _in_ram(c, ranges):
+            raise _outside(c, memory_bytes, ranges, "")
+        if t0 is None:
+            t0 = c.time_ns
+        t = c.time_ns - t0
+        if t < last:
+            raise TraceError(c.source, c.line, f"time {c.time_ns} ns is before the previous conversion's")
+        last = t
+        protocol = Protocol.MSR if c.event == MSR_PROTOCOL_ENTER else Protocol.GHCB
+        yield Timed(
+            t,
+            Conversion(
+                gfn=c.gpa >> PAGE_SHIFT,
+                npages=c.size >> PAGE_SHIFT,
+                to_private=c.to_private,
+                protocol=protocol,
+                huge_ok=True,
+                what="trace",
+            ),
+        )
+
+
+def to_guest_events(conversions: Iterable[TraceConversion], *, vm_memory: int | None = None) -> GuestTrace:
+    """Replay ``conversions`` as guest events: ``(memory_bytes, events)``.
+
+    ``vm_memory=None``: the RAM size is inferred (:func:`infer_memory_bytes`); the conversions are read once
+    into memory and ``events`` is a list. ``vm_memory`` given: it must be a valid ``LinuxGuestConfig.memory_bytes``
+    (ConfigError otherwise); ``events`` is then a lazy iterator (constant memory) that raises TraceError when it
+    reaches a conversion outside that guest's RAM. Times are relative to the first conversion and must not go
+    backwards (the parsers guarantee this).
+    """
+    if vm_memory is None:
+        convs = list(conversions)
+        mem = infer_memory_bytes(convs)
+        return GuestTrace(mem, list(_events(convs, mem, None)))
+    if isinstance(vm_memory, bool) or not isinstance(vm_memory, int):
+        raise ConfigError("vm_memory", f"expected a size in bytes, got {vm_memory!r}")
+    try:
+        LinuxGuestConfig(vm_memory, 1).validate()
+    except ConfigError as e:
+        raise ConfigError("vm_memory", str(e)) from None
+    return GuestTrace(vm_memory, _events(conversions, vm_memory, ram_ranges(vm_memory)))
