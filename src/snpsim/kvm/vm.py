@@ -204,10 +204,14 @@ class KvmVm:
                 return 0
             except VmmCommunicationException:
                 self.counters.guest_vc_count += 1
-                # The guest sees #VC PAGE_NOT_VALIDATED: a Linux guest panics. Modelled: it re-validates.
-                self.host.rmp.pvalidate(
-                    pfn << PAGE_SHIFT, asid=self.asid, gpa=gfn << PAGE_SHIFT, page_size=PageSize.SIZE_4K, validate=True
-                )
+                # The guest sees #VC PAGE_NOT_VALIDATED: a Linux guest panics. Modelled: it re-validates the page
+                # at the size of its RMP entry (a 4K PVALIDATE on a 2M entry would itself take an RMP #NPF).
+                entry = self.host.rmp.rmpread(pfn << PAGE_SHIFT)
+                if entry.page_size == PageSize.SIZE_2M:
+                    g2, p2 = gfn // PAGES_PER_2M * PAGES_PER_2M, pfn // PAGES_PER_2M * PAGES_PER_2M
+                    self._pvalidate_one(g2, p2, PageSize.SIZE_2M, True)
+                else:
+                    self._pvalidate_one(gfn, pfn, PageSize.SIZE_4K, True)
                 return 1
             except NestedPageFault:
                 self.counters.npf_count += 1
@@ -235,6 +239,9 @@ class KvmVm:
         takes an RMP #NPF with SIZEM, which KVM resolves with PSMASH, then the guest retries. Returns the pages
         whose Validated bit changed.
         """
+        shared = np.flatnonzero(~self.attrs.private[gfn : gfn + npages])
+        if shared.size:  # PVALIDATE is a private access: against a shared attribute it is a memory fault exit
+            raise MemoryFaultExit(gfn + int(shared[0]), npages - int(shared[0]), True)
         if not self._fault_in(gfn, npages, True):
             raise MemoryError("host out of memory")
         changed = 0

@@ -85,16 +85,26 @@ class Qemu:
                 self._account()
                 return vcs
             except MemoryFaultExit as fault:
-                self.counters.vmm_exit_count += 1
-                self.counters.npf_count += 1
-                self.host.busy_ns += self.host.costs.userspace_exit_ns
-                self.convert(fault.gfn, fault.npages, fault.private)
+                self._memory_fault(fault)
         raise RuntimeError("memory fault loop")  # pragma: no cover - model bug
 
     def pvalidate(self, gfn: int, npages: int, size: PageSize, validate: bool) -> int:
-        changed = self.kvm.pvalidate(gfn, npages, size, validate)
-        self._account()
-        return changed
+        """The guest's PVALIDATE; one on a shared gfn is a private access, an implicit conversion first."""
+        for _ in range(npages + 2):
+            try:
+                changed = self.kvm.pvalidate(gfn, npages, size, validate)
+                self._account()
+                return changed
+            except MemoryFaultExit as fault:
+                self._memory_fault(fault)
+        raise RuntimeError("memory fault loop")  # pragma: no cover - model bug
+
+    def _memory_fault(self, fault: MemoryFaultExit) -> None:
+        """``KVM_EXIT_MEMORY_FAULT``: QEMU converts the range to what the guest accessed it as."""
+        self.counters.vmm_exit_count += 1
+        self.counters.npf_count += 1
+        self.host.busy_ns += self.host.costs.userspace_exit_ns
+        self.convert(fault.gfn, fault.npages, fault.private)
 
     # ------------------------------------------------------------------ kvm_convert_memory
     def convert(self, gfn: int, npages: int, to_private: bool) -> None:
