@@ -29,12 +29,11 @@ Invariants, checked after every step (sources: amd-snp-arch.md §7-§8, linux-sn
    with a ``directmap_restore`` point the direct map is merged back to 1G.
 6. guest_bytes is conserved by a conversion of a fully backed range plus touching it (4K/4K policies).
 
-Known model bugs (see ``test_known_bug_*``, strict xfail): the machine keeps the guest Linux-like so they are not
-triggered (``AVOID_KNOWN_BUGS``): (A) a #VC on a page under a 2M RMP entry escapes as ``NestedPageFault`` (KVM's
-model re-validates with a 4K PVALIDATE), so under 2M private granularity the guest accesses as private only pages
-it validated; (B) PVALIDATE on a gfn whose attribute is shared maps guest_memfd into the NPT against the
-attribute, leaving a private NPT mapping of a freed frame, so the guest touches as shared only pages it has not
-validated.
+Model bugs found by this machine (regression tests at the end): (A) a #VC on a page under a 2M RMP entry escaped
+as ``NestedPageFault``; (B) PVALIDATE on a gfn whose attribute is shared mapped guest_memfd into the NPT against the
+attribute, leaving a private NPT mapping of a frame freed by the punch hole; (C) a multi-page private access whose
+first page's RMP #NPF is fixed by PSMASH + zapping the 2M range found the next page of the same access unmapped
+(``ValueError: -1 is not a valid PageSize``). All three are fixed.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.guest.executor import SnpGuest
 from snpsim.host import HostKernel, Owner
 from snpsim.hw import PageSize
-from snpsim.hw.types import NestedPageFault
+from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED
 from snpsim.metrics import Counters
 from snpsim.policy import Policy, presets
@@ -76,9 +75,6 @@ POLICIES: dict[str, Policy] = {
     "vmm-keep-oops": Policy("vmm", "4k", "4k", True, "keep", "never", "oops"),
     "gmem-keep-fixup": Policy("gmem", "4k", "4k", True, "keep", "never", "fixup"),
 }
-
-#: Keep the guest Linux-like so the two known model bugs (module docstring) are not triggered.
-AVOID_KNOWN_BUGS = True
 
 
 @st.composite
@@ -121,7 +117,7 @@ class StackMachine(RuleBasedStateMachine):
         self.val_pfn = np.full(GUEST_PAGES, -1, dtype=np.int64)  # frame each tracked gfn was validated on
 
     @property
-    def gm(self):  # noqa: ANN201 - GuestMemfd | None
+    def gm(self) -> GuestMemfd | None:
         return self.vmm.kvm.gmem
 
     @property
@@ -141,6 +137,10 @@ class StackMachine(RuleBasedStateMachine):
             return np.zeros(0, dtype=np.int64)
         bases = gm.folio_pfn[gm.folio_pfn >= 0]
         return (bases[:, None] + np.arange(gm.folio_pages, dtype=np.int64)).ravel()
+
+    def _user_frames(self) -> np.ndarray:
+        frames = [np.arange(p, p + (1 << o), dtype=np.int64) for p, o in self.user.items()]
+        return np.sort(np.concatenate(frames)) if frames else np.zeros(0, dtype=np.int64)
 
     def _assigned(self) -> np.ndarray:
         """Per host frame: is its RMP entry assigned."""
@@ -206,9 +206,7 @@ class StackMachine(RuleBasedStateMachine):
         backing = self._private_frames()
         # pages the host took back or remapped since the guest validated them: each must raise #VC
         compromised = {
-            g
-            for g in gfns.tolist()
-            if backing[g] != self.val_pfn[g] or not self._rmp_ok(g, int(self.val_pfn[g]))
+            g for g in gfns.tolist() if backing[g] != self.val_pfn[g] or not self._rmp_ok(g, int(self.val_pfn[g]))
         }
         vc0 = self.counters.guest_vc_count
         self.guest.execute(Access(gfn, npages, private=True, write=write))
@@ -227,19 +225,6 @@ class StackMachine(RuleBasedStateMachine):
         )
         self.val_pfn[gfns] = np.where(npt.level[gfns] != UNMAPPED, npt.pfn[gfns], backing[gfns])
 
-    def _linux_like(self, gfn: int, npages: int, private: bool) -> int:
-        """AVOID_KNOWN_BUGS: the prefix of the range a Linux-like guest would touch this way."""
-        if not AVOID_KNOWN_BUGS:
-            return npages
-        val = self.guest.validated[gfn : gfn + npages]
-        if not private:
-            bad = np.flatnonzero(val)  # bug B: never touch validated memory as shared
-        elif self.policy.private_granularity != "4k":
-            bad = np.flatnonzero(~(val & self.vmm.kvm.attrs.private[gfn : gfn + npages]))  # bug A
-        else:
-            return npages
-        return int(bad[0]) if bad.size else npages
-
     # ------------------------------------------------------------------ rules: guest
     @rule(rng=gfn_ranges(), to_private=st.booleans(), huge_ok=st.booleans())
     def ghcb_conversion(self, rng: tuple[int, int], to_private: bool, huge_ok: bool) -> None:
@@ -252,9 +237,7 @@ class StackMachine(RuleBasedStateMachine):
     @rule(rng=gfn_ranges(), private=st.booleans(), write=st.booleans())
     def guest_access(self, rng: tuple[int, int], private: bool, write: bool) -> None:
         gfn, npages = rng
-        npages = self._linux_like(gfn, npages, private)
-        if npages:
-            self._access(gfn, npages, private, write)
+        self._access(gfn, npages, private, write)
 
     @rule(rng=gfn_ranges(), to_private=st.booleans(), huge_ok=st.booleans())
     def conversion_conserves_guest_bytes(self, rng: tuple[int, int], to_private: bool, huge_ok: bool) -> None:
@@ -274,8 +257,8 @@ class StackMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ rules: host
     def _near_guest(self, data: st.DataObject) -> int:
         frames = np.concatenate(
-            [self.vmm.memory.pfn[self.vmm.memory.pfn >= 0], self._gmem_frames(), np.array(list(self.user))]
-        ).astype(np.int64)
+            [self.vmm.memory.pfn[self.vmm.memory.pfn >= 0], self._gmem_frames(), self._user_frames()]
+        )
         if frames.size == 0 or data.draw(st.integers(0, 4), label="far") == 0:
             return data.draw(st.integers(0, HOST_FRAMES - 1), label="pfn")
         base = int(frames[data.draw(st.integers(0, frames.size - 1), label="frame")])
@@ -321,7 +304,16 @@ class StackMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ invariants
     @invariant()
-    def accounting(self) -> None:
+    def stack_invariants(self) -> None:
+        """All invariants; the RMP's assigned mask is computed once per step and shared."""
+        assigned = self._assigned()
+        self._check_accounting()
+        self._check_frames(assigned)
+        self._check_npt(assigned)
+        self._check_direct_map(assigned)
+
+    def _check_accounting(self) -> None:
+        """Invariant 3 (bytes)."""
         vmm, kvm, mem, gm = self.vmm, self.vmm.kvm, self.vmm.memory, self.gm
         priv = kvm.attrs.private
         shared_ok = mem.pfn >= 0
@@ -344,32 +336,28 @@ class StackMachine(RuleBasedStateMachine):
         if self.four_k and self.policy.discard_on_convert:
             assert waste == 0, f"{self.name}: {waste} bytes of waste with 4K/4K discard"
 
-    @invariant()
-    def frames_and_rmp_ownership(self) -> None:
+    def _check_frames(self, assigned: np.ndarray) -> None:
+        """Invariants 3 (owner tags, no leaked private frame) and 5 (buddy == tags)."""
         host, mem = self.host, self.vmm.memory
-        gframes = self._gmem_frames()
-        vframes = mem.pfn[mem.pfn >= 0]
-        every = np.concatenate([gframes, vframes, np.array(list(self.user), dtype=np.int64)])
-        assert np.unique(gframes).size + np.unique(vframes).size == gframes.size + vframes.size
-        assert not np.isin(gframes, vframes).any(), "a frame backs both private and shared memory"
-        assert host.frames.count(Owner.GMEM) == gframes.size
-        assert host.frames.count(mem.owner) == vframes.size
-        user_frames = sum(1 << o for o in self.user.values())
-        assert host.frames.count(Owner.USER) == user_frames
-        non_free = sum(host.frames.count(o) for o in Owner if o != Owner.FREE)
-        assert host.buddy.used_frames == non_free == gframes.size + vframes.size + user_frames
+        gframes = np.sort(self._gmem_frames())
+        vframes = np.sort(mem.pfn[mem.pfn >= 0])
+        uframes = self._user_frames()
+        every = np.concatenate([gframes, vframes, uframes])
         assert np.unique(every).size == every.size, "a frame has two owners"
+        find = host.frames.find
+        tagged = find(tuple(o for o in Owner if o != Owner.FREE), 0, HOST_FRAMES, HOST_FRAMES)
+        assert host.buddy.used_frames == tagged.size == every.size, "buddy, frame tags and backing disagree"
+        assert np.array_equal(tagged, np.sort(every)), "frames tagged in use are not the backing frames"
+        assert np.array_equal(find((Owner.GMEM,), 0, HOST_FRAMES, HOST_FRAMES), gframes)
+        assert np.array_equal(find((mem.owner,), 0, HOST_FRAMES, HOST_FRAMES), vframes)
         # every assigned RMP entry is private backing of the live VM
-        assigned = host.rmp.assigned_pages(0, HOST_FRAMES)
-        if self.gm is not None:
-            owned = gframes
-        else:
-            owned = mem.pfn[(mem.pfn >= 0) & self.vmm.kvm.attrs.private]
-        stray = assigned[~np.isin(assigned, owned)]
+        owned = gframes if self.gm is not None else mem.pfn[(mem.pfn >= 0) & self.vmm.kvm.attrs.private]
+        stray = np.flatnonzero(assigned)
+        stray = stray[~np.isin(stray, owned)]
         assert stray.size == 0, f"{self.name}: assigned frames outside the VM's private backing: {stray[:8]}"
 
-    @invariant()
-    def npt_consistent(self) -> None:
+    def _check_npt(self, assigned: np.ndarray) -> None:
+        """Invariant 4."""
         kvm = self.vmm.kvm
         npt, attrs = kvm.npt, kvm.attrs.private
         lv = npt.level
@@ -398,13 +386,13 @@ class StackMachine(RuleBasedStateMachine):
                 assert e.asid == self.asid and e.gpa == lo * K4
         if self.policy.rmp_fault == "oops":
             priv = mapped & npt.private
-            ok = self._assigned()[npt.pfn[priv]]
+            ok = assigned[npt.pfn[priv]]
             assert ok.all(), f"private NPT mappings of unassigned frames at gfns {np.flatnonzero(priv)[~ok][:8]}"
         counts = [int(np.count_nonzero(lv == k)) * K4 for k in range(3)]
         assert kvm.npt_bytes() == tuple(counts)
 
-    @invariant()
-    def host_direct_map(self) -> None:
+    def _check_direct_map(self, assigned: np.ndarray) -> None:
+        """Invariants 5 (direct map) and 1b (what the direct map may show, per policy)."""
         host = self.host
         dm = host.directmap
         dm.check_invariants()
@@ -415,7 +403,6 @@ class StackMachine(RuleBasedStateMachine):
         assert (m["directmap_4k"], m["directmap_2m"], m["directmap_1g"]) == (c4k * K4, c2m * K4, c1g * K4)
         # 1b: which frames the direct map may show, per policy
         levels = dm.levels(0, HOST_FRAMES)
-        assigned = self._assigned()
         missing = np.flatnonzero((levels < 0) & ~assigned)
         assert missing.size == 0, f"{self.name}: hypervisor-owned frames not in the direct map: {missing[:8]}"
         dmode = self.policy.directmap
@@ -430,11 +417,12 @@ class StackMachine(RuleBasedStateMachine):
 
 
 def _machine(names: tuple[str, ...]) -> type[StackMachine]:
-    return type("StackMachine_" + "_".join(n.replace("-", "_") for n in names), (StackMachine,), {"policy_names": names})
+    label = "_".join(n.replace("-", "_") for n in names)
+    return type(f"StackMachine_{label}", (StackMachine,), {"policy_names": names})
 
 
 SETTINGS = settings(
-    max_examples=8,
+    max_examples=14,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -446,7 +434,7 @@ def test_stack_state_machine(name: str) -> None:
     run_state_machine_as_test(_machine((name,)), settings=SETTINGS)
 
 
-# ---------------------------------------------------------------------- known model bugs (strict xfail)
+# ---------------------------------------------------------------------- regressions of the bugs found
 def _stack(name: str) -> tuple[HostKernel, Qemu, SnpGuest, Counters]:
     pol = POLICIES[name]
     host = HostKernel(HOST_FRAMES, pol)
@@ -455,24 +443,35 @@ def _stack(name: str) -> tuple[HostKernel, Qemu, SnpGuest, Counters]:
     return host, vmm, SnpGuest(vmm), counters
 
 
-@pytest.mark.xfail(raises=NestedPageFault, strict=True, reason="bug A: #VC re-validation on a 2M RMP entry")
-def test_known_bug_vc_on_2m_rmp_entry_escapes_as_npf() -> None:
-    # A private access to an unvalidated page under a 2M RMP entry: KVM maps it 2M, the guest gets #VC 0x404 and
-    # the model re-validates with a 4K PVALIDATE, which on a 2M entry is an RMP #NPF (SIZEM) nobody handles.
-    _, _, guest, c = _stack("upm-nosplit")
+def test_bug_a_vc_on_2m_rmp_entry_is_a_vc() -> None:
+    # A private access to an unvalidated page under a 2M RMP entry: KVM maps it 2M and the guest gets #VC 0x404.
+    # The model's re-validation used a 4K PVALIDATE, which on a 2M entry is an RMP #NPF (SIZEM) nobody handled.
+    host, vmm, guest, c = _stack("upm-nosplit")
     guest.execute(Access(0, 1, private=True))  # gmem RAM is private at memslot creation, not yet validated
     assert c.guest_vc_count == 1
+    entry = host.rmp.rmpread(int(vmm.kvm.npt.pfn[0]) * K4)
+    assert entry.assigned and entry.validated and entry.gpa == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug B: PVALIDATE on a shared gfn maps guest_memfd against the attribute")
-def test_known_bug_pvalidate_on_shared_gfn_leaves_stale_private_npt_mapping() -> None:
+def test_bug_b_pvalidate_on_shared_gfn_leaves_no_private_npt_mapping() -> None:
     host, vmm, guest, _ = _stack("upstream")
     guest.execute(Conversion(0, 1, True, Protocol.MSR))  # private + validated
     guest.execute(Access(0, 1, private=False))  # implicit to-shared (KVM_EXIT_MEMORY_FAULT)
     guest.execute(Conversion(0, 1, False, Protocol.MSR))  # guest rescinds (PVALIDATE 0), then PSC to shared
     npt = vmm.kvm.npt
     assert not vmm.kvm.attrs.private[0]
-    # KVM must not map guest_memfd at a shared gfn; here it does, and the frame was freed by the punch hole
+    # KVM must not map guest_memfd at a shared gfn (the frame was freed by the punch hole)
     assert npt.level[0] == UNMAPPED or not npt.private[0], (
         f"gfn 0 (shared) mapped private to frame {npt.pfn[0]}, free={host.buddy.is_free(int(npt.pfn[0]))}"
     )
+    assert vmm.private_bytes() == 0
+
+
+def test_bug_c_multi_page_access_survives_psmash_zap() -> None:
+    # gfn 0 shared makes the 2M range mixed: the first private touch prepares the 2M folio as one 2M RMP entry but
+    # maps gfns 1-2 at 4K; gfn 1's RMP #NPF (NPT 4K vs RMP 2M) is fixed by PSMASH + zapping all 512 gfns, and
+    # _checked_access(2) then reads npt.level[2] == -1.
+    _, _, guest, c = _stack("upm-nosplit")
+    guest.execute(Conversion(0, 1, False, Protocol.MSR))
+    guest.execute(Access(1, 2, private=True))
+    assert c.guest_vc_count == 2

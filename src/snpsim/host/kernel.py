@@ -82,7 +82,8 @@ class HostKernel:
         self.crashes: list[Crash] = []
         #: frames made shared by the ``fixup`` #PF handler (the guest will see #VC on its next private access)
         self.fixup_page_count = 0
-        #: called with the array of PFNs the fixup handler made shared (kvm zaps its NPT entries)
+        #: called with the array of PFNs the fixup handler made shared (observers: tests, reports); KVM needs no
+        #: notification: the guest's next access to such a page fails the hardware RMP check and re-faults
         self.fixup_listeners: list[Callable[[IntArray], None]] = []
         #: movable host pages (page cache / anonymous) oldest first, as the kernel's LRU lists (mm/vmscan.c);
         #: compaction replaces a migrated page here, as migration rewrites the owner's mapping

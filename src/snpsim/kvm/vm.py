@@ -190,6 +190,8 @@ class KvmVm:
     def _checked_access(self, gfn: int, private: bool, write: bool) -> int:
         """Run the hardware RMP check of one access, handling #NPFs as KVM does; returns #VCs raised."""
         for _ in range(4):
+            if self.npt.level[gfn] == UNMAPPED and not self._fault_in(gfn, 1, private):
+                raise MemoryError("host out of memory")  # zapped by an earlier page's RMP #NPF: fault it in again
             level = PageSize(int(self.npt.level[gfn]))
             pfn = int(self.npt.pfn[gfn])
             try:
