@@ -21,18 +21,21 @@ from typing import NamedTuple
 
 from snpsim.errors import ConfigError
 from snpsim.guest.events import Conversion, Protocol, Timed
-from snpsim.guest.linux import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, LinuxGuestConfig
+from snpsim.guest.linux import (
+    GIB,
+    MAX_MEMORY_BYTES,
+    MIB,
+    MIN_MEMORY_BYTES,
+    Q35_LOWMEM_LARGE,
+    Q35_LOWMEM_THRESHOLD,
+    LinuxGuestConfig,
+)
 from snpsim.traces.ftrace import MSR_PROTOCOL_ENTER
 from snpsim.traces.model import PAGE_SHIFT, TraceConversion, TraceError
 
 __all__ = ["GuestTrace", "infer_memory_bytes", "ram_ranges", "to_guest_events"]
 
-MIB = 1 << 20
-GIB = 1 << 30
 FOUR_GIB = 4 * GIB
-#: q35: guests with at least this much RAM get only 2 GiB below 4 GiB (``pc_q35_init``; snpsim.guest.linux).
-Q35_LOWMEM_THRESHOLD = 0xB000_0000
-Q35_LOWMEM_LARGE = 2 * GIB
 ALIGN = 2 * MIB
 
 

@@ -79,22 +79,19 @@ class Qemu:
 
     def access(self, gfn: int, npages: int, private: bool, write: bool = True) -> int:
         """The guest touches memory; a ``KVM_EXIT_MEMORY_FAULT`` is an implicit conversion. Returns #VCs."""
-        for _ in range(npages + 2):
-            try:
-                vcs = self.kvm.guest_access(gfn, npages, private, write)
-                self._account()
-                return vcs
-            except MemoryFaultExit as fault:
-                self._memory_fault(fault)
-        raise RuntimeError("memory fault loop")  # pragma: no cover - model bug
+        return self._run_vcpu(lambda: self.kvm.guest_access(gfn, npages, private, write), npages)
 
     def pvalidate(self, gfn: int, npages: int, size: PageSize, validate: bool) -> int:
         """The guest's PVALIDATE; one on a shared gfn is a private access, an implicit conversion first."""
+        return self._run_vcpu(lambda: self.kvm.pvalidate(gfn, npages, size, validate), npages)
+
+    def _run_vcpu(self, instruction: Callable[[], int], npages: int) -> int:
+        """``KVM_RUN`` until the guest's instruction completes: each memory fault exit is handled, then re-entry."""
         for _ in range(npages + 2):
             try:
-                changed = self.kvm.pvalidate(gfn, npages, size, validate)
+                result = instruction()
                 self._account()
-                return changed
+                return result
             except MemoryFaultExit as fault:
                 self._memory_fault(fault)
         raise RuntimeError("memory fault loop")  # pragma: no cover - model bug
