@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import snpsim
+import snpsim.scenario
 from snpsim.metrics import METRICS
 from snpsim.runner import Result
 
@@ -20,6 +21,8 @@ def run(name: str) -> Result:
 def test_every_example_is_covered() -> None:
     names = {p.name for p in EXAMPLES.glob("*.toml")}
     assert names == set(CHECKS)
+    policies = {snpsim.scenario.load(EXAMPLES / n).policy for n in names}
+    assert policies == set(snpsim.presets.values())  # every preset has an example
 
 
 def check_boot(r: Result) -> None:
@@ -62,7 +65,14 @@ def check_workloads(r: Result) -> None:
     assert s["directmap_4k"] == 0
 
 
+def check_bulk(r: Result) -> None:
+    s = r.summary
+    assert any(v.end_ns for v in r.vms)
+    assert s["directmap_split_count"] > 0 and s["directmap_merge_count"] > 0
+
+
 CHECKS = {
+    "bulk-churn.toml": check_bulk,
     "boot-4g.toml": check_boot,
     "fragmented-host.toml": check_fragmented,
     "vm-churn.toml": check_churn,
