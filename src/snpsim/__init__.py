@@ -65,12 +65,19 @@ def replay(
     from snpsim.runner import Simulation
     from snpsim.scenario import load
     from snpsim.traces import parse, to_guest_events
+    from snpsim.traces.replay import infer_memory_bytes
     from snpsim.units import parse_size
 
-    memory = None if vm_memory is None else parse_size(vm_memory, "vm_memory")
+    reader = parse(trace, format, lenient)
+    # Streaming, constant memory: a pass sizes the guest (unless given) and finds the trace's time span, the
+    # replay pass then reads the file again lazily.
+    first = last = 0
+    for k, conv in enumerate(reader):
+        first = conv.time_ns if k == 0 else first
+        last = conv.time_ns - first
+    memory = infer_memory_bytes(reader) if vm_memory is None else parse_size(vm_memory, "vm_memory")
     guest = to_guest_events(parse(trace, format, lenient), vm_memory=memory)
-    events = list(guest.events)
-    last = events[-1].time_ns if events else 0
+    events = guest.events
     host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
     scenario = load(
         {

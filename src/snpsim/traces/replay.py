@@ -76,17 +76,26 @@ def infer_memory_bytes(conversions: Iterable[TraceConversion]) -> int:
     Conversions below 4 GiB only: their highest end rounded up to 2 MiB. Any at or above 4 GiB: 2 GiB low RAM plus
     their highest end above 4 GiB (rounded up), and at least 2.75 GiB (the smallest q35 guest with RAM above
     4 GiB). Raises TraceError for a conversion no q35 guest has as RAM (in or across the PCI hole, or beyond 16 TiB).
+    Streams: one pass finds the size; a second pass (when ``conversions`` can be iterated again, e.g. a list or a
+    reader over a file) checks every conversion against the RAM map, so memory stays constant.
     """
-    convs = list(conversions)
-    if not convs:
-        return MIN_MEMORY_BYTES
-    high = [c for c in convs if c.gpa + c.size > FOUR_GIB]
-    if high:
-        top = max(high, key=lambda c: c.gpa + c.size)
+    top_low: TraceConversion | None = None
+    top_high: TraceConversion | None = None
+    for c in conversions:
+        end = c.gpa + c.size
+        if end > FOUR_GIB:
+            if top_high is None or end > top_high.gpa + top_high.size:
+                top_high = c
+        elif top_low is None or end > top_low.gpa + top_low.size:
+            top_low = c
+    if top_high is not None:
+        top = top_high
         mem = max(Q35_LOWMEM_LARGE + _round_up(top.gpa + top.size - FOUR_GIB, ALIGN), Q35_LOWMEM_THRESHOLD)
-    else:
-        top = max(convs, key=lambda c: c.gpa + c.size)
+    elif top_low is not None:
+        top = top_low
         mem = max(_round_up(top.gpa + top.size, ALIGN), MIN_MEMORY_BYTES)
+    else:
+        return MIN_MEMORY_BYTES
     if mem > MAX_MEMORY_BYTES:
         raise TraceError(
             top.source,
@@ -94,10 +103,11 @@ def infer_memory_bytes(conversions: Iterable[TraceConversion]) -> int:
             f"conversion {top.gpa:#x}+{top.size:#x} needs {mem} bytes of guest RAM, more than the model's "
             f"{MAX_MEMORY_BYTES} (16 TiB)",
         )
-    ranges = ram_ranges(mem)
-    for c in convs:
-        if not _in_ram(c, ranges):
-            raise _outside(c, mem, ranges, "; no q35 guest has RAM there (PCI hole below 4 GiB)")
+    if not isinstance(conversions, Iterator):
+        ranges = ram_ranges(mem)
+        for c in conversions:
+            if not _in_ram(c, ranges):
+                raise _outside(c, mem, ranges, "; no q35 guest has RAM there (PCI hole below 4 GiB)")
     return mem
 
 
