@@ -516,50 +516,32 @@ class DirectMap:
             pfn = nxt
         return splits
 
-    def _remove_in_2m(self, pfn: int, end: int) -> int:
-        """:meth:`remove_range` for a range inside one 2M range (scalar fast path)."""
-        gb = pfn >> _SHIFT_1G
-        g = self._pud_b[gb]
-        if g == _PUD_NP:
-            return 0
-        splits = 0
-        if g == _PUD_1G:
-            self._split_1g_one(gb)
-            splits += 1
-        idx = pfn >> _SHIFT_2M
-        m = self._pmd_b[idx]
-        if m == _PMD_NP:
-            return splits
-        if m == _PMD_2M:
-            self._split_2m_one(idx)
-            splits += 1
-        base = idx << _SHIFT_2M
-        seg = self._bits[self._slot_a[idx], pfn - base : end - base]
-        self._n4k -= int(np.count_nonzero(seg))
-        seg[...] = False
-        return splits
+    def _set_in_2m(self, pfn: int, end: int, present: bool) -> int:
+        """:meth:`remove_range` / :meth:`restore_range` for a range inside one 2M range (scalar fast path).
 
-    def _restore_in_2m(self, pfn: int, end: int) -> int:
-        """:meth:`restore_range` for a range inside one 2M range (scalar fast path)."""
+        A large entry already in the requested state is left alone; one in the other state is split (1G, then
+        2M); then the 4K present bits are set."""
+        same_pud, same_pmd = (_PUD_1G, _PMD_2M) if present else (_PUD_NP, _PMD_NP)
         gb = pfn >> _SHIFT_1G
         g = self._pud_b[gb]
-        if g == _PUD_1G:
+        if g == same_pud:
             return 0
         splits = 0
-        if g == _PUD_NP:
+        if g != _PUD_TABLE:
             self._split_1g_one(gb)
             splits += 1
         idx = pfn >> _SHIFT_2M
         m = self._pmd_b[idx]
-        if m == _PMD_2M:
+        if m == same_pmd:
             return splits
-        if m == _PMD_NP:
+        if m != _PMD_SPLIT:
             self._split_2m_one(idx)
             splits += 1
         base = idx << _SHIFT_2M
         seg = self._bits[self._slot_a[idx], pfn - base : end - base]
-        self._n4k += (end - pfn) - int(np.count_nonzero(seg))
-        seg[...] = True
+        was = int(np.count_nonzero(seg))
+        self._n4k += ((end - pfn) - was) if present else -was
+        seg[...] = present
         return splits
 
     def remove_range(self, pfn: int, npages: int) -> int:
@@ -569,7 +551,7 @@ class DirectMap:
             return 0
         end = pfn + npages
         if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
-            return self._per_2m(self._remove_in_2m, pfn, end)
+            return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, False), pfn, end)
         before = self._splits
         g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
         self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_1G) + g0)
@@ -585,7 +567,7 @@ class DirectMap:
             return 0
         end = pfn + npages
         if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
-            return self._per_2m(self._restore_in_2m, pfn, end)
+            return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, True), pfn, end)
         before = self._splits
         g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
         self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_NP) + g0)
