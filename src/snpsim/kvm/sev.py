@@ -53,20 +53,16 @@ def coalesce_psc(request: PscRequest) -> list[MapGpaRange]:
 
 def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: int, asid: int) -> None:
     """``sev_gmem_prepare`` for the (gfn, pfn) pairs of freshly faulted guest_memfd pages."""
-    todo = ~_assigned_mask(host, pfns)
+    todo = ~host.rmp.assigned_mask(pfns)
     gfns, pfns = gfns[todo], pfns[todo]
     if folio_pages >= PAGES_PER_2M and pfns.size:
         for i in np.flatnonzero((pfns % PAGES_PER_2M == 0) & (gfns % PAGES_PER_2M == 0)).tolist():
             p = int(pfns[i])
             if host.rmp.assigned_in_2m(p) == 0:  # is_large_rmp_possible
                 host.rmp_make_private(p, int(gfns[i]) << PAGE_SHIFT, PageSize.SIZE_2M, asid)
-        todo = ~_assigned_mask(host, pfns)
+        todo = ~host.rmp.assigned_mask(pfns)
         gfns, pfns = gfns[todo], pfns[todo]
     host.rmp_make_private_pfns(pfns, gfns, asid)
-
-
-def _assigned_mask(host: HostKernel, pfns: IntArray) -> npt.NDArray[np.bool_]:
-    return host.rmp.assigned_mask(pfns)
 
 
 def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
@@ -74,7 +70,7 @@ def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
     if frames.size == 0:
         return
     frames = np.unique(frames)
-    assigned = frames[_assigned_mask(host, frames)]
+    assigned = frames[host.rmp.assigned_mask(frames)]
     if assigned.size == 0:
         return
     in_set = set(frames.tolist())

@@ -116,7 +116,7 @@ class KvmVm:
         need = (lv == UNMAPPED) | (self.npt.private[gfn : gfn + npages] != private)
         if not need.any():
             return True
-        pfns = self._private_pfns(gfn, npages) if private else self.shared.get_pfns(gfn, npages)
+        pfns = self._pfns_of(gfn, npages, private)
         if pfns is None:
             return False
         if private:
