@@ -456,27 +456,7 @@ class DirectMap:
         No-op (no split) if the page is already not present. Returns the number of splits.
         """
         self._check_pfn(pfn)
-        gb = pfn >> _SHIFT_1G
-        g = self._pud_b[gb]
-        if g == _PUD_NP:
-            return 0
-        splits = 0
-        if g == _PUD_1G:
-            self._split_1g_one(gb)
-            splits += 1
-        idx = pfn >> _SHIFT_2M
-        m = self._pmd_b[idx]
-        if m == _PMD_NP:
-            return splits
-        if m == _PMD_2M:
-            self._split_2m_one(idx)
-            splits += 1
-        slot = self._slot_a[idx]
-        off = pfn & _MASK_2M
-        if self._bits[slot, off]:
-            self._bits[slot, off] = False
-            self._n4k -= 1
-        return splits
+        return self._set_in_2m(pfn, pfn + 1, False)
 
     def restore_4k(self, pfn: int) -> int:
         """``set_direct_map_default_noflush()``: make ``pfn`` present again, splitting down to 4K if needed.
@@ -484,27 +464,7 @@ class DirectMap:
         No-op (no split) if the page is already present. Returns the number of splits.
         """
         self._check_pfn(pfn)
-        gb = pfn >> _SHIFT_1G
-        g = self._pud_b[gb]
-        if g == _PUD_1G:
-            return 0
-        splits = 0
-        if g == _PUD_NP:
-            self._split_1g_one(gb)
-            splits += 1
-        idx = pfn >> _SHIFT_2M
-        m = self._pmd_b[idx]
-        if m == _PMD_2M:
-            return splits
-        if m == _PMD_NP:
-            self._split_2m_one(idx)
-            splits += 1
-        slot = self._slot_a[idx]
-        off = pfn & _MASK_2M
-        if not self._bits[slot, off]:
-            self._bits[slot, off] = True
-            self._n4k += 1
-        return splits
+        return self._set_in_2m(pfn, pfn + 1, True)
 
     @staticmethod
     def _per_2m(op: Callable[[int, int], int], pfn: int, end: int) -> int:
