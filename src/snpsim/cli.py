@@ -78,12 +78,9 @@ def run(
             base: dict[str, Any] = dict(DEFAULT_SCENARIO)
             names = preset or list(presets)
         else:
-            from snpsim.scenario import load
+            from snpsim.scenario import read_toml
 
-            load(config)  # validate the file (errors name the file and field)
-            import tomllib
-
-            base = tomllib.loads(config.read_text())
+            base = read_toml(config)
             names = preset or [""]
         for name in names:
             if name and name not in presets:
@@ -97,9 +94,9 @@ def run(
         scenarios = {
             name or str(base.get("policy", "upstream")): ({**base, "policy": name} if name else base) for name in names
         }
-        from snpsim.scenario import load as load_scenario
+        from snpsim.scenario import load
 
-        loaded = {label: load_scenario(sc) for label, sc in scenarios.items()}
+        loaded = {label: load(sc) for label, sc in scenarios.items()}
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     record = trace_out is not None

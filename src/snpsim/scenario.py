@@ -177,20 +177,22 @@ def _dict(value: object, field_name: str) -> dict[str, Any]:
     return dict(_table(value, field_name))
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The table of a scenario TOML file; unreadable or invalid files raise :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from None
+
+
 def load(source: Mapping[str, Any] | str | Path) -> Scenario:
     """Validate a scenario given as a dict or the path of a TOML file."""
-    if isinstance(source, str | Path):
-        path = Path(source)
-        try:
-            data: Mapping[str, Any] = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(str(path), "no such file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(str(path), f"cannot read: {exc}") from None
-    else:
-        data = _table(source, "scenario")
+    data = read_toml(source) if isinstance(source, str | Path) else _table(source, "scenario")
     _unknown(data, _TOP, "")
     seed = _int(data.get("seed", 1), "seed", 0)
     duration = parse_duration(data.get("duration", "10s"), "duration")
