@@ -19,10 +19,12 @@ from snpsim.errors import ConfigError
 from snpsim.policy import Policy, presets
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from snpsim.runner import Result
     from snpsim.scenario import Scenario
 
-__all__ = ["ConfigError", "Policy", "presets", "replay", "run"]
+__all__ = ["ConfigError", "Policy", "presets", "replay", "run", "sweep"]
 __version__ = "0.1.0"
 
 
@@ -92,3 +94,30 @@ def replay(
     )
     sim = Simulation(scenario, progress=progress, vm_events={0: events}, record_conversions=record_conversions)
     return sim.run()
+
+
+def sweep(
+    sweep: Mapping[str, Any] | str | Path,
+    *,
+    out: str | Path | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Run a sweep (a TOML path or a dict: ``base`` scenario x ``axes``) on Dask; one row per point.
+
+    The points run on a local cluster of ``workers`` processes (default: one per CPU) or on the Dask scheduler at
+    ``scheduler`` (``tcp://host:port``). Results go to the store in ``out`` (default: the sweep's ``out`` or
+    ``sweep-out``); ``resume`` skips the points already committed there (``retry_failed`` reruns failed ones).
+    Columns: ``hash``, ``status`` ("ok" or "failed"), ``error``, one per axis, the metrics, ``elapsed_s``,
+    ``run_id``. See :mod:`snpsim.sweeps` for the sweep schema and the store.
+    """
+    from snpsim.sweeps import ProgressBar, run
+
+    with ProgressBar(disable=not progress) as bar:
+        done = run(
+            sweep, out=out, workers=workers, scheduler=scheduler, resume=resume, retry_failed=retry_failed, listener=bar
+        )
+    return done.frame

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +19,7 @@ from snpsim.errors import ConfigError
 from snpsim.metrics import METRICS
 from snpsim.policy import presets
 from snpsim.scenario import DEFAULT_SCENARIO
-from snpsim.units import format_bytes
+from snpsim.units import format_bytes, format_metric
 
 app = typer.Typer(
     help="snpsim: model how a KVM host manages the memory of confidential VMs (AMD SEV-SNP).",
@@ -36,12 +39,6 @@ def _root(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
         console.print(ctx.get_help())
         raise typer.Exit(0)
-
-
-def _format(metric: str, value: float) -> str:
-    if metric.endswith("_count") or metric == "sim_time_ns":
-        return f"{int(value):,}"
-    return format_bytes(int(value))
 
 
 @app.command()
@@ -101,7 +98,7 @@ def run(
         raise _fail(str(exc)) from None
     record = trace_out is not None
     jobs = {
-        label: (lambda p, sc=sc, first=(i == 0): snpsim.run(sc, progress=p, record_conversions=record and first))
+        label: Job(snpsim.run, (sc,), {"record_conversions": record and i == 0})
         for i, (label, sc) in enumerate(loaded.items())
     }
     results = _run_all(jobs, out=None if no_save else out, quiet=quiet or as_json)
@@ -113,10 +110,18 @@ def run(
         console.print(f"results in {out}/, report: {report_path}")
 
 
-def _run_all(jobs: dict[str, Any], *, out: Path | None, quiet: bool) -> dict[str, Any]:
-    """Run each job with a progress bar; save each result and the report if ``out`` is set."""
-    results = {}
-    with Progress(
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One simulation the CLI runs: ``fn(*args, progress=..., **kwargs)`` (picklable, for worker processes)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def _progress(*, quiet: bool) -> Progress:
+    """One bar per simulation (on stderr), hidden with ``quiet``."""
+    return Progress(
         TextColumn("[bold]{task.description:<12}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
@@ -124,20 +129,73 @@ def _run_all(jobs: dict[str, Any], *, out: Path | None, quiet: bool) -> dict[str
         console=err_console,
         disable=quiet,
         transient=False,
-    ) as progress:
-        for label, job in jobs.items():
-            task = progress.add_task(label, total=1.0)
-            results[label] = job(lambda f, t=task: progress.update(t, completed=f))
-            progress.update(task, completed=1.0)
-            if out is not None:
-                from snpsim.results import save
+    )
 
-                save(results[label], out, label)
+
+def _run_job(job: Job, label: str, queue: Any) -> Any:
+    """A job in a worker process: progress goes back to the parent through ``queue``."""
+    return job.fn(*job.args, progress=lambda f: queue.put((label, f)), **job.kwargs)
+
+
+def _run_all(jobs: dict[str, Job], *, out: Path | None, quiet: bool) -> dict[str, Any]:
+    """Run the jobs (several at once in worker processes when there are several cores) with a progress bar
+    each; save each result and then the report if ``out`` is set. Results keep the jobs' order."""
+    workers = min(len(jobs), os.cpu_count() or 1)
+
+    def finished(label: str, result: Any) -> Any:
+        if out is not None:  # saved as soon as it exists: a later failure loses nothing
+            from snpsim.results import save
+
+            save(result, out, label)
+        return result
+
+    with _progress(quiet=quiet) as progress:
+        tasks = {label: progress.add_task(label, total=1.0) for label in jobs}
+        if workers <= 1:
+            results = {}
+            for label, job in jobs.items():
+                report = lambda f, t=tasks[label]: progress.update(t, completed=f)  # noqa: E731
+                results[label] = finished(label, job.fn(*job.args, progress=report, **job.kwargs))
+                progress.update(tasks[label], completed=1.0)
+        else:
+            results = _run_parallel(
+                jobs, workers, lambda label, f: progress.update(tasks[label], completed=f), finished
+            )
     if out is not None:
         from snpsim.report import build
 
         build(out)
     return results
+
+
+def _run_parallel(
+    jobs: dict[str, Job],
+    workers: int,
+    update: Callable[[str, float], None],
+    finished: Callable[[str, Any], Any],
+) -> dict[str, Any]:
+    """Run the jobs in a process pool, relaying their progress; the first failure is re-raised."""
+    import multiprocessing
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads (rich's refresh thread)
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        q = manager.Queue()
+        futures = {pool.submit(_run_job, job, label, q): label for label, job in jobs.items()}
+        pending = set(futures)
+        done: dict[str, Any] = {}
+        while pending:
+            ready, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            try:
+                while True:
+                    update(*q.get_nowait())
+            except queue_mod.Empty:
+                pass
+            for fut in ready:
+                done[futures[fut]] = finished(futures[fut], fut.result())  # re-raises a job's error here
+                update(futures[fut], 1.0)
+    return {label: done[label] for label in jobs}
 
 
 def _write_trace(conversions: list[tuple[int, int, int, bool]], path: Path, fmt: str) -> None:
@@ -158,7 +216,7 @@ def _print_summaries(results: dict[str, Any], title: str, as_json: bool) -> None
     for label in results:
         table.add_column(label, justify="right")
     for metric in METRICS:
-        table.add_row(metric, *(_format(metric, r.summary[metric]) for r in results.values()))
+        table.add_row(metric, *(format_metric(metric, r.summary[metric]) for r in results.values()))
     console.print(table)
     crashed = [label for label, r in results.items() if r.summary["host_crash_count"]]
     if crashed:
@@ -195,10 +253,10 @@ def replay(
         for _ in reader:  # validate the whole trace once before simulating (errors name file:line)
             pass
         jobs = {
-            name: (
-                lambda p, name=name: snpsim.replay(
-                    trace, name, format=fmt, lenient=lenient, vm_memory=vm_memory, vcpus=vcpus, progress=p
-                )
+            name: Job(
+                snpsim.replay,
+                (trace, name),
+                {"format": fmt, "lenient": lenient, "vm_memory": vm_memory, "vcpus": vcpus},
             )
             for name in names
         }
@@ -213,19 +271,129 @@ def replay(
 
 @app.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="Results folder written by 'snpsim run --out'.")],
+    results: Annotated[Path, typer.Argument(help="Results folder written by 'snpsim run --out' or by 'snpsim sweep'.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="HTML file (default RESULTS/report.html).")
     ] = None,
 ) -> None:
-    """Build the offline HTML report of a results folder."""
-    from snpsim.report import build
+    """Build the offline HTML report of a results folder (runs, or a sweep: plots across its axes)."""
+    from snpsim.report import build, build_sweep
+    from snpsim.sweeps import is_results
 
     try:
-        path = build(results, output)
+        path = build_sweep(results, output) if is_results(results) else build(results, output)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     console.print(f"report: {path}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep TOML: a base scenario and axes (see snpsim.sweeps).")],
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Address of a running Dask scheduler, e.g. tcp://host:8786."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", help="Worker processes of the local cluster (default: one per CPU)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the sweep stored in --out: skip its committed points.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="With --resume: run the failed points again.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Results folder (default: the sweep's out, or sweep-out)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON line per committed point, then a summary line.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run every point of a sweep on Dask into a crash-safe results store, and build its report."""
+    from snpsim.report import build_sweep
+    from snpsim.sweeps import ProgressBar, run
+
+    listener: Any = _JsonLines() if as_json else ProgressBar(err_console, disable=quiet)
+    try:
+        with listener:
+            done = run(
+                sweep_file,
+                out=out,
+                workers=workers,
+                scheduler=scheduler,
+                resume=resume,
+                retry_failed=retry_failed,
+                listener=listener,
+            )
+        path = build_sweep(done.out)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    stats = {
+        "sweep": done.name,
+        "out": str(done.out),
+        "points": done.total,
+        "ran": done.ran,
+        "skipped": done.skipped,
+        "failed": int((done.frame["status"] != "ok").sum()),
+        "run_id": done.run_id,
+        "elapsed_s": round(done.elapsed_s, 3),
+    }
+    if as_json:
+        _emit(stats)
+        return
+    _print_sweep(done.frame, done.name, done.axes)
+    console.print(
+        f"{done.total} points: {done.ran} run, {done.skipped} already done, {stats['failed']} failed "
+        f"({done.elapsed_s:.1f} s); results in {done.out}/, report: {path}",
+        highlight=False,
+    )
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc), flush=True)
+
+
+class _JsonLines:
+    """Sweep progress as JSON lines on stdout: one per committed point."""
+
+    def __enter__(self) -> _JsonLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def start(self, total: int, done: int, failed: int) -> None:
+        return None
+
+    def point(self, point: Any, status: str, error: str | None) -> None:
+        _emit({"hash": point.hash, "status": status, "error": error, "axes": point.axes})
+
+
+_SWEEP_COLUMNS = ("directmap_4k", "directmap_split_count", "waste_bytes", "host_crash_count", "guest_vc_count")
+
+
+def _print_sweep(frame: Any, name: str, axes: list[str]) -> None:
+    """Mean of the key metrics per value of the sweep's first axis, and the failed points."""
+    first = axes[0]
+    ok = frame[frame["status"] == "ok"]
+    table = Table(title=f"{name}: mean over {', '.join(a for a in axes[1:]) or 'points'}")
+    table.add_column(first, no_wrap=True)
+    table.add_column("points", justify="right")
+    for metric in _SWEEP_COLUMNS:
+        table.add_column(metric, justify="right")
+    for value, group in frame.groupby(first, sort=False):
+        done = ok[ok[first] == value]
+        cells = [format_metric(m, float(done[m].mean())) if len(done) else "-" for m in _SWEEP_COLUMNS]
+        failed = len(group) - len(done)
+        table.add_row(str(value), f"{len(group)}" + (f" ({failed} failed)" if failed else ""), *cells)
+    console.print(table)
+    for row in frame[frame["status"] != "ok"].head(10).to_dict("records"):
+        label = " ".join(f"{a}={row[a]}" for a in axes)
+        console.print(f"failed: {label}: {row['error']}", highlight=False)
 
 
 @app.command()
@@ -255,8 +423,17 @@ def limits(
         for name in names:
             if name not in presets:
                 raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
-        with err_console.status("simulating ...", spinner="dots") if not as_json else _null():
-            rows = compute(size, vcpus, names, workload=workload, duration=duration, seed=seed)
+        with _progress(quiet=as_json) as bars:
+            tasks = {name: bars.add_task(name, total=1.0) for name in names}
+            rows = compute(
+                size,
+                vcpus,
+                names,
+                workload=workload,
+                duration=duration,
+                seed=seed,
+                progress=lambda name, f: bars.update(tasks[name], completed=f),
+            )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     if as_json:
@@ -293,14 +470,6 @@ def limits(
             ),
         )
     console.print(table)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @app.command("presets")

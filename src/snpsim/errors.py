@@ -7,5 +7,10 @@ class ConfigError(ValueError):
     """Invalid user input: a scenario field, a knob value or a file; the message names the field."""
 
     def __init__(self, field: str, message: str) -> None:
+        # args are the constructor's arguments, so the error survives SimPy's re-raise and pickling
+        super().__init__(field, message)
         self.field = field
-        super().__init__(f"{field}: {message}")
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"

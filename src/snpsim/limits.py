@@ -20,6 +20,7 @@ per 4K page (linux-snp-host.md §1: "RMP = 1/256 of RAM") and 8-byte NPT leaf en
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +75,10 @@ def limits(
     duration: str = "3s",
     seed: int = 1,
     params: dict[str, Any] | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> list[Limit]:
-    """The analytic worst case and the simulated peak for each preset."""
+    """The analytic worst case and the simulated peak for each preset; ``progress(preset, fraction)`` follows
+    each simulation."""
     out = []
     host_memory = max(4 * memory, 1 << 30)
     for name in presets:
@@ -89,8 +92,11 @@ def limits(
                 "samples": 20,
                 "host": {"memory": host_memory},
                 "vms": [{"memory": memory, "vcpus": vcpus, "workload": workload, "params": params or {}}],
-            }
+            },
+            progress=None if progress is None else lambda f, name=name: progress(name, f),  # type: ignore[misc]
         )
+        if progress is not None:
+            progress(name, 1.0)
         vm = result.vms[0]
         out.append(
             Limit(

@@ -51,3 +51,21 @@ def format_bytes(n: int) -> str:
         if abs(n) >= mult:
             return f"{n / mult:.4g} {unit}"
     return f"{n} B"
+
+
+def format_duration(ns: int) -> str:
+    """Human-readable simulated time: 86_400 * 10**9 -> '1d', 5_400 * 10**9 -> '1.5h', 1_500_000 -> '1.5ms'."""
+    for unit, mult in (("d", 86_400 * 10**9), ("h", 3_600 * 10**9), ("m", 60 * 10**9), ("s", 10**9), ("ms", 10**6)):
+        if abs(ns) >= mult:
+            return f"{ns / mult:.4g}{unit}"
+    return f"{ns}ns"
+
+
+def format_metric(metric: str, value: float) -> str:
+    """A metric value as people read it: counts with thousands separators, ``sim_time_ns`` as a duration, bytes
+    in binary units (metric names of shared/DESIGN.md)."""
+    if metric == "sim_time_ns":
+        return format_duration(int(value))
+    if metric.endswith("_count"):
+        return f"{int(value):,}"
+    return format_bytes(int(value))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from snpsim.cli import app
+from snpsim.results import SUMMARY
 
 runner = CliRunner()
 
@@ -92,3 +93,20 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output
         assert "Traceback" not in result.output
+
+
+def test_default_job_compares_every_preset_on_boot_and_churn_and_writes_a_report(tmp_path: Path) -> None:
+    """``snpsim run`` alone: the built-in scenario (boot + VM churn) under all presets, results and a report.
+
+    Shortened to 2 simulated hours so the test is quick; the scenario is otherwise the default one."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--duration", "2h", "--out", str(out), "-q"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in ("fixup", "unmap", "bulk", "upm", "upm-nosplit", "hugetlb", "upstream"):
+        assert name in result.output
+        doc = json.loads((out / name / SUMMARY).read_text())
+        assert doc["summary"]["sim_time_ns"] == 2 * 3600 * 10**9
+        assert len(doc["vms"]) >= 2  # the booting guest and at least one churned VM
+        assert doc["vms"][0]["memory"] == 1 << 30
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "upm-nosplit" in html

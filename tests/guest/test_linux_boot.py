@@ -490,3 +490,20 @@ def test_interval_map_matches_naive(ops: list[tuple[int, int, int]]) -> None:
     runs = m.runs(0, 70)
     assert [v for s, e, v in runs for _ in range(s, e)] == naive
     assert all(a[2] != b[2] for a, b in itertools.pairwise(runs))
+
+
+def test_without_allow_unaccepted_memory_ovmf_accepts_everything_at_exit_boot_services() -> None:
+    """guest-workloads.md §2 OVMF notes: no AllowUnacceptedMemory() -> OVMF accepts all remaining RAM."""
+    c = cfg(allow_unaccepted_memory=False)  # lazy_accept stays True: it has no effect now
+    ev = boot_events(c)
+    every = convs(ev, "ovmf-accept-all")
+    assert len(every) == 1
+    conv = every[0]
+    assert (conv.gfn, conv.npages, conv.to_private, conv.huge_ok) == (GFN_4G, c.high_pages, True, True)
+    assert convs(ev, "accept") == []  # the kernel has nothing left to accept, eagerly or lazily
+    # it happens in the firmware phase, right after PEI's pre-validation of low RAM
+    order = [t.event.what for t in ev if isinstance(t.event, Conversion)]
+    assert order.index("ovmf-accept-all") == order.index("ovmf-prevalidate") + 1
+    view = check_consistent(c, ev)
+    assert view.pages(PageState.UNACCEPTED) == 0
+    assert not c.accepts_lazily and cfg().accepts_lazily

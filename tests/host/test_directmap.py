@@ -728,3 +728,28 @@ def test_2tib_constructs_fast_and_small() -> None:
     assert kb(d) == (0, 0, 2 * 1024 * KB_1G)
     assert (d.split_count, d.merge_count) == (2 + 2054, 2056)
     assert time.perf_counter() - t0 < 5.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    removed=st.lists(st.integers(0, 2 * P1G + 40 * P2M - 1), max_size=6),
+    presplit=st.lists(st.integers(0, (2 * P1G + 40 * P2M) // P2M - 1), max_size=6),
+    idx=st.lists(st.integers(0, (2 * P1G + 40 * P2M) // P2M - 1), max_size=40),
+)
+def test_split_2m_many_equals_a_loop_of_split_2m(removed: list[int], presplit: list[int], idx: list[int]) -> None:
+    def build() -> DirectMap:
+        d = DirectMap(2 * P1G + 40 * P2M)
+        d.remove_1g(1)  # a not-present GiB: its children split not present
+        for p in removed:
+            d.remove_4k(p)
+        for i in presplit:
+            d.split_2m(i)
+        return d
+
+    many, loop = build(), build()
+    n = many.split_2m_many(np.array(idx, dtype=np.int64))
+    assert n == sum(loop.split_2m(i) for i in idx)
+    assert (many.meminfo(), many.split_count) == (loop.meminfo(), loop.split_count)
+    size = 2 * P1G + 40 * P2M
+    assert np.array_equal(many.levels(0, size), loop.levels(0, size))
+    many.check_invariants()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from snpsim.host import HostKernel, Owner
 from snpsim.hw import PageSize, RmpStatus
@@ -252,3 +254,34 @@ def test_compaction_fails_when_blocks_hold_unmovable_pages() -> None:
     h.frames.set_many(frames[frames % 4 == 0], Owner.KERNEL)  # unmovable
     assert h.alloc(9, Owner.GMEM) is None
     assert h.compaction_migrated == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(sorted(presets)),
+    private=st.lists(st.integers(0, 4 * 512 - 1), max_size=40, unique=True),
+    removed=st.lists(st.integers(0, 4 * 512 - 1), max_size=10, unique=True),
+    writes=st.lists(st.integers(0, 4 * 512 - 1), min_size=65, max_size=300),
+)
+def test_kernel_write_range_equals_the_page_by_page_loop(
+    name: str, private: list[int], removed: list[int], writes: list[int]
+) -> None:
+    """The vectorised check (more than _SCALAR_MAX frames) gives the loop's crashes, faults and fixups."""
+
+    def build() -> HostKernel:
+        h = host(name, 8 * 512)
+        for p in private:
+            h.rmp_make_private(p, p << 12, PageSize.SIZE_4K, 1)
+        for p in removed:
+            h.directmap.remove_4k(p)
+        return h
+
+    vec, loop = build(), build()
+    pfns = np.array(writes, dtype=np.int64)
+    vec.kernel_write_range(pfns, "test")
+    for p in writes:
+        loop.kernel_write(p, "test")
+    assert vec.crashes == loop.crashes
+    assert vec.metrics() == loop.metrics()
+    assert vec.fixup_page_count == loop.fixup_page_count
+    assert np.array_equal(vec.rmp.assigned_mask(np.arange(8 * 512)), loop.rmp.assigned_mask(np.arange(8 * 512)))

@@ -167,6 +167,10 @@ class LinuxGuestConfig:
     #: CONFIG_UNACCEPTED_MEMORY=y): RAM above 4 GiB stays unaccepted and is accepted by workloads later (row #12).
     #: False = ``accept_memory=eager``: all of it is accepted at boot in ``accept_unit_bytes`` blocks.
     lazy_accept: bool = True
+    #: The EFI stub calls OVMF's ``AllowUnacceptedMemory()`` (Linux with CONFIG_UNACCEPTED_MEMORY=y). False: a
+    #: guest without unaccepted-memory support, so OVMF accepts all remaining RAM at ExitBootServices (full
+    #: pre-validation, 2M PSC entries; guest-workloads.md §2 OVMF notes) and ``lazy_accept`` has no effect.
+    allow_unaccepted_memory: bool = True
     #: OVMF PEI pre-validates all system RAM below 4 GiB with 2M PSC entries (OVMF notes). False [I-model]: the
     #: kernel/EFI stub accepts low RAM itself, in ``accept_unit_bytes`` blocks, before the kernel runs.
     ovmf_prevalidate_below_4g: bool = True
@@ -264,7 +268,13 @@ class LinuxGuestConfig:
         if mem % (2 * MIB):
             raise ConfigError("memory_bytes", f"must be a multiple of 2 MiB, got {mem}")
         need_int("vcpus", 1, MAX_VCPUS)
-        for name in ("lazy_accept", "ovmf_prevalidate_below_4g", "swiotlb_2m_aligned", "swiotlb_round_pow2"):
+        for name in (
+            "lazy_accept",
+            "allow_unaccepted_memory",
+            "ovmf_prevalidate_below_4g",
+            "swiotlb_2m_aligned",
+            "swiotlb_round_pow2",
+        ):
             need_bool(name)
         need_bool("accept_guard_unit")
         need_int("bss_decrypted_used_pages", 1, BSS_DECRYPTED_PAGES)
@@ -301,6 +311,11 @@ class LinuxGuestConfig:
     def lowmem_bytes(self) -> int:
         """RAM below 4 GiB (q35): all of it below 2.75 GiB, else 2 GiB."""
         return Q35_LOWMEM_LARGE if self.memory_bytes >= Q35_LOWMEM_THRESHOLD else self.memory_bytes
+
+    @property
+    def accepts_lazily(self) -> bool:
+        """RAM above 4 GiB is left unaccepted at boot (``lazy_accept`` and ``allow_unaccepted_memory``)."""
+        return self.lazy_accept and self.allow_unaccepted_memory
 
     @property
     def lowmem_pages(self) -> int:
@@ -610,7 +625,7 @@ def _build_layout(cfg: LinuxGuestConfig) -> GuestLayout:
     high = cfg.high_pages
     if not high:
         accepted_high = 0
-    elif not cfg.lazy_accept:
+    elif not cfg.accepts_lazily:
         accepted_high = high
     else:
         accepted_high = 0
@@ -726,6 +741,9 @@ def boot_events(cfg: LinuxGuestConfig, *, start_ns: int = 0, firmware: bool = Tr
         else:
             for _, gfn, n in _accept_range_events(cfg, 0, low, 0):
                 conv(gfn, n, True, "accept", huge_ok=True)
+        if high and not cfg.allow_unaccepted_memory:
+            # ExitBootServices without AllowUnacceptedMemory(): OVMF accepts all remaining RAM (§2 OVMF notes).
+            conv(FOUR_GIB_GFN, high, True, "ovmf-accept-all", huge_ok=True)
 
     # Row #2: __startup_64 -> sme_postprocess_startup(): .bss..decrypted made shared with the MSR protocol
     # (early_snp_set_memory_shared(..., PTRS_PER_PMD) per 2M = 512 4K PSCs); the boot GHCB and hv_clock_boot live
@@ -750,7 +768,7 @@ def boot_events(cfg: LinuxGuestConfig, *, start_ns: int = 0, firmware: bool = Tr
 
     # Row #12: accept_memory=eager -> every MAX_ORDER block accepted when memblock frees it to the buddy allocator.
     clk.phase("mm-init")
-    if firmware and high and not cfg.lazy_accept:
+    if firmware and high and cfg.allow_unaccepted_memory and not cfg.lazy_accept:
         for _, gfn, n in _accept_range_events(cfg, FOUR_GIB_GFN, high, 0):
             conv(gfn, n, True, "accept", huge_ok=True)
 
@@ -768,7 +786,7 @@ def boot_events(cfg: LinuxGuestConfig, *, start_ns: int = 0, firmware: bool = Tr
     # mode the ZONE_NORMAL pool's allocation first accepts the zone's lowest unaccepted block(s) (row #12).
     clk.phase("postcore-initcall")
     for pool in lay.atomic_pools:
-        if firmware and pool.what == "atomic-pool-normal" and cfg.lazy_accept:
+        if firmware and pool.what == "atomic-pool-normal" and cfg.accepts_lazily:
             upto = pool.end - FOUR_GIB_GFN
             for _, gfn, n in _accept_range_events(cfg, FOUR_GIB_GFN, high, 0, upto):
                 conv(gfn, n, True, "accept", huge_ok=True)

@@ -30,7 +30,7 @@ accepted for ``*_bytes``/``*_bytes_per_s``, ``"10ms"`` for ``*_ns``) plus ``touc
 ==================== ==============================================================================================
 ``idle``             nothing: a VM whose memory is registered but whose guest never runs (host-side baseline)
 ``linux-boot``       boot, then idle (lazily unaccepted memory stays unaccepted)
-``lazy-accept``      boot, then :func:`lazy_accept` at ``LAZY_ACCEPT_RATE`` (nothing to do with lazy_accept=False)
+``lazy-accept``      boot, then :func:`lazy_accept` at ``LAZY_ACCEPT_RATE`` (nothing to do unless ``accepts_lazily``)
 ``swiotlb-dynamic``  boot, then :func:`swiotlb_dynamic`
 ``dma-churn``        boot, then :func:`dma_churn`
 ``random-conversion`` boot, then :func:`random_conversions`
@@ -147,13 +147,13 @@ def lazy_accept(
     ``cfg.accept_guard_unit``, the next unit as a guard, so conversions are the block shifted by 2 MiB - followed at
     the same time by an ``Access(private)`` of the block (the allocation being used). Blocks arrive at
     ``rate_bytes_per_s`` on average (Poisson if ``poisson``, else evenly spaced). Starts after the blocks boot
-    accepted (the ZONE_NORMAL atomic pool); yields nothing when ``cfg.lazy_accept`` is False or there is no RAM
+    accepted (the ZONE_NORMAL atomic pool); yields nothing unless ``cfg.accepts_lazily`` and there is RAM
     above 4 GiB; ends when all of it is accepted.
     """
     _check_rate("rate_bytes_per_s", rate_bytes_per_s)
     lay = guest_layout(cfg)
     high = cfg.high_pages
-    if not cfg.lazy_accept or not high:
+    if not cfg.accepts_lazily or not high:
         return iter(())
     unit, guard = cfg.accept_unit_pages, cfg.accept_guard_pages
     mean_ns = unit * PAGE_SIZE / rate_bytes_per_s * 1e9

@@ -382,7 +382,13 @@ class BuddyAllocator:
             for pfn in plist:
                 self._free_checked(pfn, order)
             return
-        self._check_no_overlap(cur, size)
+        if order == 0 and n * (self._max_order + 1) < sum(len(m) for m in self._sets):
+            # cheaper than listing every free block: a frame overlaps free memory iff it or an ancestor is free
+            for pfn in cur.tolist():
+                if self._covered(pfn, 0):
+                    raise ValueError(f"double free: block {pfn:#x} (size 1) overlaps free memory")
+        else:
+            self._check_no_overlap(cur, size)
         self._coalesce_sorted(cur >> order, order)
         self._free_frames += n * size
 

@@ -392,6 +392,24 @@ class DirectMap:
         off = pfn - (i0 << _SHIFT_2M)
         return grid.reshape(-1)[off : off + npages].copy()
 
+    def levels_of(self, pfns: IntArray) -> npt.NDArray[np.int8]:
+        """Vectorised :meth:`level` of scattered frames as int8 (``PageSize`` value, -1 = not present)."""
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if pfns.size and (int(pfns.min()) < 0 or int(pfns.max()) >= self._nframes):
+            raise ValueError(f"pfns outside the direct map [0, {self._nframes:#x})")
+        idx = pfns >> _SHIFT_2M
+        pud = self._pud[pfns >> _SHIFT_1G]
+        pmd = self._pmd[idx]
+        code = np.full(pfns.shape, NOT_PRESENT, dtype=np.int8)
+        code[pud == _PUD_1G] = PageSize.SIZE_1G
+        table = pud == _PUD_TABLE
+        code[table & (pmd == _PMD_2M)] = PageSize.SIZE_2M
+        sp = np.flatnonzero(table & (pmd == _PMD_SPLIT))
+        if sp.size:
+            present = self._bits[self._slot[idx[sp]], pfns[sp] & _MASK_2M]
+            code[sp[present]] = PageSize.SIZE_4K
+        return code
+
     def count_levels(self, pfn: int, npages: int) -> tuple[int, int, int, int]:
         """Pages of ``[pfn, pfn + npages)`` mapped at 4K, at 2M, at 1G, and not present."""
         self._check_range(pfn, npages)
@@ -433,6 +451,22 @@ class DirectMap:
             self._split_1g_one(gb)
         self._split_2m_one(idx2m)
         return True
+
+    def split_2m_many(self, idx2m: IntArray) -> int:
+        """:meth:`split_2m` on each listed 2M range (any order, repeats allowed); returns how many were split.
+
+        The same final state and counters as the loop: each GiB still mapped 1G is split once, then each 2M
+        range not yet split."""
+        idx = np.unique(np.asarray(idx2m, dtype=np.int64))
+        if not idx.size:
+            return 0
+        if int(idx[0]) < 0 or int(idx[-1]) >= self._n2m_total:
+            raise ValueError(f"2M index outside [0, {self._n2m_total})")
+        gbs = np.unique(idx >> _SHIFT_2M)
+        self._split_1g_many(gbs[self._pud[gbs] != _PUD_TABLE])
+        todo = idx[self._pmd[idx] != _PMD_SPLIT]
+        self._split_2m_many(todo)
+        return int(todo.size)
 
     def set_4k(self, pfn: int) -> int:
         """``set_memory_4k()`` on one page: make its mapping 4K; return the number of splits (0, 1 or 2)."""

@@ -14,6 +14,8 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
+from snpsim.segments import by_segment
+
 _SEG_SHIFT = 18
 _SEG_PAGES = 1 << _SEG_SHIFT
 
@@ -68,10 +70,8 @@ class FrameTable:
     def set_many(self, pfns: npt.NDArray[np.int64], owner: Owner) -> None:
         if pfns.size == 0:
             return
-        segs = pfns >> _SEG_SHIFT
-        for s in np.unique(segs):
-            sel = pfns[segs == s]
-            self._seg_w(int(s))[sel & (_SEG_PAGES - 1)] = owner
+        for s, sel in by_segment(pfns, _SEG_SHIFT):
+            self._seg_w(s)[pfns[sel] & (_SEG_PAGES - 1)] = owner
 
     def find(self, owners: tuple[Owner, ...], start: int, limit: int, max_scan: int) -> npt.NDArray[np.int64]:
         """Up to ``limit`` frames at or after ``start`` tagged with one of ``owners``, scanning at most ``max_scan``

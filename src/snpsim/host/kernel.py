@@ -22,6 +22,7 @@ page of the enclosing 2M range is assigned (amd-snp-arch.md §7).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,12 +30,13 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.host.buddy import BuddyAllocator
-from snpsim.host.directmap import DirectMap
+from snpsim.host.directmap import NOT_PRESENT, DirectMap
 from snpsim.host.frames import FrameTable, Owner
 from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
 from snpsim.policy import Policy
+from snpsim.segments import unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -87,7 +89,7 @@ class HostKernel:
         self.fixup_listeners: list[Callable[[IntArray], None]] = []
         #: movable host pages (page cache / anonymous) oldest first, as the kernel's LRU lists (mm/vmscan.c);
         #: compaction replaces a migrated page here, as migration rewrites the owner's mapping
-        self.lru: dict[int, None] = {}
+        self.lru: OrderedDict[int, None] = OrderedDict()
         #: pages moved by direct compaction to make room for high-order allocations
         self.compaction_migrated = 0
         self._removal_pages = (
@@ -131,7 +133,7 @@ class HostKernel:
             return None
         self.frames.set_range(pfn, 1 << order, owner)
         if self.zero_on_alloc if zero is None else zero:
-            self.kernel_write_range(np.arange(pfn, pfn + (1 << order), dtype=np.int64), path or _ZERO_PATH)
+            self.kernel_write_range(np.arange(pfn, pfn + (1 << order), dtype=np.int64), path or PATH_ZERO)
         return pfn
 
     def alloc_bulk(self, order: int, count: int, owner: Owner, *, zero: bool | None = None) -> IntArray | None:
@@ -144,7 +146,7 @@ class HostKernel:
         frames = _expand(pfns, order)
         self.frames.set_many(frames, owner)
         if self.zero_on_alloc if zero is None else zero:
-            self.kernel_write_range(frames, _ZERO_PATH)
+            self.kernel_write_range(frames, PATH_ZERO)
         return pfns
 
     def _alloc_compacting(self, order: int, count: int) -> IntArray | None:
@@ -265,7 +267,7 @@ class HostKernel:
                 else:
                     self.directmap.remove_range(lo, hi - lo)
         elif dm == "unmap-nosplit":
-            for block in np.unique(pfns // self._removal_pages).tolist():
+            for block in unique_ints(pfns // self._removal_pages).tolist():
                 self._remove_block(block * self._removal_pages)
         self._charge_directmap(s0, m0)
         self.busy_ns += int(pfns.size) * self.costs.rmpupdate_ns
@@ -289,15 +291,14 @@ class HostKernel:
                     else:
                         self.directmap.restore_range(lo, hi - lo)
             elif self.policy.directmap == "unmap-nosplit":
-                for block in np.unique(done // self._removal_pages).tolist():
+                for block in unique_ints(done // self._removal_pages).tolist():
                     self._restore_block_if_clean(block * self._removal_pages)
         self._charge_directmap(s0, m0)
         return status
 
     def _split_2m_of(self, pfns: IntArray) -> None:
         """``adjust_direct_map`` for 4K RMPUPDATEs: every 2M range holding one of the frames is mapped at 4K."""
-        for idx in np.unique(pfns // PAGES_PER_2M).tolist():
-            self.directmap.split_2m(idx)
+        self.directmap.split_2m_many(pfns // PAGES_PER_2M)
 
     def _split_for(self, pfn: int, level: PageSize) -> None:
         if level == PageSize.SIZE_4K:
@@ -354,7 +355,7 @@ class HostKernel:
         holding one of them to 4K."""
         if self.policy.directmap == "bulk" and pfns.size:
             s0, m0 = self.directmap.split_count, self.directmap.merge_count
-            for idx in np.unique(pfns // PAGES_PER_2M):
+            for idx in unique_ints(pfns // PAGES_PER_2M):
                 self.directmap.split_2m(int(idx))
             self._charge_directmap(s0, m0)
 
@@ -370,7 +371,7 @@ class HostKernel:
         if self.policy.directmap_restore != when or pfns.size == 0:
             return 0
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
-        merged = self.merge_clean(np.unique(pfns // PAGES_PER_2M))
+        merged = self.merge_clean(unique_ints(pfns // PAGES_PER_2M))
         self._charge_directmap(s0, m0)
         return merged
 
@@ -381,7 +382,7 @@ class HostKernel:
             i = int(idx)
             if self.rmp.assigned_in_2m(i * PAGES_PER_2M) == 0:
                 merges += self.directmap.merge_2m(i)
-        for gb in np.unique(idx2m // (PAGES_PER_1G // PAGES_PER_2M)):
+        for gb in unique_ints(idx2m // (PAGES_PER_1G // PAGES_PER_2M)):
             merges += self.directmap.merge_1g(int(gb))
         return merges
 
@@ -411,7 +412,19 @@ class HostKernel:
         """:meth:`kernel_write` on each frame (page clearing, copies); returns the number of crashes."""
         self.busy_ns += int(pfns.size) * self.costs.page_clear_ns
         before = self.host_crash_count
-        for pfn in pfns.tolist():
+        # The writes that fault on the initial state (Rmp.check_host_write, vectorised) go through
+        # :meth:`kernel_write` in order. Handling one (an oops, or a fixup that makes pages shared and maps them
+        # back) never makes another write fault, so skipping the rest gives the outcome of the per-page loop.
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if pfns.size <= _SCALAR_MAX:  # cheaper page by page than the numpy set-up
+            for pfn in pfns.tolist():
+                self.kernel_write(pfn, path)
+            return self.host_crash_count - before
+        level = self.directmap.levels_of(pfns)
+        risky = (level == NOT_PRESENT) | ((level > PageSize.SIZE_4K) & (self.rmp.assigned_in_2m_of(pfns) > 0))
+        small = np.flatnonzero(level == PageSize.SIZE_4K)
+        risky[small] = self.rmp.assigned_mask(pfns[small])
+        for pfn in pfns[risky].tolist():
             self.kernel_write(pfn, path)
         return self.host_crash_count - before
 
@@ -448,7 +461,9 @@ class HostKernel:
         self.crashes.append(Crash(int(self.clock()), path, pfn, kind, error_code))
 
 
-_ZERO_PATH = "mm/page_alloc.c:kernel_init_pages"
+PATH_ZERO = "mm/page_alloc.c:kernel_init_pages"
+#: Frame counts up to which :meth:`HostKernel.kernel_write_range` checks page by page (same result, less set-up).
+_SCALAR_MAX = 64
 _MIGRATE_PATH = "mm/compaction.c:compact_zone"
 
 

@@ -26,11 +26,12 @@ import numpy as np
 import simpy
 
 from snpsim.host.frames import Owner
+from snpsim.host.kernel import PATH_ZERO as _KERNEL_PATH_ZERO
 from snpsim.host.kernel import HostKernel
 
 Process = Generator[simpy.Event, Any, None]
 
-PATH_ZERO = "mm/page_alloc.c:kernel_init_pages"
+PATH_ZERO = _KERNEL_PATH_ZERO
 PATH_MIGRATE = "mm/migrate.c:folio_mc_copy"
 PATH_KSM = "mm/ksm.c:calc_checksum"
 PATH_HIBERNATE_SNAPSHOT = "kernel/power/snapshot.c:copy_data_page"
@@ -51,15 +52,15 @@ def page_zeroing(
     lru = host.lru
     while True:
         yield env.timeout(int(interval_ns * rng.uniform(0.5, 1.5)))
-        for _ in range(batch):
-            pfn = host.alloc(0, Owner.USER, path=PATH_ZERO)
-            if pfn is None:
-                break
-            lru[pfn] = None
-        while len(lru) > resident_pages:
-            oldest = next(iter(lru))
-            del lru[oldest]
-            host.free(oldest, 0)
+        # ``batch`` alloc(0) calls (as many as memory allows), done in bulk: same frames, each zeroed
+        n = min(batch, host.buddy.free_frames)
+        if n:
+            got = host.alloc_bulk(0, n, Owner.USER)
+            assert got is not None
+            lru.update(dict.fromkeys(got.tolist()))
+        excess = len(lru) - resident_pages
+        if excess > 0:
+            host.free_bulk(np.array([lru.popitem(last=False)[0] for _ in range(excess)], dtype=np.int64), 0)
 
 
 def compaction(

@@ -8,8 +8,10 @@ RMPREAD), §7 (access checks and error-code bits), §8 (#VC 0x404).
 
 Storage follows the kernel's *segmented RMP* (Linux ``arch/x86/virt/svm/sev.c``, RMP_CFG segments,
 linux-snp-host.md §1): the table is cut into 1 GiB segments allocated on first write, so an untouched segment
-costs nothing and a 1 TiB host fits easily. Each 4K page has a flag byte, a GFN and an ASID; VMPL1-3 permission
-masks are allocated per segment on the first RMPADJUST. Like the Zen raw RMP that Linux reads
+costs nothing and a 1 TiB host fits easily. Each 4K page has a flag byte, a GFN and an ASID (the GFN is stored
+as its offset from the page's index in the segment, so that a run of pages bound to consecutive GFNs, as a range
+operation or a 2M entry writes, holds one value); VMPL1-3 permission masks are allocated per segment on the
+first RMPADJUST. Like the Zen raw RMP that Linux reads
 (``snp_lookup_rmpentry``: ``assigned`` from the page's own entry, level from the 2M-aligned entry), a 2M entry is
 stored in all 512 of its 4K slots with consecutive GPAs, so every page of a 2M entry reads the authoritative 2M
 state. A per-2M-range count of assigned pages makes the large-mapping host-write check O(1).
@@ -41,12 +43,22 @@ Modelling assumptions where the reference marks a fact unknown ([?]/[I]); each i
   FAIL_INPUT only when the GPA is not 2M-aligned (§5 [I]); the SPA it translates to is not checked for
   alignment: a 2M request reaching a 4K RMP entry returns FAIL_SIZEMISMATCH (Table 15-40), and one reaching
   the middle of a 2M entry fails the Reverse-Map check (#NPF).
+
+Speed: the simulator calls the single-page instructions per page, so each keeps a short straight-line path for
+the common case (a 4K entry in an allocated segment, no in-use/immutable/2M complication) that reads and writes
+the segment arrays through ``memoryview``s (indexing a memoryview with a Python int costs about half of numpy
+scalar indexing) and returns pre-built results; anything else falls through to the general code, which is the
+specification. The range operations (and the scattered-PFN operations when their frames form one ascending run)
+work on contiguous slices of each segment with a vectorised common-case check; the pages of 2M ranges that need
+the general rules (in-use, immutable or 2M entries) go through the vectorised general path. Tests in
+``tests/hw`` compare every path against loops of the single-page instructions, the general code and a naive
+dict-per-page model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -78,6 +90,7 @@ from snpsim.hw.types import (
     RmpStatus,
     VmmCommunicationException,
 )
+from snpsim.segments import by_segment
 
 ASSUMPTIONS: dict[str, str] = {
     "rmpupdate-input": "misaligned/out-of-range/inconsistent RMPUPDATE input -> FAIL_INPUT",
@@ -111,21 +124,156 @@ _2M_MASK = PAGES_PER_2M - 1
 _STEP_NPF = -1
 """Status recorded by :meth:`Rmp.pvalidate_range` for a step that raises #NPF in the single-page instruction."""
 
+_F_IMM_2M = F_IMMUTABLE | F_SIZE2M
+_F_OWNER = F_ASSIGNED | F_IMMUTABLE | F_SIZE2M
+_F_GUEST_OK = F_ASSIGNED | F_IMMUTABLE | F_VALIDATED
+_CLEAR_VALIDATED = np.uint8(0xFF & ~F_VALIDATED)
+_CLEAR_SIZE2M = np.uint8(0xFF & ~F_SIZE2M)
+_PAGE_MASK = PAGE_SIZE - 1
+_SIZE_2M_BYTES = PAGES_PER_2M * PAGE_SIZE
+
+# Pre-built results returned by the single-page fast paths (immutable objects: equal to freshly made ones).
+_SUCCESS = RmpStatus.SUCCESS
+_FAIL_INPUT = RmpStatus.FAIL_INPUT
+_FAIL_PERMISSION = RmpStatus.FAIL_PERMISSION
+_FAIL_INUSE = RmpStatus.FAIL_INUSE
+_FAIL_OVERLAP = RmpStatus.FAIL_OVERLAP
+_FAIL_SIZEMISMATCH = RmpStatus.FAIL_SIZEMISMATCH
+_FAIL_BADADDR = RmpStatus.FAIL_BADADDR
+_K4 = PageSize.SIZE_4K
+_M2 = PageSize.SIZE_2M
+_OK_CF = (RmpStatus.SUCCESS, True)
+_OK_NO_CF = (RmpStatus.SUCCESS, False)
+_EMPTY_ENTRY = RmpEntry()
+_PERMS_ASSIGNED = (PERM_ALL, 0, 0, 0)
+_PERMS_NONE = (0, 0, 0, 0)
+_PF_RMP_WRITE = PF_PRESENT | PF_WRITE | PF_RMP
+
+#: Pages per block of :meth:`Rmp.pvalidate_range` at 4K: a block's arrays stay in cache between its passes.
+_BLOCK = 1 << 15
+
+
+def _entry_builder() -> bool:
+    """Whether :class:`RmpEntry` is the frozen slotted dataclass whose slots :meth:`Rmp.rmpread` fills directly
+    (8 slot-descriptor calls are ~2x faster than the frozen dataclass ``__init__``, which goes through
+    ``object.__setattr__`` per field); checked once at import, else rmpread calls the constructor."""
+    names = ("assigned", "page_size", "immutable", "gpa", "asid", "vmsa", "validated", "vmpl_perms")
+    try:
+        if tuple(f.name for f in fields(RmpEntry)) != names:
+            return False
+        setters = [RmpEntry.__dict__[n].__set__ for n in names]
+        if not all(type(RmpEntry.__dict__[n]).__name__ == "member_descriptor" for n in names):
+            return False
+        sample = (True, _M2, True, 0x5000, 7, True, False, (1, 2, 3, 4))
+        e = object.__new__(RmpEntry)
+        for s, v in zip(setters, sample, strict=True):
+            s(e, v)
+        return e == RmpEntry(*sample)
+    except (KeyError, AttributeError, TypeError):  # pragma: no cover - RmpEntry changed shape
+        return False
+
+
+_FAST_ENTRY = _entry_builder()
+_new_entry = object.__new__
+_d = RmpEntry.__dict__
+if _FAST_ENTRY:
+    _set_assigned = _d["assigned"].__set__
+    _set_page_size = _d["page_size"].__set__
+    _set_immutable = _d["immutable"].__set__
+    _set_gpa = _d["gpa"].__set__
+    _set_asid = _d["asid"].__set__
+    _set_vmsa = _d["vmsa"].__set__
+    _set_validated = _d["validated"].__set__
+    _set_vmpl_perms = _d["vmpl_perms"].__set__
+del _d
+
+
+#: Per flag byte: (assigned, page_size, immutable, vmsa, validated, VMPL masks without RMPADJUST) as RMPREAD
+#: reports them (pre-built, so that reading an entry computes nothing per field).
+_FLAG_FIELDS = [
+    (
+        bool(f & F_ASSIGNED),
+        _M2 if f & F_SIZE2M else _K4,
+        bool(f & F_IMMUTABLE),
+        bool(f & F_VMSA),
+        bool(f & F_VALIDATED),
+        _PERMS_ASSIGNED if f & F_ASSIGNED else _PERMS_NONE,
+    )
+    for f in range(256)
+]
+
 
 class _Segment:
-    """RMP entries of one 1 GiB segment (struct-of-arrays)."""
+    """RMP entries of one 1 GiB segment (struct-of-arrays).
 
-    __slots__ = ("asid", "flags", "gfn", "npages", "perms", "region_assigned")
+    The numpy arrays serve the vectorised operations; ``fv``/``ov``/``av``/``rv`` are memoryviews of the same
+    memory for the per-page instructions (made when the segment is allocated; they add no storage). ``uv`` is
+    ``fv`` while the single-page RMPUPDATE may take its fast path here, None while the segment has VMPL masks
+    or in-use pages (see :meth:`Rmp._refresh_fast`).
+    """
+
+    __slots__ = ("asid", "av", "flags", "fv", "gofs", "npages", "ov", "perms", "region_assigned", "rv", "uv")
 
     def __init__(self, npages: int) -> None:
         self.npages = npages
         self.flags = np.zeros(npages, dtype=np.uint8)
-        self.gfn = np.zeros(npages, dtype=np.int64)
+        #: GFN minus the page's index in the segment ("GFN offset"). Range operations and 2M entries bind runs of
+        #: pages to consecutive GFNs, which is one value here: range writes are fills, range checks min/max.
+        #: Every entry starts with GFN 0, i.e. offset -index.
+        self.gofs = np.arange(0, -npages, -1, dtype=np.int64)
         self.asid = np.zeros(npages, dtype=np.uint32)
         #: VMPL1..3 permission masks, allocated on first RMPADJUST.
         self.perms: npt.NDArray[np.uint8] | None = None
         #: assigned 4K pages per 2M region (for O(1) large-mapping checks).
         self.region_assigned = np.zeros((npages + _2M_MASK) // PAGES_PER_2M, dtype=np.int32)
+        self._make_views()
+
+    def _make_views(self) -> None:
+        self.fv = self.flags.data
+        self.ov = self.gofs.data
+        self.av = self.asid.data
+        self.rv = self.region_assigned.data
+        self.uv: memoryview | None = self.fv
+
+    def __getstate__(self) -> tuple[object, ...]:
+        fast = self.uv is not None
+        return (self.npages, self.flags, self.gofs, self.asid, self.perms, self.region_assigned, fast)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.npages, self.flags, self.gofs, self.asid, self.perms, self.region_assigned, fast = state  # type: ignore[assignment]
+        self._make_views()
+        if not fast:
+            self.uv = None
+
+
+def _or_flags(fl: npt.NDArray[np.uint8]) -> int:
+    """Bitwise OR of all flag bytes (0 for an empty slice)."""
+    return int(np.bitwise_or.reduce(fl)) if fl.size else 0
+
+
+def _and_flags(fl: npt.NDArray[np.uint8]) -> int:
+    """Bitwise AND of all flag bytes (0xFF for an empty slice)."""
+    return int(np.bitwise_and.reduce(fl)) if fl.size else 0xFF
+
+
+#: Scattered-PFN operations on at least this many pages check whether the PFNs (and GFNs) are one ascending run.
+_CONTIG_MIN = 64
+
+
+def _ascending_run(a: npt.NDArray[np.int64]) -> bool:
+    """``a`` is ``a[0], a[0]+1, ..., a[0]+len-1`` (1-D and at least :data:`_CONTIG_MIN` long)."""
+    n = a.size
+    return a.ndim == 1 and n >= _CONTIG_MIN and int(a[-1]) - int(a[0]) == n - 1 and bool((np.diff(a) == 1).all())
+
+
+def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of True in a 1-D boolean mask."""
+    if not mask.size:
+        return []
+    if mask.all():
+        return [(0, mask.size)]
+    edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +312,16 @@ class Rmp:
         if seg is None:
             seg = _Segment(min(SEGMENT_PAGES, self.npages - (i << SEGMENT_SHIFT)))
             self._segs[i] = seg
+            if self._in_use:
+                self._refresh_fast(i)
         return seg
+
+    def _refresh_fast(self, s: int) -> None:
+        """Enable RMPUPDATE's fast path on segment ``s`` unless it has VMPL masks or an in-use page."""
+        seg = self._segs[s] if 0 <= s < len(self._segs) else None
+        if seg is not None:
+            slow = seg.perms is not None or any(p >> SEGMENT_SHIFT == s for p in self._in_use)
+            seg.uv = None if slow else seg.fv
 
     def _chunks(self, pfn: int, n: int) -> Iterator[_Chunk]:
         """Split the in-table part of ``[pfn, pfn+n)`` at segment boundaries."""
@@ -178,70 +335,111 @@ class Rmp:
 
     @property
     def allocated_bytes(self) -> int:
-        """Bytes of numpy storage held by allocated segments."""
+        """Bytes of numpy storage held by allocated segments (the memoryviews over it add none)."""
         total = 0
         for seg in self._segs:
             if seg is not None:
-                total += seg.flags.nbytes + seg.gfn.nbytes + seg.asid.nbytes + seg.region_assigned.nbytes
+                total += seg.flags.nbytes + seg.gofs.nbytes + seg.asid.nbytes + seg.region_assigned.nbytes
                 total += 0 if seg.perms is None else seg.perms.nbytes
         return total
 
     def _flags(self, pfn: int) -> int:
-        if pfn >= self.npages:
-            return 0
-        seg = self._seg(pfn)
-        return 0 if seg is None else int(seg.flags[pfn & _SEG_MASK])
+        if 0 <= pfn < self.npages:
+            seg = self._segs[pfn >> SEGMENT_SHIFT]
+            if seg is not None:
+                return seg.fv[pfn & _SEG_MASK]  # type: ignore[no-any-return]
+        return 0
 
     # ------------------------------------------------------------------ VMRUN in-use marks
     def mark_in_use(self, spa: int) -> None:
         """VMRUN marks the VMCB, VMSA and AVIC backing pages in use (APM Table 15-41)."""
         self._in_use.add(spa >> PAGE_SHIFT)
+        self._refresh_fast(spa >> PAGE_SHIFT >> SEGMENT_SHIFT)
 
     def clear_in_use(self, spa: int) -> None:
         """#VMEXIT clears the in-use mark."""
         self._in_use.discard(spa >> PAGE_SHIFT)
+        self._refresh_fast(spa >> PAGE_SHIFT >> SEGMENT_SHIFT)
 
     def _any_in_use(self, pfn: int, n: int) -> bool:
         return bool(self._in_use) and any(pfn <= p < pfn + n for p in self._in_use)
+
+    def _in_use_between(self, lo: int, hi: int) -> list[int]:
+        """In-use PFNs in ``[lo, hi)``."""
+        return [p for p in self._in_use if lo <= p < hi] if self._in_use else []
 
     # ------------------------------------------------------------------ RMPREAD
     def rmpread(self, spa: int) -> RmpEntry:
         """RMPREAD: the entry that governs the 4K page containing ``spa`` (hypervisor-owned beyond the table)."""
         pfn = spa >> PAGE_SHIFT
-        seg = self._seg(pfn) if 0 <= pfn < self.npages else None
-        if seg is None:
-            return RmpEntry()
-        i = pfn & _SEG_MASK
-        f = int(seg.flags[i])
-        assigned = bool(f & F_ASSIGNED)
-        perms = (PERM_ALL if assigned else 0, 0, 0, 0)
-        if seg.perms is not None:
+        if pfn < 0:
+            return _EMPTY_ENTRY
+        try:
+            seg = self._segs[pfn >> SEGMENT_SHIFT]
+            if seg is None:  # an untouched segment
+                return _EMPTY_ENTRY
+            i = pfn & _SEG_MASK
+            f = seg.fv[i]
+        except IndexError:  # beyond the table
+            return _EMPTY_ENTRY
+        gfn = seg.ov[i] + i
+        asid = seg.av[i]
+        assigned, page_size, immutable, vmsa, validated, perms_ = _FLAG_FIELDS[f]
+        perms: tuple[int, ...] = perms_
+        if seg.perms is None:
+            if not (f | gfn | asid):
+                return _EMPTY_ENTRY
+            if _FAST_ENTRY:
+                e = _new_entry(RmpEntry)
+                _set_assigned(e, assigned)
+                _set_page_size(e, page_size)
+                _set_immutable(e, immutable)
+                _set_gpa(e, gfn << PAGE_SHIFT)
+                _set_asid(e, asid)
+                _set_vmsa(e, vmsa)
+                _set_validated(e, validated)
+                _set_vmpl_perms(e, perms)
+                return e  # type: ignore[no-any-return]
+        else:
             perms = (perms[0], *(int(x) for x in seg.perms[i]))
         return RmpEntry(
             assigned=assigned,
-            page_size=PageSize.SIZE_2M if f & F_SIZE2M else PageSize.SIZE_4K,
-            immutable=bool(f & F_IMMUTABLE),
-            gpa=int(seg.gfn[i]) << PAGE_SHIFT,
-            asid=int(seg.asid[i]),
-            vmsa=bool(f & F_VMSA),
-            validated=bool(f & F_VALIDATED),
+            page_size=page_size,
+            immutable=immutable,
+            gpa=gfn << PAGE_SHIFT,
+            asid=asid,
+            vmsa=vmsa,
+            validated=validated,
             vmpl_perms=perms,
         )
 
     def region_status(self, spa: int) -> bool:
         """RMPREAD's 2MB-region status: ``spa`` is 2M-aligned and another page of its 2M range is assigned."""
         pfn = spa >> PAGE_SHIFT
-        if pfn & _2M_MASK or spa & (PAGE_SIZE - 1):
+        if pfn & _2M_MASK or spa & _PAGE_MASK:
             return False
         own = 1 if self._flags(pfn) & F_ASSIGNED else 0
         return self.assigned_in_2m(pfn) - own > 0
 
     def assigned_in_2m(self, pfn: int) -> int:
         """Number of assigned 4K pages in the 2M range containing ``pfn`` (0 beyond the table)."""
-        if not 0 <= pfn < self.npages:
-            return 0
-        seg = self._seg(pfn)
-        return 0 if seg is None else int(seg.region_assigned[(pfn & _SEG_MASK) >> 9])
+        if 0 <= pfn < self.npages:
+            seg = self._segs[pfn >> SEGMENT_SHIFT]
+            if seg is not None:
+                return seg.rv[(pfn & _SEG_MASK) >> 9]  # type: ignore[no-any-return]
+        return 0
+
+    def assigned_in_2m_of(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
+        """Vectorised :meth:`assigned_in_2m` for an array of PFNs."""
+        pfns = np.asarray(pfns, dtype=np.int64)
+        out = np.zeros(pfns.shape, dtype=np.int32)
+        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
+        sub = pfns[inside]
+        for s, sel in by_segment(sub, SEGMENT_SHIFT):
+            seg = self._segs[s]
+            if seg is not None:
+                out[inside[sel]] = seg.region_assigned[(sub[sel] & _SEG_MASK) >> 9]
+        return out
 
     def assigned_pages(self, pfn: int, n: int) -> npt.NDArray[np.int64]:
         """PFNs of the assigned pages in ``[pfn, pfn+n)``."""
@@ -256,13 +454,12 @@ class Rmp:
     def assigned_mask(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Vectorised ``rmpread(pfn).assigned`` for an array of PFNs (False beyond the table)."""
         out = np.zeros(pfns.shape, dtype=bool)
-        inside = (pfns >= 0) & (pfns < self.npages)
-        segs = pfns >> SEGMENT_SHIFT
-        for s in np.unique(segs[inside]).tolist():
+        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
+        sub = pfns[inside]
+        for s, sel in by_segment(sub, SEGMENT_SHIFT):
             seg = self._segs[s]
             if seg is not None:
-                sel = inside & (segs == s)
-                out[sel] = (seg.flags[pfns[sel] & _SEG_MASK] & F_ASSIGNED) != 0
+                out[inside[sel]] = (seg.flags[sub[sel] & _SEG_MASK] & F_ASSIGNED) != 0
         return out
 
     def assigned_count(self) -> int:
@@ -275,13 +472,13 @@ class Rmp:
         spa: int, page_size: PageSize | int, gpa: int, assigned: bool, asid: int, immutable: bool
     ) -> bool:
         """Input errors that do not depend on where the page lies (rmpupdate-input)."""
-        if page_size not in (PageSize.SIZE_4K, PageSize.SIZE_2M):
+        if page_size not in (_K4, _M2):
             return True
-        if spa < 0 or gpa < 0 or asid < 0 or spa & (PAGE_SIZE - 1) or gpa & (PAGE_SIZE - 1):
+        if spa < 0 or gpa < 0 or asid < 0 or spa & _PAGE_MASK or gpa & _PAGE_MASK:
             return True
         if not assigned and (asid != 0 or immutable):
             return True
-        return page_size == PageSize.SIZE_2M and bool((spa | gpa) & (PageSize.SIZE_2M.nbytes - 1))
+        return page_size == _M2 and bool((spa | gpa) & (_SIZE_2M_BYTES - 1))
 
     def rmpupdate(
         self,
@@ -295,57 +492,105 @@ class Rmp:
     ) -> RmpStatus:
         """RMPUPDATE: write the RMP entry of the page at ``spa`` (4K) or of the 2M page at ``spa`` (2M)."""
         self.rmpupdate_count += 1
+        # Fast path: a 4K request with aligned non-negative addresses on a page of an allocated segment without
+        # VMPL masks or in-use pages (``uv``), holding neither an immutable nor a 2M entry. Everything else takes
+        # the general path: a missing segment, a page beyond the table or ``uv`` None raise inside the ``try``
+        # (free in CPython 3.11 unless raised), a negative or too large ASID makes the memoryview refuse it before
+        # anything is written. ``not gpa >> 63``: 0 <= gpa < 2**63, so the GFN offset always fits. (Separate
+        # small-mask tests are cheaper than one test of ``spa | gpa``, which allocates a big int.)
+        if (
+            (page_size is _K4 or page_size == 0)
+            and not spa & _PAGE_MASK
+            and not gpa & _PAGE_MASK
+            and spa >= 0
+            and not gpa >> 63
+        ):
+            pfn = spa >> PAGE_SHIFT
+            try:
+                seg = self._segs[pfn >> SEGMENT_SHIFT]
+                i = pfn & _SEG_MASK
+                uv = seg.uv
+                f = uv[i]
+            except (IndexError, AttributeError, TypeError):
+                f = _F_IMM_2M
+            if not f & _F_IMM_2M:
+                if assigned:
+                    try:
+                        seg.av[i] = asid
+                    except ValueError:  # negative (FAIL_INPUT) or beyond uint32 (numpy's OverflowError)
+                        return self._rmpupdate(spa, assigned, page_size, gpa, asid, immutable)
+                    if not f & F_ASSIGNED:
+                        seg.rv[i >> 9] += 1
+                    uv[i] = (F_ASSIGNED | F_IMMUTABLE) if immutable else F_ASSIGNED
+                elif asid or immutable:
+                    return _FAIL_INPUT
+                else:
+                    seg.av[i] = 0
+                    if f & F_ASSIGNED:
+                        seg.rv[i >> 9] -= 1
+                    uv[i] = 0
+                seg.ov[i] = (gpa >> PAGE_SHIFT) - i
+                return _SUCCESS
+        return self._rmpupdate(spa, assigned, page_size, gpa, asid, immutable)
+
+    def _rmpupdate(
+        self, spa: int, assigned: bool, page_size: PageSize | int, gpa: int, asid: int, immutable: bool
+    ) -> RmpStatus:
+        """The general RMPUPDATE (not counted)."""
         pfn = spa >> PAGE_SHIFT
         if self._rmpupdate_args_bad(spa, page_size, gpa, assigned, asid, immutable) or (
-            pfn + PageSize(page_size).npages > self.npages
+            pfn + (PAGES_PER_2M if page_size == _M2 else 1) > self.npages
         ):
-            return RmpStatus.FAIL_INPUT
-        if page_size == PageSize.SIZE_2M:
+            return _FAIL_INPUT
+        if page_size == _M2:
             return self._rmpupdate_2m(pfn, gpa >> PAGE_SHIFT, assigned, asid, immutable)
         if self._in_use and pfn in self._in_use:
-            return RmpStatus.FAIL_INUSE
+            return _FAIL_INUSE
         seg = self._seg_w(pfn)
         i = pfn & _SEG_MASK
         f = int(seg.flags[i])
         if f & F_IMMUTABLE:
-            return RmpStatus.FAIL_PERMISSION
+            return _FAIL_PERMISSION
         if f & F_SIZE2M:
             if f & F_ASSIGNED:
-                return RmpStatus.FAIL_OVERLAP
+                return _FAIL_OVERLAP
             head = i & ~_2M_MASK
-            seg.flags[head : head + PAGES_PER_2M] &= ~np.uint8(F_SIZE2M)  # rmpupdate-demote
+            seg.flags[head : head + PAGES_PER_2M] &= _CLEAR_SIZE2M  # rmpupdate-demote
         if f & F_ASSIGNED:
             seg.region_assigned[i >> 9] -= 1
         if assigned:
             seg.region_assigned[i >> 9] += 1
         seg.flags[i] = (F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0)
-        seg.gfn[i] = gpa >> PAGE_SHIFT
+        seg.gofs[i] = (gpa >> PAGE_SHIFT) - i
         seg.asid[i] = asid
         if seg.perms is not None:
             seg.perms[i] = 0
-        return RmpStatus.SUCCESS
+        return _SUCCESS
 
     def _rmpupdate_2m(self, pfn: int, gfn: int, assigned: bool, asid: int, immutable: bool) -> RmpStatus:
         if self._any_in_use(pfn, PAGES_PER_2M):
-            return RmpStatus.FAIL_INUSE
+            return _FAIL_INUSE
         seg = self._seg_w(pfn)
         i = pfn & _SEG_MASK
         fl = seg.flags[i : i + PAGES_PER_2M]
-        if (fl & F_IMMUTABLE).any():
-            return RmpStatus.FAIL_PERMISSION
-        if not fl[0] & F_SIZE2M and (fl[1:] & F_ASSIGNED).any():
-            return RmpStatus.FAIL_OVERLAP
-        self._write_2m(seg, i, gfn, assigned, asid, immutable)
-        return RmpStatus.SUCCESS
+        if _or_flags(fl) & F_IMMUTABLE:
+            return _FAIL_PERMISSION
+        if not fl[0] & F_SIZE2M and seg.region_assigned[i >> 9] - (fl[0] & F_ASSIGNED) > 0:
+            return _FAIL_OVERLAP  # another of the 511 entries is assigned
+        newf = F_SIZE2M | (F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0)
+        self._write_run(seg, i, i + PAGES_PER_2M, gfn, newf, asid)
+        seg.region_assigned[i >> 9] = PAGES_PER_2M if assigned else 0
+        return _SUCCESS
 
     @staticmethod
-    def _write_2m(seg: _Segment, i: int, gfn: int, assigned: bool, asid: int, immutable: bool) -> None:
-        seg.flags[i : i + PAGES_PER_2M] = F_SIZE2M | (F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0)
-        seg.gfn[i : i + PAGES_PER_2M] = np.arange(gfn, gfn + PAGES_PER_2M, dtype=np.int64)
-        seg.asid[i : i + PAGES_PER_2M] = asid
+    def _write_run(seg: _Segment, lo: int, hi: int, gfn: int, newf: int, asid: int) -> None:
+        """Write entries ``[lo, hi)`` of ``seg``: flags ``newf``, consecutive GFNs from ``gfn``, ``asid``, VMPL
+        masks reset (rmpupdate-clears). ``region_assigned`` is the caller's."""
+        seg.flags[lo:hi] = newf
+        seg.gofs[lo:hi] = gfn - lo
+        seg.asid[lo:hi] = asid
         if seg.perms is not None:
-            seg.perms[i : i + PAGES_PER_2M] = 0
-        seg.region_assigned[i >> 9] = PAGES_PER_2M if assigned else 0
+            seg.perms[lo:hi] = 0
 
     def rmpupdate_range(
         self,
@@ -365,39 +610,83 @@ class Rmp:
         4K step only reads its own entry and the demotable 2M entry around it, so all checks are taken on the
         initial state and the successful steps are then written together.
         """
-        step = PAGES_PER_2M if page_size == PageSize.SIZE_2M else 1
+        step = PAGES_PER_2M if page_size == _M2 else 1
         nsteps = max(0, -(-npages // step))
         self.rmpupdate_count += nsteps
         status = np.zeros(nsteps, dtype=np.int64)
         if self._rmpupdate_args_bad(spa, page_size, gpa, assigned, asid, immutable):
-            status[:] = RmpStatus.FAIL_INPUT
+            status[:] = _FAIL_INPUT
             return status
         pfn0 = spa >> PAGE_SHIFT
         gfn0 = gpa >> PAGE_SHIFT
         # Steps whose pages fall (partly) beyond the table fail with FAIL_INPUT.
         in_table = max(0, min(nsteps, (self.npages - pfn0) // step)) if pfn0 < self.npages else 0
-        status[in_table:] = RmpStatus.FAIL_INPUT
+        status[in_table:] = _FAIL_INPUT
         if in_table == 0:
             return status
         if step == PAGES_PER_2M:
             self._rmpupdate_range_2m(pfn0, gfn0, in_table, status, assigned, asid, immutable)
         else:
-            self._rmpupdate_4k_many(
-                np.arange(pfn0, pfn0 + in_table, dtype=np.int64),
-                np.arange(gfn0, gfn0 + in_table, dtype=np.int64),
-                status[:in_table],
-                assigned,
-                asid,
-                immutable,
-            )
+            self._rmpupdate_range_4k(pfn0, gfn0, in_table, status, assigned, asid, immutable)
         return status
 
-    def _in_use_mask(self, pfn: int, n: int) -> npt.NDArray[np.bool_]:
-        mask = np.zeros(n, dtype=bool)
-        for p in self._in_use:
-            if pfn <= p < pfn + n:
-                mask[p - pfn] = True
-        return mask
+    def _rmpupdate_range_4k(
+        self,
+        pfn0: int,
+        gfn0: int,
+        n: int,
+        status: npt.NDArray[np.int64],
+        assigned: bool,
+        asid: int,
+        immutable: bool,
+    ) -> None:
+        """4K steps on the in-table pages ``[pfn0, pfn0+n)`` (``status`` all SUCCESS on entry).
+
+        Per segment chunk: when no page is in use and none holds an immutable or 2M entry, every step succeeds
+        and the chunk is written with slice operations. Otherwise the 2M regions holding such a page go through
+        :meth:`_rmpupdate_4k_many` (their steps depend only on entries of the same region) and the rest is
+        written with slices as before.
+        """
+        newf = (F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0)
+        for c in self._chunks(pfn0, n):
+            seg = self._seg_w(c.seg << SEGMENT_SHIFT)
+            base = c.seg << SEGMENT_SHIFT
+            lo, hi = c.lo, c.hi
+            g_lo = gfn0 + c.off
+            in_use = self._in_use_between(base + lo, base + hi)
+            fl = seg.flags[lo:hi]
+            if not in_use and not _or_flags(fl) & _F_IMM_2M:
+                self._write_4k_run(seg, lo, hi, g_lo, newf, asid)
+                continue
+            special = np.flatnonzero(fl & _F_IMM_2M) + lo
+            if in_use:
+                special = np.concatenate([special, np.array(in_use, dtype=np.int64) - base])
+            r_first = lo >> 9
+            dirty = np.zeros(((hi - 1) >> 9) - r_first + 1, dtype=bool)
+            dirty[(special >> 9) - r_first] = True
+            for a, b in _runs(~dirty):
+                run_lo, run_hi = max(lo, (r_first + a) << 9), min(hi, (r_first + b) << 9)
+                self._write_4k_run(seg, run_lo, run_hi, g_lo + run_lo - lo, newf, asid)
+            idx = np.flatnonzero(np.repeat(dirty, PAGES_PER_2M)[lo - (r_first << 9) : hi - (r_first << 9)])
+            st = np.zeros(idx.size, dtype=np.int64)
+            self._rmpupdate_4k_many(idx + (base + lo), idx + g_lo, st, assigned, asid, immutable)
+            status[c.off + idx] = st
+
+    @staticmethod
+    def _write_4k_run(seg: _Segment, lo: int, hi: int, gfn: int, newf: int, asid: int) -> None:
+        """Successful 4K RMPUPDATEs of ``[lo, hi)`` (no in-use, immutable or 2M entry among them)."""
+        ra = seg.region_assigned
+        new = PAGES_PER_2M if newf & F_ASSIGNED else 0
+        full_lo, full_hi = (lo + _2M_MASK) >> 9, hi >> 9  # 2M regions wholly inside [lo, hi)
+        if full_lo > full_hi:  # [lo, hi) lies inside one 2M region
+            edges = [(lo, hi)]
+        else:
+            ra[full_lo:full_hi] = new
+            edges = [(lo, full_lo << 9), (full_hi << 9, hi)]
+        for a, b in edges:  # partial 2M regions: count what was assigned before the write
+            if a < b:
+                ra[a >> 9] += (b - a if new else 0) - int(np.count_nonzero(seg.flags[a:b] & F_ASSIGNED))
+        Rmp._write_run(seg, lo, hi, gfn, newf, asid)
 
     def rmpupdate_pfns(
         self,
@@ -417,10 +706,20 @@ class Rmp:
         gfns = np.zeros_like(pfns) if gfns is None else np.asarray(gfns, dtype=np.int64)
         self.rmpupdate_count += int(pfns.size)
         status = np.zeros(pfns.size, dtype=np.int64)
-        if self._rmpupdate_args_bad(0, PageSize.SIZE_4K, 0, assigned, asid, immutable):
-            status[:] = RmpStatus.FAIL_INPUT
+        if self._rmpupdate_args_bad(0, _K4, 0, assigned, asid, immutable):
+            status[:] = _FAIL_INPUT
             return status
-        status[(pfns < 0) | (pfns >= self.npages) | (gfns < 0)] = RmpStatus.FAIL_INPUT
+        if (
+            _ascending_run(pfns)
+            and pfns[0] >= 0
+            and pfns[-1] < self.npages
+            and gfns.shape == pfns.shape
+            and gfns[0] >= 0
+            and _ascending_run(gfns)
+        ):  # one run of frames bound to consecutive GFNs, as rmpupdate_range writes it
+            self._rmpupdate_range_4k(int(pfns[0]), int(gfns[0]), pfns.size, status, assigned, asid, immutable)
+            return status
+        status[(pfns < 0) | (pfns >= self.npages) | (gfns < 0)] = _FAIL_INPUT
         self._rmpupdate_4k_many(pfns, gfns, status, assigned, asid, immutable)
         return status
 
@@ -435,32 +734,31 @@ class Rmp:
     ) -> None:
         """Checks and writes of 4K RMPUPDATEs on distinct in-table pages whose ``status`` is still SUCCESS."""
         if self._in_use:
-            status[(status == RmpStatus.SUCCESS) & np.isin(pfns, list(self._in_use))] = RmpStatus.FAIL_INUSE
+            status[(status == _SUCCESS) & np.isin(pfns, list(self._in_use))] = _FAIL_INUSE
         new_flags = np.uint8((F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0))
-        live = status == RmpStatus.SUCCESS
-        segs = pfns >> SEGMENT_SHIFT
-        for sidx in np.unique(segs[live]).tolist():
-            sel = np.flatnonzero(live & (segs == sidx))
+        live = np.flatnonzero(status == _SUCCESS)
+        for sidx, part in by_segment(pfns[live], SEGMENT_SHIFT):
+            sel = live[part]
             seg = self._seg_w(sidx << SEGMENT_SHIFT)
             idx = pfns[sel] & _SEG_MASK
             fl = seg.flags[idx]
             st = np.zeros(sel.size, dtype=np.int64)
-            st[(fl & (F_SIZE2M | F_ASSIGNED)) == (F_SIZE2M | F_ASSIGNED)] = RmpStatus.FAIL_OVERLAP
-            st[(fl & F_IMMUTABLE) != 0] = RmpStatus.FAIL_PERMISSION
+            st[(fl & (F_SIZE2M | F_ASSIGNED)) == (F_SIZE2M | F_ASSIGNED)] = _FAIL_OVERLAP
+            st[(fl & F_IMMUTABLE) != 0] = _FAIL_PERMISSION
             status[sel] = st
-            ok = st == RmpStatus.SUCCESS
+            ok = st == _SUCCESS
             if not ok.any():
                 continue
             # rmpupdate-demote: every unassigned 2M entry touched by a successful step becomes 4K.
             demote = ok & ((fl & F_SIZE2M) != 0)
             if demote.any():
                 for head in np.unique(idx[demote] & ~_2M_MASK).tolist():
-                    seg.flags[head : head + PAGES_PER_2M] &= ~np.uint8(F_SIZE2M)
+                    seg.flags[head : head + PAGES_PER_2M] &= _CLEAR_SIZE2M
             w = idx[ok]
             was = (seg.flags[w] & F_ASSIGNED).astype(np.int32)
             np.add.at(seg.region_assigned, w >> 9, (1 if assigned else 0) - was)
             seg.flags[w] = new_flags
-            seg.gfn[w] = gfns[sel][ok]
+            seg.gofs[w] = gfns[sel][ok] - w
             seg.asid[w] = asid
             if seg.perms is not None:
                 seg.perms[w] = 0
@@ -475,61 +773,97 @@ class Rmp:
         asid: int,
         immutable: bool,
     ) -> None:
-        in_use = self._in_use_mask(pfn0, nsteps * PAGES_PER_2M).reshape(nsteps, PAGES_PER_2M).any(axis=1)
+        """2M steps on whole in-table 2M regions from the 2M-aligned ``pfn0`` (``status`` all SUCCESS on entry).
+
+        The checks of a step read its own region only (in use, any immutable page, and for a region that is
+        not a 2M entry any assigned page but the head: ``region_assigned`` minus the head), so they are taken
+        per region on the initial state; runs of successful regions are then written with slices.
+        """
+        newf = F_SIZE2M | (F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0)
+        in_use_steps = [(p - pfn0) >> 9 for p in self._in_use_between(pfn0, pfn0 + nsteps * PAGES_PER_2M)]
         for c in self._chunks(pfn0, nsteps * PAGES_PER_2M):
             seg = self._seg_w(c.seg << SEGMENT_SHIFT)
-            r0, r1 = c.off // PAGES_PER_2M, (c.off + c.hi - c.lo) // PAGES_PER_2M
-            fl = seg.flags[c.lo : c.hi].reshape(-1, PAGES_PER_2M)
-            st = status[r0:r1]
-            overlap = ((fl[:, 0] & F_SIZE2M) == 0) & (fl[:, 1:] & F_ASSIGNED).any(axis=1)
-            st[overlap] = RmpStatus.FAIL_OVERLAP
-            st[(fl & F_IMMUTABLE).any(axis=1)] = RmpStatus.FAIL_PERMISSION
-            st[in_use[r0:r1]] = RmpStatus.FAIL_INUSE
-            for r in np.flatnonzero(st == RmpStatus.SUCCESS):
-                i = c.lo + int(r) * PAGES_PER_2M
-                self._write_2m(seg, i, gfn0 + (r0 + int(r)) * PAGES_PER_2M, assigned, asid, immutable)
+            r0, nreg, reg_lo = c.off >> 9, (c.hi - c.lo) >> 9, c.lo >> 9
+            fl = seg.flags[c.lo : c.hi]
+            heads = fl[::PAGES_PER_2M]
+            st = status[r0 : r0 + nreg]
+            others = seg.region_assigned[reg_lo : reg_lo + nreg] - (heads & F_ASSIGNED)
+            st[((heads & F_SIZE2M) == 0) & (others > 0)] = _FAIL_OVERLAP
+            if _or_flags(fl) & F_IMMUTABLE:
+                st[(fl.reshape(nreg, PAGES_PER_2M) & F_IMMUTABLE).any(axis=1)] = _FAIL_PERMISSION
+            st[[r - r0 for r in in_use_steps if r0 <= r < r0 + nreg]] = _FAIL_INUSE
+            for a, b in _runs(st == _SUCCESS):
+                lo, hi = c.lo + a * PAGES_PER_2M, c.lo + b * PAGES_PER_2M
+                self._write_run(seg, lo, hi, gfn0 + c.off + a * PAGES_PER_2M, newf, asid)
+                seg.region_assigned[reg_lo + a : reg_lo + b] = PAGES_PER_2M if assigned else 0
 
     # ------------------------------------------------------------------ PSMASH
     def psmash(self, spa: int) -> RmpStatus:
         """PSMASH: split the assigned 2M entry at 2M-aligned ``spa`` into 512 4K entries (fields preserved)."""
         self.psmash_count += 1
         pfn = spa >> PAGE_SHIFT
-        if spa < 0 or spa & (PageSize.SIZE_2M.nbytes - 1) or pfn + PAGES_PER_2M > self.npages:
-            return RmpStatus.FAIL_INPUT
-        if self._any_in_use(pfn, PAGES_PER_2M):
-            return RmpStatus.FAIL_INUSE
-        seg = self._seg(pfn)
+        if spa < 0 or spa & (_SIZE_2M_BYTES - 1) or pfn + PAGES_PER_2M > self.npages:
+            return _FAIL_INPUT
+        if self._in_use and self._any_in_use(pfn, PAGES_PER_2M):
+            return _FAIL_INUSE
+        seg = self._segs[pfn >> SEGMENT_SHIFT]
         i = pfn & _SEG_MASK
-        if seg is None or (int(seg.flags[i]) & (F_ASSIGNED | F_SIZE2M)) != (F_ASSIGNED | F_SIZE2M):
-            return RmpStatus.FAIL_BADADDR
-        seg.flags[i : i + PAGES_PER_2M] &= ~np.uint8(F_SIZE2M)
-        return RmpStatus.SUCCESS
+        if seg is None or (seg.fv[i] & (F_ASSIGNED | F_SIZE2M)) != (F_ASSIGNED | F_SIZE2M):
+            return _FAIL_BADADDR
+        fl = seg.flags[i : i + PAGES_PER_2M]
+        np.bitwise_and(fl, _CLEAR_SIZE2M, out=fl)
+        return _SUCCESS
 
     def psmash_range(self, spa: int, npages: int) -> npt.NDArray[np.int64]:
         """One PSMASH per 2M step in ``[spa, spa + npages*4K)``; equivalent to a loop of :meth:`psmash`."""
         nsteps = max(0, -(-npages // PAGES_PER_2M))
-        return np.array([self.psmash(spa + k * PageSize.SIZE_2M.nbytes) for k in range(nsteps)], dtype=np.int64)
+        self.psmash_count += nsteps
+        status = np.zeros(nsteps, dtype=np.int64)
+        if spa < 0 or spa & (_SIZE_2M_BYTES - 1):
+            status[:] = _FAIL_INPUT  # every step has the same misalignment
+            return status
+        pfn0 = spa >> PAGE_SHIFT
+        in_table = max(0, min(nsteps, (self.npages - pfn0) // PAGES_PER_2M)) if pfn0 < self.npages else 0
+        status[in_table:] = _FAIL_INPUT
+        if in_table == 0:
+            return status
+        in_use_steps = [(p - pfn0) >> 9 for p in self._in_use_between(pfn0, pfn0 + in_table * PAGES_PER_2M)]
+        status[:in_table] = _FAIL_BADADDR
+        for c in self._chunks(pfn0, in_table * PAGES_PER_2M):
+            seg = self._segs[c.seg]
+            if seg is None:
+                continue  # no 2M entry: FAIL_BADADDR
+            r0, nreg = c.off >> 9, (c.hi - c.lo) >> 9
+            fl = seg.flags[c.lo : c.hi]
+            ok = (fl[::PAGES_PER_2M] & (F_ASSIGNED | F_SIZE2M)) == (F_ASSIGNED | F_SIZE2M)
+            ok[[r - r0 for r in in_use_steps if r0 <= r < r0 + nreg]] = False
+            status[r0 : r0 + nreg][ok] = _SUCCESS
+            for a, b in _runs(ok):
+                part = fl[a * PAGES_PER_2M : b * PAGES_PER_2M]
+                np.bitwise_and(part, _CLEAR_SIZE2M, out=part)
+        status[in_use_steps] = _FAIL_INUSE
+        return status
 
     # ------------------------------------------------------------------ guest-side RMP checks
     def _owner_fault(self, pfn: int, f: int, asid: int, gpa: int) -> bool:
         """The first group of RMP checks (Covered, Guest-Owned, Reverse-Map, Mutable) fails."""
         if pfn >= self.npages or not f & F_ASSIGNED or f & F_IMMUTABLE:
             return True
-        seg = self._seg(pfn)
+        seg = self._segs[pfn >> SEGMENT_SHIFT]
         assert seg is not None
         i = pfn & _SEG_MASK
-        return int(seg.asid[i]) != asid or int(seg.gfn[i]) != gpa >> PAGE_SHIFT
+        return seg.av[i] != asid or seg.ov[i] + i != gpa >> PAGE_SHIFT  # type: ignore[no-any-return]
 
     def _guest_instr_checks(self, spa: int, asid: int, gpa: int, page_size: int) -> RmpStatus | None:
         """Checks shared by PVALIDATE and RMPADJUST (Table 15-40); raises #NPF, returns a failure or None."""
         pfn = spa >> PAGE_SHIFT
-        f = self._flags(pfn) if pfn >= 0 else 0
+        f = self._flags(pfn)
         if self._owner_fault(pfn, f, asid, gpa):
             raise NestedPageFault(NPF_PRESENT | NPF_RMP | NPF_ENC, gpa, "RMP ownership check")
-        if page_size == PageSize.SIZE_4K and f & F_SIZE2M:
+        if page_size == _K4 and f & F_SIZE2M:
             raise NestedPageFault(NPF_PRESENT | NPF_RMP | NPF_ENC | NPF_SIZEM, gpa, "4K request on 2M RMP entry")
-        if page_size == PageSize.SIZE_2M and not f & F_SIZE2M:
-            return RmpStatus.FAIL_SIZEMISMATCH
+        if page_size == _M2 and not f & F_SIZE2M:
+            return _FAIL_SIZEMISMATCH
         return None
 
     @staticmethod
@@ -537,10 +871,10 @@ class Rmp:
         """Input checks of PVALIDATE/RMPADJUST: the operand is a guest address, so a 2M request needs a 2M-aligned
         GPA (``guest-instr-align``); the SPA it translates to is not an input: a 2M request landing on a 4K RMP
         entry (e.g. through a 4K NPT mapping of a frame that is not 2M-aligned) fails the size check instead."""
-        if page_size not in (PageSize.SIZE_4K, PageSize.SIZE_2M) or spa < 0 or gpa < 0:
-            return RmpStatus.FAIL_INPUT
-        if page_size == PageSize.SIZE_2M and gpa & (PageSize.SIZE_2M.nbytes - 1):
-            return RmpStatus.FAIL_INPUT
+        if page_size not in (_K4, _M2) or spa < 0 or gpa < 0:
+            return _FAIL_INPUT
+        if page_size == _M2 and gpa & (_SIZE_2M_BYTES - 1):
+            return _FAIL_INPUT
         return None
 
     # ------------------------------------------------------------------ PVALIDATE
@@ -554,28 +888,54 @@ class Rmp:
         retries); a 2M request on 4K entries returns FAIL_SIZEMISMATCH (the guest retries with 512 4K).
         """
         self.pvalidate_count += 1
-        spa &= ~(PAGE_SIZE - 1)
-        gpa &= ~(PAGE_SIZE - 1) if page_size == PageSize.SIZE_4K else ~0
+        # Fast path: 4K at VMPL0 on an assigned, mutable 4K entry owned by (asid, gpa); else the general path.
+        if (page_size is _K4 or page_size == 0) and not vmpl and spa >= 0 and gpa >= 0:
+            pfn = spa >> PAGE_SHIFT
+            try:
+                seg = self._segs[pfn >> SEGMENT_SHIFT]
+                i = pfn & _SEG_MASK
+                fv = seg.fv
+                f = fv[i]
+            except (IndexError, AttributeError):
+                f = 0
+            if f & _F_OWNER == F_ASSIGNED and seg.av[i] == asid and seg.ov[i] + i == gpa >> PAGE_SHIFT:
+                if validate:
+                    if f & F_VALIDATED:
+                        return _OK_CF
+                    fv[i] = f | F_VALIDATED
+                else:
+                    if not f & F_VALIDATED:
+                        return _OK_CF
+                    fv[i] = f & ~F_VALIDATED
+                return _OK_NO_CF
+        return self._pvalidate(spa, asid, gpa, page_size, validate, vmpl)
+
+    def _pvalidate(
+        self, spa: int, asid: int, gpa: int, page_size: PageSize | int, validate: bool, vmpl: int
+    ) -> tuple[RmpStatus, bool]:
+        """The general PVALIDATE (not counted)."""
+        spa &= ~_PAGE_MASK
+        gpa &= ~_PAGE_MASK if page_size == _K4 else ~0
         bad = self._guest_instr_input(spa, gpa, page_size)
         if bad is not None:
             return bad, False
         if vmpl != 0:
-            return RmpStatus.FAIL_PERMISSION, False  # pvalidate-vmpl
+            return _FAIL_PERMISSION, False  # pvalidate-vmpl
         bad = self._guest_instr_checks(spa, asid, gpa, page_size)
         if bad is not None:
             return bad, False
         pfn = spa >> PAGE_SHIFT
-        seg = self._seg(pfn)
+        seg = self._segs[pfn >> SEGMENT_SHIFT]
         assert seg is not None
         i = pfn & _SEG_MASK
-        if bool(int(seg.flags[i]) & F_VALIDATED) == bool(validate):
-            return RmpStatus.SUCCESS, True
-        sl = slice(i, i + PAGES_PER_2M) if page_size == PageSize.SIZE_2M else slice(i, i + 1)
+        if bool(seg.fv[i] & F_VALIDATED) == bool(validate):
+            return _OK_CF
+        fl = seg.flags[i : i + PAGES_PER_2M] if page_size == _M2 else seg.flags[i : i + 1]
         if validate:
-            seg.flags[sl] |= np.uint8(F_VALIDATED)
+            np.bitwise_or(fl, F_VALIDATED, out=fl)
         else:
-            seg.flags[sl] &= ~np.uint8(F_VALIDATED)
-        return RmpStatus.SUCCESS, False
+            np.bitwise_and(fl, _CLEAR_VALIDATED, out=fl)
+        return _OK_NO_CF
 
     def pvalidate_range(
         self, spa: int, npages: int, *, asid: int, gpa: int, page_size: PageSize | int, validate: bool
@@ -585,28 +945,23 @@ class Rmp:
         Equivalent to a loop of :meth:`pvalidate`; a step that raises #NPF in the loop records status -1.
         Returns (status per step, CF per step).
         """
-        step = PAGES_PER_2M if page_size == PageSize.SIZE_2M else 1
+        step = PAGES_PER_2M if page_size == _M2 else 1
         nsteps = max(0, -(-npages // step))
         self.pvalidate_count += nsteps
         status = np.zeros(nsteps, dtype=np.int64)
         cf = np.zeros(nsteps, dtype=bool)
-        spa &= ~(PAGE_SIZE - 1)
-        if page_size == PageSize.SIZE_4K:
-            gpa &= ~(PAGE_SIZE - 1)
+        spa &= ~_PAGE_MASK
+        if page_size == _K4:
+            gpa &= ~_PAGE_MASK
         bad = self._guest_instr_input(spa, gpa, page_size)
         if bad is not None:
             status[:] = bad
             return status, cf
-        if step != 1 and spa & (PageSize.SIZE_2M.nbytes - 1):
-            self.pvalidate_count -= nsteps  # counted again by the single-instruction loop
+        if step != 1 and spa & (_SIZE_2M_BYTES - 1):
             for k in range(nsteps):
                 try:
-                    st, c = self.pvalidate(
-                        spa + k * PageSize.SIZE_2M.nbytes,
-                        asid=asid,
-                        gpa=gpa + k * PageSize.SIZE_2M.nbytes,
-                        page_size=page_size,
-                        validate=validate,
+                    st, c = self._pvalidate(
+                        spa + k * _SIZE_2M_BYTES, asid, gpa + k * _SIZE_2M_BYTES, page_size, validate, 0
                     )
                     status[k], cf[k] = st, c
                 except NestedPageFault:
@@ -614,43 +969,115 @@ class Rmp:
             return status, cf
         pfn0, gfn0 = spa >> PAGE_SHIFT, gpa >> PAGE_SHIFT
         if step == 1:
-            self.pvalidate_count -= nsteps  # counted by pvalidate_pfns
-            return self.pvalidate_pfns(
-                np.arange(pfn0, pfn0 + nsteps, dtype=np.int64),
-                np.arange(gfn0, gfn0 + nsteps, dtype=np.int64),
-                asid=asid,
-                validate=validate,
-            )
-        status[:] = _STEP_NPF  # pages beyond the table fail the Covered check
-        for c in self._chunks(pfn0, nsteps * step):
+            self._pvalidate_range_4k(pfn0, gfn0, nsteps, asid, bool(validate), status, cf)
+        else:
+            self._pvalidate_range_2m(pfn0, gfn0, nsteps, asid, bool(validate), status, cf)
+        return status, cf
+
+    def _pvalidate_range_4k(
+        self,
+        pfn0: int,
+        gfn0: int,
+        nsteps: int,
+        asid: int,
+        validate: bool,
+        status: npt.NDArray[np.int64],
+        cf: npt.NDArray[np.bool_],
+    ) -> None:
+        """4K steps from ``pfn0`` (``status`` all SUCCESS, ``cf`` all False on entry), in cache-sized blocks."""
+        in_table = max(0, min(pfn0 + nsteps, self.npages) - pfn0)
+        status[in_table:] = _STEP_NPF  # beyond the table: the Covered check fails
+        for c in self._chunks(pfn0, nsteps):
             seg = self._segs[c.seg]
-            r0 = c.off // step
+            if seg is None:
+                status[c.off : c.off + c.hi - c.lo] = _STEP_NPF  # all hypervisor-owned
+                continue
+            for a in range(c.lo, c.hi, _BLOCK):
+                b = min(a + _BLOCK, c.hi)
+                k = c.off + a - c.lo
+                self._pvalidate_block(seg, a, b, gfn0 + k, asid, validate, status[k : k + b - a], cf[k : k + b - a])
+
+    @staticmethod
+    def _pvalidate_block(
+        seg: _Segment,
+        a: int,
+        b: int,
+        gfn: int,
+        asid: int,
+        validate: bool,
+        status: npt.NDArray[np.int64],
+        cf: npt.NDArray[np.bool_],
+    ) -> None:
+        """4K PVALIDATE of pages ``[a, b)`` of ``seg`` bound to consecutive GFNs from ``gfn``."""
+        fl = seg.flags[a:b]
+        asids = seg.asid[a:b]
+        gofs = seg.gofs[a:b]  # == gfn - a on every page bound to its GFN
+        want = gfn - a
+        if (
+            _and_flags(fl) & F_ASSIGNED
+            and not _or_flags(fl) & _F_IMM_2M
+            and asids.min() == asid == asids.max()
+            and gofs.min() == want == gofs.max()
+        ):
+            # Common case: every step passes the checks; CF = Validated already as requested.
+            cf_u8 = cf.view(np.uint8)
+            np.right_shift(fl, 4, out=cf_u8)  # F_VALIDATED is bit 4
+            np.bitwise_and(cf_u8, 1, out=cf_u8)
+            if validate:
+                np.bitwise_or(fl, F_VALIDATED, out=fl)
+            else:
+                np.bitwise_xor(cf_u8, 1, out=cf_u8)
+                np.bitwise_and(fl, _CLEAR_VALIDATED, out=fl)
+            return
+        ok = ((fl & _F_OWNER) == F_ASSIGNED) & (asids == asid) & (gofs == want)  # else #NPF (a 2M entry: SIZEM)
+        status[~ok] = _STEP_NPF
+        same = ((fl & F_VALIDATED) != 0) == validate
+        np.logical_and(ok, same, out=cf)
+        change = ok & ~same
+        if validate:
+            fl[change] |= np.uint8(F_VALIDATED)
+        else:
+            fl[change] &= _CLEAR_VALIDATED
+
+    def _pvalidate_range_2m(
+        self,
+        pfn0: int,
+        gfn0: int,
+        nsteps: int,
+        asid: int,
+        validate: bool,
+        status: npt.NDArray[np.int64],
+        cf: npt.NDArray[np.bool_],
+    ) -> None:
+        """2M steps from the 2M-aligned ``pfn0``: the checks read the head entry of each step's region."""
+        status[:] = _STEP_NPF  # pages beyond the table fail the Covered check
+        for c in self._chunks(pfn0, nsteps * PAGES_PER_2M):
+            seg = self._segs[c.seg]
             if seg is None:
                 continue  # all hypervisor-owned: every step #NPF
-            fl = seg.flags[c.lo : c.hi : step]
-            nst = len(fl)
-            gfn_ok = seg.gfn[c.lo : c.hi : step] == gfn0 + c.off + np.arange(nst) * step
+            r0 = c.off // PAGES_PER_2M
+            heads = seg.flags[c.lo : c.hi : PAGES_PER_2M]
+            nst = len(heads)
+            gfn_ok = seg.gofs[c.lo : c.hi : PAGES_PER_2M] == gfn0 + c.off - c.lo  # step k: gfn0 + c.off + 512k
             owner_ok = (
-                ((fl & (F_ASSIGNED | F_IMMUTABLE)) == F_ASSIGNED) & (seg.asid[c.lo : c.hi : step] == asid) & gfn_ok
+                ((heads & (F_ASSIGNED | F_IMMUTABLE)) == F_ASSIGNED)
+                & (seg.asid[c.lo : c.hi : PAGES_PER_2M] == asid)
+                & gfn_ok
             )
-            is2m = (fl & F_SIZE2M) != 0
+            is2m = (heads & F_SIZE2M) != 0
             st = status[r0 : r0 + nst]
-            st[owner_ok] = RmpStatus.SUCCESS
-            if step == 1:
-                st[owner_ok & is2m] = _STEP_NPF
-            else:
-                st[owner_ok & ~is2m] = RmpStatus.FAIL_SIZEMISMATCH
-            ok = st == RmpStatus.SUCCESS
-            same = ((fl & F_VALIDATED) != 0) == bool(validate)
+            st[owner_ok] = _SUCCESS
+            st[owner_ok & ~is2m] = _FAIL_SIZEMISMATCH
+            ok = st == _SUCCESS
+            same = ((heads & F_VALIDATED) != 0) == validate
             cf[r0 : r0 + nst] = ok & same
-            change = np.flatnonzero(ok & ~same) * step + c.lo
-            if step != 1:
-                change = (change[:, None] + np.arange(PAGES_PER_2M)).ravel()
-            if validate:
-                seg.flags[change] |= np.uint8(F_VALIDATED)
-            else:
-                seg.flags[change] &= ~np.uint8(F_VALIDATED)
-        return status, cf
+            change = ok & ~same  # only 2M entries, so only whole regions inside the table
+            for a, b in _runs(change):
+                part = seg.flags[c.lo + a * PAGES_PER_2M : c.lo + b * PAGES_PER_2M]
+                if validate:
+                    np.bitwise_or(part, F_VALIDATED, out=part)
+                else:
+                    np.bitwise_and(part, _CLEAR_VALIDATED, out=part)
 
     def pvalidate_pfns(
         self, pfns: npt.NDArray[np.int64], gfns: npt.NDArray[np.int64], *, asid: int, validate: bool
@@ -662,28 +1089,38 @@ class Rmp:
         pfns = np.asarray(pfns, dtype=np.int64)
         gfns = np.asarray(gfns, dtype=np.int64)
         self.pvalidate_count += int(pfns.size)
+        if (
+            _ascending_run(pfns)
+            and pfns[0] >= 0
+            and pfns[-1] < self.npages
+            and gfns.shape == pfns.shape
+            and _ascending_run(gfns)
+        ):
+            status = np.zeros(pfns.size, dtype=np.int64)  # one run, bound to consecutive GFNs: as pvalidate_range
+            cf = np.zeros(pfns.size, dtype=bool)
+            self._pvalidate_range_4k(int(pfns[0]), int(gfns[0]), pfns.size, asid, bool(validate), status, cf)
+            return status, cf
         status = np.full(pfns.size, _STEP_NPF, dtype=np.int64)  # beyond the table: Covered check fails
         cf = np.zeros(pfns.size, dtype=bool)
-        inside = (pfns >= 0) & (pfns < self.npages)
-        segs = pfns >> SEGMENT_SHIFT
-        for sidx in np.unique(segs[inside]).tolist():
+        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
+        for sidx, part in by_segment(pfns[inside], SEGMENT_SHIFT):
             seg = self._segs[sidx]
             if seg is None:
                 continue  # all hypervisor-owned: every step #NPF
-            sel = np.flatnonzero(inside & (segs == sidx))
+            sel = inside[part]
             idx = pfns[sel] & _SEG_MASK
             fl = seg.flags[idx]
             owner_ok = ((fl & (F_ASSIGNED | F_IMMUTABLE)) == F_ASSIGNED) & (seg.asid[idx] == asid)
-            owner_ok &= seg.gfn[idx] == gfns[sel]
+            owner_ok &= seg.gofs[idx] == gfns[sel] - idx
             ok = owner_ok & ((fl & F_SIZE2M) == 0)  # a 4K request on a 2M entry: #NPF (SIZEM)
-            status[sel[ok]] = RmpStatus.SUCCESS
+            status[sel[ok]] = _SUCCESS
             same = ((fl & F_VALIDATED) != 0) == bool(validate)
             cf[sel[ok & same]] = True
             change = idx[ok & ~same]
             if validate:
                 seg.flags[change] |= np.uint8(F_VALIDATED)
             else:
-                seg.flags[change] &= ~np.uint8(F_VALIDATED)
+                seg.flags[change] &= _CLEAR_VALIDATED
         return status, cf
 
     # ------------------------------------------------------------------ RMPADJUST
@@ -726,6 +1163,7 @@ class Rmp:
         assert seg is not None
         if seg.perms is None:
             seg.perms = np.zeros((seg.npages, NUM_VMPLS - 1), dtype=np.uint8)
+            self._refresh_fast(pfn >> SEGMENT_SHIFT)
         i = pfn & _SEG_MASK
         sl = slice(i, i + PAGES_PER_2M) if page_size == PageSize.SIZE_2M else slice(i, i + 1)
         seg.perms[sl, target_vmpl - 1] = perms
@@ -746,11 +1184,12 @@ class Rmp:
         with error code P|W|RMP (bit 31).
         """
         pfn = spa >> PAGE_SHIFT
-        if not 0 <= pfn < self.npages:
-            return
-        hit = self._flags(pfn) & F_ASSIGNED if mapping_size == PageSize.SIZE_4K else self.assigned_in_2m(pfn)
-        if hit:
-            raise HostPageFault(spa, PF_PRESENT | PF_WRITE | PF_RMP, "RMP violation")
+        if 0 <= pfn < self.npages:
+            seg = self._segs[pfn >> SEGMENT_SHIFT]
+            if seg is not None:
+                i = pfn & _SEG_MASK
+                if seg.fv[i] & F_ASSIGNED if mapping_size == 0 else seg.rv[i >> 9]:
+                    raise HostPageFault(spa, _PF_RMP_WRITE, "RMP violation")
 
     def check_guest_access(
         self,
@@ -771,6 +1210,23 @@ class Rmp:
         Reverse-Map, Mutable and an exact NPT/RMP page-size match (#NPF), then Validated (#VC 0x404), then
         the VMPL permission mask (#NPF with the VMPL bit).
         """
+        # Fast path: a private access at VMPL0 to an assigned, validated, mutable entry owned by (asid, gpa) whose
+        # size matches the NPT mapping passes every check; anything else goes through the checks below.
+        if encrypted and not vmpl and spa >= 0:
+            pfn = spa >> PAGE_SHIFT
+            try:
+                seg = self._segs[pfn >> SEGMENT_SHIFT]
+                i = pfn & _SEG_MASK
+                f = seg.fv[i]
+            except (IndexError, AttributeError):  # beyond the table, or an untouched segment
+                f = 0
+            if (
+                f & _F_GUEST_OK == F_ASSIGNED | F_VALIDATED
+                and (f & F_SIZE2M == 0) == (npt_size is _K4 or npt_size == 0)
+                and seg.av[i] == asid
+                and seg.ov[i] + i == gpa >> PAGE_SHIFT
+            ):
+                return
         pfn = spa >> PAGE_SHIFT
         access = (NPF_WRITE if write else 0) | (NPF_FETCH if fetch else 0)
         if not encrypted and not fetch:
@@ -780,7 +1236,7 @@ class Rmp:
             if hit:
                 raise NestedPageFault(NPF_PRESENT | NPF_RMP | access, gpa, "shared write to assigned page")
             return
-        f = self._flags(pfn) if pfn >= 0 else 0
+        f = self._flags(pfn)
         size_ok = bool(f & F_SIZE2M) == (npt_size != PageSize.SIZE_4K)
         if self._owner_fault(pfn, f, asid, gpa) or not size_ok:
             raise NestedPageFault(NPF_PRESENT | NPF_RMP | NPF_ENC | access, gpa, "RMP check")

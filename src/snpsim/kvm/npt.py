@@ -55,6 +55,32 @@ class NestedPageTable:
         self._bytes[0] += (hi - lo) * PAGE_SIZE
         self.map_count += hi - lo
 
+    def map_4k_where(self, gfn: int, mask: npt.NDArray[np.bool_], pfns: npt.NDArray[np.int64], private: bool) -> int:
+        """:meth:`map_4k` on every maximal run of ``mask`` (the gfns ``gfn + k`` to map to ``pfns[k]``), each
+        split at 2M boundaries, in one pass; returns the number of gfns mapped (one fault each)."""
+        idx = np.flatnonzero(mask)
+        if not idx.size:
+            return 0
+        lo, hi = gfn + int(idx[0]), gfn + int(idx[-1]) + 1
+        # zap what the runs' zaps would: their mapped gfns, and every huge mapping one of them lies in
+        lv = self.level[lo:hi]
+        sel = mask[lo - gfn : hi - gfn]
+        huge = np.unique((np.flatnonzero(sel & (lv > 0)) + lo) >> 9)
+        for idx2m in huge.tolist():
+            self.zap(idx2m << 9, 1)
+        g = idx + gfn
+        old = self.level[g]
+        mapped = old != UNMAPPED
+        if mapped.any():
+            self._bytes[0] -= int(np.count_nonzero(mapped)) * PAGE_SIZE  # huge ones were zapped above
+            self.zap_count += 1
+        self.level[g] = int(PageSize.SIZE_4K)
+        self.pfn[g] = pfns[idx]
+        self.private[g] = private
+        self._bytes[0] += int(idx.size) * PAGE_SIZE
+        self.map_count += int(idx.size)
+        return int(idx.size)
+
     def zap(self, gfn: int, npages: int, *, only_private: bool | None = None) -> int:
         """Zap every mapping intersecting ``[gfn, gfn+npages)`` (a huge one entirely); with ``only_private`` set,
         only mappings of that kind (KVM zaps the old-attribute SPTEs on an attribute change). Returns pages

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from snpsim.guest.psc import PscRequest
 from snpsim.host import HostKernel
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_2M, PageSize
+from snpsim.segments import unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -69,20 +70,22 @@ def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
     """``sev_gmem_invalidate`` over frames being freed (sorted or not)."""
     if frames.size == 0:
         return
-    frames = np.unique(frames)
+    frames = unique_ints(frames)
     assigned = frames[host.rmp.assigned_mask(frames)]
     if assigned.size == 0:
         return
-    in_set = set(frames.tolist())
-    four_k: list[int] = []
-    for head in np.unique(assigned // PAGES_PER_2M * PAGES_PER_2M).tolist():
+    all_heads = assigned // PAGES_PER_2M * PAGES_PER_2M  # ascending, as ``assigned`` is
+    starts = np.flatnonzero(np.concatenate(([True], all_heads[1:] != all_heads[:-1])))
+    heads, counts = all_heads[starts], np.diff(np.append(starts, assigned.size))
+    keep = np.ones(assigned.size, dtype=bool)  # pages left for 4K RMPUPDATEs
+    for head, start, count in zip(heads.tolist(), starts.tolist(), counts.tolist(), strict=True):
         entry = host.rmp.rmpread(head << PAGE_SHIFT)
-        mine = assigned[(assigned >= head) & (assigned < head + PAGES_PER_2M)]
-        if entry.page_size == PageSize.SIZE_2M and entry.assigned:
-            if mine.size == PAGES_PER_2M and all(p in in_set for p in range(head, head + PAGES_PER_2M)):
-                host.rmp_make_shared(head, PageSize.SIZE_2M)
-                continue
-            host.busy_ns += host.costs.psmash_ns
-            host.rmp.psmash(head << PAGE_SHIFT)
-        four_k.extend(mine.tolist())
-    host.rmp_make_shared_pfns(np.array(four_k, dtype=np.int64))
+        if entry.page_size != PageSize.SIZE_2M or not entry.assigned:
+            continue
+        if count == PAGES_PER_2M:  # the whole 2M entry is freed: one 2M RMPUPDATE
+            host.rmp_make_shared(head, PageSize.SIZE_2M)
+            keep[start : start + count] = False
+            continue
+        host.busy_ns += host.costs.psmash_ns
+        host.rmp.psmash(head << PAGE_SHIFT)
+    host.rmp_make_shared_pfns(assigned[keep])

@@ -121,21 +121,26 @@ class KvmVm:
             return False
         if private:
             self._prepare(gfn, npages)
+        if self._only_4k(private):
+            # Every gfn maps at 4K: one #NPF each, installed in bulk.
+            self.counters.npf_count += self.npt.map_4k_where(gfn, need, pfns, private)
+            return True
         g = gfn
         end = gfn + npages
         while g < end:
             if not need[g - gfn]:
-                g += 1
-                continue
+                rest = np.flatnonzero(need[g - gfn :])
+                if not rest.size:
+                    break
+                g += int(rest[0])
             cap = self._private_cap(g) if private else self.shared.host_level(g)
             level = self._max_level(g, private, cap)
             n = level.npages
             lo = g // n * n
             if level == PageSize.SIZE_4K:
-                # 4K mappings for the whole run of 4K-only gfns: one #NPF each, installed in bulk
-                stop = g + 1
-                while stop < end and need[stop - gfn] and stop % PAGES_PER_2M:
-                    stop += 1
+                # 4K mappings for the run of needing gfns up to the next 2M boundary: one #NPF each
+                window = need[g - gfn : min(end, (g // PAGES_PER_2M + 1) * PAGES_PER_2M) - gfn]
+                stop = g + (int(np.argmin(window)) if not window.all() else int(window.size))
                 self._map_4k(g, stop, pfns[g - gfn : stop - gfn], private)
                 g = stop
                 continue
@@ -146,6 +151,12 @@ class KvmVm:
             self.counters.npf_count += 1
             g = lo + n
         return True
+
+    def _only_4k(self, private: bool) -> bool:
+        """No gfn can map above 4K: 4K folios / VMM pages (private) or 4K host pages (shared)."""
+        if private:
+            return self.gmem is None or self.gmem.folio_pages < PAGES_PER_2M
+        return self.shared.unit == 1
 
     def _prepare(self, gfn: int, npages: int) -> None:
         """``kvm_gmem_get_pfn`` → ``kvm_gmem_prepare_folio``: prepare every folio the range touches, whole."""
@@ -246,23 +257,34 @@ class KvmVm:
             raise MemoryFaultExit(gfn + int(shared[0]), npages - int(shared[0]), True)
         if not self._fault_in(gfn, npages, True):
             raise MemoryError("host out of memory")
+        if size != PageSize.SIZE_2M:
+            return self._pvalidate_4k(np.arange(gfn, gfn + npages, dtype=np.int64), validate)
         changed = 0
-        if size == PageSize.SIZE_2M:
-            for g in range(gfn, gfn + npages, PAGES_PER_2M):
-                pfn = int(self.npt.pfn[g])
-                status, cf = self._pvalidate_one(g, pfn, PageSize.SIZE_2M, validate)
-                if status == RmpStatus.FAIL_SIZEMISMATCH:
-                    changed += self.pvalidate(g, PAGES_PER_2M, PageSize.SIZE_4K, validate)
-                elif status == RmpStatus.SUCCESS and not cf:
-                    changed += PAGES_PER_2M
-            return changed
-        gfns = np.arange(gfn, gfn + npages, dtype=np.int64)
-        pfns = self.npt.pfn[gfn : gfn + npages].copy()
+        fallback: list[int] = []
+        for g in range(gfn, gfn + npages, PAGES_PER_2M):
+            pfn = int(self.npt.pfn[g])
+            status, cf = self._pvalidate_one(g, pfn, PageSize.SIZE_2M, validate)
+            if status == RmpStatus.FAIL_SIZEMISMATCH:
+                fallback.append(g)
+            elif status == RmpStatus.SUCCESS and not cf:
+                changed += PAGES_PER_2M
+        if fallback:
+            # Linux retries each 2M step as 512 4K PVALIDATEs; the steps touch disjoint pages, so all the
+            # retries can run after the 2M attempts, together.
+            heads = np.array(fallback, dtype=np.int64)
+            changed += self._pvalidate_4k((heads[:, None] + np.arange(PAGES_PER_2M)).ravel(), validate)
+        return changed
+
+    def _pvalidate_4k(self, gfns: IntArray, validate: bool) -> int:
+        """4K PVALIDATEs of mapped private ``gfns`` (ascending); #NPFs are handled and the page retried."""
+        changed = 0
+        npages = int(gfns.size)
+        pfns = self.npt.pfn[gfns]
         status, cf = self.host.rmp.pvalidate_pfns(pfns, gfns, asid=self.asid, validate=validate)
         self.host.busy_ns += npages * self.host.costs.pvalidate_4k_ns
         changed += int(np.count_nonzero((status == RmpStatus.SUCCESS) & ~cf))
         for k in np.flatnonzero(status < 0).tolist():  # #NPF: handled by KVM, then retried
-            g = gfn + k
+            g = int(gfns[k])
             self.counters.npf_count += 1
             self._handle_rmp_npf(g, int(pfns[k]))
             self._fault_in(g, 1, True)

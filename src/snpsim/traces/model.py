@@ -62,10 +62,14 @@ class TraceError(ValueError):
     """
 
     def __init__(self, file: str, line: int, reason: str) -> None:
+        # args are the constructor's arguments, so the error survives SimPy's re-raise and pickling
+        super().__init__(file, line, reason)
         self.file = file
         self.line = line
         self.reason = reason
-        super().__init__(f"{file}:{line}: {reason}")
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
 
 
 @dataclass
