@@ -48,6 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "qemu.log"
         written = write_qemu(conversions(lines // 2), path)
+        size_mb = path.stat().st_size / 1e6
         marks: list[tuple[float, float, float]] = []
         start = time.perf_counter()
 
@@ -59,7 +60,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         marks.append((1.0, wall, rss_mib()))
     print(
-        f"{written:,} lines ({path.stat().st_size if path.exists() else 0} B) under {preset}: {wall:.1f} s, "
+        f"{written:,} lines ({size_mb:,.0f} MB) under {preset}: {wall:.1f} s, "
         f"{written / wall:,.0f} lines/s, {result.summary['vmm_exit_count']:,} VMM exits"
     )
     print(f"{'progress':>9} {'seconds':>8} {'RSS MiB':>8}")
