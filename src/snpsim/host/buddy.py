@@ -313,6 +313,8 @@ class BuddyAllocator:
             return np.empty(0, dtype=np.int64)
         if self._obtainable(order) < count:
             return None
+        if count <= self._BULK_LOOP_THRESHOLD // 8:  # a few blocks: the alloc() calls themselves are cheaper
+            return np.array([self.alloc(order) for _ in range(count)], dtype=np.int64)
         step = 1 << order
         parts: list[IntArray] = []
         need = count
