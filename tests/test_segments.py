@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snpsim.segments import by_segment, unique_ints
+from snpsim.segments import by_segment, run_starts, unique_ints
 
 
 @given(st.lists(st.integers(0, 5000), max_size=200), st.booleans())
@@ -22,3 +22,10 @@ def test_by_segment_groups_like_unique(values: list[int], ascending: bool) -> No
 def test_unique_ints(values: list[int], ascending: bool) -> None:
     a = np.array(sorted(values) if ascending else values, dtype=np.int64)
     assert unique_ints(a).tolist() == np.unique(a).tolist()
+
+
+@given(st.lists(st.integers(0, 5), max_size=50))
+def test_run_starts_marks_every_change(values: list[int]) -> None:
+    a = np.array(values, dtype=np.int64)
+    want = [k for k in range(len(values)) if k == 0 or values[k] != values[k - 1]]
+    assert run_starts(a).tolist() == want

@@ -118,6 +118,9 @@ class Job:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
+    def __call__(self, progress: Callable[[float], None]) -> Any:
+        return self.fn(*self.args, progress=progress, **self.kwargs)
+
 
 def _progress(*, quiet: bool) -> Progress:
     """One bar per simulation (on stderr), hidden with ``quiet``."""
@@ -134,7 +137,7 @@ def _progress(*, quiet: bool) -> Progress:
 
 def _run_job(job: Job, label: str, queue: Any) -> Any:
     """A job in a worker process: progress goes back to the parent through ``queue``."""
-    return job.fn(*job.args, progress=lambda f: queue.put((label, f)), **job.kwargs)
+    return job(lambda f: queue.put((label, f)))
 
 
 def _run_all(jobs: dict[str, Job], *, out: Path | None, quiet: bool) -> dict[str, Any]:
@@ -154,8 +157,7 @@ def _run_all(jobs: dict[str, Job], *, out: Path | None, quiet: bool) -> dict[str
         if workers <= 1:
             results = {}
             for label, job in jobs.items():
-                report = lambda f, t=tasks[label]: progress.update(t, completed=f)  # noqa: E731
-                results[label] = finished(label, job.fn(*job.args, progress=report, **job.kwargs))
+                results[label] = finished(label, job(lambda f, t=tasks[label]: progress.update(t, completed=f)))
                 progress.update(tasks[label], completed=1.0)
         else:
             results = _run_parallel(

@@ -17,6 +17,13 @@ import numpy.typing as npt
 IntArray = npt.NDArray[np.int64]
 
 
+def run_starts(values: IntArray) -> IntArray:
+    """Indices where a new value starts in a grouped (e.g. ascending) array: 0, then every change."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
+
+
 def by_segment(pfns: IntArray, shift: int) -> Iterator[tuple[int, slice | IntArray]]:
     """Yield ``(segment, selector)`` for each segment ``pfn >> shift`` present in ``pfns``, in ascending segment
     order; ``pfns[selector]`` are that segment's frames, in their original order."""
@@ -27,18 +34,12 @@ def by_segment(pfns: IntArray, shift: int) -> Iterator[tuple[int, slice | IntArr
     if lo == hi:
         yield lo, slice(None)
         return
-    if bool((segs[1:] >= segs[:-1]).all()):  # ascending: contiguous runs
-        starts = np.flatnonzero(segs[1:] != segs[:-1]) + 1
-        edges = [0, *starts.tolist(), int(segs.size)]
-        for a, b in itertools.pairwise(edges):
-            yield int(segs[a]), slice(a, b)
-        return
-    order = np.argsort(segs, kind="stable")
-    ordered = segs[order]
-    starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    edges = [0, *starts.tolist(), int(order.size)]
+    ascending = bool((segs[1:] >= segs[:-1]).all())  # then each segment is a contiguous run
+    order = None if ascending else np.argsort(segs, kind="stable")
+    ordered = segs if order is None else segs[order]
+    edges = [*run_starts(ordered).tolist(), int(segs.size)]
     for a, b in itertools.pairwise(edges):
-        yield int(ordered[a]), order[a:b]
+        yield int(ordered[a]), slice(a, b) if order is None else order[a:b]
 
 
 def unique_ints(values: IntArray) -> IntArray:
@@ -46,5 +47,5 @@ def unique_ints(values: IntArray) -> IntArray:
     if values.size < 2:
         return values.copy()
     if bool((values[1:] >= values[:-1]).all()):
-        return values[np.concatenate(([True], values[1:] != values[:-1]))]
+        return values[run_starts(values)]
     return np.unique(values)

@@ -355,8 +355,7 @@ class HostKernel:
         holding one of them to 4K."""
         if self.policy.directmap == "bulk" and pfns.size:
             s0, m0 = self.directmap.split_count, self.directmap.merge_count
-            for idx in unique_ints(pfns // PAGES_PER_2M):
-                self.directmap.split_2m(int(idx))
+            self._split_2m_of(pfns)
             self._charge_directmap(s0, m0)
 
     def unregister_frames(self, pfns: IntArray) -> int:

@@ -26,12 +26,11 @@ import numpy as np
 import simpy
 
 from snpsim.host.frames import Owner
-from snpsim.host.kernel import PATH_ZERO as _KERNEL_PATH_ZERO
+from snpsim.host.kernel import PATH_ZERO as PATH_ZERO  # the allocator's zeroing path, named here with the others
 from snpsim.host.kernel import HostKernel
 
 Process = Generator[simpy.Event, Any, None]
 
-PATH_ZERO = _KERNEL_PATH_ZERO
 PATH_MIGRATE = "mm/migrate.c:folio_mc_copy"
 PATH_KSM = "mm/ksm.c:calc_checksum"
 PATH_HIBERNATE_SNAPSHOT = "kernel/power/snapshot.c:copy_data_page"

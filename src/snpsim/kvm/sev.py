@@ -23,7 +23,7 @@ import numpy.typing as npt
 from snpsim.guest.psc import PscRequest
 from snpsim.host import HostKernel
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_2M, PageSize
-from snpsim.segments import unique_ints
+from snpsim.segments import run_starts, unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -92,7 +92,7 @@ def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
     if assigned.size == 0:
         return
     all_heads = assigned // PAGES_PER_2M * PAGES_PER_2M  # ascending, as ``assigned`` is
-    starts = np.flatnonzero(np.concatenate(([True], all_heads[1:] != all_heads[:-1])))
+    starts = run_starts(all_heads)
     heads, counts = all_heads[starts], np.diff(np.append(starts, assigned.size))
     keep = np.ones(assigned.size, dtype=bool)  # pages left for 4K RMPUPDATEs
     for head, start, count in zip(heads.tolist(), starts.tolist(), counts.tolist(), strict=True):
