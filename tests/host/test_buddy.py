@@ -477,7 +477,8 @@ def test_free_bulk_equals_free_loop(
     twin = copy.deepcopy(b)
     for pfn in chosen:
         twin.free(pfn, order)
-    b.free_bulk(np.array(chosen, dtype=np.int64), order)
+    # valid input: skipping the overlap check (as the host kernel does after its frame-table check) changes nothing
+    b.free_bulk(np.array(chosen, dtype=np.int64), order, check_free=data.draw(st.booleans()))
     assert b.free_blocks() == twin.free_blocks()
     assert b.free_frames == twin.free_frames
     check_structure(b)

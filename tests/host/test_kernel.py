@@ -266,7 +266,7 @@ def test_compaction_fails_when_blocks_hold_unmovable_pages() -> None:
 def test_kernel_write_range_equals_the_page_by_page_loop(
     name: str, private: list[int], removed: list[int], writes: list[int]
 ) -> None:
-    """The vectorised check (more than _SCALAR_MAX frames) gives the loop's crashes, faults and fixups."""
+    """The vectorised check (more than SCALAR_MAX frames) gives the loop's crashes, faults and fixups."""
 
     def build() -> HostKernel:
         h = host(name, 8 * 512)
@@ -285,3 +285,19 @@ def test_kernel_write_range_equals_the_page_by_page_loop(
     assert vec.metrics() == loop.metrics()
     assert vec.fixup_page_count == loop.fixup_page_count
     assert np.array_equal(vec.rmp.assigned_mask(np.arange(8 * 512)), loop.rmp.assigned_mask(np.arange(8 * 512)))
+
+
+@pytest.mark.parametrize("count", [4, 40])  # below and above SCALAR_MAX: the buddy's loop and numpy paths
+def test_free_bulk_rejects_a_double_free_and_frees_nothing(count: int) -> None:
+    """The host finds the double free in its frame table (the buddy's own check is skipped) before any change."""
+    h = host("upstream", 8 * 512)
+    pfns = h.alloc_bulk(0, count, Owner.USER)
+    assert pfns is not None
+    h.free_bulk(pfns[1:2], 0)
+    before = (h.buddy.free_blocks(), h.buddy.free_frames)
+    with pytest.raises(ValueError, match=f"double free: frame {int(pfns[1]):#x}"):
+        h.free_bulk(pfns, 0)
+    assert (h.buddy.free_blocks(), h.buddy.free_frames) == before
+    assert h.frames.get(int(pfns[0])) == Owner.USER
+    h.free_bulk(np.delete(pfns, 1), 0)
+    assert h.buddy.free_frames == 8 * 512

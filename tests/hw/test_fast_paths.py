@@ -690,6 +690,55 @@ def test_guest_access_fast_path_equals_checks(ops: list[Op], accesses: list[Op])
         event(f"check_guest_access {got[0]}")
 
 
+@SETTINGS
+@given(
+    ops=setups(),
+    asid=st.sampled_from([1, 1, 2]),
+    write=st.booleans(),
+    encrypted=st.sampled_from([True, True, False]),
+    pages=st.lists(
+        st.tuples(
+            st.integers(head(FIRST_REGION), NPAGES + 3),
+            st.sampled_from([0] * 6 + [1, -1]),  # GPA shift in pages
+            st.sampled_from([K4, K4, M2, G1]),  # NPT level
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_guest_access_ok_equals_the_single_page_check(
+    ops: list[Op], asid: int, write: bool, encrypted: bool, pages: list[Op]
+) -> None:
+    """Rmp.guest_access_ok (vectorised, VMPL0) is True exactly where check_guest_access passes."""
+    rmp = Rmp(NPAGES)
+    apply_setup(rmp, ops)
+    start = spa_of(head(FIRST_REGION))
+    n = NPAGES - head(FIRST_REGION)
+    rmp.rmpupdate_range(start, n // 2, assigned=True, gpa=start + GPA_OFFSET, asid=1)
+    rmp.pvalidate_range(start, n // 4, asid=1, gpa=start + GPA_OFFSET, page_size=K4, validate=True)
+    pfns = np.array([p for p, _, _ in pages], dtype=np.int64)
+    gfns = np.array([(spa_of(p + shift) + GPA_OFFSET) >> 12 for p, shift, _ in pages], dtype=np.int64)
+    huge = np.array([npt != K4 for _, _, npt in pages])
+    got = rmp.guest_access_ok(pfns, gfns, asid=asid, npt_huge=huge, write=write, encrypted=encrypted)
+    want = [
+        outcome(
+            partial(
+                rmp.check_guest_access,
+                spa_of(p),
+                asid=asid,
+                gpa=spa_of(p + shift) + GPA_OFFSET,
+                npt_size=npt,
+                write=write,
+                encrypted=encrypted,
+            )
+        )[0]
+        == "ok"
+        for p, shift, npt in pages
+    ]
+    assert got.tolist() == want
+    event(f"{sum(want)} of {len(want)} pass")
+
+
 def reference_rmpread(rmp: Rmp, spa: int) -> RmpEntry:
     """RMPREAD computed from the numpy arrays with the constructor (the pre-issue-7 implementation)."""
     pfn = spa >> 12

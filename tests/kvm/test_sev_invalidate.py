@@ -39,7 +39,7 @@ def test_small_invalidate_equals_the_vectorised_one(
     frames = np.array(freed, dtype=np.int64)
     sev.gmem_invalidate(looped, frames)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(sev, "_SMALL_INVALIDATE", 0)
+        m.setattr(sev, "SCALAR_MAX", 0)
         sev.gmem_invalidate(vectorised, frames)
     everything = np.arange(FRAMES, dtype=np.int64)
     assert np.array_equal(looped.rmp.assigned_mask(everything), vectorised.rmp.assigned_mask(everything))

@@ -129,13 +129,13 @@ class StackMachine(RuleBasedStateMachine):
         """Per gfn, the frame of its private backing (-1 if none)."""
         if self.gm is not None:
             return self.gm.pfns(0, GUEST_PAGES)
-        return self.vmm.memory.pfn.copy()
+        return self.vmm.memory.pfn[:]
 
     def _gmem_frames(self) -> np.ndarray:
         gm = self.gm
         if gm is None:
             return np.zeros(0, dtype=np.int64)
-        bases = gm.folio_pfn[gm.folio_pfn >= 0]
+        bases = gm.folio_pfn[:][gm.folio_pfn[:] >= 0]
         return (bases[:, None] + np.arange(gm.folio_pages, dtype=np.int64)).ravel()
 
     def _user_frames(self) -> np.ndarray:
@@ -257,7 +257,7 @@ class StackMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ rules: host
     def _near_guest(self, data: st.DataObject) -> int:
         frames = np.concatenate(
-            [self.vmm.memory.pfn[self.vmm.memory.pfn >= 0], self._gmem_frames(), self._user_frames()]
+            [self.vmm.memory.pfn[:][self.vmm.memory.pfn[:] >= 0], self._gmem_frames(), self._user_frames()]
         )
         if frames.size == 0 or data.draw(st.integers(0, 4), label="far") == 0:
             return data.draw(st.integers(0, HOST_FRAMES - 1), label="pfn")
@@ -316,10 +316,10 @@ class StackMachine(RuleBasedStateMachine):
         """Invariant 3 (bytes)."""
         vmm, kvm, mem, gm = self.vmm, self.vmm.kvm, self.vmm.memory, self.gm
         priv = kvm.attrs.private
-        shared_ok = mem.pfn >= 0
+        shared_ok = mem.pfn[:] >= 0
         assert mem.allocated_pages == int(np.count_nonzero(shared_ok))
         if gm is not None:
-            nfolios = int(np.count_nonzero(gm.folio_pfn >= 0))
+            nfolios = int(np.count_nonzero(gm.folio_pfn[:] >= 0))
             assert gm.allocated_folios == nfolios
             private_ok = self._private_frames() >= 0
             assert vmm.private_bytes() == nfolios * gm.folio_pages * K4
@@ -340,7 +340,7 @@ class StackMachine(RuleBasedStateMachine):
         """Invariants 3 (owner tags, no leaked private frame) and 5 (buddy == tags)."""
         host, mem = self.host, self.vmm.memory
         gframes = np.sort(self._gmem_frames())
-        vframes = np.sort(mem.pfn[mem.pfn >= 0])
+        vframes = np.sort(mem.pfn[:][mem.pfn[:] >= 0])
         uframes = self._user_frames()
         every = np.concatenate([gframes, vframes, uframes])
         assert np.unique(every).size == every.size, "a frame has two owners"
@@ -351,7 +351,7 @@ class StackMachine(RuleBasedStateMachine):
         assert np.array_equal(find((Owner.GMEM,), 0, HOST_FRAMES, HOST_FRAMES), gframes)
         assert np.array_equal(find((mem.owner,), 0, HOST_FRAMES, HOST_FRAMES), vframes)
         # every assigned RMP entry is private backing of the live VM
-        owned = gframes if self.gm is not None else mem.pfn[(mem.pfn >= 0) & self.vmm.kvm.attrs.private]
+        owned = gframes if self.gm is not None else mem.pfn[:][(mem.pfn[:] >= 0) & self.vmm.kvm.attrs.private]
         stray = np.flatnonzero(assigned)
         stray = stray[~np.isin(stray, owned)]
         assert stray.size == 0, f"{self.name}: assigned frames outside the VM's private backing: {stray[:8]}"
@@ -364,8 +364,8 @@ class StackMachine(RuleBasedStateMachine):
         mapped = lv != UNMAPPED
         bad = np.flatnonzero(mapped & (npt.private != attrs))
         assert bad.size == 0, f"{self.name}: NPT private flag != attribute at gfns {bad[:8]}"
-        want = np.where(npt.private, self._private_frames(), self.vmm.memory.pfn)
-        bad = np.flatnonzero(mapped & (npt.pfn != want))
+        want = np.where(npt.private, self._private_frames(), self.vmm.memory.pfn[:])
+        bad = np.flatnonzero(mapped & (npt.pfn[:] != want))
         assert bad.size == 0, f"{self.name}: NPT maps gfns {bad[:8]} to frames {npt.pfn[bad[:8]]}, not their backing"
         assert (npt.pfn[~mapped] == -1).all()
         assert (npt.pfn[mapped] >= 0).all()

@@ -40,6 +40,8 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from snpsim.segments import SCALAR_MAX
+
 __all__ = ["DEFAULT_MAX_ORDER", "BuddyAllocator"]
 
 DEFAULT_MAX_ORDER = 18
@@ -143,8 +145,9 @@ class BuddyAllocator:
     are vectorised equivalents of a loop of them (same PFNs, same order, same final free lists).
     """
 
-    #: ``free_bulk`` with at most this many blocks simply loops over ``free()`` (numpy set-up costs more).
-    _BULK_LOOP_THRESHOLD = 64
+    #: ``alloc_bulk``/``free_bulk`` with at most this many blocks loop over ``alloc()``/``free()`` (numpy set-up
+    #: costs more); the project-wide :data:`snpsim.segments.SCALAR_MAX`, overridable per instance by tests.
+    _BULK_LOOP_THRESHOLD = SCALAR_MAX
 
     def __init__(self, nframes: int, max_order: int = DEFAULT_MAX_ORDER) -> None:
         if not 0 <= max_order <= 62:
@@ -311,9 +314,9 @@ class BuddyAllocator:
             raise ValueError(f"count must be >= 0, got {count}")
         if count == 0:
             return np.empty(0, dtype=np.int64)
-        if self._obtainable(order) < count:
+        if len(self._sets[order]) < count and self._obtainable(order) < count:
             return None
-        if count <= self._BULK_LOOP_THRESHOLD // 8:  # a few blocks: the alloc() calls themselves are cheaper
+        if count <= self._BULK_LOOP_THRESHOLD:  # a few blocks: the alloc() calls themselves are cheaper
             return np.array([self.alloc(order) for _ in range(count)], dtype=np.int64)
         step = 1 << order
         parts: list[IntArray] = []
@@ -356,12 +359,14 @@ class BuddyAllocator:
         """How many blocks of ``order`` the free lists can supply."""
         return sum(len(self._sets[o]) << (o - order) for o in range(order, self._max_order + 1))
 
-    def free_bulk(self, pfns: npt.ArrayLike, order: int) -> None:
+    def free_bulk(self, pfns: npt.ArrayLike, order: int, *, check_free: bool = True) -> None:
         """Free every block in ``pfns`` (all of ``order``); same final state as a loop of ``free``.
 
         Validates the whole batch first and raises ValueError without changing anything if a block is
         misaligned, out of range, repeated, or (as in ``free``) overlaps free memory. Large batches are
-        coalesced level by level in numpy and get an exact overlap check against all free blocks.
+        coalesced level by level in numpy and get an exact overlap check against all free blocks. A caller
+        that already knows no block overlaps free memory (the host kernel checks its frame table, one array
+        lookup per frame) passes ``check_free=False`` to skip that last check.
         """
         self._check_order(order)
         arr = np.asarray(pfns, dtype=np.int64).ravel()
@@ -376,15 +381,17 @@ class BuddyAllocator:
         cur = np.sort(arr)
         if n > 1 and np.any(cur[1:] == cur[:-1]):
             raise ValueError("free_bulk: the same block is freed twice")
-        if n <= self._BULK_LOOP_THRESHOLD:
+        if n <= self._BULK_LOOP_THRESHOLD:  # a few blocks: a loop of free() (numpy set-up costs more)
             plist = cur.tolist()
-            for pfn in plist:
+            for pfn in plist if check_free else ():
                 if self._covered(pfn, 0) or (order and self._covered(pfn + size - 1, 0)):
                     raise ValueError(f"double free: block {pfn:#x} order {order} overlaps free memory")
             for pfn in plist:
                 self._free_checked(pfn, order)
             return
-        if order == 0 and n * (self._max_order + 1) < sum(len(m) for m in self._sets):
+        if not check_free:
+            pass
+        elif order == 0 and n * (self._max_order + 1) < sum(len(m) for m in self._sets):
             # cheaper than listing every free block: a frame overlaps free memory iff it or an ancestor is free
             for pfn in cur.tolist():
                 if self._covered(pfn, 0):

@@ -50,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.hw.types import PAGE_SIZE, PAGES_PER_1G, PAGES_PER_2M, PageSize
+from snpsim.segments import unique_ints
 
 __all__ = ["NOT_PRESENT", "DirectMap"]
 
@@ -457,12 +458,12 @@ class DirectMap:
 
         The same final state and counters as the loop: each GiB still mapped 1G is split once, then each 2M
         range not yet split."""
-        idx = np.unique(np.asarray(idx2m, dtype=np.int64))
+        idx = unique_ints(np.asarray(idx2m, dtype=np.int64))
         if not idx.size:
             return 0
         if int(idx[0]) < 0 or int(idx[-1]) >= self._n2m_total:
             raise ValueError(f"2M index outside [0, {self._n2m_total})")
-        gbs = np.unique(idx >> _SHIFT_2M)
+        gbs = unique_ints(idx >> _SHIFT_2M)
         self._split_1g_many(gbs[self._pud[gbs] != _PUD_TABLE])
         todo = idx[self._pmd[idx] != _PMD_SPLIT]
         self._split_2m_many(todo)

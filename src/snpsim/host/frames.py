@@ -114,5 +114,14 @@ class FrameTable:
             p = stop
         return out
 
+    def tags_of(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+        """Tags of the frames ``pfns`` (any order)."""
+        out = np.zeros(pfns.size, dtype=np.uint8)
+        for s, sel in by_segment(pfns, _SEG_SHIFT):
+            seg = self._segs[s]
+            if seg is not None:
+                out[sel] = seg[pfns[sel] & (_SEG_PAGES - 1)]
+        return out
+
     def count(self, owner: Owner) -> int:
         return sum(int(np.count_nonzero(seg == owner)) for seg in self._segs if seg is not None)

@@ -36,7 +36,7 @@ from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
 from snpsim.policy import Policy
-from snpsim.segments import unique_ints
+from snpsim.segments import SCALAR_MAX, unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -217,8 +217,13 @@ class HostKernel:
         self.frames.set_range(pfn, 1 << order, Owner.FREE)
 
     def free_bulk(self, pfns: IntArray, order: int) -> None:
-        self.buddy.free_bulk(pfns, order)
-        self.frames.set_many(_expand(pfns, order), Owner.FREE)
+        """Free blocks of 2^order; ValueError (nothing freed) for a double free, found in the frame table."""
+        frames = _expand(pfns, order)
+        free = np.flatnonzero(self.frames.tags_of(frames) == Owner.FREE)
+        if free.size:
+            raise ValueError(f"double free: frame {int(frames[free[0]]):#x} is already free")
+        self.buddy.free_bulk(pfns, order, check_free=False)
+        self.frames.set_many(frames, Owner.FREE)
 
     # ------------------------------------------------------------------ RMP updates (arch/x86/virt/svm/sev.c)
     def rmp_make_private(self, pfn: int, gpa: int, level: PageSize, asid: int, *, immutable: bool = False) -> RmpStatus:
@@ -415,7 +420,7 @@ class HostKernel:
         # :meth:`kernel_write` in order. Handling one (an oops, or a fixup that makes pages shared and maps them
         # back) never makes another write fault, so skipping the rest gives the outcome of the per-page loop.
         pfns = np.asarray(pfns, dtype=np.int64)
-        if pfns.size <= _SCALAR_MAX:  # cheaper page by page than the numpy set-up
+        if pfns.size <= SCALAR_MAX:  # cheaper page by page than the numpy set-up
             for pfn in pfns.tolist():
                 self.kernel_write(pfn, path)
             return self.host_crash_count - before
@@ -461,8 +466,6 @@ class HostKernel:
 
 
 PATH_ZERO = "mm/page_alloc.c:kernel_init_pages"
-#: Frame counts up to which :meth:`HostKernel.kernel_write_range` checks page by page (same result, less set-up).
-_SCALAR_MAX = 64
 _MIGRATE_PATH = "mm/compaction.c:compact_zone"
 
 

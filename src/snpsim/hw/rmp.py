@@ -90,7 +90,7 @@ from snpsim.hw.types import (
     RmpStatus,
     VmmCommunicationException,
 )
-from snpsim.segments import by_segment
+from snpsim.segments import SCALAR_MAX, by_segment
 
 ASSUMPTIONS: dict[str, str] = {
     "rmpupdate-input": "misaligned/out-of-range/inconsistent RMPUPDATE input -> FAIL_INPUT",
@@ -120,10 +120,6 @@ SEGMENT_PAGES = 1 << SEGMENT_SHIFT
 _SEG_MASK = SEGMENT_PAGES - 1
 _REGIONS_PER_SEGMENT = SEGMENT_PAGES // PAGES_PER_2M
 _2M_MASK = PAGES_PER_2M - 1
-
-#: Frame counts up to which the ``*_pfns`` operations run the single-page instruction in a loop (same result,
-#: less set-up than the vectorised path).
-_PFNS_SCALAR_MAX = 16
 
 _STEP_NPF = -1
 """Status recorded by :meth:`Rmp.pvalidate_range` for a step that raises #NPF in the single-page instruction."""
@@ -346,6 +342,12 @@ class Rmp:
                 total += seg.flags.nbytes + seg.gofs.nbytes + seg.asid.nbytes + seg.region_assigned.nbytes
                 total += 0 if seg.perms is None else seg.perms.nbytes
         return total
+
+    def assigned_size(self, pfn: int) -> PageSize | None:
+        """The page size of ``pfn``'s entry if it is assigned, else None (a cheap :meth:`rmpread` for the kernel's
+        page-by-page paths)."""
+        f = self._flags(pfn)
+        return None if not f & F_ASSIGNED else PageSize.SIZE_2M if f & F_SIZE2M else PageSize.SIZE_4K
 
     def _flags(self, pfn: int) -> int:
         if 0 <= pfn < self.npages:
@@ -708,7 +710,7 @@ class Rmp:
         """
         pfns = np.asarray(pfns, dtype=np.int64)
         gfns = np.zeros_like(pfns) if gfns is None else np.asarray(gfns, dtype=np.int64)
-        if pfns.size <= _PFNS_SCALAR_MAX:  # a few pages: the loop itself is cheaper than the numpy set-up
+        if pfns.size <= SCALAR_MAX:  # a few pages: the single-page instruction in a loop (same result)
             return np.array(
                 [
                     self.rmpupdate(
@@ -1117,7 +1119,7 @@ class Rmp:
         """
         pfns = np.asarray(pfns, dtype=np.int64)
         gfns = np.asarray(gfns, dtype=np.int64)
-        if 0 < pfns.size <= _PFNS_SCALAR_MAX and min(pfns.min(), gfns.min()) >= 0:
+        if 0 < pfns.size <= SCALAR_MAX and min(pfns.min(), gfns.min()) >= 0:
             return self._pvalidate_loop(pfns.tolist(), gfns.tolist(), asid, validate)
         self.pvalidate_count += int(pfns.size)
         if (
@@ -1221,6 +1223,42 @@ class Rmp:
                 i = pfn & _SEG_MASK
                 if seg.fv[i] & F_ASSIGNED if mapping_size == 0 else seg.rv[i >> 9]:
                     raise HostPageFault(spa, _PF_RMP_WRITE, "RMP violation")
+
+    def guest_access_ok(
+        self,
+        pfns: npt.NDArray[np.int64],
+        gfns: npt.NDArray[np.int64],
+        *,
+        asid: int,
+        npt_huge: npt.NDArray[np.bool_],
+        write: bool,
+        encrypted: bool,
+    ) -> npt.NDArray[np.bool_]:
+        """Vectorised :meth:`check_guest_access` at VMPL0, no fetch: True where the access of ``gfns[k]`` to frame
+        ``pfns[k]`` (mapped 2M/1G in the NPT where ``npt_huge``) passes every check, False where the scalar
+        check would raise (#NPF or #VC)."""
+        if not encrypted:  # shared: only writes are checked, against the page (4K) or its whole 2M range
+            if not write:
+                return np.ones(pfns.size, dtype=bool)
+            hit = np.where(npt_huge, self.assigned_in_2m_of(pfns) > 0, self.assigned_mask(pfns))
+            return ~hit
+        out = np.zeros(pfns.size, dtype=bool)
+        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
+        sub = pfns[inside]
+        for s, sel in by_segment(sub, SEGMENT_SHIFT):
+            seg = self._segs[s]
+            if seg is None:
+                continue
+            k = inside[sel]
+            i = sub[sel] & _SEG_MASK
+            f = seg.flags[i]
+            out[k] = (
+                ((f & _F_GUEST_OK) == F_ASSIGNED | F_VALIDATED)
+                & (((f & F_SIZE2M) != 0) == npt_huge[k])
+                & (seg.asid[i] == asid)
+                & (seg.gofs[i] + i == gfns[k])
+            )
+        return out
 
     def check_guest_access(
         self,

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from snpsim.host import HostKernel, Owner
 from snpsim.hw.types import PAGE_SHIFT
+from snpsim.pfnmap import CHUNK_SHIFT, PfnMap
 
 IntArray = npt.NDArray[np.int64]
 
@@ -43,7 +44,7 @@ class GuestMemfd:
         self.order = self.folio_pages.bit_length() - 1
         nfolios = -(-self.npages // self.folio_pages)
         #: host frame of each folio's first page, -1 if not allocated
-        self.folio_pfn = np.full(nfolios, -1, dtype=np.int64)
+        self.folio_pfn = PfnMap(nfolios, host.nframes, chunk_shift=max(0, CHUNK_SHIFT - self.order))  # 2M chunks
         self._invalidate = invalidate
         self.allocated_folios = 0
         self.peak_folios = 0
@@ -54,6 +55,8 @@ class GuestMemfd:
 
     def pfns(self, gfn: int, npages: int) -> IntArray:
         """Host frames of ``[gfn, gfn+npages)``, -1 where no folio is allocated."""
+        if self.folio_pages == 1:
+            return self.folio_pfn[gfn : gfn + npages]
         g = np.arange(gfn, gfn + npages, dtype=np.int64)
         base = self.folio_pfn[g // self.folio_pages]
         return np.where(base >= 0, base + g % self.folio_pages, -1)
@@ -61,7 +64,7 @@ class GuestMemfd:
     def get_pfns(self, gfn: int, npages: int) -> IntArray | None:
         """``kvm_gmem_get_pfn`` over a range: allocate (and zero) the missing folios; None if out of memory."""
         f0, f1 = gfn // self.folio_pages, (gfn + npages - 1) // self.folio_pages + 1
-        missing = np.flatnonzero(self.folio_pfn[f0:f1] < 0) + f0
+        missing = np.flatnonzero(~self.folio_pfn.present(f0, f1)) + f0
         if missing.size:
             got = self.host.alloc_bulk(self.order, int(missing.size), Owner.GMEM)
             if got is None:
@@ -78,14 +81,14 @@ class GuestMemfd:
         f1 = (gfn + npages) // self.folio_pages
         if f1 <= f0:
             return 0
-        idx = np.flatnonzero(self.folio_pfn[f0:f1] >= 0) + f0
+        idx = np.flatnonzero(self.folio_pfn.present(f0, f1)) + f0
         if idx.size:
             self._free_folios(idx)
         return int(idx.size)
 
     def release_all(self) -> int:
         """The file's last reference is dropped (VM destroyed): every folio is freed."""
-        idx = np.flatnonzero(self.folio_pfn >= 0)
+        idx = np.flatnonzero(self.folio_pfn.present())
         if idx.size:
             bases = self.folio_pfn[idx]
             self._free_folios(idx)

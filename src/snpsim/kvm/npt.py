@@ -13,6 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.hw.types import PAGE_SIZE, PageSize
+from snpsim.pfnmap import PfnMap
+from snpsim.segments import unique_ints
 
 UNMAPPED = -1
 
@@ -20,12 +22,12 @@ UNMAPPED = -1
 class NestedPageTable:
     """Per-gfn mapping state of one VM's NPT over ``[0, npages)``."""
 
-    def __init__(self, npages: int) -> None:
+    def __init__(self, npages: int, max_pfn: int = 1 << 31) -> None:
         self.npages = int(npages)
         #: mapping level per gfn (``PageSize`` value) or ``UNMAPPED``
         self.level = np.full(self.npages, UNMAPPED, dtype=np.int8)
-        #: host frame mapped at each gfn (valid where mapped)
-        self.pfn = np.full(self.npages, -1, dtype=np.int64)
+        #: host frame mapped at each gfn, -1 where unmapped (frames below ``max_pfn``)
+        self.pfn = PfnMap(self.npages, max_pfn)
         #: whether the mapping is of the private (guest_memfd) or the shared backing
         self.private = np.zeros(self.npages, dtype=bool)
         self._bytes = [0, 0, 0]
@@ -65,7 +67,7 @@ class NestedPageTable:
         # zap what the runs' zaps would: their mapped gfns, and every huge mapping one of them lies in
         lv = self.level[lo:hi]
         sel = mask[lo - gfn : hi - gfn]
-        huge = np.unique((np.flatnonzero(sel & (lv > 0)) + lo) >> 9)
+        huge = unique_ints((np.flatnonzero(sel & (lv > 0)) + lo) >> 9)
         for idx2m in huge.tolist():
             self.zap(idx2m << 9, 1)
         g = idx + gfn
@@ -104,6 +106,6 @@ class NestedPageTable:
             for lv in (0, 1, 2):
                 self._bytes[lv] -= int(np.count_nonzero(seg[mask] == lv)) * PAGE_SIZE
             seg[mask] = UNMAPPED
-            self.pfn[lo:hi][mask] = -1
+            self.pfn.clear(lo, hi, mask)
             self.zap_count += 1
         return count

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from snpsim.guest.psc import PscRequest
 from snpsim.host import HostKernel
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_2M, PageSize
-from snpsim.segments import run_starts, unique_ints
+from snpsim.segments import SCALAR_MAX, run_starts, unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -66,22 +66,18 @@ def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: 
     host.rmp_make_private_pfns(pfns, gfns, asid)
 
 
-#: Frame counts below which :func:`gmem_invalidate` works page by page (fewer than a 2M entry's 512 pages).
-_SMALL_INVALIDATE = 17
-
-
 def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
     """``sev_gmem_invalidate`` over frames being freed (sorted or not)."""
     if frames.size == 0:
         return
-    if frames.size < _SMALL_INVALIDATE:  # page by page (never a whole 2M entry): less set-up, same result
+    if frames.size <= SCALAR_MAX:  # page by page (never a whole 2M entry): less set-up, same result
         smashed: set[int] = set()
         for pfn in sorted(set(frames.tolist())):
-            entry = host.rmp.rmpread(pfn << PAGE_SHIFT)
-            if not entry.assigned:
+            size = host.rmp.assigned_size(pfn)
+            if size is None:
                 continue
             head = pfn // PAGES_PER_2M * PAGES_PER_2M
-            if entry.page_size == PageSize.SIZE_2M and head not in smashed:
+            if size == PageSize.SIZE_2M and head not in smashed:
                 smashed.add(head)
                 host.busy_ns += host.costs.psmash_ns
                 host.rmp.psmash(head << PAGE_SHIFT)

@@ -40,7 +40,11 @@ from snpsim.kvm.npt import UNMAPPED, NestedPageTable
 from snpsim.kvm.sev import MapGpaRange, coalesce_psc, gmem_invalidate, gmem_prepare
 from snpsim.metrics import Counters
 from snpsim.policy import Policy
+from snpsim.segments import SCALAR_MAX
 from snpsim.vmm.backing import VmmMemory
+
+#: Vectorised re-checks of a guest access's remaining pages before the rest goes page by page.
+_MAX_RECHECKS = 8
 
 IntArray = npt.NDArray[np.int64]
 
@@ -73,7 +77,7 @@ class KvmVm:
         self.asid = asid
         self.counters = counters
         self.attrs = MemoryAttributes(self.npages)
-        self.npt = NestedPageTable(self.npages)
+        self.npt = NestedPageTable(self.npages, host.nframes)
         self.shared = shared
         self.gmem: GuestMemfd | None = None
         if policy.private_backing == "gmem":
@@ -194,7 +198,24 @@ class KvmVm:
         if not self._fault_in(gfn, npages, private):
             raise MemoryError("host out of memory")
         vcs = 0
-        for g in range(gfn, gfn + npages):
+        start = gfn
+        end = gfn + npages
+        # Pages are checked in order. Vectorised: the pages that pass the hardware check need nothing else; the
+        # first that does not is handled (which may zap or remap later pages), then the rest is checked again.
+        # Few pages, or many failures, go page by page.
+        for _ in range(_MAX_RECHECKS if npages > SCALAR_MAX else 0):
+            lv = self.npt.level[start:end]
+            gfns = np.arange(start, end, dtype=np.int64)
+            ok = self.host.rmp.guest_access_ok(
+                self.npt.pfn[start:end], gfns, asid=self.asid, npt_huge=lv > 0, write=write, encrypted=private
+            )
+            bad = np.flatnonzero(~ok | (lv == UNMAPPED))
+            if not bad.size:
+                return vcs
+            g = start + int(bad[0])
+            vcs += self._checked_access(g, private, write)
+            start = g + 1
+        for g in range(start, end):
             vcs += self._checked_access(g, private, write)
         return vcs
 
@@ -204,7 +225,7 @@ class KvmVm:
             if self.npt.level[gfn] == UNMAPPED and not self._fault_in(gfn, 1, private):
                 raise MemoryError("host out of memory")  # zapped by an earlier page's RMP #NPF: fault it in again
             level = PageSize(int(self.npt.level[gfn]))
-            pfn = int(self.npt.pfn[gfn])
+            pfn = self.npt.pfn[gfn]
             try:
                 self.host.rmp.check_guest_access(
                     pfn << PAGE_SHIFT,
@@ -262,7 +283,7 @@ class KvmVm:
         changed = 0
         fallback: list[int] = []
         for g in range(gfn, gfn + npages, PAGES_PER_2M):
-            pfn = int(self.npt.pfn[g])
+            pfn = self.npt.pfn[g]
             status, cf = self._pvalidate_one(g, pfn, PageSize.SIZE_2M, validate)
             if status == RmpStatus.FAIL_SIZEMISMATCH:
                 fallback.append(g)
@@ -288,7 +309,7 @@ class KvmVm:
             self.counters.npf_count += 1
             self._handle_rmp_npf(g, int(pfns[k]))
             self._fault_in(g, 1, True)
-            st, c = self._pvalidate_one(g, int(self.npt.pfn[g]), PageSize.SIZE_4K, validate)
+            st, c = self._pvalidate_one(g, self.npt.pfn[g], PageSize.SIZE_4K, validate)
             changed += int(st == RmpStatus.SUCCESS and not c)
         return changed
 
@@ -305,7 +326,7 @@ class KvmVm:
                 self.counters.npf_count += 1
                 self._handle_rmp_npf(gfn, pfn)
                 self._fault_in(gfn // size.npages * size.npages, size.npages, True)
-                pfn = int(self.npt.pfn[gfn])
+                pfn = self.npt.pfn[gfn]
         raise RuntimeError(f"PVALIDATE at gfn {gfn:#x} keeps faulting")  # pragma: no cover - model bug
 
     # ------------------------------------------------------------------ Page State Change

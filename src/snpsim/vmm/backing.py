@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from snpsim.host import HostKernel, Owner
 from snpsim.hw.types import PAGE_SHIFT, PageSize
+from snpsim.pfnmap import PfnMap
 from snpsim.policy import GRANULE_BYTES
 
 IntArray = npt.NDArray[np.int64]
@@ -41,7 +42,8 @@ class VmmMemory:
         self.ram = ram
         self.unit = GRANULE_BYTES[kind] >> PAGE_SHIFT
         self.order = self.unit.bit_length() - 1
-        self.pfn = np.full(self.npages, -1, dtype=np.int64)
+        #: host frame backing each gfn, -1 where none
+        self.pfn = PfnMap(self.npages, host.nframes)
         nunits = -(-self.npages // self.unit)
         #: unit backed by one huge page (THP or hugetlb)
         self.huge = np.zeros(nunits, dtype=bool)
@@ -61,7 +63,7 @@ class VmmMemory:
         return not self.kind.startswith("hugetlb")
 
     def pfns(self, gfn: int, npages: int) -> IntArray:
-        return self.pfn[gfn : gfn + npages].copy()
+        return self.pfn[gfn : gfn + npages]
 
     def host_level(self, gfn: int) -> PageSize:
         """Size of the host (userspace) mapping backing ``gfn``."""
@@ -69,32 +71,31 @@ class VmmMemory:
 
     def get_pfns(self, gfn: int, npages: int) -> IntArray | None:
         """Fault in the missing backing pages of ``[gfn, gfn+npages)``; None if the host is out of memory."""
-        seg = self.pfn[gfn : gfn + npages]
-        if (seg >= 0).all():
-            return seg.copy()
+        if self.pfn.all_present(gfn, gfn + npages):
+            return self.pfn[gfn : gfn + npages]
         if self.unit > 1:
             u0, u1 = gfn // self.unit, (gfn + npages - 1) // self.unit + 1
             for u in range(u0, u1):
                 lo = u * self.unit
                 hi = lo + self.unit
-                if hi <= self.npages and self.ram[lo:hi].all() and (self.pfn[lo:hi] < 0).all():
+                if hi <= self.npages and self.ram[lo:hi].all() and not self.pfn.present(lo, hi).any():
                     got = self.host.alloc(self.order, self.owner)
                     if got is None and self.kind != "thp":
                         return None  # hugetlb pool exhausted: SIGBUS in the VMM
                     if got is not None:
                         self.pfn[lo:hi] = np.arange(got, got + self.unit, dtype=np.int64)
                         self.huge[u] = True
-                        self._account(self.pfn[lo:hi])
+                        self._account(np.arange(got, got + self.unit, dtype=np.int64))
                         self.private_pages += int(np.count_nonzero(self.attr_private[lo:hi]))
-        missing = np.flatnonzero(seg < 0)
+        missing = np.flatnonzero(~self.pfn.present(gfn, gfn + npages)) + gfn
         if missing.size:
             got_arr = self.host.alloc_bulk(0, int(missing.size), self.owner)
             if got_arr is None:
                 return None
-            seg[missing] = got_arr
+            self.pfn[missing] = got_arr
             self._account(got_arr)
-            self.private_pages += int(np.count_nonzero(self.attr_private[gfn + missing]))
-        return seg.copy()
+            self.private_pages += int(np.count_nonzero(self.attr_private[missing]))
+        return self.pfn[gfn : gfn + npages]
 
     def _account(self, frames: npt.NDArray[np.int64]) -> None:
         self.allocated_pages += int(frames.size)
@@ -112,18 +113,17 @@ class VmmMemory:
             for u in np.flatnonzero(self.huge[lo // self.unit : (hi - 1) // self.unit + 1]) + lo // self.unit:
                 ulo = int(u) * self.unit
                 if lo <= ulo and ulo + self.unit <= hi:
-                    self.host.free(int(self.pfn[ulo]), self.order)
-                    self.pfn[ulo : ulo + self.unit] = -1
+                    self.host.free(self.pfn[ulo], self.order)
+                    self.pfn.clear(ulo, ulo + self.unit)
                     self.private_pages -= int(np.count_nonzero(self.attr_private[ulo : ulo + self.unit]))
                     freed += self.unit
                 self.huge[u] = False  # a partly discarded huge page is split first; whole ones are gone
-        seg = self.pfn[lo:hi]
-        backed = seg >= 0
-        have = seg[backed]
+        backed = self.pfn.present(lo, hi)
+        have = self.pfn[lo:hi][backed]
         if have.size:
             self.host.free_bulk(np.sort(have), 0)
             self.private_pages -= int(np.count_nonzero(backed & self.attr_private[lo:hi]))
-            seg[backed] = -1
+            self.pfn.clear(lo, hi, backed)
             freed += int(have.size)
         self.allocated_pages -= freed
         self.discarded_pages += freed
@@ -131,15 +131,14 @@ class VmmMemory:
 
     def release_all(self) -> IntArray:
         """Unmap the whole RAMBlock (VM destroyed); returns the frames freed (4K granularity)."""
-        frames = self.pfn[self.pfn >= 0].copy()
-        for u in np.flatnonzero(self.huge):
-            base = int(self.pfn[int(u) * self.unit])
-            self.host.free(base, self.order)
-            self.pfn[int(u) * self.unit : (int(u) + 1) * self.unit] = -1
-        rest = self.pfn[self.pfn >= 0]
+        frames = self.pfn[np.flatnonzero(self.pfn.present())]
+        for u in np.flatnonzero(self.huge).tolist():
+            self.host.free(self.pfn[u * self.unit], self.order)
+            self.pfn.clear(u * self.unit, (u + 1) * self.unit)
+        rest = self.pfn[np.flatnonzero(self.pfn.present())]
         if rest.size:
             self.host.free_bulk(np.sort(rest), 0)
-        self.pfn[:] = -1
+        self.pfn.clear()
         self.huge[:] = False
         self.allocated_pages = 0
         self.private_pages = 0
@@ -147,6 +146,6 @@ class VmmMemory:
 
     def attributes_changed(self, gfn: int, npages: int, before: npt.NDArray[np.bool_]) -> None:
         """Keep ``private_pages`` right after KVM changed the attributes of ``[gfn, gfn+npages)``."""
-        backed = self.pfn[gfn : gfn + npages] >= 0
+        backed = self.pfn.present(gfn, gfn + npages)
         after = self.attr_private[gfn : gfn + npages]
         self.private_pages += int(np.count_nonzero(backed & after)) - int(np.count_nonzero(backed & before))

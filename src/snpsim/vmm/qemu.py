@@ -14,6 +14,7 @@ Models QEMU ``accel/kvm/kvm-all.c`` (``shared/reference/guest-workloads.md`` §1
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +26,7 @@ from snpsim.hw.types import PAGE_SHIFT, PageSize
 from snpsim.kvm.sev import MapGpaRange, gmem_invalidate, gmem_prepare
 from snpsim.kvm.vm import KvmVm, MemoryFaultExit
 from snpsim.metrics import Counters
+from snpsim.pfnmap import CHUNK_SHIFT
 from snpsim.policy import Policy
 from snpsim.vmm.backing import VmmMemory
 
@@ -143,21 +145,49 @@ class Qemu:
     def guest_bytes(self) -> int:
         """Guest memory that is backed in its current state (private gfns with a private page, shared gfns with
         a shared page): what the guest can use without a fault allocating memory."""
-        priv = self.kvm.attrs.private
-        shared_ok = self.memory.pfn >= 0
-        if self.kvm.gmem is None:
-            return int(np.count_nonzero(shared_ok)) << PAGE_SHIFT
-        gm = self.kvm.gmem
-        private_ok = np.repeat(gm.folio_pfn >= 0, gm.folio_pages)[: self.kvm.npages]
-        return int(np.count_nonzero(np.where(priv, private_ok, shared_ok) & self.ram)) << PAGE_SHIFT
+        total = 0
+        for lo, hi in self._scan_ranges():
+            shared_ok = self.memory.pfn.present(lo, hi)
+            if self.kvm.gmem is None:
+                total += int(np.count_nonzero(shared_ok))
+                continue
+            priv = self.kvm.attrs.private[lo:hi]
+            total += int(np.count_nonzero(np.where(priv, self._private_ok(lo, hi), shared_ok) & self.ram[lo:hi]))
+        return total << PAGE_SHIFT
 
     def double_allocated_bytes(self) -> int:
         """Gfns that have both a private page and a shared page allocated."""
         if self.kvm.gmem is None:
             return 0
+        total = 0
+        for lo, hi in self._scan_ranges():
+            total += int(np.count_nonzero(self._private_ok(lo, hi) & self.memory.pfn.present(lo, hi)))
+        return total << PAGE_SHIFT
+
+    def _scan_ranges(self) -> list[tuple[int, int]]:
+        """The gfn ranges a scan of the backing maps must look at: the runs of 2M chunks that either map ever
+        wrote (a lazily accepting guest's few), or all gfns when they are scattered."""
+        touched = self.memory.pfn.touched_chunks()
         gm = self.kvm.gmem
-        private_ok = np.repeat(gm.folio_pfn >= 0, gm.folio_pages)[: self.kvm.npages]
-        return int(np.count_nonzero(private_ok & (self.memory.pfn >= 0))) << PAGE_SHIFT
+        if gm is not None:
+            # a guest_memfd chunk spans 2M of gfns, or one folio if larger
+            per = max(1, gm.folio_pages >> CHUNK_SHIFT)
+            touched = touched | np.repeat(gm.folio_pfn.touched_chunks(), per)[: touched.size]
+        runs = _ram_runs(touched)
+        if len(runs) > _MAX_SCAN_RANGES:
+            return [(0, self.kvm.npages)]
+        n = self.kvm.npages
+        return [(lo << CHUNK_SHIFT, min((lo + k) << CHUNK_SHIFT, n)) for lo, k in runs if lo << CHUNK_SHIFT < n]
+
+    def _private_ok(self, lo: int, hi: int) -> npt.NDArray[np.bool_]:
+        """Whether each gfn of ``[lo, hi)`` has its guest_memfd page allocated."""
+        gm = self.kvm.gmem
+        assert gm is not None
+        fp = gm.folio_pages
+        if fp == 1:
+            return gm.folio_pfn.present(lo, hi)
+        f0 = lo // fp
+        return np.repeat(gm.folio_pfn.present(f0, (hi - 1) // fp + 1), fp)[lo - f0 * fp : hi - f0 * fp]
 
     def _account(self) -> None:
         p, s = self.private_bytes(), self.shared_bytes()
@@ -171,12 +201,17 @@ class Qemu:
         ``sev_free_vm``/``snp_reclaim``), and ``MEM_ENCRYPT_UNREG_REGION`` is the restore point for ``bulk``."""
         self.kvm.destroy()
         if not self.gmem_backed:
-            assigned = self.memory.pfn[(self.memory.pfn >= 0) & self.kvm.attrs.private]
+            assigned = self.memory.pfn[np.flatnonzero(self.memory.pfn.present() & self.kvm.attrs.private)]
             gmem_invalidate(self.host, assigned)
         frames = self.memory.release_all()
         self.host.unregister_frames(np.sort(frames))
 
 
+#: Above this many runs of touched chunks, :meth:`Qemu.guest_bytes` scans every gfn at once.
+_MAX_SCAN_RANGES = 64
+
+
 def _ram_runs(ram: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
-    idx = np.flatnonzero(np.diff(np.concatenate(([0], ram.astype(np.int8), [0]))))
-    return [(int(a), int(b - a)) for a, b in zip(idx[::2], idx[1::2], strict=True)]
+    """``(start, length)`` of every run of True."""
+    edges = [0, *(np.flatnonzero(ram[1:] != ram[:-1]) + 1).tolist(), int(ram.size)]
+    return [(a, b - a) for a, b in itertools.pairwise(edges) if ram[a]]

@@ -1,0 +1,95 @@
+"""Sparse index → host-frame maps for per-VM state: what is never touched costs no memory.
+
+KVM's NPT, guest_memfd's folio table and the VMM's RAMBlock each map guest pages (or folios) to host frames, with
+"no frame" for most of a lazily accepting guest's memory. A dense ``int64`` array filled with -1 costs 8 bytes per
+guest page up front: 64 VMs of 8–64 GiB are ~1.5 TiB of guest memory, ~12 GiB of state per such array. A
+:class:`PfnMap` stores ``pfn + 1`` in a zero-initialised array instead, so "no frame" is 0: numpy takes big zeroed
+arrays from ``calloc``, whose pages the kernel backs only once written (the same lazily allocated zero-page idea
+as the segmented RMP and frame table, :mod:`snpsim.segments`, but at the OS page granularity). The values are
+``uint32`` while every frame number fits (hosts below 16 TiB), else ``int64``.
+
+The map reads and writes like a numpy array of frame numbers with -1 for "none" (``m[lo:hi]``, ``m[idx]``,
+``m[i]``, ``m[...] = pfns``); reads return copies, so there are no writable views. It also remembers which
+chunks of entries (by default 512: a 2M range of 4K pages) were ever written (:meth:`touched_chunks`), so a
+scan of the mapped entries (the ``guest_bytes`` metric) can skip the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: Entries per chunk of :meth:`PfnMap.touched_chunks` (a 2M range of 4K pages).
+CHUNK_SHIFT = 9
+
+
+class PfnMap:
+    """``size`` entries, each a host frame number below ``max_pfn`` or -1 (none); all -1 at first."""
+
+    __slots__ = ("_a", "_touched", "chunk_shift", "size")
+
+    def __init__(self, size: int, max_pfn: int, chunk_shift: int = CHUNK_SHIFT) -> None:
+        self.size = int(size)
+        self.chunk_shift = int(chunk_shift)
+        dtype = np.uint32 if max_pfn < np.iinfo(np.uint32).max else np.int64
+        self._a = np.zeros(self.size, dtype=dtype)  # pfn + 1; 0 = none
+        self._touched = np.zeros((self.size >> self.chunk_shift) + 1, dtype=bool)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: Any) -> Any:
+        v = self._a[key]
+        if isinstance(v, np.ndarray):
+            return v.astype(np.int64) - 1
+        return int(v) - 1
+
+    def __setitem__(self, key: Any, pfns: Any) -> None:
+        self._a[key] = np.asarray(pfns, dtype=np.int64) + 1
+        self._touch(key)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> IntArray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _touch(self, key: Any) -> None:
+        if isinstance(key, slice):
+            lo, hi, _ = key.indices(self.size)
+            if hi > lo:
+                self._touched[lo >> self.chunk_shift : ((hi - 1) >> self.chunk_shift) + 1] = True
+        elif isinstance(key, np.ndarray) and key.dtype == np.bool_:
+            self._touched[np.flatnonzero(key) >> self.chunk_shift] = True
+        else:
+            self._touched[np.asarray(key, dtype=np.int64) >> self.chunk_shift] = True
+
+    def present(self, lo: int = 0, hi: int | None = None) -> BoolArray:
+        """Whether each entry of ``[lo, hi)`` maps a frame."""
+        return self._a[lo:hi] != 0
+
+    def present_at(self, idx: IntArray) -> BoolArray:
+        """Whether each entry ``idx`` maps a frame."""
+        return self._a[idx] != 0
+
+    def all_present(self, lo: int, hi: int) -> bool:
+        return bool(self._a[lo:hi].all())
+
+    def clear(self, lo: int = 0, hi: int | None = None, where: BoolArray | None = None) -> None:
+        """Set ``[lo, hi)`` (only where ``where``, if given) to -1."""
+        if where is None:
+            self._a[lo:hi] = 0
+        else:
+            self._a[lo:hi][where] = 0
+
+    def touched_chunks(self) -> BoolArray:
+        """Per chunk of ``2**chunk_shift`` entries: whether any entry of it was ever set (a superset of the chunks
+        that map a frame now)."""
+        return self._touched
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._a.nbytes + self._touched.nbytes)
