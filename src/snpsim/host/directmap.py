@@ -759,7 +759,7 @@ class DirectMap:
         slots = self._slot[split]
         if (self._slot[~split] != -1).any() or (slots < 0).any() or (slots >= self._nslots).any():
             fail("slot array disagrees with PMD states")
-        if np.unique(slots).size != slots.size or np.intersect1d(slots, self._free).size:
+        if unique_ints(slots).size != slots.size or np.intersect1d(slots, self._free).size:
             fail("PTE pool row shared or both used and free")
         if slots.size + len(self._free) != self._nslots:
             fail("PTE pool rows leaked")

@@ -90,7 +90,7 @@ from snpsim.hw.types import (
     RmpStatus,
     VmmCommunicationException,
 )
-from snpsim.segments import SCALAR_MAX, by_segment
+from snpsim.segments import SCALAR_MAX, by_segment, unique_ints
 
 ASSUMPTIONS: dict[str, str] = {
     "rmpupdate-input": "misaligned/out-of-range/inconsistent RMPUPDATE input -> FAIL_INPUT",
@@ -513,9 +513,10 @@ class Rmp:
         ):
             pfn = spa >> PAGE_SHIFT
             try:
-                seg = self._segs[pfn >> SEGMENT_SHIFT]
+                # None (untouched segment) raises AttributeError on the next lines, ``uv`` None TypeError
+                seg: _Segment = self._segs[pfn >> SEGMENT_SHIFT]  # type: ignore[assignment]
                 i = pfn & _SEG_MASK
-                uv = seg.uv
+                uv: memoryview = seg.uv  # type: ignore[assignment]
                 f = uv[i]
             except (IndexError, AttributeError, TypeError):
                 f = _F_IMM_2M
@@ -768,7 +769,7 @@ class Rmp:
             # rmpupdate-demote: every unassigned 2M entry touched by a successful step becomes 4K.
             demote = ok & ((fl & F_SIZE2M) != 0)
             if demote.any():
-                for head in np.unique(idx[demote] & ~_2M_MASK).tolist():
+                for head in unique_ints(idx[demote] & ~_2M_MASK).tolist():
                     seg.flags[head : head + PAGES_PER_2M] &= _CLEAR_SIZE2M
             w = idx[ok]
             was = (seg.flags[w] & F_ASSIGNED).astype(np.int32)
@@ -908,7 +909,7 @@ class Rmp:
         if (page_size is _K4 or page_size == 0) and not vmpl and spa >= 0 and gpa >= 0:
             pfn = spa >> PAGE_SHIFT
             try:
-                seg = self._segs[pfn >> SEGMENT_SHIFT]
+                seg: _Segment = self._segs[pfn >> SEGMENT_SHIFT]  # type: ignore[assignment]  # None: AttributeError
                 i = pfn & _SEG_MASK
                 fv = seg.fv
                 f = fv[i]
@@ -1284,7 +1285,7 @@ class Rmp:
         if encrypted and not vmpl and spa >= 0:
             pfn = spa >> PAGE_SHIFT
             try:
-                seg = self._segs[pfn >> SEGMENT_SHIFT]
+                seg: _Segment = self._segs[pfn >> SEGMENT_SHIFT]  # type: ignore[assignment]  # None: AttributeError
                 i = pfn & _SEG_MASK
                 f = seg.fv[i]
             except (IndexError, AttributeError):  # beyond the table, or an untouched segment
