@@ -9,9 +9,13 @@ from hypothesis import strategies as st
 from snpsim.segments import by_segment, run_starts, unique_ints
 
 
-@given(st.lists(st.integers(0, 5000), max_size=200), st.booleans())
-def test_by_segment_groups_like_unique(values: list[int], ascending: bool) -> None:
-    pfns = np.array(sorted(values) if ascending else values, dtype=np.int64)
+@given(st.lists(st.integers(0, 5000), max_size=200), st.sampled_from(["ascending", "segments ascending", "any"]))
+def test_by_segment_groups_like_unique(values: list[int], order: str) -> None:
+    if order == "ascending":
+        values = sorted(values)
+    elif order == "segments ascending":  # shuffled inside each segment
+        values = sorted(values, key=lambda v: (v >> 8, -v))
+    pfns = np.array(values, dtype=np.int64)
     got = [(s, pfns[sel].tolist()) for s, sel in by_segment(pfns, 8)]
     segs = pfns >> 8
     want = [(int(s), pfns[segs == s].tolist()) for s in np.unique(segs)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from snpsim.errors import ConfigError
 from snpsim.policy import Policy, presets
@@ -66,11 +66,12 @@ def replay(
     """
     from snpsim.runner import Simulation
     from snpsim.scenario import load
-    from snpsim.traces import parse, to_guest_events
+    from snpsim.traces import Format, parse, to_guest_events
     from snpsim.traces.replay import infer_memory_bytes
     from snpsim.units import parse_size
 
-    reader = parse(trace, format, lenient)
+    fmt = cast(Format, format)  # not checked here: parse raises its ValueError for anything but auto/qemu/ftrace
+    reader = parse(trace, fmt, lenient)
     # Streaming, constant memory: a pass sizes the guest (unless given) and finds the trace's time span, the
     # replay pass then reads the file again lazily.
     first = last = 0
@@ -78,7 +79,7 @@ def replay(
         first = conv.time_ns if k == 0 else first
         last = conv.time_ns - first
     memory = infer_memory_bytes(reader) if vm_memory is None else parse_size(vm_memory, "vm_memory")
-    guest = to_guest_events(parse(trace, format, lenient), vm_memory=memory)
+    guest = to_guest_events(parse(trace, fmt, lenient), vm_memory=memory)
     events = guest.events
     host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
     scenario = load(

@@ -7,11 +7,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import snpsim
@@ -157,7 +157,11 @@ def _run_all(jobs: dict[str, Job], *, out: Path | None, quiet: bool) -> dict[str
         if workers <= 1:
             results = {}
             for label, job in jobs.items():
-                results[label] = finished(label, job(lambda f, t=tasks[label]: progress.update(t, completed=f)))
+
+                def update(f: float, t: TaskID = tasks[label]) -> None:
+                    progress.update(t, completed=f)
+
+                results[label] = finished(label, job(update))
                 progress.update(tasks[label], completed=1.0)
         else:
             results = _run_parallel(
@@ -240,7 +244,7 @@ def replay(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Replay a real conversion trace under one or more presets: what each policy would have done."""
-    from snpsim.traces import TraceError, parse
+    from snpsim.traces import Format, TraceError, parse
 
     names = preset or ["upstream"]
     try:
@@ -251,7 +255,7 @@ def replay(
             raise ConfigError("--format", f"expected auto, qemu or ftrace, got {fmt!r}")
         if not trace.is_file():
             raise ConfigError(str(trace), "no such trace file")
-        reader = parse(trace, fmt, lenient)
+        reader = parse(trace, cast(Format, fmt), lenient)  # fmt is one of FORMATS (checked above)
         for _ in reader:  # validate the whole trace once before simulating (errors name file:line)
             pass
         jobs = {

@@ -33,17 +33,26 @@ def run_starts(values: IntArray) -> IntArray:
 def by_segment(pfns: IntArray, shift: int) -> Iterator[tuple[int, slice | IntArray]]:
     """Yield ``(segment, selector)`` for each segment ``pfn >> shift`` present in ``pfns``, in ascending segment
     order; ``pfns[selector]`` are that segment's frames, in their original order."""
-    if pfns.size == 0:
+    n = pfns.size
+    if n == 0:
         return
-    segs = pfns >> shift
-    lo, hi = int(segs.min()), int(segs.max())
+    lo, hi = int(pfns.min()) >> shift, int(pfns.max()) >> shift
     if lo == hi:
         yield lo, slice(None)
         return
-    ascending = bool((segs[1:] >= segs[:-1]).all())  # then each segment is a contiguous run
+    if bool((pfns[1:] >= pfns[:-1]).all()):  # ascending: each segment is a run, found by binary search
+        edges = [*np.searchsorted(pfns, np.arange(lo + 1, hi + 1, dtype=np.int64) << shift).tolist(), n]
+        a = 0
+        for seg, b in zip(range(lo, hi + 1), edges, strict=True):
+            if b > a:
+                yield seg, slice(a, b)
+            a = b
+        return
+    segs = pfns >> shift
+    ascending = bool((segs[1:] >= segs[:-1]).all())  # then each segment is still a contiguous run
     order = None if ascending else np.argsort(segs, kind="stable")
     ordered = segs if order is None else segs[order]
-    edges = [*run_starts(ordered).tolist(), int(segs.size)]
+    edges = [*run_starts(ordered).tolist(), n]
     for a, b in itertools.pairwise(edges):
         yield int(ordered[a]), slice(a, b) if order is None else order[a:b]
 

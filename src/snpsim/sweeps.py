@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pandas as pd
 
@@ -421,7 +421,7 @@ def results_frame(definition: Mapping[str, Any], stored: pd.DataFrame) -> pd.Dat
     rank = {path: {canonical_json(v): i for i, v in enumerate(values)} for path, values in axes.items()}
     records = []
     for row in stored.itertuples(index=False):
-        point_axes = json.loads(row.axes)
+        point_axes = json.loads(cast(str, row.axes))
         order = tuple(rank[p].get(canonical_json(point_axes.get(p)), len(rank[p])) for p in axes)
         records.append((order, row.hash, {p: axis_value(point_axes.get(p)) for p in axes}))
     records.sort(key=lambda r: r[0])

@@ -19,7 +19,7 @@ Every process is deterministic given the scenario seed (its RNG is passed in) an
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -136,7 +136,8 @@ def hibernation(
     host.free_bulk(image, 0)
 
 
-WRITERS = {
+#: Each writer is called as ``writer(env, host, rng, **params)`` with its own keyword-only parameters.
+WRITERS: dict[str, Callable[..., Process]] = {
     "page_zeroing": page_zeroing,
     "compaction": compaction,
     "ksm": ksm,
