@@ -12,6 +12,8 @@ the script checks before printing. Targets (issue 7): >= 200k events/s, >= 5x th
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import sys
 import time
 from dataclasses import dataclass, field
@@ -147,6 +149,24 @@ def run_naive(events: list[Conversion | Access], region: tuple[int, int]) -> tup
     return time.perf_counter() - t, naive
 
 
+def calls_per_event(
+    cfg: LinuxGuestConfig, events: list[Conversion | Access], region: tuple[int, int]
+) -> tuple[float, float]:
+    """Function calls per event through snpsim (cProfile on a fresh stack): all of them, and numpy's alone."""
+    sample = events[: min(len(events), 2000)]
+    prof = cProfile.Profile()
+    prof.enable()
+    run_snpsim(cfg, sample, region)
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    total = numpy = 0
+    for (file, _, name), (_, ncalls, *_rest) in stats.items():
+        total += ncalls
+        if "numpy" in file or "ndarray" in name or "numpy" in name:
+            numpy += ncalls
+    return total / len(sample), numpy / len(sample)
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     cfg, events, region = workload(n)
@@ -163,6 +183,13 @@ def main() -> None:
     print(f"{'naive dict-per-page model':<28} {nrate:>10,.0f}")
     print(
         f"{'ratio snpsim / naive':<28} {rate / nrate:>10.2f} {'5.00':>10}  {'met' if rate >= 5 * nrate else 'NOT met'}"
+    )
+    calls, numpy_calls = calls_per_event(cfg, events, region)
+    pages = sum(e.npages for e in events) / len(events)
+    print(
+        f"per event ({pages:.1f} pages on average): {calls:.0f} Python function calls, {numpy_calls:.0f} of them "
+        f"numpy; {1e6 / rate / calls:.2f} us per call at the measured rate (the naive model: {1e6 / nrate:.1f} us "
+        "per event)"
     )
 
 

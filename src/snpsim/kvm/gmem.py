@@ -55,11 +55,18 @@ class GuestMemfd:
 
     def pfns(self, gfn: int, npages: int) -> IntArray:
         """Host frames of ``[gfn, gfn+npages)``, -1 where no folio is allocated."""
-        if self.folio_pages == 1:
+        fp = self.folio_pages
+        if fp == 1:
             return self.folio_pfn[gfn : gfn + npages]
-        g = np.arange(gfn, gfn + npages, dtype=np.int64)
-        base = self.folio_pfn[g // self.folio_pages]
-        return np.where(base >= 0, base + g % self.folio_pages, -1)
+        f0, f1 = gfn // fp, (gfn + npages - 1) // fp + 1
+        off = gfn - f0 * fp
+        if f1 - f0 == 1:  # inside one folio (a huge mapping's fault): its frames are contiguous
+            base = self.folio_pfn[f0]
+            if base < 0:
+                return np.full(npages, -1, dtype=np.int64)
+            return np.arange(base + off, base + off + npages, dtype=np.int64)
+        bases = np.repeat(self.folio_pfn[f0:f1], fp)[off : off + npages]
+        return np.where(bases >= 0, bases + (np.arange(gfn, gfn + npages, dtype=np.int64) % fp), -1)
 
     def get_pfns(self, gfn: int, npages: int) -> IntArray | None:
         """``kvm_gmem_get_pfn`` over a range: allocate (and zero) the missing folios; None if out of memory."""
