@@ -182,3 +182,20 @@ def test_bad_scenarios_name_the_field(scenario: dict[str, Any], field: str) -> N
     with pytest.raises(snpsim.ConfigError) as exc:
         snpsim.run(scenario)
     assert exc.value.field == field, str(exc.value)
+
+
+def test_vms_of_one_layout_share_one_read_only_ram_mask() -> None:
+    """The RAM mask (1 byte per gfn) is per guest layout, not per VM: two 128M VMs share it, a 64M VM has its own,
+    and nothing can write to it."""
+    from snpsim.runner import Simulation
+    from snpsim.scenario import load
+
+    sim = Simulation(
+        load({"vms": [{"memory": "128M", "count": 2}, {"memory": "64M"}], "duration": "1ms", "samples": 1})
+    )
+    sim.run()
+    a, b, c = (sim.live[asid].ram for asid in sorted(sim.live))
+    assert a is b and a is not c
+    assert (a.size, c.size) == (128 << 8, 64 << 8)  # gfns: 4K pages of RAM below the PCI hole
+    with pytest.raises(ValueError, match="read-only"):
+        a[0] = False

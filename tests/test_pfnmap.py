@@ -13,7 +13,7 @@ from snpsim.guest.events import Access, Conversion
 from snpsim.guest.executor import SnpGuest
 from snpsim.host import HostKernel
 from snpsim.metrics import Counters
-from snpsim.pfnmap import CHUNK_SHIFT, PfnMap
+from snpsim.pfnmap import CHUNK_SHIFT, PfnMap, lazy_zeros
 from snpsim.policy import presets
 from snpsim.vmm import qemu as qemu_mod
 from snpsim.vmm.qemu import Qemu
@@ -131,3 +131,19 @@ def test_sparse_backing_scan_equals_the_full_scan(policy: str, monkeypatch: pyte
     assert vmm._scan_ranges() == [(0, 1 << 14)]
     assert (vmm.guest_bytes(), vmm.double_allocated_bytes()) == sparse
     assert sparse[0] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_lazy_zeros_costs_what_is_written_and_gives_it_back_when_freed() -> None:
+    """After big blocks were freed, glibc serves ``calloc`` below 32 MiB from its heap and memsets it (all
+    resident); lazy arrays still cost only the pages written, and give them back when freed."""
+    for _ in range(3):  # raise glibc's dynamic mmap threshold, as a run's VM churn does
+        np.zeros(24 << 20, dtype=np.uint8).fill(1)
+    before = _rss_mib()
+    arrays = [lazy_zeros(4 << 20, np.uint32) for _ in range(8)]  # 8 x 16 MiB
+    assert not any(a.any() for a in arrays) and all(a.flags.writeable for a in arrays)
+    assert _rss_mib() - before < 8
+    arrays[0][: 2 << 20] = 7  # 8 MiB written
+    assert 6 < _rss_mib() - before < 16
+    del arrays
+    assert _rss_mib() - before < 4

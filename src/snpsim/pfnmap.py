@@ -3,10 +3,10 @@
 KVM's NPT, guest_memfd's folio table and the VMM's RAMBlock each map guest pages (or folios) to host frames, with
 "no frame" for most of a lazily accepting guest's memory. A dense ``int64`` array filled with -1 costs 8 bytes per
 guest page up front: 64 VMs of 8–64 GiB are ~1.5 TiB of guest memory, ~12 GiB of state per such array. A
-:class:`PfnMap` stores ``pfn + 1`` in a zero-initialised array instead, so "no frame" is 0: numpy takes big zeroed
-arrays from ``calloc``, whose pages the kernel backs only once written (the same lazily allocated zero-page idea
-as the segmented RMP and frame table, :mod:`snpsim.segments`, but at the OS page granularity). The values are
-``uint32`` while every frame number fits (hosts below 16 TiB), else ``int64``.
+:class:`PfnMap` stores ``pfn + 1`` in a zero-initialised array instead, so "no frame" is 0, in memory from the
+kernel's zero pages, backed only once written (:func:`lazy_zeros`; the same lazily allocated zero-page idea as the
+segmented RMP and frame table, :mod:`snpsim.segments`, but at the OS page granularity). The values are ``uint32``
+while every frame number fits (hosts below 16 TiB), else ``int64``.
 
 The map reads and writes like a numpy array of frame numbers with -1 for "none" (``m[lo:hi]``, ``m[idx]``,
 ``m[i]``, ``m[...] = pfns``); reads return copies, so there are no writable views. It also remembers which
@@ -16,6 +16,7 @@ scan of the mapped entries (the ``guest_bytes`` metric) can skip the rest.
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,24 @@ BoolArray = npt.NDArray[np.bool_]
 #: Entries per chunk of :meth:`PfnMap.touched_chunks` (a 2M range of 4K pages).
 CHUNK_SHIFT = 9
 
+#: Arrays of at least this many bytes come from :func:`lazy_zeros`'s anonymous mapping.
+LAZY_MIN_BYTES = 1 << 20
+
+
+def lazy_zeros(size: int, dtype: Any) -> npt.NDArray[Any]:
+    """A zeroed array whose pages take memory only once written: a private anonymous ``mmap`` (Linux), freed when
+    the array is. ``numpy.zeros`` gets the same from ``calloc`` only while glibc serves the size with ``mmap``:
+    its threshold rises (up to 32 MiB) as big blocks are freed, after which ``calloc`` memsets recycled heap
+    memory, all of it resident (a month of VM churn reached 16 GiB that way)."""
+    nbytes = int(size) * np.dtype(dtype).itemsize
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if nbytes < LAZY_MIN_BYTES or not flags:
+        return np.zeros(size, dtype=dtype)
+    m = mmap.mmap(-1, nbytes, flags=flags)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # with THP "always", one write would make 2 MiB resident
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(m, dtype=dtype)
+
 
 class PfnMap:
     """``size`` entries, each a host frame number below ``max_pfn`` or -1 (none); all -1 at first."""
@@ -37,7 +56,7 @@ class PfnMap:
         self.size = int(size)
         self.chunk_shift = int(chunk_shift)
         dtype = np.uint32 if max_pfn < np.iinfo(np.uint32).max else np.int64
-        self._a = np.zeros(self.size, dtype=dtype)  # pfn + 1; 0 = none
+        self._a = lazy_zeros(self.size, dtype)  # pfn + 1; 0 = none
         self._touched = np.zeros((self.size >> self.chunk_shift) + 1, dtype=bool)
 
     def __len__(self) -> int:

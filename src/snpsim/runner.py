@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import simpy
 
@@ -84,6 +85,7 @@ class Simulation:
         self.counters = Counters()
         self.live: dict[int, Qemu] = {}
         self.records: list[VmRecord] = []
+        self._ram_masks: dict[tuple[int, tuple[tuple[int, int], ...]], npt.NDArray[np.bool_]] = {}
         self.rows: list[dict[str, int]] = []
         self._next_asid = 1
         self._progress = progress
@@ -123,9 +125,7 @@ class Simulation:
         asid = self._next_asid
         self._next_asid += 1
         cfg = spec.guest_config()
-        ram = np.zeros(cfg.end_gfn, dtype=bool)
-        for lo, n in cfg.ram_ranges():
-            ram[lo : lo + n] = True
+        ram = self._ram_mask(cfg.end_gfn, tuple(cfg.ram_ranges()))
         record = VmRecord(f"vm{index}", asid, spec.memory, spec.vcpus, spec.workload, int(self.env.now))
         self.records.append(record)
         trace = None if self.conversions is None else lambda *ev: self.conversions.append(ev)  # type: ignore[union-attr]
@@ -158,6 +158,18 @@ class Simulation:
             qemu.destroy()
             del self.live[asid]
             record.end_ns = int(self.env.now)
+
+    def _ram_mask(self, end_gfn: int, ranges: tuple[tuple[int, int], ...]) -> npt.NDArray[np.bool_]:
+        """The gfns that are RAM, one read-only array per guest layout, shared by every VM with that layout."""
+        key = (end_gfn, ranges)
+        ram = self._ram_masks.get(key)
+        if ram is None:
+            ram = np.zeros(end_gfn, dtype=bool)
+            for lo, n in ranges:
+                ram[lo : lo + n] = True
+            ram.flags.writeable = False
+            self._ram_masks[key] = ram
+        return ram
 
     def _churn(self) -> Process:
         c = self.s.churn

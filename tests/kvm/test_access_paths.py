@@ -1,10 +1,12 @@
-"""A guest access over many pages: KVM's vectorised RMP pre-check gives the page-by-page loop's outcome.
+"""KVM's vectorised paths for ranges give the page-by-page loops' outcome.
 
 ``KvmVm.guest_access`` checks the pages of a range in order. Above ``SCALAR_MAX`` pages it checks them all at once
 with ``Rmp.guest_access_ok``, handles the first failure (#VC re-validation, RMP #NPF: PSMASH and zap, a zapped
-page faulted in again) page by page and checks the rest again. The two must leave the same VM and host: the same
-counters, NPT, RMP and allocator state, whatever mix of 2M/4K folios, unvalidated pages and conversions the
-history made.
+page faulted in again) page by page and checks the rest again. ``KvmVm._fault_in`` on 2M/1G guest_memfd folios
+decides the mapping level of every 2M block at once (``_fault_in_huge_folios``) instead of block by block. With
+``SCALAR_MAX`` patched to 0 (vectorised) and to infinity (loops), the two runs must leave the same VM and host: the
+same counters, NPT, RMP and allocator state, whatever mix of 2M/4K folios, RAM holes, unvalidated pages and
+conversions the history made.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from snpsim.vmm.qemu import Qemu
 
 GUEST = 4 * 512
 HOST = 16 * 512
+HOLE = slice(3 * 512 + 40, 3 * 512 + 60)
 
 gfn_st = st.integers(0, GUEST - 1)
 event_st = st.one_of(
@@ -49,7 +52,9 @@ def run(policy: str, events: list[Conversion | Access], scalar_max: int) -> tupl
     pol = presets[policy]
     host = HostKernel(HOST, pol)
     counters = Counters()
-    vmm = Qemu(host, pol, np.ones(GUEST, dtype=bool), asid=1, counters=counters)
+    ram = np.ones(GUEST, dtype=bool)
+    ram[HOLE] = False  # not RAM (like the PCI hole): never private at creation, never mapped huge
+    vmm = Qemu(host, pol, ram, asid=1, counters=counters)
     guest = SnpGuest(vmm)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(vm_mod, "SCALAR_MAX", scalar_max)

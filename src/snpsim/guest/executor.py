@@ -18,6 +18,7 @@ import numpy as np
 from snpsim.guest.events import Access, Conversion
 from snpsim.guest.psc import build_requests, pvalidate_plan
 from snpsim.hw.types import PageSize
+from snpsim.pfnmap import lazy_zeros
 from snpsim.vmm.qemu import Qemu
 
 
@@ -27,7 +28,7 @@ class SnpGuest:
     def __init__(self, vmm: Qemu, max_psc_entries: int = 64) -> None:
         self.vmm = vmm
         self.max_psc_entries = max_psc_entries
-        self.validated = np.zeros(vmm.kvm.npages, dtype=bool)
+        self.validated = lazy_zeros(vmm.kvm.npages, bool)
 
     def execute(self, event: Conversion | Access) -> None:
         if isinstance(event, Access):

@@ -468,6 +468,18 @@ class Rmp:
                 out[inside[sel]] = (seg.flags[sub[sel] & _SEG_MASK] & F_ASSIGNED) != 0
         return out
 
+    def assigned_2m_mask(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Vectorised ``rmpread(pfn)`` is an assigned 2M entry, for an array of PFNs (False beyond the table)."""
+        out = np.zeros(pfns.shape, dtype=bool)
+        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
+        sub = pfns[inside]
+        both = F_ASSIGNED | F_SIZE2M
+        for s, sel in by_segment(sub, SEGMENT_SHIFT):
+            seg = self._segs[s]
+            if seg is not None:
+                out[inside[sel]] = (seg.flags[sub[sel] & _SEG_MASK] & both) == both
+        return out
+
     def assigned_count(self) -> int:
         """Assigned 4K pages in the whole table."""
         return sum(int(s.region_assigned.sum()) for s in self._segs if s is not None)

@@ -65,8 +65,10 @@ class GuestMemfd:
             if base < 0:
                 return np.full(npages, -1, dtype=np.int64)
             return np.arange(base + off, base + off + npages, dtype=np.int64)
-        bases = np.repeat(self.folio_pfn[f0:f1], fp)[off : off + npages]
-        return np.where(bases >= 0, bases + (np.arange(gfn, gfn + npages, dtype=np.int64) % fp), -1)
+        bases = self.folio_pfn[f0:f1]
+        frames = bases[:, None] + np.arange(fp, dtype=np.int64)
+        frames[bases < 0] = -1
+        return frames.ravel()[off : off + npages]
 
     def get_pfns(self, gfn: int, npages: int) -> IntArray | None:
         """``kvm_gmem_get_pfn`` over a range: allocate (and zero) the missing folios; None if out of memory."""

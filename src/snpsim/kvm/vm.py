@@ -40,7 +40,7 @@ from snpsim.kvm.npt import UNMAPPED, NestedPageTable
 from snpsim.kvm.sev import MapGpaRange, coalesce_psc, gmem_invalidate, gmem_prepare
 from snpsim.metrics import Counters
 from snpsim.policy import Policy
-from snpsim.segments import SCALAR_MAX
+from snpsim.segments import SCALAR_MAX, run_starts
 from snpsim.vmm.backing import VmmMemory
 
 #: Vectorised re-checks of a guest access's remaining pages before the rest goes page by page.
@@ -129,6 +129,8 @@ class KvmVm:
             # Every gfn maps at 4K: one #NPF each, installed in bulk.
             self.counters.npf_count += self.npt.map_4k_where(gfn, need, pfns, private)
             return True
+        if private and npages > SCALAR_MAX and self._fault_in_huge_folios(gfn, npages, need, pfns):
+            return True
         g = gfn
         end = gfn + npages
         while g < end:
@@ -154,6 +156,34 @@ class KvmVm:
             self.npt.map(lo, level, mapped, private)
             self.counters.npf_count += 1
             g = lo + n
+        return True
+
+    def _fault_in_huge_folios(self, gfn: int, npages: int, need: npt.NDArray[np.bool_], pfns: IntArray) -> bool:
+        """The fault loop below for a private range on 2M/1G folios, vectorised per 2M block (the RMP caps private
+        mappings at 2M): a block with a needing gfn maps at 2M (one #NPF) if the frame of its first needing gfn
+        has an assigned 2M RMP entry and the whole block is private RAM, else each needing gfn maps at 4K. Blocks
+        do not interact unless a 1G mapping spans them (its zap reaches further): then False, for the loop."""
+        n2 = PAGES_PER_2M
+        b0, b1 = gfn // n2, (gfn + npages - 1) // n2 + 1
+        if (self.npt.level[b0 * n2 : b1 * n2] == int(PageSize.SIZE_1G)).any():
+            return False
+        g = np.flatnonzero(need) + gfn
+        starts = run_starts(g // n2)
+        first = g[starts]  # the first needing gfn of each block that has one
+        blocks = first // n2
+        whole = (min(b1 * n2, self.npages) - b0 * n2) // n2  # blocks from b0 lying wholly inside the VM
+        ok = np.zeros(b1 - b0, dtype=bool)
+        span = slice(b0 * n2, (b0 + whole) * n2)
+        ok[:whole] = (self.attrs.private[span].reshape(whole, n2) & self.ram[span].reshape(whole, n2)).all(axis=1)
+        huge = ok[blocks - b0] & self.host.rmp.assigned_2m_mask(pfns[first - gfn])
+        heads = blocks[huge] * n2
+        self.npt.map_2m_many(heads, pfns[first[huge] - gfn] - (first[huge] - heads), True)
+        self.counters.npf_count += int(heads.size)
+        small = need.copy()
+        huge_block = np.zeros(b1 - b0, dtype=bool)
+        huge_block[blocks[huge] - b0] = True
+        small &= ~np.repeat(huge_block, n2)[gfn - b0 * n2 : gfn - b0 * n2 + npages]
+        self.counters.npf_count += self.npt.map_4k_where(gfn, small, pfns, True)
         return True
 
     def _only_4k(self, private: bool) -> bool:

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from snpsim.host import HostKernel, Owner
 from snpsim.hw.types import PAGE_SHIFT, PageSize
-from snpsim.pfnmap import PfnMap
+from snpsim.pfnmap import PfnMap, lazy_zeros
 from snpsim.policy import GRANULE_BYTES
 
 IntArray = npt.NDArray[np.int64]
@@ -46,7 +46,7 @@ class VmmMemory:
         self.pfn = PfnMap(self.npages, host.nframes)
         nunits = -(-self.npages // self.unit)
         #: unit backed by one huge page (THP or hugetlb)
-        self.huge = np.zeros(nunits, dtype=bool)
+        self.huge = lazy_zeros(nunits, bool)  # one per 4K page for 4K backing, and never written then
         self.allocated_pages = 0
         self.peak_pages = 0
         self.discarded_pages = 0
