@@ -459,25 +459,21 @@ class Rmp:
 
     def assigned_mask(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Vectorised ``rmpread(pfn).assigned`` for an array of PFNs (False beyond the table)."""
-        out = np.zeros(pfns.shape, dtype=bool)
-        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
-        sub = pfns[inside]
-        for s, sel in by_segment(sub, SEGMENT_SHIFT):
-            seg = self._segs[s]
-            if seg is not None:
-                out[inside[sel]] = (seg.flags[sub[sel] & _SEG_MASK] & F_ASSIGNED) != 0
-        return out
+        return (self._flags_of(pfns) & F_ASSIGNED) != 0
 
     def assigned_2m_mask(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Vectorised ``rmpread(pfn)`` is an assigned 2M entry, for an array of PFNs (False beyond the table)."""
-        out = np.zeros(pfns.shape, dtype=bool)
+        return (self._flags_of(pfns) & (F_ASSIGNED | F_SIZE2M)) == F_ASSIGNED | F_SIZE2M
+
+    def _flags_of(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+        """The flags byte of each PFN's entry (0 beyond the table or in an untouched segment)."""
+        out = np.zeros(pfns.shape, dtype=np.uint8)
         inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
         sub = pfns[inside]
-        both = F_ASSIGNED | F_SIZE2M
         for s, sel in by_segment(sub, SEGMENT_SHIFT):
             seg = self._segs[s]
             if seg is not None:
-                out[inside[sel]] = (seg.flags[sub[sel] & _SEG_MASK] & both) == both
+                out[inside[sel]] = seg.flags[sub[sel] & _SEG_MASK]
         return out
 
     def assigned_count(self) -> int:
