@@ -51,7 +51,7 @@ class VmmMemory:
         self.peak_pages = 0
         self.discarded_pages = 0
         #: per-gfn PRIVATE attribute (KVM's array, shared by reference) and the backed private pages it implies
-        self.attr_private = np.zeros(self.npages, dtype=bool)
+        self.attr_private = lazy_zeros(self.npages, bool)
         self.private_pages = 0
 
     @property
@@ -138,8 +138,8 @@ class VmmMemory:
         rest = self.pfn[np.flatnonzero(self.pfn.present())]
         if rest.size:
             self.host.free_bulk(np.sort(rest), 0)
-        self.pfn.clear()
-        self.huge[:] = False
+        self.pfn = PfnMap(self.npages, self.host.nframes)  # empty again, without writing every entry
+        self.huge = lazy_zeros(self.huge.size, bool)
         self.allocated_pages = 0
         self.private_pages = 0
         return frames
