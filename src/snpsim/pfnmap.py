@@ -1,12 +1,14 @@
 """Sparse index → host-frame maps for per-VM state: what is never touched costs no memory.
 
-KVM's NPT, guest_memfd's folio table and the VMM's RAMBlock each map guest pages (or folios) to host frames, with
-"no frame" for most of a lazily accepting guest's memory. A dense ``int64`` array filled with -1 costs 8 bytes per
-guest page up front: 64 VMs of 8–64 GiB are ~1.5 TiB of guest memory, ~12 GiB of state per such array. A
-:class:`PfnMap` stores ``pfn + 1`` in a zero-initialised array instead, so "no frame" is 0, in memory from the
-kernel's zero pages, backed only once written (:func:`lazy_zeros`; the same lazily allocated zero-page idea as the
-segmented RMP and frame table, :mod:`snpsim.segments`, but at the OS page granularity). The values are ``uint32``
-while every frame number fits (hosts below 16 TiB), else ``int64``.
+KVM's NPT, guest_memfd's folio table and the VMM's RAMBlock (``shared/reference/linux-snp-host.md`` §4-§5,
+``guest-workloads.md`` §1) each map guest pages (or folios) to host frames, with "no frame" for most of a lazily
+accepting guest's memory (``guest-workloads.md`` row 12: unaccepted memory is accepted on allocation). A dense
+``int64`` array filled with -1 costs 8 bytes per guest page up front: 64 VMs of 8–64 GiB are ~1.5 TiB of guest
+memory, ~12 GiB of state per such array. A :class:`PfnMap` stores ``pfn + 1`` in a zero-initialised array
+instead, so "no frame" is 0, in memory from the kernel's zero pages, backed only once written
+(:func:`lazy_zeros`; the same lazily allocated zero-page idea as the segmented RMP and frame table,
+:mod:`snpsim.segments`, but at the OS page granularity). The values are ``uint32`` while every frame number fits
+(hosts below 16 TiB), else ``int64``.
 
 The map reads and writes like a numpy array of frame numbers with -1 for "none" (``m[lo:hi]``, ``m[idx]``,
 ``m[i]``, ``m[...] = pfns``); reads return copies, so there are no writable views. It also remembers which

@@ -57,8 +57,9 @@ dict-per-page model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -437,14 +438,24 @@ class Rmp:
 
     def assigned_in_2m_of(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
         """Vectorised :meth:`assigned_in_2m` for an array of PFNs."""
-        pfns = np.asarray(pfns, dtype=np.int64)
-        out = np.zeros(pfns.shape, dtype=np.int32)
+        return self._gather(np.asarray(pfns, dtype=np.int64), np.int32, lambda seg, i, _: seg.region_assigned[i >> 9])
+
+    def _gather(
+        self,
+        pfns: npt.NDArray[np.int64],
+        dtype: Any,
+        read: Callable[[_Segment, npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[Any]],
+    ) -> npt.NDArray[Any]:
+        """Per-PFN values ``read(segment, offsets in it, positions in pfns)``, one call per allocated segment; 0
+        for PFNs beyond the table or in an untouched segment (a hypervisor-owned entry)."""
+        out = np.zeros(pfns.shape, dtype=dtype)
         inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
         sub = pfns[inside]
         for s, sel in by_segment(sub, SEGMENT_SHIFT):
             seg = self._segs[s]
             if seg is not None:
-                out[inside[sel]] = seg.region_assigned[(sub[sel] & _SEG_MASK) >> 9]
+                k = inside[sel]
+                out[k] = read(seg, sub[sel] & _SEG_MASK, k)
         return out
 
     def assigned_pages(self, pfn: int, n: int) -> npt.NDArray[np.int64]:
@@ -467,14 +478,7 @@ class Rmp:
 
     def _flags_of(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
         """The flags byte of each PFN's entry (0 beyond the table or in an untouched segment)."""
-        out = np.zeros(pfns.shape, dtype=np.uint8)
-        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
-        sub = pfns[inside]
-        for s, sel in by_segment(sub, SEGMENT_SHIFT):
-            seg = self._segs[s]
-            if seg is not None:
-                out[inside[sel]] = seg.flags[sub[sel] & _SEG_MASK]
-        return out
+        return self._gather(pfns, np.uint8, lambda seg, i, _: seg.flags[i])
 
     def assigned_count(self) -> int:
         """Assigned 4K pages in the whole table."""
@@ -1251,23 +1255,17 @@ class Rmp:
                 return np.ones(pfns.size, dtype=bool)
             hit = np.where(npt_huge, self.assigned_in_2m_of(pfns) > 0, self.assigned_mask(pfns))
             return ~hit
-        out = np.zeros(pfns.size, dtype=bool)
-        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
-        sub = pfns[inside]
-        for s, sel in by_segment(sub, SEGMENT_SHIFT):
-            seg = self._segs[s]
-            if seg is None:
-                continue
-            k = inside[sel]
-            i = sub[sel] & _SEG_MASK
+
+        def passes(seg: _Segment, i: npt.NDArray[np.int64], k: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
             f = seg.flags[i]
-            out[k] = (
+            return (
                 ((f & _F_GUEST_OK) == F_ASSIGNED | F_VALIDATED)
                 & (((f & F_SIZE2M) != 0) == npt_huge[k])
                 & (seg.asid[i] == asid)
                 & (seg.gofs[i] + i == gfns[k])
             )
-        return out
+
+        return self._gather(pfns, bool, passes)
 
     def check_guest_access(
         self,

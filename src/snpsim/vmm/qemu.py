@@ -59,7 +59,7 @@ class Qemu:
         self.peak_shared_bytes = 0
         self.peak_total_bytes = 0
         if self.gmem_backed:
-            for lo, n in _ram_runs(ram):
+            for lo, n in _true_runs(ram):
                 self.kvm.set_memory_attributes(lo, n, True)
 
     # ------------------------------------------------------------------ the vCPU run loop (KVM_RUN exits)
@@ -173,7 +173,7 @@ class Qemu:
             # a guest_memfd chunk spans 2M of gfns, or one folio if larger
             per = max(1, gm.folio_pages >> CHUNK_SHIFT)
             touched = touched | np.repeat(gm.folio_pfn.touched_chunks(), per)[: touched.size]
-        runs = _ram_runs(touched)
+        runs = _true_runs(touched)
         if len(runs) > _MAX_SCAN_RANGES:
             return [(0, self.kvm.npages)]
         n = self.kvm.npages
@@ -211,7 +211,7 @@ class Qemu:
 _MAX_SCAN_RANGES = 64
 
 
-def _ram_runs(ram: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+def _true_runs(ram: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     """``(start, length)`` of every run of True."""
     edges = [0, *(np.flatnonzero(ram[1:] != ram[:-1]) + 1).tolist(), int(ram.size)]
     return [(a, b - a) for a, b in itertools.pairwise(edges) if ram[a]]
