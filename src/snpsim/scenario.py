@@ -253,7 +253,7 @@ def _writer(name: str, value: object) -> dict[str, Any]:
     from snpsim.host.writers import WRITERS
 
     table = _dict(value, f"host.writers.{name}")
-    accepted = set(list(inspect.signature(WRITERS[name]).parameters)[3:])
+    accepted = set(list(inspect.signature(WRITERS[name]).parameters)[2:])
     out: dict[str, Any] = {}
     for key, v in table.items():
         where = f"host.writers.{name}.{key}"
