@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from snpsim.host.buddy import BuddyAllocator
 from snpsim.host.directmap import NOT_PRESENT, DirectMap
+from snpsim.host.e820 import HostMemoryMap, flat_memory_map
 from snpsim.host.frames import FrameTable, Owner
 from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
@@ -68,14 +69,24 @@ class HostKernel:
         max_level: PageSize = PageSize.SIZE_1G,
         zero_on_alloc: bool = True,
         clock: Callable[[], float] | None = None,
+        memory_map: HostMemoryMap | None = None,
     ) -> None:
         self.nframes = int(nframes)
+        if memory_map is not None and memory_map.max_pfn != self.nframes:
+            raise ValueError(f"nframes {self.nframes} is not the memory map's max_pfn {memory_map.max_pfn}")
+        #: the host's e820 layout (None: all of [0, nframes) RAM)
+        self.memory_map = memory_map or flat_memory_map(self.nframes)
         self.policy = policy
         self.costs = costs or CostModel()
-        self.rmp = Rmp(self.nframes)
-        self.directmap = DirectMap(self.nframes, max_level=max_level)
-        self.buddy = BuddyAllocator(self.nframes)
+        self.rmp = Rmp(self.memory_map.rmp_pages)  # covers [0, max_pfn) and the RMP itself
+        self.directmap = DirectMap(self.nframes, max_level=max_level, memory=self.memory_map.memory)
+        self.buddy = BuddyAllocator(self.nframes, ranges=self.memory_map.ram_ranges)
         self.frames = FrameTable(self.nframes)
+        hole = 0
+        for lo, hi in (*self.memory_map.ram_ranges, (self.nframes, self.nframes)):
+            if lo > hole:
+                self.frames.set_range(hole, lo - hole, Owner.RESERVED)
+            hole = hi
         self.zero_on_alloc = zero_on_alloc
         self.clock = clock or (lambda: 0)
         self.busy_ns = 0
@@ -108,6 +119,8 @@ class HostKernel:
             "directmap_2m": self.directmap.directmap_2m,
             "directmap_1g": self.directmap.directmap_1g,
             "directmap_split_count": self.directmap.split_count,
+            "direct_map_level2_splits": self.directmap.level2_splits,
+            "direct_map_level3_splits": self.directmap.level3_splits,
             "directmap_merge_count": self.directmap.merge_count,
             "rmpupdate_count": self.rmp.rmpupdate_count,
             "psmash_count": self.rmp.psmash_count,
@@ -337,10 +350,12 @@ class HostKernel:
         if dm in ("split", "bulk"):
             self._split_for(pfn, level)
         elif dm == "unmap":
+            # SNP v5-v10 call set_direct_map_invalid_noflush() on every 4K page, also for a 2M RMPUPDATE: the
+            # 2M mapping is split to 4K, not made not-present whole (linux-snp-host.md §9)
             if level == PageSize.SIZE_4K:
                 self.directmap.remove_4k(pfn)
             else:
-                self.directmap.remove_2m(pfn // PAGES_PER_2M)
+                self.directmap.remove_range(pfn // PAGES_PER_2M * PAGES_PER_2M, PAGES_PER_2M)
         elif dm == "unmap-nosplit":
             self._remove_block(pfn)
 
@@ -350,7 +365,7 @@ class HostKernel:
             if level == PageSize.SIZE_4K:
                 self.directmap.restore_4k(pfn)
             else:
-                self.directmap.restore_2m(pfn // PAGES_PER_2M)
+                self.directmap.restore_range(pfn // PAGES_PER_2M * PAGES_PER_2M, PAGES_PER_2M)
         elif dm == "unmap-nosplit":
             self._restore_block_if_clean(pfn)
 
