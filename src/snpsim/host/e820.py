@@ -43,7 +43,11 @@ Assumptions, each a parameter of :func:`server_memory_map` (scenario fields ``ho
   if that host had 256 GiB. A host whose low RAM cannot hold the table there (above about 400 GiB, or below
   300 MiB) gets it at the top of its DRAM (1 MiB aligned), which then ends the e820 RAM (``max_pfn``);
 * contiguous RMP (segmented RMP, Zen 5, is not modelled); no memory hot-plug; one e820 RAM entry per region
-  (real maps have more small reserved entries, each of which would cut more 2M ranges to 4K).
+  (real maps have more small reserved entries, each of which would cut more 2M ranges to 4K: DirectMap4k here
+  is a lower bound);
+* the only memblock reservation kept from the allocator is the first MiB: the kernel image, initrd, the memmap
+  (64 B per 4 KiB frame, about 1.6 % of RAM), crash kernel and early page tables stay allocatable here, so
+  :attr:`HostMemoryMap.ram_bytes` is an upper bound of what a real host's page allocator manages.
 
 The flat map (:func:`flat_memory_map`, ``host.layout = "flat"``) is all of ``[0, nframes)`` RAM, no holes, no
 RMP reservation and no first-MiB reservation: what unit tests use.

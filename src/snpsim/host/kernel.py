@@ -1,6 +1,6 @@
 """The host kernel's side of SEV-SNP memory: RMP updates with direct-map adjustment, and the kernel #PF handler.
 
-Models three pieces of Linux (``shared/reference/linux-snp-host.md``):
+Models these pieces of Linux (``shared/reference/linux-snp-host.md``):
 
 - ``arch/x86/virt/svm/sev.c`` ``rmp_make_private()`` / ``rmp_make_shared()`` → ``rmpupdate()`` →
   ``adjust_direct_map()`` (§1, §3): what the host does to its direct map around an RMPUPDATE. Upstream (v6.9+)
@@ -12,6 +12,9 @@ Models three pieces of Linux (``shared/reference/linux-snp-host.md``):
 - ``arch/x86/mm/fault.c`` (§2): a kernel-mode #PF with ``X86_PF_RMP`` (bit 31) or on a not-present direct-map
   entry goes down the oops path (a host crash). With ``rmp_fault = fixup`` (P. Gonda's rejected proposal, §2)
   the handler makes the offending pages shared and retries the write; the guest later sees #VC.
+- the boot-time host memory layout (:mod:`snpsim.host.e820`: e820 RAM, the PCI hole, the BIOS-reserved RMP
+  table) and the ``/proc/meminfo`` / ``/proc/vmstat`` direct-map counters (:mod:`snpsim.host.directmap`), reported
+  by :meth:`HostKernel.metrics`.
 - ``mm/page_alloc.c`` allocation with page zeroing (``kernel_init_pages`` → ``clear_highpage`` through the
   direct map): every frame handed out is written once by the kernel, which is the common way an RMP #PF
   would hit a hypervisor-owned page that shares a 2M direct-map mapping with a private page.
@@ -56,8 +59,12 @@ class Crash:
 class HostKernel:
     """Physical memory, the direct map and the RMP of one host, driven by a policy's knobs.
 
-    ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``); ``busy_ns`` accumulates
-    the cost-model time of every operation performed.
+    ``memory_map`` is the host's e820 layout (:class:`snpsim.host.e820.HostMemoryMap`; None: all of
+    ``[0, nframes)`` RAM, as unit tests use); with a map, ``nframes`` must be its ``max_pfn``. The direct map is
+    built on its memblock memory (``init_mem_mapping()``), the allocator gets its RAM ranges, the frames outside
+    them are tagged :attr:`Owner.RESERVED`, and the RMP covers ``memory_map.rmp_pages`` (``[0, max_pfn)`` and the
+    table itself). ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``);
+    ``busy_ns`` accumulates the cost-model time of every operation performed.
     """
 
     def __init__(
