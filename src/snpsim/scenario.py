@@ -8,7 +8,13 @@ The schema (``shared/DESIGN.md``; every field but ``vms`` has a default)::
     policy = "upstream"           # a preset name, or a table of knobs (optionally with preset = base)
 
     [host]
-    memory = "64G"
+    memory = "64G"                # installed DRAM
+    layout = "server"             # server | flat: the e820 map (snpsim.host.e820): "server" has low RAM, the ISA
+                                  # range, the 32-bit PCI hole, RAM above 4 GiB and the BIOS-reserved RMP table;
+                                  # "flat" is all of [0, memory) RAM
+    pci_hole = "2G"               # server layout: where the 32-bit PCI hole starts (an assumption, see e820)
+    rmp_base = "277M"             # server layout: where the BIOS put the RMP table (1M aligned; default: 277M
+                                  # if low RAM holds it there, else the top of low RAM)
     directmap_max_level = "1g"    # 1g | 2m | 4k: the largest direct-map mapping the kernel uses
     zero_on_alloc = true          # the allocator zeroes pages through the direct map
     page_cache = 0.0              # share of host memory held by scattered page-cache pages when VMs start
@@ -50,8 +56,9 @@ from typing import Any
 
 from snpsim.errors import ConfigError
 from snpsim.guest.linux import LinuxGuestConfig
+from snpsim.host.e820 import DEFAULT_PCI_HOLE, HostMemoryMap, flat_memory_map, server_memory_map
 from snpsim.hw.costs import CostModel
-from snpsim.hw.types import PageSize
+from snpsim.hw.types import PAGE_SHIFT, PageSize
 from snpsim.policy import Policy, resolve_policy
 from snpsim.units import parse_duration, parse_size
 
@@ -88,7 +95,8 @@ DEFAULT_SCENARIO: dict[str, Any] = {
 }
 
 _TOP = {"seed", "duration", "samples", "policy", "host", "vms", "churn", "costs", "name"}
-_HOST = {"memory", "directmap_max_level", "zero_on_alloc", "writers", "page_cache"}
+_HOST = {"memory", "layout", "pci_hole", "rmp_base", "directmap_max_level", "zero_on_alloc", "writers", "page_cache"}
+_LAYOUTS = ("server", "flat")
 _VM = {"memory", "vcpus", "workload", "count", "start", "lifetime", "guest", "params"}
 _CHURN = {"interval", "lifetime", "memory", "vcpus", "workload", "max_vms", "guest", "params"}
 _WRITERS = {"page_zeroing", "compaction", "ksm", "hibernation"}
@@ -140,6 +148,16 @@ class Scenario:
     churn: ChurnSpec | None
     costs: CostModel
     name: str = ""
+    #: ``host.layout``, ``host.pci_hole``, ``host.rmp_base`` (None: the default placement)
+    host_layout: str = "server"
+    pci_hole: int = DEFAULT_PCI_HOLE
+    rmp_base: int | None = None
+
+    def memory_map(self) -> HostMemoryMap:
+        """The host's e820 map (:mod:`snpsim.host.e820`) from ``host.memory`` and ``host.layout``."""
+        if self.host_layout == "flat":
+            return flat_memory_map(self.host_memory >> PAGE_SHIFT)
+        return server_memory_map(self.host_memory, pci_hole=self.pci_hole, rmp_base=self.rmp_base)
 
 
 def _table(value: object, field_name: str) -> Mapping[str, Any]:
@@ -209,6 +227,23 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
     host_memory = parse_size(host.get("memory", "64G"), "host.memory")
     if host_memory < (64 << 20) or host_memory % 4096:
         raise ConfigError("host.memory", "must be a multiple of 4K and at least 64M")
+    layout = host.get("layout", "server")
+    if layout not in _LAYOUTS:
+        raise ConfigError("host.layout", f"expected one of {', '.join(_LAYOUTS)}, got {layout!r}")
+    pci_hole = parse_size(host.get("pci_hole", DEFAULT_PCI_HOLE), "host.pci_hole")
+    rmp_base = None if host.get("rmp_base") is None else parse_size(host["rmp_base"], "host.rmp_base")
+    if layout == "flat" and ("pci_hole" in host or "rmp_base" in host):
+        where = "host.pci_hole" if "pci_hole" in host else "host.rmp_base"
+        raise ConfigError(where, "only the server layout has a PCI hole and an RMP reservation")
+    try:
+        ram_bytes = (
+            server_memory_map(host_memory, pci_hole=pci_hole, rmp_base=rmp_base).ram_bytes
+            if layout == "server"
+            else host_memory
+        )
+    except ValueError as exc:
+        param, _, why = str(exc).partition(": ")
+        raise ConfigError(f"host.{param}", why) from None
     level_name = host.get("directmap_max_level", "1g")
     if level_name not in _LEVELS:
         raise ConfigError("host.directmap_max_level", f"expected one of 1g, 2m, 4k, got {level_name!r}")
@@ -230,8 +265,12 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
     if not vms and churn is None:
         raise ConfigError("vms", "a scenario needs at least one VM (or a [churn] section)")
     total = sum(v.memory * v.count for v in vms if v.start_ns == 0)
-    if total > host_memory:
-        raise ConfigError("vms", f"the VMs started at t=0 need {total} bytes, more than host.memory")
+    if total > ram_bytes:
+        raise ConfigError(
+            "vms",
+            f"the VMs started at t=0 need {total} bytes, more than host.memory's {ram_bytes} bytes of RAM "
+            "(the DRAM less the e820 reservations and the RMP table)",
+        )
     return Scenario(
         seed=seed,
         duration_ns=duration,
@@ -246,6 +285,9 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         churn=churn,
         costs=CostModel.from_mapping(data.get("costs")),
         name=str(data.get("name", "")),
+        host_layout=layout,
+        pci_hole=pci_hole,
+        rmp_base=rmp_base,
     )
 
 

@@ -62,10 +62,11 @@ def format_duration(ns: int) -> str:
 
 
 def format_metric(metric: str, value: float) -> str:
-    """A metric value as people read it: counts with thousands separators, ``sim_time_ns`` as a duration, bytes
-    in binary units (metric names of shared/DESIGN.md)."""
+    """A metric value as people read it: counts (``*_count`` and the vmstat ``direct_map_level*_splits``) with
+    thousands separators, ``sim_time_ns`` as a duration, bytes in binary units (metric names of
+    shared/DESIGN.md)."""
     if metric == "sim_time_ns":
         return format_duration(int(value))
-    if metric.endswith("_count"):
+    if metric.endswith(("_count", "_splits")):
         return f"{int(value):,}"
     return format_bytes(int(value))
