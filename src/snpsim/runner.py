@@ -22,6 +22,7 @@ from snpsim.guest.events import Timed
 from snpsim.guest.executor import SnpGuest
 from snpsim.guest.workloads import WORKLOADS
 from snpsim.host import HostKernel, Owner, writers
+from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.hw.types import PAGE_SHIFT
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
@@ -58,6 +59,8 @@ class Result:
     crashes: list[dict[str, Any]] = field(default_factory=list)
     #: (time_ns, gfn, npages, to_private) of every kvm_convert_memory, if the run recorded them
     conversions: list[tuple[int, int, int, bool]] | None = None
+    #: the host memory picture (:mod:`snpsim.host.blockmap`) after boot (first sample), mid-run and at the end
+    hostmaps: list[HostMap] = field(default_factory=list)
 
 
 class Simulation:
@@ -87,6 +90,7 @@ class Simulation:
         self.records: list[VmRecord] = []
         self._ram_masks: dict[tuple[int, tuple[tuple[int, int], ...]], npt.NDArray[np.bool_]] = {}
         self.rows: list[dict[str, int]] = []
+        self.hostmaps: list[HostMap] = []
         self._next_asid = 1
         self._progress = progress
 
@@ -114,6 +118,8 @@ class Simulation:
         step = max(1, self.s.duration_ns // self.s.samples)
         while True:
             self.rows.append({"time_ns": int(self.env.now), **self.metrics()})
+            if len(self.rows) - 1 in (1, self.s.samples // 2):
+                self.hostmaps.append(snapshot(self.host))
             if self._progress:
                 self._progress(self.env.now / max(self.s.duration_ns, 1))
             yield self.env.timeout(step)
@@ -221,9 +227,11 @@ class Simulation:
         final = self.metrics()
         if not self.rows or self.rows[-1]["time_ns"] != final["sim_time_ns"]:
             self.rows.append({"time_ns": final["sim_time_ns"], **final})
+        if not self.hostmaps or self.hostmaps[-1].time_ns != final["sim_time_ns"]:
+            self.hostmaps.append(snapshot(self.host))
         timeline = pd.DataFrame(self.rows, columns=["time_ns", *METRICS])
         crashes = [
             {"time_ns": c.time_ns, "path": c.path, "pfn": c.pfn, "kind": c.kind, "error_code": c.error_code}
             for c in self.host.crashes
         ]
-        return Result(dict(final), timeline, self.s, self.records, crashes, self.conversions)
+        return Result(dict(final), timeline, self.s, self.records, crashes, self.conversions, self.hostmaps)

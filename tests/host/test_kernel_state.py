@@ -6,7 +6,9 @@ Invariants (issue 2; linux-snp-host.md §3, amd-snp-arch.md §7):
   map 2M ranges holding a 4K-private page at 4K; ``unmap``/``unmap-nosplit`` never map an assigned page at all;
 - a kernel write either succeeds on a page whose 2M range it may write, or crashes / is fixed up; after a
   successful write under ``fixup`` the written page's RMP check passes;
-- with ``oops``, every RMP fault is a crash; with ``fixup``, none is.
+- with ``oops``, every RMP fault is a crash; with ``fixup``, none is;
+- the memory picture (``snpsim.host.blockmap``) agrees with a frame-by-frame recount from the frame tags, the
+  RMP and the direct map.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from snpsim.host import HostKernel
+from snpsim.host import HostKernel, Owner
+from snpsim.host import blockmap as bm
 from snpsim.hw import HostPageFault, PageSize
 from snpsim.policy import presets
 
@@ -96,6 +99,50 @@ class HostMachine(RuleBasedStateMachine):
             assert self.h.host_crash_count - crashes <= (1 if level is None else 0)
         else:
             assert self.h.host_rmp_fault_count - faults == (self.h.host_crash_count - crashes) - (level is None)
+
+    @rule(pfn=PFNS, n=st.integers(1, 700), owner=st.sampled_from(list(Owner)))
+    def tag(self, pfn: int, n: int, owner: Owner) -> None:
+        self.h.frames.set_range(pfn, min(n, NFRAMES - pfn), owner)
+
+    @invariant()
+    def blockmap_agrees_with_a_frame_by_frame_recount(self) -> None:
+        m = bm.snapshot(self.h)
+        nb = -(-NFRAMES // 512)
+        pad = nb * 512 - NFRAMES
+        tags = np.concatenate([self.h.frames.tags(0, NFRAMES), np.zeros(pad, dtype=np.uint8)]).reshape(nb, 512)
+        assigned = np.zeros(nb * 512, dtype=bool)
+        assigned[self.h.rmp.assigned_pages(0, NFRAMES)] = True
+        assigned = assigned.reshape(nb, 512)
+        levels = np.concatenate([self.h.directmap.levels(0, NFRAMES), np.full(pad, -9, np.int8)]).reshape(nb, 512)
+        ram = np.full(nb, 512)
+        ram[-1] -= pad
+        category = np.zeros(256, dtype=np.uint8)  # tag -> picture category (blockmap's STATES)
+        for owner, cat in (
+            (Owner.FREE, bm.FREE), (Owner.KERNEL, bm.KERNEL), (Owner.IMAGE, bm.KERNEL), (Owner.USER, bm.USER),
+            (Owner.HUGETLB_POOL, bm.HUGETLB), (Owner.VMM_SHARED, bm.SHARED), (Owner.VMM_PRIVATE, bm.SHARED),
+            (Owner.GMEM, bm.SHARED),
+        ):  # fmt: skip
+            category[owner] = cat
+        guest = np.isin(tags, [Owner.FREE, Owner.VMM_SHARED, Owner.VMM_PRIVATE, Owner.GMEM])
+        cats = np.where(assigned & guest, bm.PRIVATE, category[tags])
+        if pad:
+            cats[-1, 512 - pad :] = 255  # beyond the end of memory
+        per = np.stack([(cats == c).sum(axis=1) for c in range(bm.PRIVATE + 1)], axis=1)
+        used = per[:, bm.KERNEL :].sum(axis=1)
+        # the most frequent used category, ties to the lower code; FREE when nothing is used
+        best = np.array([max(range(bm.KERNEL, bm.PRIVATE + 1), key=lambda c: (row[c], -c)) for row in per])
+        state = np.where(used > 0, best, bm.FREE)
+        lo, hi = levels.min(axis=1, initial=9, where=levels != -9), levels.max(axis=1, where=levels != -9, initial=-9)
+        level = np.select(
+            [(lo == 2) & (hi == 2), (lo == 1) & (hi == 1), (lo == 0) & (hi == 0), hi == -1],
+            [bm.L_1G, bm.L_2M, bm.L_4K, bm.L_NONE],
+            bm.L_4K_HOLES,
+        )
+        assert m.state.tolist() == state.tolist()
+        assert m.level.tolist() == level.tolist()
+        assert m.used.tolist() == used.tolist()
+        assert m.assigned.tolist() == assigned.sum(axis=1).tolist()
+        assert m.ram.tolist() == ram.tolist()
 
     @invariant()
     def directmap_consistent(self) -> None:
