@@ -288,7 +288,7 @@ def scenario_rows(scenario: dict[str, Any], *, default_costs: dict[str, Any] | N
     if changed:
         shown = (f"{k} {v:,} (default {defaults.get(k, 0):,})" for k, v in sorted(changed.items()))
         rows.append(("costs (changed)", ", ".join(shown)))
-    rows += [(k, html.unescape(json.dumps(v))) for k, v in sorted(scenario.items()) if k not in _SHOWN_KEYS]
+    rows += [(k, json.dumps(v)) for k, v in sorted(scenario.items()) if k not in _SHOWN_KEYS]
     return rows
 
 
@@ -341,11 +341,9 @@ def _grid(n: int, ncols: int) -> tuple[int, int]:
     return -(-n // cols), cols
 
 
-def stacked_multiples(
-    timelines: dict[str, pd.DataFrame], metrics: dict[str, str], ylabel: str, title: str
-) -> tuple[str, list[list[str]]]:
+def stacked_multiples(timelines: dict[str, pd.DataFrame], metrics: dict[str, str], ylabel: str, title: str) -> str:
     """One stacked-area panel per group of presets with equal ``metrics`` series (``metric -> legend name``),
-    a shared y axis and one legend; returns (svg, groups)."""
+    a shared y axis and one legend."""
     groups = identical_groups({label: tl[list(metrics)] for label, tl in timelines.items()})
     span = _span(timelines)
     unit, ns = time_unit(span)
@@ -369,7 +367,7 @@ def stacked_multiples(
     fig.legend(handles[::-1], labels[::-1], loc="outside upper right", ncols=3, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9, x=0.01, ha="left")
     fig.set_layout_engine("constrained")
-    return _svg(fig), groups
+    return _svg(fig)
 
 
 def line_panels(
@@ -436,10 +434,7 @@ def final_counts(docs: list[dict[str, Any]], metrics: Sequence[str], ncols: int 
             ax.xaxis.set_major_formatter(_formatter())
         for k, v in enumerate(values):
             ax.text(0.85 if log and v <= 0 else v, k, f" {v:,.0f}", va="center", fontsize=6.5)
-        same = len(set(values)) == 1
-        ax.set_title(
-            metric + (" (log)" if log else "") + (" — equal for all" if same and len(docs) > 1 else ""), fontsize=8
-        )
+        ax.set_title(metric + (" (log)" if log else ""), fontsize=8)
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
         ax.tick_params(axis="x", labelsize=6.5)
@@ -548,7 +543,9 @@ def coarsen(hostmap: blockmap.HostMap, factor: int) -> blockmap.HostMap:
         counts = np.stack([(c == k).sum(axis=1) for k in range(ncodes)], axis=1)
         return np.argmax(counts, axis=1).astype(np.uint8)
 
-    used, assigned, ram = (cells(a.astype(np.uint32), 0).sum(axis=1) for a in hostmap[3:6])
+    used, assigned, ram = (
+        cells(a.astype(np.uint32), 0).sum(axis=1) for a in (hostmap.used, hostmap.assigned, hostmap.ram)
+    )
     state = mode(hostmap.state, len(blockmap.STATES), blockmap.NOT_RAM)
     used_state = mode(np.where(hostmap.state > blockmap.FREE, hostmap.state, 255).astype(np.uint8), 256, 255)
     state = np.where((used > 0) & (used_state < 255), used_state, state).astype(np.uint8)
@@ -631,10 +628,7 @@ def memory_pictures(saved: dict[str, SavedHostMaps], labels: Sequence[str]) -> s
     if not runs:
         return "<p class='note' id='hostmap'>These results carry no memory pictures (hostmaps.npz).</p>"
     groups = identical_groups(
-        {
-            label: np.concatenate([np.concatenate([m.state, m.level, m.assigned.astype(np.uint8)]) for m in maps])
-            for label, maps in runs.items()
-        }
+        {label: np.concatenate([np.concatenate(m[1:]).astype(np.int64) for m in maps]) for label, maps in runs.items()}
     )
     first = next(iter(runs.values()))[0]
     nblocks = first.state.size
@@ -731,7 +725,8 @@ def _crash_html(docs: list[dict[str, Any]]) -> str:
     more = len(groups) - MAX_CRASH_GROUPS
     note = f"<p class='note'>{more:,} more groups not shown; every record is in summary.json.</p>" if more > 0 else ""
     return (
-        f"<p>{sum(total.values()):,} crash records ({per_run}) in {len(groups):,} groups.</p>"
+        f"<p>{sum(total.values()):,} crash records ({per_run}) in {len(groups):,} "
+        f"group{'' if len(groups) == 1 else 's'}.</p>"
         f"<table id='crashes'><tr>{head}</tr>{''.join(rows)}</table>{note}"
     )
 
@@ -817,13 +812,13 @@ def build(out: Path, dest: Path | None = None) -> Path:
     made = f" by snpsim {', '.join(versions)}" if versions else ""
     meta = f"results written {_results_date(out)}{made}; report by snpsim {snpsim.__version__}"
 
-    dm_svg, _ = stacked_multiples(
+    dm_svg = stacked_multiples(
         timelines,
         {"directmap_4k": "4K", "directmap_2m": "2M", "directmap_1g": "1G"},
         "direct map",
         "DirectMap4k / 2M / 1G (/proc/meminfo), stacked",
     )
-    npt_svg, _ = stacked_multiples(
+    npt_svg = stacked_multiples(
         timelines, {"npt_4k": "4K", "npt_2m": "2M", "npt_1g": "1G"}, "NPT", "guest memory mapped in the NPT, by level"
     )
     activity = [m for m in ("rmpupdate_count", "psmash_count", "npf_count") if m in METRICS]
@@ -844,8 +839,19 @@ def build(out: Path, dest: Path | None = None) -> Path:
         for m in ("directmap_merge_count", "host_rmp_fault_count", "host_notpresent_fault_count", "host_crash_count")
         if m not in faults
     ]
-    count_metrics = [m for m in METRICS if m.endswith("_count") and any((_final_value(d, m) or 0) > 0 for d in docs)]
-    zero_counts = [m for m in METRICS if m.endswith("_count") and m not in count_metrics]
+    counts = [m for m in [*METRICS, *(k for k in docs[0]["summary"] if k not in METRICS)] if m.endswith("_count")]
+    finals = {m: [_final_value(d, m) or 0.0 for d in docs] for m in counts}
+    zero_counts = [m for m in counts if not any(finals[m])]
+    equal_counts = [m for m in counts if m not in zero_counts and len(docs) > 1 and len(set(finals[m])) == 1]
+    count_metrics = [m for m in counts if m not in zero_counts and m not in equal_counts]
+    count_notes = "".join(
+        f"<p class='note'>{text}: {', '.join(items)}.</p>"
+        for text, items in (
+            ("Equal under every preset", [f"{m} {finals[m][0]:,.0f}" for m in equal_counts]),
+            ("Zero under every preset", zero_counts),
+        )
+        if items
+    )
     sections = [
         ("glance", "At a glance", _glance(docs)),
         ("directmap", "Direct map over time", f"<div class='plot'>{dm_svg}</div>"),
@@ -874,8 +880,7 @@ def build(out: Path, dest: Path | None = None) -> Path:
         (
             "counts",
             "Final counts",
-            f"<div class='plot'>{final_counts(docs, count_metrics)}</div>"
-            + (f"<p class='note'>Zero under every preset: {', '.join(zero_counts)}.</p>" if zero_counts else ""),
+            (f"<div class='plot'>{final_counts(docs, count_metrics)}</div>" if count_metrics else "") + count_notes,
         ),
         ("boot-section", "Boot time", boot_section(docs)),
         ("crash-section", "Host crashes", _crash_html(docs)),

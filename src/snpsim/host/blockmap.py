@@ -24,8 +24,11 @@ Simplification: a block's category is the majority of its used frames, so a bloc
 (e820 holes, the RMP table) count neither as free nor used (``ram`` counts the RAM frames of each block); without
 ``ram`` every frame is RAM.
 
+The picture moves no metric: it only reads the frame table, the RMP and the direct map.
+
 Vectorised per 1 GiB segment of the frame table (the RMP is read per frame only in blocks with an assigned page):
-a 2 TiB host (2^20 blocks) takes about a second.
+a 4 GiB host takes 15 ms, a 2 TiB host whose every segment is tagged (2^20 blocks) about 5 s on the project
+machine; the runner takes three snapshots a run.
 """
 
 from __future__ import annotations
