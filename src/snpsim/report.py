@@ -7,11 +7,13 @@ fetches nothing and opens anywhere. A run report (:func:`build`) has:
   from the resolved scenario :mod:`snpsim.hostmaps` saves, else from ``summary.json``), the VMs that ran, the
   snpsim version and the date the results were written;
 - a table of the outcomes that differ most between presets (crashes, #VC, direct map, waste, boot time);
-- time series with the time axis in s, min, h or d as the run's span suggests: the direct map (``/proc/meminfo``
-  DirectMap4k/2M/1G) and the NPT levels as small multiples, one panel per preset, and guest memory, RMP/NPT
-  activity and faults as lines with distinct markers and dashes. Presets whose series are equal share one panel or
-  one line, labelled ``bulk = upstream``; counts spanning two decades or more get a (symmetric) log axis;
-- final counts, one small panel per metric, on a log axis with every value written on its bar;
+- time series with the time axis in ms, s, min, h or d as the run's span suggests (:func:`time_unit`): the direct
+  map (``/proc/meminfo`` DirectMap4k/2M/1G) and the NPT levels as small multiples, one panel per preset, and guest
+  memory, RMP/NPT activity and faults as lines with distinct colours, markers and dashes. Presets whose series are
+  equal share one panel or one line, labelled ``bulk = upstream``; counts spanning 1.5 decades or more get a
+  (symmetric) log axis;
+- final counts, one small panel per metric with every value written on its bar (log axis as above); counts equal
+  or zero under every preset listed in a line;
 - boot time (``boot_time_ns`` and the VMs' own boot times, when the results carry them);
 - the host's physical memory, 2M block by 2M block (:mod:`snpsim.host.blockmap`): who holds each block and how the
   direct map maps it, after boot, mid-run and at the end, per preset;
@@ -23,6 +25,7 @@ A sweep's report (:func:`build_sweep`) plots key metrics against each numeric ax
 line per value of the categorical axes (presets, workloads), averaged over the other axes (band: min-max; ``seed``
 is always averaged; count metrics spanning decades on a log axis; lines that coincide named in the panel), and
 tables the failed points with their errors and every point with its metrics, saying how many rows are not shown.
+How to read the page: ``docs/report.md``.
 """
 
 from __future__ import annotations
