@@ -6,6 +6,7 @@ Layout of an output folder (readable with pandas, pyarrow or DuckDB: ``SELECT * 
       <label>/summary.json     {"label", "summary": {metric: value}, "policy": {knob: value}, "scenario": {...},
                                 "vms": [...], "crashes": [...]}
       <label>/timeline.parquet time_ns + every metric, one row per sample
+      <label>/hostmaps.npz     the host memory pictures and the resolved scenario, for the report (snpsim.hostmaps)
 
 Each file is written to a temporary name and renamed into place, so a run interrupted while saving never leaves a
 half-written result behind.
@@ -23,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from snpsim.errors import ConfigError
+from snpsim.hostmaps import save_hostmaps
 from snpsim.runner import Result
 
 SUMMARY = "summary.json"
@@ -61,6 +63,7 @@ def save(result: Result, out: Path, label: str) -> Path:
         "vms": [dataclasses.asdict(v) for v in result.vms],
         "crashes": result.crashes,
     }
+    save_hostmaps(result, folder, label)
     _atomic_write(folder / SUMMARY, json.dumps(doc, indent=1, sort_keys=True).encode())
     return folder
 

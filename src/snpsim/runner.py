@@ -28,6 +28,7 @@ from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
 from snpsim.guest.executor import GuestLog, SnpGuest
 from snpsim.guest.workloads import WORKLOADS
 from snpsim.host import HostKernel, Owner, writers
+from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.host.cpu import CpuAccount
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
@@ -77,6 +78,8 @@ class Result:
     conversions: list[tuple[int, int, int, bool]] | None = None
     host_cpu_ns: dict[str, int] = field(default_factory=dict)
     thread_cpu_ns: dict[str, int] = field(default_factory=dict)
+    #: the host memory picture (:mod:`snpsim.host.blockmap`) after boot (first sample), mid-run and at the end
+    hostmaps: list[HostMap] = field(default_factory=list)
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Simulation:
         self._origins: list[int] = []
         self._ram_masks: dict[tuple[int, tuple[tuple[int, int], ...]], npt.NDArray[np.bool_]] = {}
         self.rows: list[dict[str, int]] = []
+        self.hostmaps: list[HostMap] = []
         self._next_asid = 1
         self._progress = progress
         #: each VM's "all its vCPU threads are done" event
@@ -164,6 +168,8 @@ class Simulation:
         step = max(1, self.s.duration_ns // self.s.samples)
         while True:
             self.rows.append({"time_ns": int(self.env.now), **self.metrics()})
+            if len(self.rows) - 1 in (1, self.s.samples // 2):
+                self.hostmaps.append(snapshot(self.host, self.host.memory_map.ram_ranges))
             if self._progress:
                 self._progress(self.env.now / max(self.s.duration_ns, 1))
             yield self.env.timeout(step)
@@ -308,6 +314,8 @@ class Simulation:
         final = self.metrics()
         if not self.rows or self.rows[-1]["time_ns"] != final["sim_time_ns"]:
             self.rows.append({"time_ns": final["sim_time_ns"], **final})
+        if not self.hostmaps or self.hostmaps[-1].time_ns != final["sim_time_ns"]:
+            self.hostmaps.append(snapshot(self.host, self.host.memory_map.ram_ranges))
         timeline = pd.DataFrame(self.rows, columns=["time_ns", *METRICS])
         crashes = [
             {"time_ns": c.time_ns, "path": c.path, "pfn": c.pfn, "kind": c.kind, "error_code": c.error_code}
@@ -325,7 +333,15 @@ class Simulation:
                 by_op[op] = by_op.get(op, 0) + ns
         threads = {name: a.total_ns for name, a in self.host.accounts.items() if a.total_ns}
         return Result(
-            dict(final), timeline, self.s, self.records, crashes, self.conversions, dict(sorted(by_op.items())), threads
+            dict(final),
+            timeline,
+            self.s,
+            self.records,
+            crashes,
+            self.conversions,
+            dict(sorted(by_op.items())),
+            threads,
+            self.hostmaps,
         )
 
 

@@ -7,7 +7,9 @@ Invariants (issues 2 and 12; linux-snp-host.md §3, §9, amd-snp-arch.md §7):
   map 2M ranges holding a 4K-private page at 4K; ``unmap``/``unmap-nosplit`` never map an assigned page at all;
 - a kernel write either succeeds on a page whose 2M range it may write, or crashes / is fixed up; after a
   successful write under ``fixup`` the written page's RMP check passes;
-- with ``oops``, every RMP fault is a crash; with ``fixup``, none is.
+- with ``oops``, every RMP fault is a crash; with ``fixup``, none is;
+- the memory picture (``snpsim.host.blockmap``) agrees with a frame-by-frame recount from the frame tags, the
+  RMP and the direct map.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from snpsim.host import HostKernel, Owner, server_memory_map
+from snpsim.host import blockmap as bm
 from snpsim.hw import HostPageFault, PageSize
 from snpsim.policy import presets
 
@@ -111,6 +114,54 @@ class HostMachine(RuleBasedStateMachine):
         else:
             assert self.h.host_rmp_fault_count - faults == (self.h.host_crash_count - crashes) - (level is None)
 
+    @rule(pfn=PFNS, n=st.integers(1, 700), owner=st.sampled_from(list(Owner)))
+    def tag(self, pfn: int, n: int, owner: Owner) -> None:
+        """Retag frames (the memory picture's recount must follow); e820 holes and the RMP stay reserved."""
+        tags = self.h.frames.tags(pfn, min(n, NFRAMES - pfn))
+        for k in np.flatnonzero(tags != Owner.RESERVED).tolist():
+            self.h.frames.set_range(pfn + k, 1, Owner.RESERVED if owner == Owner.RESERVED else owner)
+
+    @invariant()
+    def blockmap_agrees_with_a_frame_by_frame_recount(self) -> None:
+        m = bm.snapshot(self.h)
+        nb = -(-NFRAMES // 512)
+        pad = nb * 512 - NFRAMES
+        tags = np.concatenate([self.h.frames.tags(0, NFRAMES), np.zeros(pad, dtype=np.uint8)]).reshape(nb, 512)
+        assigned = np.zeros(nb * 512, dtype=bool)
+        assigned[self.h.rmp.assigned_pages(0, NFRAMES)] = True
+        assigned = assigned.reshape(nb, 512)
+        levels = np.concatenate([self.h.directmap.levels(0, NFRAMES), np.full(pad, -9, np.int8)]).reshape(nb, 512)
+        ram = np.full(nb, 512)
+        ram[-1] -= pad
+        category = np.zeros(256, dtype=np.uint8)  # tag -> picture category (blockmap's STATES)
+        for owner, cat in (
+            (Owner.FREE, bm.FREE), (Owner.KERNEL, bm.KERNEL), (Owner.IMAGE, bm.KERNEL), (Owner.USER, bm.USER),
+            (Owner.RESERVED, bm.KERNEL),
+            (Owner.HUGETLB_POOL, bm.HUGETLB), (Owner.VMM_SHARED, bm.SHARED), (Owner.VMM_PRIVATE, bm.SHARED),
+            (Owner.GMEM, bm.SHARED),
+        ):  # fmt: skip
+            category[owner] = cat
+        guest = np.isin(tags, [Owner.FREE, Owner.VMM_SHARED, Owner.VMM_PRIVATE, Owner.GMEM])
+        cats = np.where(assigned & guest, bm.PRIVATE, category[tags])
+        if pad:
+            cats[-1, 512 - pad :] = 255  # beyond the end of memory
+        per = np.stack([(cats == c).sum(axis=1) for c in range(bm.PRIVATE + 1)], axis=1)
+        used = per[:, bm.KERNEL :].sum(axis=1)
+        # the most frequent used category, ties to the lower code; FREE when nothing is used
+        best = np.array([max(range(bm.KERNEL, bm.PRIVATE + 1), key=lambda c: (row[c], -c)) for row in per])
+        state = np.where(used > 0, best, bm.FREE)
+        lo, hi = levels.min(axis=1, initial=9, where=levels != -9), levels.max(axis=1, where=levels != -9, initial=-9)
+        level = np.select(
+            [(lo == 2) & (hi == 2), (lo == 1) & (hi == 1), (lo == 0) & (hi == 0), hi == -1],
+            [bm.L_1G, bm.L_2M, bm.L_4K, bm.L_NONE],
+            bm.L_4K_HOLES,
+        )
+        assert m.state.tolist() == state.tolist()
+        assert m.level.tolist() == level.tolist()
+        assert m.used.tolist() == used.tolist()
+        assert m.assigned.tolist() == assigned.sum(axis=1).tolist()
+        assert m.ram.tolist() == ram.tolist()
+
     @invariant()
     def directmap_consistent(self) -> None:
         dm = self.h.directmap
@@ -126,7 +177,8 @@ class HostMachine(RuleBasedStateMachine):
         assert self.h.buddy.free_frames + self.h.buddy.used_frames == sum(
             hi - lo for lo, hi in self.h.memory_map.ram_ranges
         )
-        assert self.h.frames.get(RMP_LO) == (Owner.RESERVED if self.mapped < NFRAMES else Owner.FREE)
+        if self.mapped < NFRAMES:  # server layout (on the flat one the frame is RAM, which the tag rule may retag)
+            assert self.h.frames.get(RMP_LO) == Owner.RESERVED
 
     @invariant()
     def no_large_mapping_over_a_mixed_2m_range(self) -> None:

@@ -1,8 +1,10 @@
 """The report renders in a real browser: headless Chromium (Debian package, installed by .ci/run) loads the page
-offline, the DOM has the plots and tables, the screenshot is not blank, and the console shows no errors."""
+offline, the DOM has the plots, the memory pictures and the tables, the pictures are drawn (their pixels reach the
+screenshot), the screenshot is not blank, and the console shows no errors."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,19 +45,23 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         "seed": 4,
         "duration": "1100ms",
         "samples": 5,
-        "host": {"memory": "1G", "page_cache": 0.3},
+        "host": {"memory": "1G", "page_cache": 0.3, "layout": "flat"},
         "vms": [{"memory": "64M", "vcpus": 1, "workload": "random-conversion"}],
     }
-    for name in ("fixup", "upstream"):
+    for name in ("fixup", "upstream"):  # fixup: 1G direct map throughout; upstream: split to 4K
         save(snpsim.run({**scenario, "policy": name}), out, name)
     page = build(out)
     url = page.resolve().as_uri()
 
     dom = chromium(tmp_path, "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<svg") == 4
+    # direct map, guest memory, RMP/NPT activity, NPT levels, faults (fixup: RMP faults and #VC), final counts,
+    # boot time (the 64M guest boots within the 1.1 s)
+    assert dom.stdout.count("<svg") == 7
     assert 'id="metrics"' in dom.stdout or "id='metrics'" in dom.stdout
     assert "directmap_4k" in dom.stdout
+    # two presets, three moments, memory and direct map
+    assert dom.stdout.count("<img ") == 12 and dom.stdout.count("data:image/png;base64,") == 12
 
     shot = tmp_path / "shot.png"
     run = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,2400", url)
@@ -67,3 +73,28 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert np.count_nonzero(gray < 0.5) > 5000  # a good amount of dark ink (axes, text, bars)
     console = [line for line in run.stderr.splitlines() + dom.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "rror" in line], console
+
+
+def test_memory_pictures_reach_the_screen(tmp_path: Path) -> None:
+    """The pictures alone (the plots cut out of the page): fixup keeps the boot direct map, one 1G mapping for the
+    whole 1 GiB host, so each of its three direct-map pictures is 512 blocks of 3x3 px in the 1G colour."""
+    out = tmp_path / "out"
+    scenario = {
+        "seed": 4,
+        "duration": "300ms",
+        "samples": 4,  # pictures at rows 1 and samples // 2 = 2, and at the end: three
+        "host": {"memory": "1G", "layout": "flat"},  # no e820 holes: one 1G direct-map entry at boot
+        "vms": [{"memory": "64M", "vcpus": 1, "workload": "linux-boot"}],
+        "policy": "fixup",
+    }
+    save(snpsim.run(scenario), out, "fixup")
+    page = build(out).read_text()
+    pictures = tmp_path / "pictures.html"
+    pictures.write_text(re.sub(r"<svg.*?</svg>", "", page, flags=re.S))
+    shot = tmp_path / "pictures.png"
+    run = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,3000", pictures.resolve().as_uri())
+    assert shot.exists(), run.stderr[-2000:]
+    image = mpimg.imread(shot)[..., :3]
+    green = np.all(np.abs(image - np.array([0x2C, 0xA0, 0x2C]) / 255) < 0.01, axis=2)
+    legend_swatch = 20 * 20
+    assert 3 * 512 * 9 <= np.count_nonzero(green) <= 3 * 512 * 9 + legend_swatch

@@ -872,6 +872,26 @@ class DirectMap:
                     self._merges += k
         return self._merges - before
 
+    def levels_2m(self) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int16]]:
+        """Per 2 MiB range: the level of the entry mapping it and its present 4K pages.
+
+        Level: ``PageSize.SIZE_1G`` (a 1G entry), ``SIZE_2M`` (a 2M entry), ``SIZE_4K`` (a PTE table, whatever
+        its present bits) or :data:`NOT_PRESENT` (a not-present 1G or 2M entry). Present pages: 512 under a
+        present 1G/2M entry, 0 under a not-present one, the present bits of a PTE table. O(nframes / 512) plus
+        the split ranges' PTE rows, in bounded chunks (the report's memory picture of a 2 TiB host)."""
+        pud = np.repeat(self._pud, _PMDS_PER_PUD)[: self._n2m_total]
+        level = np.full(self._n2m_total, NOT_PRESENT, dtype=np.int8)
+        level[pud == _PUD_1G] = PageSize.SIZE_1G
+        table = pud == _PUD_TABLE
+        level[table & (self._pmd == _PMD_2M)] = PageSize.SIZE_2M
+        split = np.flatnonzero(table & (self._pmd == _PMD_SPLIT))
+        level[split] = PageSize.SIZE_4K
+        present = np.where(level > PageSize.SIZE_4K, PAGES_PER_2M, 0).astype(np.int16)
+        slots = self._slot[split]
+        for k in range(0, split.size, 1 << 16):
+            present[split[k : k + (1 << 16)]] = np.count_nonzero(self._bits[slots[k : k + (1 << 16)]], axis=1)
+        return level, present
+
     # ------------------------------------------------------------------ self-check
 
     def check_invariants(self) -> None:
