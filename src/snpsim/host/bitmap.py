@@ -1,0 +1,206 @@
+"""A set of small integers as a hierarchy of 64-bit words: the model's free lists (one per zone, order, migratetype).
+
+The kernel keeps a doubly linked list of ``struct page`` per ``(zone, order, migratetype)`` (``struct free_area``,
+include/linux/mmzone.h) and finds a free block in O(1) at the list head. A Python object per free block would not
+scale to a 2 TiB host (2^29 frames, millions of free blocks after ageing), so each free list here is a bitmap over
+the block indices of its order, with summary levels above it: bit ``j`` of level ``l + 1`` is set iff word ``j`` of
+level ``l`` is non-zero, up to a top level of at most :data:`TOP_WORDS` words, itself summarised by one Python
+``int``. Finding the lowest member costs one ``int`` bit trick plus one word read per level (3 levels for the
+order-0 list of a 2 TiB zone); insertion and removal touch one word per level only when a word changes between
+zero and non-zero. The batch operations (:meth:`Bitmap.add_many`, :meth:`Bitmap.remove_many`,
+:meth:`Bitmap.take_lowest`) are vectorised in numpy.
+
+Level 0 of a big bitmap comes from :func:`snpsim.pfnmap.lazy_zeros`: pages of the bitmap never written cost no
+memory (a 2 TiB zone's order-0 bitmap is 64 MiB of address space per migratetype, resident only where free
+order-0 blocks ever were).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from snpsim.pfnmap import lazy_zeros
+from snpsim.segments import run_starts
+
+__all__ = ["Bitmap"]
+
+IntArray = npt.NDArray[np.int64]
+WordArray = npt.NDArray[np.uint64]
+
+#: The top numpy level has at most this many words; the Python ``int`` above it has one bit per word.
+TOP_WORDS = 4096
+
+_ONE = np.uint64(1)
+#: the 64 single-bit masks, gathered instead of shifted (a shift by a per-element amount needs a cast first)
+_BIT = np.left_shift(_ONE, np.arange(64, dtype=np.uint64))
+
+
+def _lowbit(x: int) -> int:
+    return (x & -x).bit_length() - 1
+
+
+def _bits_of(words: WordArray, index: IntArray) -> IntArray:
+    """Ascending positions ``index[i] * 64 + b`` of the set bits ``b`` of ``words[i]`` (``index`` ascending)."""
+    if words.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    flat = np.flatnonzero(np.unpackbits(np.ascontiguousarray(words).view(np.uint8), bitorder="little"))
+    return (index[flat >> 6] << 6) + (flat & 63)
+
+
+def _masks(idx: IntArray) -> tuple[IntArray, WordArray]:
+    """For sorted unique ``idx``: the distinct words they fall in and the OR of their bits per word."""
+    words = idx >> 6
+    starts = run_starts(words)
+    return words[starts], np.bitwise_or.reduceat(_BIT[idx & 63], starts)
+
+
+class Bitmap:
+    """A set of integers in ``[0, n)``; ``count`` is its size."""
+
+    __slots__ = ("count", "levels", "n", "top")
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+        self.count = 0
+        self.levels: list[WordArray] = []
+        size = max(self.n, 1)
+        while True:
+            words = (size + 63) >> 6
+            self.levels.append(lazy_zeros(words, np.uint64))
+            if words <= TOP_WORDS:
+                break
+            size = words
+        #: bit j set iff ``levels[-1][j]`` is non-zero
+        self.top = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, i: int) -> bool:
+        return bool((int(self.levels[0][i >> 6]) >> (i & 63)) & 1)
+
+    # ------------------------------------------------------------------ single members
+    def add(self, i: int) -> None:
+        """Insert ``i`` (known absent)."""
+        self.count += 1
+        for level in self.levels:
+            w = i >> 6
+            old = int(level[w])
+            level[w] = old | (1 << (i & 63))
+            if old:
+                return
+            i = w
+        self.top |= 1 << i
+
+    def remove(self, i: int) -> None:
+        """Remove ``i`` (known present)."""
+        self.count -= 1
+        for level in self.levels:
+            w = i >> 6
+            new = int(level[w]) & ~(1 << (i & 63))
+            level[w] = new
+            if new:
+                return
+            i = w
+        self.top &= ~(1 << i)
+
+    def first(self) -> int:
+        """The lowest member, or -1 if the set is empty."""
+        if not self.top:
+            return -1
+        pos = _lowbit(self.top)
+        for level in reversed(self.levels):
+            pos = (pos << 6) + _lowbit(int(level[pos]))
+        return pos
+
+    def pop_first(self) -> int:
+        """Remove and return the lowest member (the set must not be empty)."""
+        i = self.first()
+        self.remove(i)
+        return i
+
+    # ------------------------------------------------------------------ batches
+    def contains_many(self, idx: IntArray) -> npt.NDArray[np.bool_]:
+        """Membership of each of ``idx``."""
+        if idx.size == 0:
+            return np.zeros(0, dtype=bool)
+        return self.levels[0][idx >> 6] & _BIT[idx & 63] != 0
+
+    def add_many(self, idx: IntArray) -> None:
+        """Insert sorted, unique ``idx``, none present."""
+        if idx.size == 0:
+            return
+        self.count += int(idx.size)
+        for level in self.levels:
+            words, masks = _masks(idx)
+            old = level[words]
+            level[words] = old | masks
+            idx = words[old == 0]
+            if idx.size == 0:
+                return
+        for j in idx.tolist():
+            self.top |= 1 << j
+
+    def remove_many(self, idx: IntArray) -> None:
+        """Remove sorted, unique ``idx``, all present."""
+        if idx.size == 0:
+            return
+        self.count -= int(idx.size)
+        for level in self.levels:
+            words, masks = _masks(idx)
+            new = level[words] & ~masks
+            level[words] = new
+            idx = words[new == 0]
+            if idx.size == 0:
+                return
+        for j in idx.tolist():
+            self.top &= ~(1 << j)
+
+    def members(self, limit: int | None = None) -> IntArray:
+        """The ``limit`` lowest members (all by default), ascending."""
+        want = self.count if limit is None else min(limit, self.count)
+        if want <= 0:
+            return np.zeros(0, dtype=np.int64)
+        top = self.top
+        index: list[int] = []
+        while top and len(index) < want:
+            j = _lowbit(top)
+            index.append(j)
+            top &= top - 1
+        pos = np.array(index, dtype=np.int64)
+        for level in reversed(self.levels):
+            pos = _bits_of(level[pos], pos)[:want]  # each position below holds at least one member
+        return pos
+
+    def take_lowest(self, k: int) -> IntArray:
+        """Remove and return the ``k`` lowest members (``k <= count``), ascending."""
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if k <= 8:
+            return np.array([self.pop_first() for _ in range(k)], dtype=np.int64)
+        taken = self.members(k)
+        self.remove_many(taken)
+        return taken
+
+    def members_in(self, lo: int, hi: int) -> IntArray:
+        """Members in ``[lo, hi)``, ascending (reads the level-0 words of the range)."""
+        lo, hi = max(lo, 0), min(hi, self.n)
+        if hi <= lo or self.count == 0:
+            return np.zeros(0, dtype=np.int64)
+        w0, w1 = lo >> 6, (hi + 63) >> 6
+        words = self.levels[0][w0:w1]
+        nz = np.flatnonzero(words)
+        if nz.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        out = _bits_of(words[nz], nz.astype(np.int64) + w0)
+        return out[(out >= lo) & (out < hi)]
+
+    def clear(self) -> None:
+        for level in self.levels:
+            level[:] = 0
+        self.top = 0
+        self.count = 0
+
+    def __repr__(self) -> str:
+        return f"Bitmap(n={self.n}, count={self.count})"
