@@ -197,6 +197,7 @@ class NaiveBuddy:
 def check_structure(b: BuddyAllocator) -> None:
     """Structural invariants of any state: counts, alignment, no overlap, full coalescing, list type = pageblock type,
     free counts per type summing to the free frames."""
+    b.check_invariants()
     typed = b.free_blocks_typed()
     blocks = [(p, o) for p, o, _ in typed]
     assert blocks == b.free_blocks()

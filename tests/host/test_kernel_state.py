@@ -6,7 +6,10 @@ Invariants (issue 2; linux-snp-host.md §3, amd-snp-arch.md §7):
   map 2M ranges holding a 4K-private page at 4K; ``unmap``/``unmap-nosplit`` never map an assigned page at all;
 - a kernel write either succeeds on a page whose 2M range it may write, or crashes / is fixed up; after a
   successful write under ``fixup`` the written page's RMP check passes;
-- with ``oops``, every RMP fault is a crash; with ``fixup``, none is.
+- with ``oops``, every RMP fault is a crash; with ``fixup``, none is;
+- the allocator (issue 12): the buddy free lists are consistent (``BuddyAllocator.check_invariants``: aligned,
+  disjoint, coalesced, each on its pageblock's migratetype list) and the frame table's FREE tags are exactly the
+  buddy's free frames; compaction keeps every movable page (it moves them) and moves nothing else.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from snpsim.host import HostKernel
+from snpsim.host import HostKernel, Owner
 from snpsim.hw import HostPageFault, PageSize
 from snpsim.policy import presets
 
@@ -33,6 +36,8 @@ class HostMachine(RuleBasedStateMachine):
         self.policy = presets[name]
         self.h = HostKernel(NFRAMES, self.policy)
         self.unit = self.policy.private_page_bytes // 4096
+        #: blocks allocated for owners compaction never moves (page cache is left to it, untracked)
+        self.allocated: list[tuple[int, int]] = []
 
     def _unit_ok(self, pfn: int) -> bool:
         # With 2M+ private granularity, guest memory comes in whole aligned folios: keep the 4K tail out.
@@ -96,6 +101,46 @@ class HostMachine(RuleBasedStateMachine):
             assert self.h.host_crash_count - crashes <= (1 if level is None else 0)
         else:
             assert self.h.host_rmp_fault_count - faults == (self.h.host_crash_count - crashes) - (level is None)
+
+    @rule(
+        order=st.sampled_from([0, 0, 1, 3, 9]),
+        owner=st.sampled_from([Owner.USER, Owner.GMEM, Owner.KERNEL, Owner.VMM_SHARED, Owner.KERNEL_RECLAIMABLE]),
+        count=st.integers(1, 40),
+    )
+    def alloc(self, order: int, owner: Owner, count: int) -> None:
+        got = self.h.alloc_bulk(order, count, owner, zero=False)
+        if got is not None and owner != Owner.USER:
+            self.allocated.extend((int(p), order) for p in got)
+
+    @precondition(lambda self: self.allocated)
+    @rule(data=st.data())
+    def free(self, data: st.DataObject) -> None:
+        order = data.draw(st.sampled_from(sorted({o for _, o in self.allocated})))
+        same = [b for b in self.allocated if b[1] == order]
+        chosen = data.draw(st.lists(st.sampled_from(same), unique=True, min_size=1, max_size=len(same)))
+        for b in chosen:
+            self.allocated.remove(b)
+        self.h.free_bulk(np.array([p for p, _ in chosen], dtype=np.int64), order)
+
+    @rule()
+    def compact(self) -> None:
+        before = {o: self.h.frames.count(o) for o in Owner}
+        pinned = [self.h.frames.tags(p, 1 << o).copy() for p, o in self.allocated]
+        self.h.compactor.proactive(proactiveness=100, budget=64)
+        assert {o: self.h.frames.count(o) for o in Owner} == before  # migration moves pages, never loses one
+        assert all(
+            np.array_equal(self.h.frames.tags(p, 1 << o), t) for (p, o), t in zip(self.allocated, pinned, strict=True)
+        )
+
+    @invariant()
+    def allocator_consistent(self) -> None:
+        b = self.h.buddy
+        b.check_invariants()
+        free = np.zeros(NFRAMES, dtype=bool)
+        for pfn, order in b.free_blocks():
+            free[pfn : pfn + (1 << order)] = True
+        assert np.array_equal(free, self.h.frames.tags(0, NFRAMES) == Owner.FREE)
+        assert b.used_frames == NFRAMES - int(free.sum())
 
     @invariant()
     def directmap_consistent(self) -> None:

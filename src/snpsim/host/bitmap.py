@@ -5,9 +5,10 @@ include/linux/mmzone.h) and finds a free block in O(1) at the list head. A Pytho
 scale to a 2 TiB host (2^29 frames, millions of free blocks after ageing), so each free list here is a bitmap over
 the block indices of its order, with summary levels above it: bit ``j`` of level ``l + 1`` is set iff word ``j`` of
 level ``l`` is non-zero, up to a top level of at most :data:`TOP_WORDS` words, itself summarised by one Python
-``int``. Finding the lowest member costs one ``int`` bit trick plus one word read per level (3 levels for the
+``int``. Finding the lowest member costs one ``int`` bit trick plus one word read per level (4 levels for the
 order-0 list of a 2 TiB zone); insertion and removal touch one word per level only when a word changes between
-zero and non-zero. The batch operations (:meth:`Bitmap.add_many`, :meth:`Bitmap.remove_many`,
+zero and non-zero. Single words are read and written through ``memoryview``s of the arrays (a third of the cost of
+numpy scalar indexing); the batch operations (:meth:`Bitmap.add_many`, :meth:`Bitmap.remove_many`,
 :meth:`Bitmap.take_lowest`) are vectorised in numpy.
 
 Level 0 of a big bitmap comes from :func:`snpsim.pfnmap.lazy_zeros`: pages of the bitmap never written cost no
@@ -28,8 +29,9 @@ __all__ = ["Bitmap"]
 IntArray = npt.NDArray[np.int64]
 WordArray = npt.NDArray[np.uint64]
 
-#: The top numpy level has at most this many words; the Python ``int`` above it has one bit per word.
-TOP_WORDS = 4096
+#: The top numpy level has at most this many words; the Python ``int`` above it has one bit per word (small ints
+#: keep the bit tricks on it cheap).
+TOP_WORDS = 64
 
 _ONE = np.uint64(1)
 #: the 64 single-bit masks, gathered instead of shifted (a shift by a per-element amount needs a cast first)
@@ -58,7 +60,7 @@ def _masks(idx: IntArray) -> tuple[IntArray, WordArray]:
 class Bitmap:
     """A set of integers in ``[0, n)``; ``count`` is its size."""
 
-    __slots__ = ("count", "levels", "n", "top")
+    __slots__ = ("count", "levels", "n", "top", "views")
 
     def __init__(self, n: int) -> None:
         self.n = int(n)
@@ -71,23 +73,33 @@ class Bitmap:
             if words <= TOP_WORDS:
                 break
             size = words
+        #: the same words, for single reads and writes
+        self.views = [level.data for level in self.levels]
         #: bit j set iff ``levels[-1][j]`` is non-zero
         self.top = 0
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"n": self.n, "count": self.count, "levels": self.levels, "top": self.top}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.n, self.count, self.top = state["n"], state["count"], state["top"]  # type: ignore[assignment]
+        self.levels = state["levels"]  # type: ignore[assignment]
+        self.views = [level.data for level in self.levels]
 
     def __len__(self) -> int:
         return self.count
 
     def __contains__(self, i: int) -> bool:
-        return bool((int(self.levels[0][i >> 6]) >> (i & 63)) & 1)
+        return bool((self.views[0][i >> 6] >> (i & 63)) & 1)
 
     # ------------------------------------------------------------------ single members
     def add(self, i: int) -> None:
         """Insert ``i`` (known absent)."""
         self.count += 1
-        for level in self.levels:
+        for view in self.views:
             w = i >> 6
-            old = int(level[w])
-            level[w] = old | (1 << (i & 63))
+            old = view[w]
+            view[w] = old | (1 << (i & 63))
             if old:
                 return
             i = w
@@ -96,10 +108,10 @@ class Bitmap:
     def remove(self, i: int) -> None:
         """Remove ``i`` (known present)."""
         self.count -= 1
-        for level in self.levels:
+        for view in self.views:
             w = i >> 6
-            new = int(level[w]) & ~(1 << (i & 63))
-            level[w] = new
+            new = view[w] & ~(1 << (i & 63))
+            view[w] = new
             if new:
                 return
             i = w
@@ -107,11 +119,13 @@ class Bitmap:
 
     def first(self) -> int:
         """The lowest member, or -1 if the set is empty."""
-        if not self.top:
+        top = self.top
+        if not top:
             return -1
-        pos = _lowbit(self.top)
-        for level in reversed(self.levels):
-            pos = (pos << 6) + _lowbit(int(level[pos]))
+        pos = (top & -top).bit_length() - 1
+        for view in reversed(self.views):
+            word = view[pos]
+            pos = (pos << 6) + (word & -word).bit_length() - 1
         return pos
 
     def pop_first(self) -> int:
@@ -195,6 +209,18 @@ class Bitmap:
             return np.zeros(0, dtype=np.int64)
         out = _bits_of(words[nz], nz.astype(np.int64) + w0)
         return out[(out >= lo) & (out < hi)]
+
+    def check(self) -> None:
+        """Assert the summary levels and ``count`` agree with level 0 (for tests)."""
+        total = int(np.bitwise_count(self.levels[0]).sum())
+        assert total == self.count, (total, self.count)
+        for below, above in zip(self.levels, self.levels[1:], strict=False):
+            nz = np.flatnonzero(below)
+            marks = np.zeros(above.size * 64, dtype=bool)
+            marks[_bits_of(above[np.flatnonzero(above)], np.flatnonzero(above).astype(np.int64))] = True
+            assert np.array_equal(np.flatnonzero(marks), nz)
+        top = np.flatnonzero(self.levels[-1])
+        assert self.top == sum(1 << int(j) for j in top)
 
     def clear(self) -> None:
         for level in self.levels:

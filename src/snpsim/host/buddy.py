@@ -50,6 +50,7 @@ pageblock for its type. ``alloc_bulk``/``free_bulk`` are vectorised and give exa
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -209,6 +210,7 @@ class BuddyAllocator:
             prev = hi
         self._ranges = [(lo, hi) for lo, hi in spans if hi > lo]
         self._all_ram = self._ranges == [(0, self._nframes)] or self._nframes == 0
+        self._range_starts = [lo for lo, _ in self._ranges]
         self._zones: list[_Zone] = []
         bounds = {ZoneType.DMA: (0, dma_end), ZoneType.DMA32: (dma_end, dma32_end)}
         for kind in ZoneType:
@@ -220,6 +222,7 @@ class BuddyAllocator:
         self.mobility_disabled = managed < PAGEBLOCK_NR_PAGES * MIGRATE_TYPES
         boot_mt = Migratetype.UNMOVABLE if self.mobility_disabled else Migratetype.MOVABLE
         self._pb = np.full((self._nframes + PAGEBLOCK_NR_PAGES - 1) >> PAGEBLOCK_ORDER, boot_mt, dtype=np.uint8)
+        self._pbv = self._pb.data  # single reads and writes
         for lo, hi in self._ranges:
             for z in self._zones:
                 a, b = max(lo, z.lo), min(hi, z.hi)
@@ -234,10 +237,21 @@ class BuddyAllocator:
         for z in self._zones[: ZoneType.NORMAL]:
             above = sum(u.managed for u in self._zones[z.kind + 1 :])
             z.reserve = 0 if not normal.managed or not z.managed else above // LOWMEM_RESERVE_RATIO
+        #: (pageblock, requested type) pairs whose claim failed during the current alloc()/alloc_bulk() call
+        self._claim_failed: set[tuple[int, int]] = set()
         #: the zonelist of a Normal request, populated zones only: Normal, DMA32, DMA
         self._zonelist = [z for z in reversed(self._zones) if z.managed]
         #: ``alloc_flags_nofragment()``: the preferred zone is Normal
         self._nofragment = bool(self._zonelist) and self._zonelist[0].kind == ZoneType.NORMAL
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_pbv"]  # a memoryview neither copies nor pickles: rebuilt from the array
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._pbv = self._pb.data
 
     # ------------------------------------------------------------------ properties / introspection
     @property
@@ -353,10 +367,13 @@ class BuddyAllocator:
         """``(head pfn, order)`` of the free block holding ``pfn``, if any."""
         z = self._zone(pfn)
         rel = pfn - z.lo
+        free = z.free
+        mt = self._pbv[pfn >> PAGEBLOCK_ORDER]
         for order in range(MAX_PAGE_ORDER + 1):
-            head = z.lo + ((rel >> order) << order)
-            if (rel >> order) in z.free[order][self._pb[head >> PAGEBLOCK_ORDER]]:
-                return head, order
+            if order > PAGEBLOCK_ORDER:  # the block's first pageblock
+                mt = self._pbv[(z.lo + ((rel >> order) << order)) >> PAGEBLOCK_ORDER]
+            if (rel >> order) in free[order][mt]:
+                return z.lo + ((rel >> order) << order), order
         return None
 
     def free_blocks(self, order: int | None = None) -> list[tuple[int, int]]:
@@ -391,7 +408,8 @@ class BuddyAllocator:
 
     def is_ram(self, pfn: int, npages: int) -> bool:
         """Whether ``[pfn, pfn + npages)`` lies inside one RAM range."""
-        return any(lo <= pfn and pfn + npages <= hi for lo, hi in self._ranges)
+        i = bisect.bisect_right(self._range_starts, pfn) - 1
+        return i >= 0 and pfn + npages <= self._ranges[i][1]
 
     def free_head(self, pfn: int) -> int | None:
         """The order of the free block starting at ``pfn`` (``PageBuddy`` + ``buddy_order``), or None."""
@@ -434,13 +452,56 @@ class BuddyAllocator:
                     total += min(head + size, hi) - max(head, lo)
         return total
 
+    def check_invariants(self) -> None:
+        """Assert the free lists are consistent (for state machines): every free block aligned, inside its zone and
+        RAM, on the list of its pageblock's migratetype (an order-10 block's two pageblocks agree), none
+        overlapping another, none with a free buddy of its order (fully coalesced), and the counts right."""
+        heads, ends = [], []
+        pb = self._pb
+        for z in self._zones:
+            total = 0
+            for order in range(MAX_PAGE_ORDER + 1):
+                for mt, bm in enumerate(z.free[order]):
+                    bm.check()
+                    idx = bm.members()
+                    if idx.size == 0:
+                        continue
+                    h = z.lo + (idx << order)
+                    assert (h + (1 << order) <= z.hi).all(), "free block beyond its zone"
+                    assert (pb[h >> PAGEBLOCK_ORDER] == mt).all(), f"order-{order} block on a foreign list"
+                    if order > PAGEBLOCK_ORDER:
+                        assert (pb[(h >> PAGEBLOCK_ORDER) + 1] == mt).all(), "order-10 block of two types"
+                    if order < MAX_PAGE_ORDER:
+                        bh = h ^ (1 << order)
+                        inside = bh + (1 << order) <= z.hi
+                        bt = pb[np.minimum(bh, self._nframes - 1) >> PAGEBLOCK_ORDER]
+                        for m in range(NTYPES):
+                            sel = inside & (bt == m)
+                            if sel.any():
+                                buddies = (bh[sel] - z.lo) >> order
+                                assert not z.free[order][m].contains_many(buddies).any(), "not coalesced"
+                    total += int(idx.size) << order
+                    heads.append(h)
+                    ends.append(h + (1 << order))
+            assert total == z.free_pages, (z.kind, total, z.free_pages)
+        assert sum(z.free_pages for z in self._zones) == self._free_frames
+        if heads:
+            h, e = np.concatenate(heads), np.concatenate(ends)
+            perm = np.argsort(h)
+            h, e = h[perm], e[perm]
+            assert (e[:-1] <= h[1:]).all(), "overlapping free blocks"
+            if not self._all_ram:
+                self._check_in_ram(h, 1)
+                self._check_in_ram(e - 1, 1)
+
     # ------------------------------------------------------------------ allocation (mm/page_alloc.c)
     def alloc(self, order: int, migratetype: int = Migratetype.MOVABLE) -> int | None:
         """Allocate an aligned block of ``2**order`` frames of ``migratetype``; its PFN, or None (no free block
         any zone may give)."""
         if not 0 <= order <= MAX_PAGE_ORDER:
             self._check_order(order)
-        got = self._alloc_one(order, int(self.gfp_migratetype(migratetype)))
+        self._claim_failed.clear()
+        got = self._alloc_one(order, 0 if self.mobility_disabled else int(migratetype))
         return None if got is None else got[0]
 
     def _alloc_one(self, order: int, mt: int) -> tuple[int, _Zone, bool] | None:
@@ -513,6 +574,8 @@ class BuddyAllocator:
         start = pfn >> PAGEBLOCK_ORDER << PAGEBLOCK_ORDER
         if start < z.lo or start + PAGEBLOCK_NR_PAGES > z.hi:
             return None  # prep_move_freepages_block: "don't touch ranges that straddle into other zones"
+        if (start, start_mt) in self._claim_failed:
+            return None
         free_pages = self._free_in_pageblock(z, start, block_mt)
         movable = self._movable_pages(start, PAGEBLOCK_NR_PAGES) if self._movable_pages else 0
         if start_mt == Migratetype.MOVABLE:
@@ -526,6 +589,10 @@ class BuddyAllocator:
             self._move_freepages_block(z, start, block_mt, start_mt)
             self._pb[start >> PAGEBLOCK_ORDER] = start_mt
             return self._rmqueue_smallest(z, order, start_mt)
+        # Within one alloc()/alloc_bulk() call nothing is freed and no page changes owner, so this pageblock's
+        # free_pages + alike_pages can only fall (a steal from it takes a free page; for a non-movable request into
+        # a movable block the sum is 512 - movable_pages, constant): it fails again, and is not recounted.
+        self._claim_failed.add((start, start_mt))
         return None
 
     def _rmqueue_steal(self, z: _Zone, order: int, start_mt: int) -> int | None:
@@ -543,11 +610,18 @@ class BuddyAllocator:
         return None
 
     def _free_in_pageblock(self, z: _Zone, start: int, mt: int) -> int:
-        """Free pages of the pageblock at ``start`` (all on the ``mt`` lists; below order 9 they lie inside it)."""
+        """Free pages of the pageblock at ``start`` (all on the ``mt`` lists; below order 9 they lie inside it): a
+        popcount of the level-0 words of each order's list over the pageblock."""
         rel = start - z.lo
         total = 0
         for order in range(PAGEBLOCK_ORDER):
-            total += z.free[order][mt].members_in(rel >> order, (rel + PAGEBLOCK_NR_PAGES) >> order).size << order
+            words = z.free[order][mt].levels[0]
+            lo, n = rel >> order, PAGEBLOCK_NR_PAGES >> order
+            if n >= 64:
+                count = sum(int(w).bit_count() for w in words[lo >> 6 : (lo + n) >> 6].tolist())
+            else:
+                count = ((int(words[lo >> 6]) >> (lo & 63)) & ((1 << n) - 1)).bit_count()
+            total += count << order
         return total
 
     def _move_freepages_block(self, z: _Zone, start: int, old_mt: int, new_mt: int) -> None:
@@ -573,7 +647,7 @@ class BuddyAllocator:
     def _carve(self, head: int, order: int, lo: int, hi: int) -> None:
         """Remove the free block ``(head, order)``, giving back its parts outside ``[lo, hi)`` (maximally merged)."""
         z = self._zone(head)
-        mt = int(self._pb[head >> PAGEBLOCK_ORDER])
+        mt = self._pbv[head >> PAGEBLOCK_ORDER]
         z.free[order][mt].remove((head - z.lo) >> order)
         end = head + (1 << order)
         taken = min(hi, end) - max(lo, head)
@@ -615,35 +689,38 @@ class BuddyAllocator:
         return out
 
     # ------------------------------------------------------------------ freeing
-    def free(self, pfn: int, order: int) -> None:
+    def free(self, pfn: int, order: int, *, check_free: bool = True) -> None:
         """Free the block of ``2**order`` frames at ``pfn`` (``__free_one_page``), merging with free buddies.
 
-        Raises ValueError for a bad order, a misaligned or out-of-range block, a block outside RAM, or a block whose
-        first or last frame is already free (double free, freeing inside a free block)."""
+        Raises ValueError for a bad order, a misaligned or out-of-range block, a block outside RAM, or (unless the
+        caller checked it, ``check_free=False``) a block whose first or last frame is already free (double free,
+        freeing inside a free block)."""
         pfn, order = int(pfn), int(order)
         self._check_block(pfn, order)
-        if self._free_block_of(pfn) is not None or (order and self._free_block_of(pfn + (1 << order) - 1)):
+        if check_free and (
+            self._free_block_of(pfn) is not None or (order and self._free_block_of(pfn + (1 << order) - 1))
+        ):
             raise ValueError(f"double free: block {pfn:#x} order {order} overlaps free memory")
         self._free_checked(pfn, order)
 
     def _free_checked(self, pfn: int, order: int) -> None:
         z = self._zone(pfn)
-        pb = self._pb
-        mt = int(pb[pfn >> PAGEBLOCK_ORDER])
+        pb = self._pbv
+        mt = pb[pfn >> PAGEBLOCK_ORDER]
         z.free_pages += 1 << order
         self._free_frames += 1 << order
         free = z.free
         rel = pfn - z.lo
         while order < MAX_PAGE_ORDER:
             brel = rel ^ (1 << order)
-            buddy_mt = mt if order < PAGEBLOCK_ORDER else int(pb[(z.lo + brel) >> PAGEBLOCK_ORDER])
+            buddy_mt = mt if order < PAGEBLOCK_ORDER else pb[(z.lo + brel) >> PAGEBLOCK_ORDER]
             bidx = brel >> order
             if z.lo + brel + (1 << order) > z.hi or bidx not in free[order][buddy_mt]:
                 break
             free[order][buddy_mt].remove(bidx)
             if buddy_mt != mt:  # "Match buddy type": the buddy is a whole pageblock (order >= 9)
                 b0 = (z.lo + brel) >> PAGEBLOCK_ORDER
-                pb[b0 : b0 + (1 << (order - PAGEBLOCK_ORDER))] = mt
+                self._pb[b0 : b0 + (1 << (order - PAGEBLOCK_ORDER))] = mt
             rel &= brel
             order += 1
         free[order][mt].add(rel >> order)
@@ -791,6 +868,7 @@ class BuddyAllocator:
         mt = int(self.gfp_migratetype(migratetype))
         if self.obtainable(order) < count:
             return None
+        self._claim_failed.clear()
         parts: list[IntArray] = []
         scalars: list[int] = []
         need = count
@@ -887,7 +965,8 @@ class BuddyAllocator:
             raise ValueError(f"pfn {pfn:#x} is not aligned to order {order}")
         if pfn < 0 or pfn + size > self._nframes:
             raise ValueError(f"block {pfn:#x} order {order} out of range [0, {self._nframes:#x})")
-        self._check_in_ram(np.array([pfn], dtype=np.int64), size)
+        if not self._all_ram and not self.is_ram(pfn, size):
+            raise ValueError(f"block {pfn:#x} (size {size}) is not RAM")
 
     def __repr__(self) -> str:
         return (

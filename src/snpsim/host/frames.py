@@ -117,6 +117,11 @@ class FrameTable:
             self._segs[s] = seg
         return seg
 
+    def tag(self, pfn: int) -> int:
+        """The raw tag of ``pfn`` (``get`` without the enum)."""
+        seg = self._segs[pfn >> _SEG_SHIFT]
+        return 0 if seg is None else int(seg[pfn & (_SEG_PAGES - 1)])
+
     def get(self, pfn: int) -> Owner:
         seg = self._segs[pfn >> _SEG_SHIFT]
         return Owner.FREE if seg is None else Owner(int(seg[pfn & (_SEG_PAGES - 1)]))

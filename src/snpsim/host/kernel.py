@@ -194,10 +194,16 @@ class HostKernel:
         return self.compactor.direct(order, migratetype)
 
     def free(self, pfn: int, order: int) -> None:
+        """Free one block; ValueError for a double free (its first or last frame is tagged free)."""
         if pfn in self._hugetlb_used:
             self._hugetlb_free(pfn, order)
             return
-        self._free_pages(np.array([pfn], dtype=np.int64), order)
+        if not self.frames.tag(pfn) or not self.frames.tag(pfn + (1 << order) - 1):  # Owner.FREE is 0
+            raise ValueError(f"double free: block {pfn:#x} order {order} is already free")
+        if order > MAX_PAGE_ORDER:
+            self._free_pages(np.array([pfn], dtype=np.int64), order, check_free=False)
+        else:
+            self.buddy.free(pfn, order, check_free=False)
         self.frames.set_range(pfn, 1 << order, Owner.FREE)
 
     def free_bulk(self, pfns: IntArray, order: int) -> None:
