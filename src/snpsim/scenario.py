@@ -17,7 +17,7 @@ The schema (``shared/DESIGN.md``; every field but ``vms`` has a default)::
     mode = "churn"                # churn: allocation/free churn through the allocator | uniform-scatter:
                                   # adversarial, page cache uniformly in every 2M range
     uptime = "1d"                 # the uptime replayed, in steps of one epoch
-    epoch = "3h"
+    epoch = "4h"
     peak = 0.6                    # largest page-cache share during the uptime (levels drawn in [page_cache, peak])
     turnover = 0.05               # page cache deleted per hour
     unmovable = 0.01              # slab and page tables (unmovable kernel memory)
@@ -67,7 +67,7 @@ from snpsim.policy import Policy, resolve_policy
 from snpsim.units import parse_duration, parse_size
 
 #: The built-in scenario ``snpsim run`` uses without a config file (every preset is run on it): a Linux SNP guest
-#: boots on a 4 GiB host whose memory is a fifth scattered page cache, then a day of host VM churn follows (small
+#: boots on an aged 4 GiB host (a day of uptime, a fifth of memory page cache), then a day of VM churn follows (small
 #: SNP guests created every 2 h on average, living 4 h, at most 4 at a time), with page-cache churn (zeroing
 #: allocations), compaction and KSM running. Guests touch their private memory rarely (every 20 s), enough to see
 #: integrity loss without making a simulated day slow.

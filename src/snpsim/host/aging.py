@@ -64,7 +64,7 @@ class AgingSpec:
 
     mode: str = "churn"
     uptime_ns: int = 24 * HOUR_NS
-    epoch_ns: int = 3 * HOUR_NS
+    epoch_ns: int = 4 * HOUR_NS
     peak: float = 0.6
     turnover: float = 0.05
     unmovable: float = 0.01
@@ -94,7 +94,7 @@ class AgingSpec:
         if mode not in MODES:
             raise ConfigError(f"{field}.mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
         uptime = parse_duration(value.get("uptime", "1d"), f"{field}.uptime")
-        epoch = parse_duration(value.get("epoch", "3h"), f"{field}.epoch")
+        epoch = parse_duration(value.get("epoch", "4h"), f"{field}.epoch")
         if epoch <= 0:
             raise ConfigError(f"{field}.epoch", "must be longer than 0")
         if not 0 < uptime <= 10_000 * epoch:

@@ -59,7 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.host.bitmap import Bitmap
-from snpsim.segments import SCALAR_MAX
+from snpsim.segments import SCALAR_MAX, ascending
 
 __all__ = [
     "FALLBACKS",
@@ -742,7 +742,7 @@ class BuddyAllocator:
             raise ValueError(f"free_bulk: block out of range [0, {self._nframes:#x})")
         if np.any(arr & (size - 1)):
             raise ValueError(f"free_bulk: pfn not aligned to order {order}")
-        cur = np.sort(arr)
+        cur = ascending(arr)
         if n > 1 and np.any(cur[1:] == cur[:-1]):
             raise ValueError("free_bulk: the same block is freed twice")
         self._check_in_ram(cur, size)

@@ -196,7 +196,7 @@ class Compactor:
             del host.lru[src]
             host.lru[dst] = None
         host.frames.set_range(src, 1, Owner.FREE)
-        host.buddy.free(src, 0)
+        host.buddy.free(src, 0, check_free=False)  # it was tagged in use
         host.compaction_migrated += 1
 
     # ------------------------------------------------------------------ alloc_contig_pages

@@ -39,7 +39,7 @@ from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
 from snpsim.policy import Policy
-from snpsim.segments import SCALAR_MAX, unique_ints
+from snpsim.segments import SCALAR_MAX, ascending, unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -208,7 +208,7 @@ class HostKernel:
 
     def free_bulk(self, pfns: IntArray, order: int) -> None:
         """Free blocks of 2^order; ValueError (nothing freed) for a double free, found in the frame table."""
-        pfns = np.sort(np.asarray(pfns, dtype=np.int64))  # one pass per frame-table segment below
+        pfns = ascending(np.asarray(pfns, dtype=np.int64))  # one pass per frame-table segment below
         frames = _expand(pfns, order)
         free = np.flatnonzero(self.frames.tags_of(frames) == Owner.FREE)
         if free.size:
