@@ -548,6 +548,17 @@ def test_unmovable_request_claims_the_whole_block_of_the_largest_free_block() ->
     assert b.alloc(0, M) == 1024  # and movable ones from their own lists
 
 
+def test_a_large_unmovable_request_claims_one_order_10_block_after_another() -> None:
+    b = BuddyAllocator(8192)  # DMA [0, 4096), DMA32 [4096, 8192): four order-10 movable blocks each
+    got = b.alloc_bulk(0, 3000, U)
+    # each claim takes "the largest available free page" (the lowest order-10 movable block of DMA32) whole and the
+    # following calls consume it in ascending order: 4096..5119, 5120..6143, then 6144.. for the last 952
+    assert got is not None and got.tolist() == list(range(4096, 4096 + 3000))
+    assert b.pageblock_types().tolist()[8:14] == [U] * 6 and b.pageblock_types().tolist()[14:] == [M, M]
+    loop = BuddyAllocator(8192)
+    assert [loop.alloc(0, U) for _ in range(3000)] == got.tolist()
+
+
 def _movable_host_with_holes(sizes: dict[int, int]) -> BuddyAllocator:
     """4096 frames, all allocated movable, then one free block of order ``sizes[blk]`` at the start of each
     pageblock ``blk``."""

@@ -152,3 +152,12 @@ def test_one_gib_hugetlb_pool_by_alloc_contig(count: int) -> None:
     assert sorted(p for p in h._hugetlb_pool[18]) == [(i + 1) << 18 for i in range(count)]
     assert h.hugetlb_reserve(18, 5) == 2 - count  # best effort: nothing else is 1G-aligned and free
     np.testing.assert_array_equal(h.buddy.pageblock_types()[512:1536], M)  # contig ranges stay movable
+
+
+def test_a_failed_bulk_of_1g_blocks_gives_everything_back() -> None:
+    h = host(3 << 18)  # two aligned 1G ranges in DMA32
+    assert h.alloc_bulk(18, 3, Owner.GMEM, zero=False) is None  # all or nothing: the third has no range
+    assert h.buddy.free_frames == h.buddy.managed_frames
+    assert h.frames.count(Owner.GMEM) == 0
+    got = h.alloc_bulk(18, 2, Owner.GMEM, zero=False)
+    assert got is not None and got.tolist() == [1 << 18, 2 << 18]

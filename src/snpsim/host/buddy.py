@@ -858,8 +858,8 @@ class BuddyAllocator:
         """Allocate ``count`` blocks of ``order``; same PFNs, in the same order, as ``count`` ``alloc`` calls.
 
         All-or-nothing: returns None (state unchanged) if fewer than ``count`` such blocks are obtainable. Runs of
-        ``__rmqueue_smallest`` are carved from whole free blocks with ``numpy.arange``; each claim or steal is one
-        scalar step, so millions of order-0 pages are cheap."""
+        ``__rmqueue_smallest`` and of whole order-10 claims are carved with ``numpy.arange``; other claims and steals
+        are one scalar step each, so millions of order-0 pages are cheap."""
         self._check_order(order)
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
@@ -881,21 +881,54 @@ class BuddyAllocator:
                 break
             got = self._alloc_one(order, mt)
             assert got is not None
-            pfn, z, smallest = got
+            pfn, z, _ = got
             scalars.append(pfn)
             need -= 1
-            if smallest and need:
-                # the zones before z in the zonelist failed and stay failing (nothing is freed); z keeps serving
-                # __rmqueue_smallest while its mt lists hold blocks and its watermark allows
+            # The zones before z failed and stay failing (nothing is freed), so the next calls come from z while it
+            # can serve them: __rmqueue_smallest while its mt lists hold blocks (and its watermark allows), then,
+            # once they are empty, a claim of a whole order-10 block of a fallback type ("the largest available free
+            # page", lowest first in fallbacks[] order), which the following calls consume in ascending order.
+            while need:
                 n = min(need, z.cap(order), z.blocks_at_least(order, mt))
                 if n:
                     parts.append(np.array(scalars, dtype=np.int64))
                     scalars = []
                     parts.append(self._bulk_smallest(z, order, mt, n))
                     need -= n
+                if not need or z.blocks_at_least(order, mt):
+                    break
+                per_block = 1 << (MAX_PAGE_ORDER - order)
+                k = min(need, z.cap(order)) // per_block
+                k = min(k, sum(z.free[MAX_PAGE_ORDER][fb].count for fb in _FALLBACK_IDX[mt]))
+                if not k:
+                    break
+                parts.append(np.array(scalars, dtype=np.int64))
+                scalars = []
+                parts.append(self._bulk_claim_blocks(z, order, mt, k))
+                need -= k * per_block
         if scalars:
             parts.append(np.array(scalars, dtype=np.int64))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _bulk_claim_blocks(self, z: _Zone, order: int, mt: int, k: int) -> IntArray:
+        """``k`` successive claims of a whole order-10 fallback block (``try_to_claim_block``: "Take ownership for
+        orders >= pageblock_order"), each consumed by ``__rmqueue_smallest`` in ascending order: their frames."""
+        heads: list[IntArray] = []
+        left = k
+        for fb in _FALLBACK_IDX[mt]:
+            bm = z.free[MAX_PAGE_ORDER][fb]
+            take = min(left, bm.count)
+            if take:
+                heads.append(z.lo + (bm.take_lowest(take) << MAX_PAGE_ORDER))
+                left -= take
+        pfns = np.concatenate(heads)
+        first = pfns >> PAGEBLOCK_ORDER
+        self._pb[first] = mt  # change_pageblock_range(page, MAX_PAGE_ORDER, start_type): both pageblocks
+        self._pb[first + 1] = mt
+        z.free_pages -= k << MAX_PAGE_ORDER
+        self._free_frames -= k << MAX_PAGE_ORDER
+        offsets = np.arange(1 << (MAX_PAGE_ORDER - order), dtype=np.int64) << order
+        return (pfns[:, None] + offsets[None, :]).ravel()
 
     def _bulk_smallest(self, z: _Zone, order: int, mt: int, count: int) -> IntArray:
         """``count`` successive ``__rmqueue_smallest(z, order, mt)`` calls (``count`` <= what the lists hold)."""

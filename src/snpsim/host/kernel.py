@@ -181,6 +181,8 @@ class HostKernel:
             pfn = self._alloc_pages(order, owner)
             if pfn is None:
                 self._free_pages(np.array(got, dtype=np.int64), order)
+                for p in got if order > MAX_PAGE_ORDER else ():
+                    self.frames.set_range(p, 1 << order, Owner.FREE)
                 return None
             got.append(pfn)
             if order > MAX_PAGE_ORDER:  # tag it now, or the next range search would take it for free memory
