@@ -1,4 +1,5 @@
-"""Throughput of snpsim.host.buddy.BuddyAllocator on a 2 TiB host (2**29 frames of 4 KiB).
+"""Throughput of snpsim.host.buddy.BuddyAllocator on a 2 TiB host (2**29 frames of 4 KiB), and the time to age a
+64 GiB host (snpsim.host.aging, the default [host.aging] with page_cache = 0.2).
 
 Run: ``PYTHONPATH=src python benchmarks/bench_buddy.py``
 """
@@ -9,7 +10,10 @@ import time
 
 import numpy as np
 
-from snpsim.host.buddy import BuddyAllocator
+from snpsim.host import HostKernel
+from snpsim.host.aging import AgingSpec, age_host
+from snpsim.host.buddy import BuddyAllocator, Migratetype
+from snpsim.policy import presets
 
 NFRAMES = 1 << 29  # 2 TiB of 4K frames
 N_SINGLE = 200_000
@@ -23,12 +27,12 @@ def rate(label: str, ops: int, seconds: float) -> None:
 def main() -> None:
     t = time.perf_counter()
     b = BuddyAllocator(NFRAMES)
-    print(f"construct 2 TiB allocator: {time.perf_counter() - t:.4f} s, buddyinfo[18] = {b.buddyinfo()[18]}")
+    print(f"construct 2 TiB allocator: {time.perf_counter() - t:.4f} s, buddyinfo[10] = {b.buddyinfo()[10]}")
 
-    for order in (0, 9):
+    for order, mt in ((0, Migratetype.MOVABLE), (9, Migratetype.MOVABLE), (0, Migratetype.UNMOVABLE)):
         t = time.perf_counter()
-        pfns = [b.alloc(order) for _ in range(N_SINGLE)]
-        rate(f"alloc(order={order})", N_SINGLE, time.perf_counter() - t)
+        pfns = [b.alloc(order, mt) for _ in range(N_SINGLE)]
+        rate(f"alloc(order={order}, {mt.name})", N_SINGLE, time.perf_counter() - t)
         t = time.perf_counter()
         for pfn in pfns:
             assert pfn is not None
@@ -62,7 +66,13 @@ def main() -> None:
     t = time.perf_counter()
     b.free_bulk(np.concatenate([shuffled[N_BULK // 2 :], again]), 0)
     rate("free_bulk(0, 1M) mixed [pages]", N_BULK, time.perf_counter() - t)
-    print(f"final buddyinfo[18] = {b.buddyinfo()[18]}, free_frames = {b.free_frames}")
+    print(f"final buddyinfo[10] = {b.buddyinfo()[10]}, free_frames = {b.free_frames}")
+
+    h = HostKernel(64 << 18, presets["upstream"])
+    t = time.perf_counter()
+    report = age_host(h, 0.2, AgingSpec(), 1)
+    dt = time.perf_counter() - t
+    rate("age a 64 GiB host [pages allocated + freed]", report.allocated_pages + report.freed_pages, dt)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ class Policy:
             ),
             _v(
                 "2m",
-                "2 MiB folios. `sev_gmem_prepare` makes a 2M RMP entry when the folio and gfn are 2M-aligned "
+                "2 MiB folios (buddy order 9, unmovable: a fallback claims a whole pageblock; with direct "
+                "compaction if needed). `sev_gmem_prepare` makes a 2M RMP entry when the folio and gfn are 2M-aligned "
                 "and no page of the 2M range is assigned (`is_large_rmp_possible`), else 4K entries. Private "
                 "NPT mappings can be 2M when the RMP entry is 2M and the attributes are uniform. A hole punch "
                 "frees only folios wholly inside it; `sev_gmem_invalidate` PSMASHes a partly freed 2M entry.",
@@ -111,8 +112,9 @@ class Policy:
             ),
             _v(
                 "1g",
-                "1 GiB folios: the same rules; RMP entries and private NPT mappings stay at most 2M (the RMP "
-                "has no 1G size).",
+                "1 GiB folios, above the allocator's `MAX_PAGE_ORDER` 10: taken like `alloc_contig_pages`, a "
+                "1G-aligned range of free or movable memory emptied by migration (docs/host-memory.md). The same "
+                "rules; RMP entries and private NPT mappings stay at most 2M (the RMP has no 1G size).",
                 "same",
             ),
         ),
@@ -138,12 +140,19 @@ class Policy:
             ),
             _v(
                 "hugetlb-2m",
-                "hugetlbfs 2 MiB pages, taken from the allocator on first touch; none free = the VMM gets "
-                "SIGBUS (out of memory). Never discarded: a consequence of QEMU's `kvm_convert_memory`, which "
+                "hugetlbfs 2 MiB pages, from the host's hugetlb pool (`HostKernel.hugetlb_reserve`, "
+                "`nr_hugepages`) or, when the pool is empty, surplus pages from the allocator (movable order-9 "
+                "blocks, with compaction) on first touch; none to be had = the VMM gets SIGBUS (out of memory). "
+                "Never discarded: a consequence of QEMU's `kvm_convert_memory`, which "
                 "skips `ram_block_discard_range` when the RAM block's page size is not the host page size.",
                 "`src/snpsim/host/mm.py`, `src/snpsim/vmm/qemu.py`",
             ),
-            _v("hugetlb-1g", "The same with 1 GiB pages and 1G shared NPT mappings.", "same"),
+            _v(
+                "hugetlb-1g",
+                "The same with 1 GiB pages (`alloc_contig_pages`, as `alloc_gigantic_folio` without CMA) and 1G "
+                "shared NPT mappings.",
+                "same",
+            ),
         ),
     )
     discard_on_convert: bool = knob(

@@ -27,7 +27,8 @@ import simpy
 from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
 from snpsim.guest.executor import GuestLog, SnpGuest
 from snpsim.guest.workloads import WORKLOADS
-from snpsim.host import HostKernel, Owner, writers
+from snpsim.host import HostKernel, writers
+from snpsim.host.aging import age_host
 from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.host.cpu import CpuAccount
 from snpsim.metrics import METRICS, Counters
@@ -279,22 +280,10 @@ class Simulation:
             self.env.process(self._vm(spec, index, 0, lifetime))
             index += 1
 
-    def _fill_page_cache(self) -> None:
-        """Scatter page-cache pages over ``page_cache`` of host memory (seeded), fragmenting the free lists.
-
-        The pages are allocated without zeroing (a warm host's history, not a simulated event) and stay resident
-        (tagged USER, so compaction may migrate them)."""
-        if self.s.page_cache <= 0:
-            return
-        frames = self.host.buddy.alloc_bulk(0, self.host.buddy.free_frames)
-        assert frames is not None
-        keep = self.rng("host/page_cache").random(frames.size) < self.s.page_cache
-        self.host.buddy.free_bulk(frames[~keep], 0)
-        self.host.frames.set_many(frames[keep], Owner.USER)
-
     # ------------------------------------------------------------------ run
     def run(self) -> Result:
-        self._fill_page_cache()
+        #: what the host's uptime left before the VMs start (page cache, kernel memory)
+        self.aging = age_host(self.host, self.s.page_cache, self.s.aging, self.s.seed)
         index = 0
         for spec in self.s.vms:
             for _ in range(spec.count):

@@ -17,8 +17,18 @@ The schema (``shared/DESIGN.md``; every field but ``vms`` has a default)::
                                   # if low RAM holds it there, else the top of low RAM)
     directmap_max_level = "1g"    # 1g | 2m | 4k: the largest direct-map mapping the kernel uses
     zero_on_alloc = true          # the allocator zeroes pages through the direct map
-    page_cache = 0.0              # share of host memory held by scattered page-cache pages when VMs start
-                                  # (fragments free memory, so guest and host frames share 2M ranges)
+    page_cache = 0.0              # share of host memory held by page cache when VMs start; > 0 ages the host
+                                  # first (see [host.aging]), so guest and host frames may share 2M ranges
+    [host.aging]                  # how the host was used before the VMs start (snpsim.host.aging)
+    mode = "churn"                # churn: allocation/free churn through the allocator | uniform-scatter:
+                                  # adversarial, page cache uniformly in every 2M range
+    uptime = "1d"                 # the uptime replayed, in steps of one epoch
+    epoch = "4h"
+    peak = 0.6                    # largest page-cache share during the uptime (levels drawn in [page_cache, peak])
+    turnover = 0.05               # page cache deleted per hour
+    unmovable = 0.01              # slab and page tables (unmovable kernel memory)
+    reclaimable = 0.015           # reclaimable slab (dentries, inodes)
+    kernel_turnover = 0.02        # kernel memory freed and reallocated per hour
     [host.writers.page_zeroing]   # kernel writers: page_zeroing, compaction, ksm, hibernation (see host.writers)
     interval = "1ms"
 
@@ -56,6 +66,7 @@ from typing import Any
 
 from snpsim.errors import ConfigError
 from snpsim.guest.linux import LinuxGuestConfig
+from snpsim.host.aging import AgingSpec
 from snpsim.host.e820 import DEFAULT_PCI_HOLE, HostMemoryMap, flat_memory_map, server_memory_map
 from snpsim.hw.costs import CostModel
 from snpsim.hw.types import PAGE_SHIFT, PageSize
@@ -63,7 +74,7 @@ from snpsim.policy import Policy, resolve_policy
 from snpsim.units import parse_duration, parse_size
 
 #: The built-in scenario ``snpsim run`` uses without a config file (every preset is run on it): a Linux SNP guest
-#: boots on a 4 GiB host whose memory is a fifth scattered page cache, then a day of host VM churn follows (small
+#: boots on an aged 4 GiB host (a day of uptime, a fifth of memory page cache), then a day of VM churn follows (small
 #: SNP guests created every 2 h on average, living 4 h, at most 4 at a time), with page-cache churn (zeroing
 #: allocations), compaction and KSM running. Guests touch their private memory rarely (every 20 s), enough to see
 #: integrity loss without making a simulated day slow.
@@ -95,7 +106,17 @@ DEFAULT_SCENARIO: dict[str, Any] = {
 }
 
 _TOP = {"seed", "duration", "samples", "policy", "host", "vms", "churn", "costs", "name"}
-_HOST = {"memory", "layout", "pci_hole", "rmp_base", "directmap_max_level", "zero_on_alloc", "writers", "page_cache"}
+_HOST = {
+    "memory",
+    "layout",
+    "pci_hole",
+    "rmp_base",
+    "directmap_max_level",
+    "zero_on_alloc",
+    "writers",
+    "page_cache",
+    "aging",
+}
 _LAYOUTS = ("server", "flat")
 _VM = {"memory", "vcpus", "workload", "count", "start", "lifetime", "guest", "params"}
 _CHURN = {"interval", "lifetime", "memory", "vcpus", "workload", "max_vms", "guest", "params"}
@@ -148,6 +169,7 @@ class Scenario:
     churn: ChurnSpec | None
     costs: CostModel
     name: str = ""
+    aging: AgingSpec = field(default_factory=AgingSpec)
     #: ``host.layout``, ``host.pci_hole``, ``host.rmp_base`` (None: the default placement)
     host_layout: str = "server"
     pci_hole: int = DEFAULT_PCI_HOLE
@@ -253,6 +275,7 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
     page_cache = host.get("page_cache", 0.0)
     if isinstance(page_cache, bool) or not isinstance(page_cache, int | float) or not 0 <= page_cache < 1:
         raise ConfigError("host.page_cache", f"expected a fraction in [0, 1), got {page_cache!r}")
+    aging = AgingSpec.from_dict(host.get("aging", {}), float(page_cache))
     writers = _table(host.get("writers", {}), "host.writers")
     _unknown(writers, _WRITERS, "host.writers")
     writer_cfg = {k: _writer(k, v) for k, v in writers.items()}
@@ -288,6 +311,7 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         host_layout=layout,
         pci_hole=pci_hole,
         rmp_base=rmp_base,
+        aging=aging,
     )
 
 

@@ -57,6 +57,13 @@ def by_segment(pfns: IntArray, shift: int) -> Iterator[tuple[int, slice | IntArr
         yield int(ordered[a]), slice(a, b) if order is None else order[a:b]
 
 
+def ascending(values: IntArray) -> IntArray:
+    """``values`` sorted: as they are if already ascending (one pass), else ``numpy.sort``."""
+    if values.size < 2 or bool((values[1:] >= values[:-1]).all()):
+        return values
+    return np.sort(values)
+
+
 def unique_ints(values: IntArray) -> IntArray:
     """``numpy.unique`` of an integer array: one pass when it is already ascending, else a sort and one pass.
 

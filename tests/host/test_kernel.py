@@ -231,20 +231,25 @@ def test_reads_are_never_rmp_checked_but_unmapped_pages_oops() -> None:
     assert u.metrics()["host_rmp_fault_count"] == 0
 
 
+# A 1 GiB host has ZONE_DMA [0, 16M) and ZONE_DMA32 above; a Normal-zone request's zonelist is DMA32, then DMA
+# (get_page_from_freelist), so the first frame handed out is the lowest of DMA32: 16M >> 12.
+DMA32_START = (16 << 20) >> 12
+
+
 def test_allocation_zeroing_hits_the_private_neighbour() -> None:
     h = host(KEEP_OOPS)
-    h.rmp_make_private(1, 0, PageSize.SIZE_4K, 1)
+    h.rmp_make_private(DMA32_START + 1, 0, PageSize.SIZE_4K, 1)
     pfn = h.alloc(0, Owner.USER)
-    assert pfn == 0  # the buddy allocator hands out the lowest free frame
+    assert pfn == DMA32_START  # the lowest free frame of the first zone of the zonelist
     assert h.host_crash_count == 1
     assert h.crashes[0].path == "mm/page_alloc.c:kernel_init_pages"
-    assert h.frames.get(0) == Owner.USER
+    assert h.frames.get(DMA32_START) == Owner.USER
 
 
 def test_alloc_without_zeroing_does_not_write() -> None:
     h = host(KEEP_OOPS)
-    h.rmp_make_private(1, 0, PageSize.SIZE_4K, 1)
-    assert h.alloc(0, Owner.USER, zero=False) == 0
+    h.rmp_make_private(DMA32_START + 1, 0, PageSize.SIZE_4K, 1)
+    assert h.alloc(0, Owner.USER, zero=False) == DMA32_START
     assert h.host_crash_count == 0
 
 

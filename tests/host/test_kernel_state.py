@@ -10,6 +10,9 @@ Invariants (issues 2 and 12; linux-snp-host.md §3, §9, amd-snp-arch.md §7):
 - with ``oops``, every RMP fault is a crash; with ``fixup``, none is;
 - the memory picture (``snpsim.host.blockmap``) agrees with a frame-by-frame recount from the frame tags, the
   RMP and the direct map.
+- the allocator (issue 12): the buddy free lists are consistent (``BuddyAllocator.check_invariants``: aligned,
+  disjoint, coalesced, each on its pageblock's migratetype list) and the frame table's FREE tags are exactly the
+  buddy's free frames; compaction keeps every movable page (it moves them) and moves nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from snpsim.host import HostKernel, Owner, server_memory_map
 from snpsim.host import blockmap as bm
@@ -50,6 +53,8 @@ class HostMachine(RuleBasedStateMachine):
             self.h = HostKernel(NFRAMES, self.policy)
             self.mapped = NFRAMES
         self.unit = self.policy.private_page_bytes // 4096
+        #: blocks allocated for owners compaction never moves (page cache is left to it, untracked)
+        self.allocated: list[tuple[int, int]] = []
 
     def _unit_ok(self, pfn: int) -> bool:
         # With 2M+ private granularity, guest memory comes in whole aligned folios: keep the 4K tail out.
@@ -114,12 +119,17 @@ class HostMachine(RuleBasedStateMachine):
         else:
             assert self.h.host_rmp_fault_count - faults == (self.h.host_crash_count - crashes) - (level is None)
 
-    @rule(pfn=PFNS, n=st.integers(1, 700), owner=st.sampled_from(list(Owner)))
+    @rule(
+        pfn=PFNS,
+        n=st.integers(1, 700),
+        owner=st.sampled_from([o for o in Owner if o not in (Owner.FREE, Owner.RESERVED)]),
+    )
     def tag(self, pfn: int, n: int, owner: Owner) -> None:
-        """Retag frames (the memory picture's recount must follow); e820 holes and the RMP stay reserved."""
+        """Give allocated frames another owner (the memory picture's recount must follow); free frames stay the
+        allocator's, e820 holes and the RMP stay reserved."""
         tags = self.h.frames.tags(pfn, min(n, NFRAMES - pfn))
-        for k in np.flatnonzero(tags != Owner.RESERVED).tolist():
-            self.h.frames.set_range(pfn + k, 1, Owner.RESERVED if owner == Owner.RESERVED else owner)
+        for k in np.flatnonzero((tags != Owner.RESERVED) & (tags != Owner.FREE)).tolist():
+            self.h.frames.set_range(pfn + k, 1, owner)
 
     @invariant()
     def blockmap_agrees_with_a_frame_by_frame_recount(self) -> None:
@@ -136,7 +146,7 @@ class HostMachine(RuleBasedStateMachine):
         category = np.zeros(256, dtype=np.uint8)  # tag -> picture category (blockmap's STATES)
         for owner, cat in (
             (Owner.FREE, bm.FREE), (Owner.KERNEL, bm.KERNEL), (Owner.IMAGE, bm.KERNEL), (Owner.USER, bm.USER),
-            (Owner.RESERVED, bm.KERNEL),
+            (Owner.RESERVED, bm.KERNEL), (Owner.KERNEL_RECLAIMABLE, bm.KERNEL),
             (Owner.HUGETLB_POOL, bm.HUGETLB), (Owner.VMM_SHARED, bm.SHARED), (Owner.VMM_PRIVATE, bm.SHARED),
             (Owner.GMEM, bm.SHARED),
         ):  # fmt: skip
@@ -161,6 +171,47 @@ class HostMachine(RuleBasedStateMachine):
         assert m.used.tolist() == used.tolist()
         assert m.assigned.tolist() == assigned.sum(axis=1).tolist()
         assert m.ram.tolist() == ram.tolist()
+
+    @rule(
+        order=st.sampled_from([0, 0, 1, 3, 9]),
+        owner=st.sampled_from([Owner.USER, Owner.GMEM, Owner.KERNEL, Owner.VMM_SHARED, Owner.KERNEL_RECLAIMABLE]),
+        count=st.integers(1, 40),
+    )
+    def alloc(self, order: int, owner: Owner, count: int) -> None:
+        got = self.h.alloc_bulk(order, count, owner, zero=False)
+        if got is not None and owner != Owner.USER:
+            self.allocated.extend((int(p), order) for p in got)
+
+    @precondition(lambda self: self.allocated)
+    @rule(data=st.data())
+    def free(self, data: st.DataObject) -> None:
+        order = data.draw(st.sampled_from(sorted({o for _, o in self.allocated})))
+        same = [b for b in self.allocated if b[1] == order]
+        chosen = data.draw(st.lists(st.sampled_from(same), unique=True, min_size=1, max_size=len(same)))
+        for b in chosen:
+            self.allocated.remove(b)
+        self.h.free_bulk(np.array([p for p, _ in chosen], dtype=np.int64), order)
+
+    @rule()
+    def compact(self) -> None:
+        before = {o: self.h.frames.count(o) for o in Owner}
+        pinned = [self.h.frames.tags(p, 1 << o).copy() for p, o in self.allocated]
+        self.h.compactor.proactive(proactiveness=100, budget=64)
+        assert {o: self.h.frames.count(o) for o in Owner} == before  # migration moves pages, never loses one
+        assert all(
+            np.array_equal(self.h.frames.tags(p, 1 << o), t) for (p, o), t in zip(self.allocated, pinned, strict=True)
+        )
+
+    @invariant()
+    def allocator_consistent(self) -> None:
+        b = self.h.buddy
+        b.check_invariants()
+        free = np.zeros(NFRAMES, dtype=bool)
+        for pfn, order in b.free_blocks():
+            free[pfn : pfn + (1 << order)] = True
+        assert np.array_equal(free, self.h.frames.tags(0, NFRAMES) == Owner.FREE)
+        ram = sum(hi - lo for lo, hi in self.h.memory_map.ram_ranges)
+        assert b.used_frames == ram - int(free.sum())
 
     @invariant()
     def directmap_consistent(self) -> None:

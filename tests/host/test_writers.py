@@ -44,15 +44,16 @@ def test_page_zeroing_keeps_a_bounded_lru_and_frees_the_oldest() -> None:
 
 def test_page_zeroing_crashes_a_keep_host_next_to_a_private_page() -> None:
     env, h, rng = make(KEEP_OOPS)
-    guest = h.alloc_bulk(0, 4, Owner.VMM_PRIVATE)  # frames 0..3 (lowest first)
-    assert guest is not None and guest.tolist() == [0, 1, 2, 3]
+    # lowest first, from ZONE_DMA32 (16M >> 12 = frame 4096), the first zone of a 1 GiB host's zonelist
+    guest = h.alloc_bulk(0, 4, Owner.VMM_PRIVATE)
+    assert guest is not None and guest.tolist() == [4096, 4097, 4098, 4099]
     h.free_bulk(guest[:3], 0)
-    h.rmp_make_private(3, 0, PageSize.SIZE_4K, 1)
+    h.rmp_make_private(4099, 0, PageSize.SIZE_4K, 1)
     start(env, h, writers.page_zeroing(h, rng, interval_ns=1000, batch=2, resident_pages=100))
     env.run(until=5000)
     # every frame handed out lies in the 2M range of the private frame 3, mapped at 1G: each zeroing faults
     assert 0 < len(h.lru) < 512
-    assert 3 not in h.lru
+    assert 4099 not in h.lru
     assert h.host_crash_count == len(h.lru)
     assert {c.path for c in h.crashes} == {writers.PATH_ZERO}
     assert [c.pfn for c in h.crashes] == list(h.lru)

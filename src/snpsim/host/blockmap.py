@@ -68,6 +68,7 @@ _TAG_CATEGORY = np.full(256, FREE, dtype=np.uint8)
 for _owner, _cat in {
     Owner.FREE: FREE,
     Owner.KERNEL: KERNEL,
+    Owner.KERNEL_RECLAIMABLE: KERNEL,
     Owner.RESERVED: KERNEL,
     Owner.IMAGE: KERNEL,
     Owner.USER: USER,

@@ -1,150 +1,183 @@
-"""Host physical memory allocator: a model of the Linux buddy page allocator.
+"""Host physical memory allocator: the Linux buddy page allocator with zones, pageblocks and migratetypes.
 
-Models ``mm/page_alloc.c``: ``__rmqueue_smallest()`` (take the first free block of the smallest order that
-fits), ``expand()`` (split it, returning the upper halves to the free lists of the lower orders),
-``__free_one_page()`` (merge a freed block with its free buddy, repeatedly, up to the maximum order) and
-``/proc/buddyinfo`` (free block count per order). Orders run 0..18 by default: order 0 is one 4K frame, order 9
-a 2M block (THP, 2M hugetlb), order 18 is 1 GiB of 4K frames, which here also serves 1G hugetlb pages (the
-real kernel's MAX_PAGE_ORDER is 10 and gets 1G pages from CMA/memblock; this model simply makes the buddy
-allocator big enough).
+Models ``mm/page_alloc.c`` as of v6.15-v6.19 (the "freelist hygiene" series, c0cd6f557b90, and the claim/steal
+split of J. Weiner, "mm: page_alloc: don't steal single pages from biggest buddy", 2025-02-25,
+20250225001023.1494422-2-hannes@cmpxchg.org, and "speed up fallbacks in rmqueue_bulk()", 2c847f27c37d):
 
-Frames are PFNs in ``[0, nframes)``; ``nframes`` need not be a multiple of ``2**max_order`` (the tail is
-decomposed into aligned smaller blocks, as memblock hands a zone's ragged end to the buddy allocator). With
-``ranges`` only those frame ranges (the host's RAM, :mod:`snpsim.host.e820`) start free; the rest is never handed
-out.
+* **Zones** by PFN (arch/x86 ``zone_sizes_init``): DMA ``[0, 16M)``, DMA32 ``[16M, 4G)``, Normal above; a
+  request walks the zonelist Normal → DMA32 → DMA (``get_page_from_freelist``), skipping a zone whose free pages
+  would fall to its ``lowmem_reserve`` (``setup_per_zone_lowmem_reserve``: the managed pages of the populated
+  zones above, divided by ``sysctl_lowmem_reserve_ratio`` = 256; 0 when the upper zone is empty). When the
+  preferred zone is Normal, the first pass over the zonelist runs with ``ALLOC_NOFRAGMENT``
+  (``alloc_flags_nofragment``): no stealing of sub-pageblock blocks, so DMA32 is used before Normal's pageblocks
+  are mixed; a second pass allows it.
+* **Pageblocks** of 2 MiB (``pageblock_order`` 9) with a migratetype each (UNMOVABLE, MOVABLE, RECLAIMABLE; all
+  MOVABLE at boot, ``memmap_init_range``); free lists per zone, order (0..``MAX_PAGE_ORDER`` = 10) and
+  migratetype. With the hygiene rule every free block sits on the list of its pageblock's type, and merging two
+  free order-9 buddies of different types gives the merged block the type of the page being freed
+  (``__free_one_page``: "Match buddy type").
+* ``__rmqueue``: ``__rmqueue_smallest`` (the smallest free block of the requested type, split by ``expand()``),
+  then ``__rmqueue_claim`` (from ``MAX_PAGE_ORDER`` down, the first type of ``fallbacks[]`` with a free block of
+  that order: "Find the largest available free page in the other list. This roughly approximates finding the
+  pageblock with the most free pages"; ``try_to_claim_block`` takes a block of order >= 9 whole and re-types its
+  pageblocks, and for a smaller one claims the pageblock when ``free_pages + alike_pages >= 1 <<
+  (pageblock_order-1)``; ``should_try_claim_block`` refuses small movable requests below order 4), then
+  ``__rmqueue_steal`` (the smallest block of a fallback type, its pageblock left as it was).
+* ``page_group_by_mobility_disabled`` below ``pageblock_nr_pages * MIGRATE_TYPES`` pages (tiny hosts): every
+  allocation and pageblock is UNMOVABLE, a plain buddy allocator (``build_all_zonelists_init``).
 
-Simplifications, deliberately:
+Simplifications (each moves some number, in the direction given):
 
-* a single zone and node; no migratetypes, no per-CPU (pcp) lists, no watermarks, no compaction/reclaim:
-  ``alloc`` returns ``None`` and the caller decides the fallback (e.g. THP falls back to order 0);
-* allocation takes the smallest free block that fits and, like ``expand()``, puts the upper halves back on
-  the free lists;
-* deterministic: among the free blocks of one order the lowest PFN is taken (the kernel takes the list head,
-  which depends on history), so no RNG is needed and the state after any sequence of calls depends only on
-  that sequence. Because the free lists are always fully coalesced, the state is in fact a function of the
-  set of free frames alone.
+* no watermarks (min/low/high = 0), kswapd, reclaim or watermark boosting: an allocation succeeds down to the last
+  free page above the zone's lowmem reserve (so hosts run fuller than Linux lets them; OOM comes later); the
+  classzone of every request is Normal (no ZONE_MOVABLE);
+* no per-CPU (pcp) lists: frees merge at once (Linux delays merging by up to ``pcp->high`` pages per CPU, so the
+  model's free memory is slightly less fragmented), and no HIGHATOMIC or CMA pageblocks;
+* deterministic choice: the "list head" is the lowest PFN of the list (Linux's depends on the order of frees);
+  so a fresh host fills from low PFNs up, where Linux fills from the top of each zone down;
+* ``prep_move_freepages_block`` learns the number of movable (``PageLRU``) pages in a pageblock from the
+  ``movable_pages`` callback (the host kernel counts its frame tags); without one it sees none.
 
-Data structures scale to ``nframes = 2**29`` (2 TiB): no per-frame objects or arrays, only per-free-block
-entries. Each order has a set (membership, O(1) insert/remove) plus a min-heap with lazy deletion
-(lowest-PFN-first pop), both keyed by block index ``pfn >> order`` (one shift per level when walking up the
-tree, and well-spread hash keys). Bulk operations (``alloc_bulk``/``free_bulk``) work on numpy arrays and give exactly
-the same result as the equivalent loop of single operations.
+Orders above ``MAX_PAGE_ORDER`` (1 GiB hugetlb pages and guest_memfd folios) are not the buddy allocator's: the host
+kernel gets them like ``alloc_contig_pages()`` (:mod:`snpsim.host.compaction`), from a 1G-aligned range it empties
+with :meth:`BuddyAllocator.take_free_range`.
 
-Hugetlb pools (``reserve_pool`` and friends) model ``nr_hugepages``: blocks taken out of the buddy allocator
-once and then handed out and returned without touching the free lists. Pool blocks count as used frames.
+Data structures scale to ``nframes = 2**29`` (2 TiB): no Python object per free block, one
+:class:`~snpsim.host.bitmap.Bitmap` per (zone, order, migratetype) over block indices, and one byte per
+pageblock for its type. ``alloc_bulk``/``free_bulk`` are vectorised and give exactly the result of a loop of
+``alloc``/``free`` calls (``free_bulk``: in ascending PFN order).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator, Sequence
+import bisect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.segments import SCALAR_MAX
+from snpsim.host.bitmap import Bitmap
+from snpsim.segments import SCALAR_MAX, ascending
 
-__all__ = ["DEFAULT_MAX_ORDER", "BuddyAllocator"]
-
-DEFAULT_MAX_ORDER = 18
+__all__ = [
+    "FALLBACKS",
+    "MAX_PAGE_ORDER",
+    "PAGEBLOCK_NR_PAGES",
+    "PAGEBLOCK_ORDER",
+    "BuddyAllocator",
+    "Migratetype",
+    "PageTypeInfo",
+    "ZoneType",
+]
 
 IntArray = npt.NDArray[np.int64]
 
+#: include/linux/mmzone.h: ``MAX_PAGE_ORDER`` is 10 on x86-64 (4 MiB blocks).
+MAX_PAGE_ORDER = 10
+#: include/linux/pageblock-flags.h: ``pageblock_order`` = ``HUGETLB_PAGE_ORDER`` = 9 on x86-64 (2 MiB).
+PAGEBLOCK_ORDER = 9
+PAGEBLOCK_NR_PAGES = 1 << PAGEBLOCK_ORDER
+#: ``enum migratetype`` with CONFIG_CMA and CONFIG_MEMORY_ISOLATION (UNMOVABLE, MOVABLE, RECLAIMABLE, HIGHATOMIC,
+#: CMA, ISOLATE), as distribution kernels build it; only its count is used here (mobility grouping threshold).
+MIGRATE_TYPES = 6
+#: mm/page_alloc.c ``sysctl_lowmem_reserve_ratio`` for DMA and DMA32.
+LOWMEM_RESERVE_RATIO = 256
 
-class _FreeList:
-    """Free blocks of one order, by block index (``pfn >> order``): a set plus a min-heap with lazy deletion.
 
-    Invariant: every member of the set has at least one entry in the heap; heap entries not in the set are
-    stale and skipped. The heap is rebuilt when stale entries dominate, so memory stays O(len).
-    """
+class Migratetype(IntEnum):
+    """``enum migratetype`` (include/linux/mmzone.h), the three the allocator falls back between."""
 
-    __slots__ = ("_heap", "_set")
+    UNMOVABLE = 0
+    MOVABLE = 1
+    RECLAIMABLE = 2
 
-    def __init__(self) -> None:
-        self._set: set[int] = set()
-        self._heap: list[int] = []
 
-    def __len__(self) -> int:
-        return len(self._set)
+NTYPES = len(Migratetype)
 
-    def __contains__(self, idx: int) -> bool:
-        return idx in self._set
+#: mm/page_alloc.c ``fallbacks[MIGRATE_PCPTYPES][MIGRATE_PCPTYPES - 1]``.
+FALLBACKS: dict[Migratetype, tuple[Migratetype, Migratetype]] = {
+    Migratetype.UNMOVABLE: (Migratetype.RECLAIMABLE, Migratetype.MOVABLE),
+    Migratetype.MOVABLE: (Migratetype.RECLAIMABLE, Migratetype.UNMOVABLE),
+    Migratetype.RECLAIMABLE: (Migratetype.UNMOVABLE, Migratetype.MOVABLE),
+}
+_FALLBACK_IDX = [tuple(int(f) for f in FALLBACKS[Migratetype(m)]) for m in range(NTYPES)]
 
-    def add(self, idx: int) -> None:
-        """Insert an index known not to be present."""
-        self._set.add(idx)
-        heapq.heappush(self._heap, idx)
 
-    def remove(self, idx: int) -> None:
-        """Remove an index known to be present."""
-        self._set.remove(idx)
-        if len(self._heap) > 2 * len(self._set) + 64:
-            self._compact()
+class ZoneType(IntEnum):
+    """``enum zone_type`` on x86-64 (without ZONE_MOVABLE/ZONE_DEVICE)."""
 
-    def pop_lowest(self) -> int:
-        """Remove and return the lowest index (the list must not be empty)."""
-        heap, members = self._heap, self._set
-        while True:
-            idx = heapq.heappop(heap)
-            if idx in members:
-                members.remove(idx)
-                return idx
+    DMA = 0
+    DMA32 = 1
+    NORMAL = 2
 
-    def add_many(self, idxs: list[int]) -> None:
-        """Insert indices known not to be present."""
-        if not idxs:
-            return
-        self._set.update(idxs)
-        if len(idxs) * 8 > len(self._heap):
-            self._heap.extend(idxs)
-            heapq.heapify(self._heap)
-        else:
-            for idx in idxs:
-                heapq.heappush(self._heap, idx)
 
-    def remove_many(self, idxs: list[int]) -> None:
-        """Remove indices known to be present."""
-        self._set.difference_update(idxs)
-        if len(self._heap) > 2 * len(self._set) + 64:
-            self._compact()
+#: arch/x86/include/asm/dma.h ``MAX_DMA_PFN`` (16 MiB) and ``MAX_DMA32_PFN`` (4 GiB), in 4K frames.
+MAX_DMA_PFN = (16 << 20) >> 12
+MAX_DMA32_PFN = (4 << 30) >> 12
 
-    def take_lowest(self, count: int) -> IntArray:
-        """Remove the ``count`` lowest indices (``count <= len``); return them ascending."""
-        if count <= 0:
-            return np.empty(0, dtype=np.int64)
-        if count * 16 < len(self._set):
-            return np.array([self.pop_lowest() for _ in range(count)], dtype=np.int64)
-        arr = self.sorted_array()
-        taken = arr[:count]
-        if count == len(arr):
-            self.clear()
-        else:
-            self.remove_many(taken.tolist())
-        return taken
 
-    def sorted_array(self) -> IntArray:
-        arr = np.fromiter(self._set, dtype=np.int64, count=len(self._set))
-        arr.sort()
-        return arr
+def should_try_claim_block(order: int, start_mt: int) -> bool:
+    """mm/page_alloc.c ``should_try_claim_block()``: is a fallback block of ``order`` worth claiming whole?"""
+    if order >= PAGEBLOCK_ORDER:  # "we can actually claim the whole pageblock if this condition met"
+        return True
+    if order >= PAGEBLOCK_ORDER // 2:  # "Above a certain threshold, always try to claim"
+        return True
+    # "Unmovable/reclaimable allocations would cause permanent fragmentations if they fell back to allocating
+    # from a movable block (polluting it), so we try to claim the whole block regardless of the allocation size."
+    return start_mt in (Migratetype.RECLAIMABLE, Migratetype.UNMOVABLE)
 
-    def members(self) -> set[int]:
-        """The live set (the allocator reads it directly on hot paths; never replaced, only mutated)."""
-        return self._set
 
-    def clear(self) -> None:
-        self._set.clear()
-        self._heap.clear()
+class _Zone:
+    """One ``struct zone``: its PFN span, free lists ``free[order][migratetype]`` (block index = ``(pfn - lo) >>
+    order``), free and managed page counts and its lowmem reserve against Normal-zone requests."""
 
-    def _compact(self) -> None:
-        self._heap = list(self._set)
-        heapq.heapify(self._heap)
+    __slots__ = ("free", "free_pages", "hi", "kind", "lo", "managed", "reserve")
+
+    def __init__(self, kind: ZoneType, lo: int, hi: int) -> None:
+        self.kind = kind
+        self.lo = lo
+        self.hi = hi
+        span = hi - lo
+        self.free = [[Bitmap((span + (1 << o) - 1) >> o) for _ in range(NTYPES)] for o in range(MAX_PAGE_ORDER + 1)]
+        self.free_pages = 0
+        self.managed = 0
+        self.reserve = 0
+
+    def nr_free(self, order: int) -> int:
+        return sum(bm.count for bm in self.free[order])
+
+    def blocks_at_least(self, order: int, mt: int | None = None) -> int:
+        """How many ``order`` blocks the free blocks of order >= ``order`` (of one type, or all) hold."""
+        if mt is None:
+            return sum(self.nr_free(o) << (o - order) for o in range(order, MAX_PAGE_ORDER + 1))
+        return sum(self.free[o][mt].count << (o - order) for o in range(order, MAX_PAGE_ORDER + 1))
+
+    def cap(self, order: int) -> int:
+        """How many more ``order`` allocations the watermark check lets through (``__zone_watermark_ok`` with a
+        zero watermark: ``free_pages - ((1 << order) - 1) > lowmem_reserve``)."""
+        return max(0, (self.free_pages - self.reserve) >> order)
+
+
+@dataclass(frozen=True)
+class PageTypeInfo:
+    """``/proc/pagetypeinfo`` of one zone: free blocks per migratetype and order, pageblocks per migratetype."""
+
+    zone: str
+    free: dict[str, list[int]]
+    blocks: dict[str, int]
+
+    def free_pages(self, mt: str) -> int:
+        return sum(n << o for o, n in enumerate(self.free[mt]))
 
 
 class BuddyAllocator:
-    """Buddy allocator over frames ``[0, nframes)`` with block orders ``0..max_order``.
+    """Buddy allocator over frames ``[0, nframes)``; free memory is the union of ``ranges`` (``[lo, hi)`` PFN
+    ranges; None = all of it). Frames outside the ranges are never handed out.
 
-    ``alloc``/``free`` model one ``__rmqueue_smallest``/``__free_one_page`` call; ``alloc_bulk``/``free_bulk``
-    are vectorised equivalents of a loop of them (same PFNs, same order, same final free lists).
+    ``alloc``/``free`` model one ``__rmqueue``/``__free_one_page`` call; ``alloc_bulk``/``free_bulk`` are vectorised
+    equivalents of a loop of them (same PFNs, in the same order, same final state).
     """
 
     #: ``alloc_bulk``/``free_bulk`` with at most this many blocks loop over ``alloc()``/``free()`` (numpy set-up
@@ -152,234 +185,553 @@ class BuddyAllocator:
     _BULK_LOOP_THRESHOLD = SCALAR_MAX
 
     def __init__(
-        self, nframes: int, max_order: int = DEFAULT_MAX_ORDER, *, ranges: Sequence[tuple[int, int]] | None = None
+        self,
+        nframes: int,
+        *,
+        ranges: Sequence[tuple[int, int]] | None = None,
+        movable_pages: Callable[[int, int], int] | None = None,
+        zone_pfns: tuple[int, int] = (MAX_DMA_PFN, MAX_DMA32_PFN),
     ) -> None:
-        if not 0 <= max_order <= 62:
-            raise ValueError(f"max_order must be in 0..62, got {max_order}")
+        """``zone_pfns``: the ends of ZONE_DMA and ZONE_DMA32 (x86-64's by default; tests shrink them, keeping them
+        multiples of ``2**MAX_PAGE_ORDER`` so that no buddy block crosses a zone boundary)."""
         if nframes < 0:
             raise ValueError(f"nframes must be >= 0, got {nframes}")
-        spans = [(0, int(nframes))] if ranges is None else sorted((int(lo), int(hi)) for lo, hi in ranges)
-        for k, (lo, hi) in enumerate(spans):
-            if not 0 <= lo <= hi <= nframes or (k and lo < spans[k - 1][1]):
-                raise ValueError(f"ranges must be disjoint frame ranges inside [0, {nframes}), got {ranges}")
+        dma_end, dma32_end = (int(p) for p in zone_pfns)
+        if not 0 <= dma_end <= dma32_end or (dma_end | dma32_end) & ((1 << MAX_PAGE_ORDER) - 1):
+            raise ValueError(f"zone_pfns must be ascending multiples of {1 << MAX_PAGE_ORDER}, got {zone_pfns}")
+        self._dma_end, self._dma32_end = dma_end, dma32_end
         self._nframes = int(nframes)
-        self._max_order = int(max_order)
-        self._free: list[_FreeList] = [_FreeList() for _ in range(max_order + 1)]
-        self._sets: list[set[int]] = [fl.members() for fl in self._free]  # fast membership, by order
-        # hugetlb pools, by block index: order -> all pool blocks / pool blocks not handed out
-        self._pool_blocks: dict[int, set[int]] = {}
-        self._pool_free: dict[int, _FreeList] = {}
-        # Initial free memory: the canonical decomposition of each RAM range into maximal aligned blocks (as
-        # memblock_free_all() hands each free memblock range to the buddy allocator); frames outside the ranges
-        # (holes, firmware and RMP reservations) are never free.
+        self._movable_pages = movable_pages
+        spans = [(0, self._nframes)] if ranges is None else sorted((int(a), int(b)) for a, b in ranges)
+        prev = 0
         for lo, hi in spans:
-            for pfn, order in self._decompose(lo, hi):
-                self._free[order].add(pfn >> order)
-        self._managed = sum(hi - lo for lo, hi in spans)  # managed_pages: the RAM handed to the allocator
-        self._free_frames = self._managed
+            if lo < prev or hi > self._nframes or lo > hi:
+                raise ValueError(f"ranges must be disjoint, inside [0, {self._nframes:#x}): got {spans}")
+            prev = hi
+        self._ranges = [(lo, hi) for lo, hi in spans if hi > lo]
+        self._all_ram = self._ranges == [(0, self._nframes)] or self._nframes == 0
+        self._range_starts = [lo for lo, _ in self._ranges]
+        self._zones: list[_Zone] = []
+        bounds = {ZoneType.DMA: (0, dma_end), ZoneType.DMA32: (dma_end, dma32_end)}
+        for kind in ZoneType:
+            lo, hi = bounds.get(kind, (dma32_end, self._nframes))
+            lo, hi = min(lo, self._nframes), min(hi, self._nframes)
+            self._zones.append(_Zone(kind, lo, max(lo, hi)))
+        managed = sum(hi - lo for lo, hi in self._ranges)
+        #: ``page_group_by_mobility_disabled`` (mm/page_alloc.c ``build_all_zonelists_init``)
+        self.mobility_disabled = managed < PAGEBLOCK_NR_PAGES * MIGRATE_TYPES
+        boot_mt = Migratetype.UNMOVABLE if self.mobility_disabled else Migratetype.MOVABLE
+        self._pb = np.full((self._nframes + PAGEBLOCK_NR_PAGES - 1) >> PAGEBLOCK_ORDER, boot_mt, dtype=np.uint8)
+        self._pbv = self._pb.data  # single reads and writes
+        for lo, hi in self._ranges:
+            for z in self._zones:
+                a, b = max(lo, z.lo), min(hi, z.hi)
+                if b > a:
+                    z.managed += b - a
+                    self._add_range(z, a, b, int(boot_mt))
+        self._free_frames = sum(z.free_pages for z in self._zones)
+        self._managed = managed
+        # setup_per_zone_lowmem_reserve(): reserve of zone i against a Normal request = managed pages of the zones
+        # above it, up to Normal, / ratio; 0 if Normal itself (the upper zone j of lowmem_reserve[j]) is empty.
+        normal = self._zones[ZoneType.NORMAL]
+        for z in self._zones[: ZoneType.NORMAL]:
+            above = sum(u.managed for u in self._zones[z.kind + 1 :])
+            z.reserve = 0 if not normal.managed or not z.managed else above // LOWMEM_RESERVE_RATIO
+        #: (pageblock, requested type) pairs whose claim failed during the current alloc()/alloc_bulk() call
+        self._claim_failed: set[tuple[int, int]] = set()
+        #: the zonelist of a Normal request, populated zones only: Normal, DMA32, DMA
+        self._zonelist = [z for z in reversed(self._zones) if z.managed]
+        #: ``alloc_flags_nofragment()``: the preferred zone is Normal
+        self._nofragment = bool(self._zonelist) and self._zonelist[0].kind == ZoneType.NORMAL
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_pbv"]  # a memoryview neither copies nor pickles: rebuilt from the array
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._pbv = self._pb.data
 
     # ------------------------------------------------------------------ properties / introspection
     @property
     def nframes(self) -> int:
-        """Number of frames managed (PFNs ``0..nframes-1``)."""
+        """Number of frames covered (PFNs ``0..nframes-1``), RAM or not."""
         return self._nframes
 
     @property
     def max_order(self) -> int:
-        return self._max_order
+        return MAX_PAGE_ORDER
+
+    @property
+    def managed_frames(self) -> int:
+        """Frames of RAM the allocator manages (the union of ``ranges``)."""
+        return self._managed
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return list(self._ranges)
 
     @property
     def free_frames(self) -> int:
-        """Frames on the buddy free lists (excludes hugetlb pool blocks, even unused ones)."""
+        """Frames on the free lists."""
         return self._free_frames
 
     @property
     def used_frames(self) -> int:
-        """Managed frames not on the buddy free lists (allocated, or reserved in a hugetlb pool)."""
+        """Managed frames not on the free lists (allocated)."""
         return self._managed - self._free_frames
 
+    def gfp_migratetype(self, mt: int) -> Migratetype:
+        """``gfp_migratetype()``: the requested type, or UNMOVABLE when mobility grouping is disabled."""
+        return Migratetype.UNMOVABLE if self.mobility_disabled else Migratetype(mt)
+
+    def pageblock_migratetype(self, pfn: int) -> Migratetype:
+        """``get_pfnblock_migratetype()``."""
+        return Migratetype(int(self._pb[int(pfn) >> PAGEBLOCK_ORDER]))
+
+    def pageblock_types(self) -> npt.NDArray[np.uint8]:
+        """The migratetype of every pageblock (a copy)."""
+        return self._pb.copy()
+
+    def zone_of(self, pfn: int) -> ZoneType:
+        return self._zone(int(pfn)).kind
+
+    def zone_span(self, kind: ZoneType) -> tuple[int, int]:
+        z = self._zones[kind]
+        return z.lo, z.hi
+
+    def zone_free_frames(self, kind: ZoneType) -> int:
+        return self._zones[kind].free_pages
+
+    def zone_managed_frames(self, kind: ZoneType) -> int:
+        return self._zones[kind].managed
+
+    def lowmem_reserve(self, kind: ZoneType) -> int:
+        """The zone's ``lowmem_reserve[ZONE_NORMAL]`` in pages."""
+        return self._zones[kind].reserve
+
+    def zonelist(self) -> list[ZoneType]:
+        """The populated zones a Normal-zone request tries, in order."""
+        return [z.kind for z in self._zonelist]
+
     def buddyinfo(self) -> list[int]:
-        """Free block count for each order ``0..max_order``, like a row of ``/proc/buddyinfo``."""
-        return [len(s) for s in self._sets]
+        """Free block count for each order ``0..MAX_PAGE_ORDER``, summed over zones (``/proc/buddyinfo``)."""
+        return [sum(z.nr_free(o) for z in self._zones) for o in range(MAX_PAGE_ORDER + 1)]
+
+    def pagetypeinfo(self) -> list[PageTypeInfo]:
+        """``/proc/pagetypeinfo`` for each populated zone."""
+        out = []
+        for z in self._zones:
+            if not z.managed:
+                continue
+            free = {m.name.capitalize(): [z.free[o][m].count for o in range(MAX_PAGE_ORDER + 1)] for m in Migratetype}
+            a, b = z.lo >> PAGEBLOCK_ORDER, (z.hi + PAGEBLOCK_NR_PAGES - 1) >> PAGEBLOCK_ORDER
+            counts = np.bincount(self._pb[a:b], minlength=NTYPES)
+            out.append(PageTypeInfo(z.kind.name, free, {m.name.capitalize(): int(counts[m]) for m in Migratetype}))
+        return out
+
+    def free_frames_by_type(self) -> dict[Migratetype, int]:
+        """Free pages per migratetype, over all zones."""
+        return {
+            m: sum(z.free[o][m].count << o for z in self._zones for o in range(MAX_PAGE_ORDER + 1)) for m in Migratetype
+        }
 
     def largest_free_order(self) -> int:
         """Highest order with a free block, or -1 when no memory is free."""
-        for order in range(self._max_order, -1, -1):
-            if self._sets[order]:
+        for order in range(MAX_PAGE_ORDER, -1, -1):
+            if any(z.nr_free(order) for z in self._zones):
                 return order
         return -1
 
     def fragmentation_index(self, order: int) -> float:
         """Unusable free space index for ``order`` (mm/vmstat.c ``unusable_free_index``, as a fraction).
 
-        ``(free_pages - (free_blocks_suitable << order)) / free_pages`` where ``free_blocks_suitable`` counts
-        how many ``order`` blocks fit in the free blocks of order >= ``order``. 0 = all free memory usable for
-        such an allocation, 1 = none of it. With no free memory the kernel returns 1 ("all free memory is
-        unusable"), and so does this.
-        """
+        ``(free_pages - (free_blocks_suitable << order)) / free_pages``, over all zones; 1 with no free memory."""
         self._check_order(order)
-        free_pages = 0
-        suitable = 0
-        for o, members in enumerate(self._sets):
-            blocks = len(members)
-            free_pages += blocks << o
-            if o >= order:
-                suitable += blocks << (o - order)
+        info = self.buddyinfo()
+        free_pages = sum(n << o for o, n in enumerate(info))
         if free_pages == 0:
             return 1.0
+        suitable = sum(n << (o - order) for o, n in enumerate(info) if o >= order)
         return (free_pages - (suitable << order)) / free_pages
 
     def is_free(self, pfn: int) -> bool:
-        """Whether frame ``pfn`` lies inside a free buddy block (O(max_order))."""
+        """Whether frame ``pfn`` lies inside a free buddy block."""
         pfn = int(pfn)
         if not 0 <= pfn < self._nframes:
             raise ValueError(f"pfn {pfn:#x} out of range [0, {self._nframes:#x})")
-        return self._covered(pfn, 0)
+        return self._free_block_of(pfn) is not None
 
-    def _covered(self, idx: int, order: int) -> bool:
-        """Whether block ``idx`` of ``order`` or one of its ancestors is free."""
-        for members in self._sets[order:]:
-            if idx in members:
-                return True
-            idx >>= 1
-        return False
+    def _free_block_of(self, pfn: int) -> tuple[int, int] | None:
+        """``(head pfn, order)`` of the free block holding ``pfn``, if any."""
+        z = self._zone(pfn)
+        rel = pfn - z.lo
+        free = z.free
+        mt = self._pbv[pfn >> PAGEBLOCK_ORDER]
+        for order in range(MAX_PAGE_ORDER + 1):
+            if order > PAGEBLOCK_ORDER:  # the block's first pageblock
+                mt = self._pbv[(z.lo + ((rel >> order) << order)) >> PAGEBLOCK_ORDER]
+            if (rel >> order) in free[order][mt]:
+                return z.lo + ((rel >> order) << order), order
+        return None
 
     def free_blocks(self, order: int | None = None) -> list[tuple[int, int]]:
         """Sorted ``(pfn, order)`` of all free blocks (or those of one order). For tests and reports."""
-        orders = range(self._max_order + 1) if order is None else [order]
-        blocks = [(idx << o, o) for o in orders for idx in self._sets[o]]
+        orders = range(MAX_PAGE_ORDER + 1) if order is None else [order]
+        blocks = [
+            (z.lo + (int(i) << o), o)
+            for z in self._zones
+            for o in orders
+            for bm in z.free[o]
+            for i in bm.members().tolist()
+        ]
         blocks.sort()
         return blocks
 
-    # ------------------------------------------------------------------ single-block operations
-    def alloc(self, order: int) -> int | None:
-        """Allocate an aligned block of ``2**order`` frames; its PFN, or None if no free block fits."""
-        if not 0 <= order <= self._max_order:
-            self._check_order(order)
-        sets = self._sets
-        for current in range(order, self._max_order + 1):
-            if sets[current]:
-                break
-        else:
-            return None
-        free = self._free
-        idx = free[current].pop_lowest()
-        # expand(): hand the upper halves back, largest first
-        while current > order:
-            current -= 1
-            idx <<= 1
-            free[current].add(idx + 1)
-        self._free_frames -= 1 << order
-        return idx << order
+    def free_blocks_typed(self) -> list[tuple[int, int, Migratetype]]:
+        """Sorted ``(pfn, order, free-list migratetype)`` of all free blocks."""
+        out = [
+            (z.lo + (int(i) << o), o, Migratetype(m))
+            for z in self._zones
+            for o in range(MAX_PAGE_ORDER + 1)
+            for m, bm in enumerate(z.free[o])
+            for i in bm.members().tolist()
+        ]
+        out.sort()
+        return out
 
-    def take_page_off_buddy(self, pfn: int) -> bool:
-        """``take_page_off_buddy()`` (mm/page_alloc.c): remove the free frame ``pfn`` from the free lists, splitting
-        the free block that holds it and returning the other halves; False if the frame is not free."""
+    def zone_buddyinfo(self, kind: ZoneType) -> list[int]:
+        """Free block count per order of one zone (a row of ``/proc/buddyinfo``)."""
+        z = self._zones[kind]
+        return [z.nr_free(o) for o in range(MAX_PAGE_ORDER + 1)]
+
+    def is_ram(self, pfn: int, npages: int) -> bool:
+        """Whether ``[pfn, pfn + npages)`` lies inside one RAM range."""
+        i = bisect.bisect_right(self._range_starts, pfn) - 1
+        return i >= 0 and pfn + npages <= self._ranges[i][1]
+
+    def free_head(self, pfn: int) -> int | None:
+        """The order of the free block starting at ``pfn`` (``PageBuddy`` + ``buddy_order``), or None."""
         pfn = int(pfn)
-        for order in range(self._max_order + 1):
-            idx = pfn >> order
-            if idx in self._sets[order]:
-                self._free[order].remove(idx)
-                while order > 0:
-                    order -= 1
-                    self._free[order].add((pfn >> order) ^ 1)
-                self._free_frames -= 1
+        z = self._zone(pfn)
+        rel = pfn - z.lo
+        mt = self._pb[pfn >> PAGEBLOCK_ORDER]
+        for order in range(MAX_PAGE_ORDER + 1):
+            if rel & ((1 << order) - 1) or pfn + (1 << order) > z.hi:
+                break
+            if (rel >> order) in z.free[order][mt]:
+                return order
+        return None
+
+    def suitable_free_block(self, kind: ZoneType, order: int, mt: int) -> bool:
+        """``__compact_finished`` for a direct compactor: "Job done if page is free of the right migratetype", or
+        if ``find_suitable_fallback(area, order, migratetype, true)`` finds a block the allocation would claim."""
+        z = self._zones[kind]
+        mt = int(self.gfp_migratetype(mt))
+        for o in range(order, MAX_PAGE_ORDER + 1):
+            area = z.free[o]
+            if area[mt].count:
+                return True
+            if (self.mobility_disabled or should_try_claim_block(o, mt)) and any(
+                area[fb].count for fb in _FALLBACK_IDX[mt]
+            ):
                 return True
         return False
 
-    def free(self, pfn: int, order: int) -> None:
-        """Free the block of ``2**order`` frames at ``pfn``, merging with free buddies (``__free_one_page``).
+    def free_pages_in(self, lo: int, hi: int) -> int:
+        """Free frames in ``[lo, hi)``, a range inside one zone (blocks straddling an end count in part)."""
+        z = self._zone(lo)
+        total = 0
+        for order in range(MAX_PAGE_ORDER + 1):
+            size = 1 << order
+            a, b = (lo - z.lo) >> order, (hi - z.lo + size - 1) >> order
+            for bm in z.free[order]:
+                for i in bm.members_in(a, b).tolist():
+                    head = z.lo + (i << order)
+                    total += min(head + size, hi) - max(head, lo)
+        return total
 
-        Raises ValueError for a bad order, a misaligned or out-of-range block, or a block whose first or last
-        frame is already free (double free, freeing inside a free block, overlapping free memory at an end).
-        """
+    def check_invariants(self) -> None:
+        """Assert the free lists are consistent (for state machines): every free block aligned, inside its zone and
+        RAM, on the list of its pageblock's migratetype (an order-10 block's two pageblocks agree), none
+        overlapping another, none with a free buddy of its order (fully coalesced), and the counts right."""
+        heads, ends = [], []
+        pb = self._pb
+        for z in self._zones:
+            total = 0
+            for order in range(MAX_PAGE_ORDER + 1):
+                for mt, bm in enumerate(z.free[order]):
+                    bm.check()
+                    idx = bm.members()
+                    if idx.size == 0:
+                        continue
+                    h = z.lo + (idx << order)
+                    assert (h + (1 << order) <= z.hi).all(), "free block beyond its zone"
+                    assert (pb[h >> PAGEBLOCK_ORDER] == mt).all(), f"order-{order} block on a foreign list"
+                    if order > PAGEBLOCK_ORDER:
+                        assert (pb[(h >> PAGEBLOCK_ORDER) + 1] == mt).all(), "order-10 block of two types"
+                    if order < MAX_PAGE_ORDER:
+                        bh = h ^ (1 << order)
+                        inside = bh + (1 << order) <= z.hi
+                        bt = pb[np.minimum(bh, self._nframes - 1) >> PAGEBLOCK_ORDER]
+                        for m in range(NTYPES):
+                            sel = inside & (bt == m)
+                            if sel.any():
+                                buddies = (bh[sel] - z.lo) >> order
+                                assert not z.free[order][m].contains_many(buddies).any(), "not coalesced"
+                    total += int(idx.size) << order
+                    heads.append(h)
+                    ends.append(h + (1 << order))
+            assert total == z.free_pages, (z.kind, total, z.free_pages)
+        assert sum(z.free_pages for z in self._zones) == self._free_frames
+        if heads:
+            h, e = np.concatenate(heads), np.concatenate(ends)
+            perm = np.argsort(h)
+            h, e = h[perm], e[perm]
+            assert (e[:-1] <= h[1:]).all(), "overlapping free blocks"
+            if not self._all_ram:
+                self._check_in_ram(h, 1)
+                self._check_in_ram(e - 1, 1)
+
+    # ------------------------------------------------------------------ allocation (mm/page_alloc.c)
+    def alloc(self, order: int, migratetype: int = Migratetype.MOVABLE) -> int | None:
+        """Allocate an aligned block of ``2**order`` frames of ``migratetype``; its PFN, or None (no free block
+        any zone may give)."""
+        if not 0 <= order <= MAX_PAGE_ORDER:
+            self._check_order(order)
+        self._claim_failed.clear()
+        got = self._alloc_one(order, 0 if self.mobility_disabled else int(migratetype))
+        return None if got is None else got[0]
+
+    def _alloc_one(self, order: int, mt: int) -> tuple[int, _Zone, bool] | None:
+        """``get_page_from_freelist`` over the zonelist: ``(pfn, zone, from __rmqueue_smallest)`` or None."""
+        for nofrag in (True, False) if self._nofragment else (False,):
+            for z in self._zonelist:
+                if z.free_pages - ((1 << order) - 1) <= z.reserve:
+                    continue  # __zone_watermark_ok fails (zero watermark, lowmem_reserve only)
+                pfn = self._rmqueue_smallest(z, order, mt)
+                if pfn is not None:
+                    return pfn, z, True
+                pfn = self._rmqueue_claim(z, order, mt, nofrag)
+                if pfn is None and not nofrag:
+                    pfn = self._rmqueue_steal(z, order, mt)
+                if pfn is not None:
+                    return pfn, z, False
+        return None
+
+    def _rmqueue_smallest(self, z: _Zone, order: int, mt: int) -> int | None:
+        """``__rmqueue_smallest()``: the smallest free block of ``mt``, split down by ``expand()``."""
+        free = z.free
+        for current in range(order, MAX_PAGE_ORDER + 1):
+            bm = free[current][mt]
+            if bm.count:
+                pfn = z.lo + (bm.pop_first() << current)
+                self._expand(z, pfn, order, current, mt)
+                z.free_pages -= 1 << order
+                self._free_frames -= 1 << order
+                return pfn
+        return None
+
+    def _expand(self, z: _Zone, pfn: int, low: int, high: int, mt: int) -> None:
+        """``expand()``: hand the upper halves of the block back to the ``mt`` lists, largest first."""
+        free = z.free
+        rel = pfn - z.lo
+        while high > low:
+            high -= 1
+            free[high][mt].add((rel >> high) + 1)
+
+    def _rmqueue_claim(self, z: _Zone, order: int, start_mt: int, nofrag: bool) -> int | None:
+        """``__rmqueue_claim()``: claim a pageblock of a fallback type, scanning from the largest free block down."""
+        # "Do not steal pages from freelists belonging to other pageblocks i.e. orders < pageblock_order."
+        min_order = PAGEBLOCK_ORDER if nofrag and order < PAGEBLOCK_ORDER else order
+        for current in range(MAX_PAGE_ORDER, min_order - 1, -1):
+            # find_suitable_fallback(area, current, start_mt, claimable=true)
+            if not self.mobility_disabled and not should_try_claim_block(current, start_mt):
+                return None  # -2: "Advanced into orders too low to claim, abort"
+            area = z.free[current]
+            for fb in _FALLBACK_IDX[start_mt]:
+                if area[fb].count:
+                    pfn = self._try_to_claim_block(
+                        z, z.lo + (area[fb].first() << current), current, order, start_mt, fb
+                    )
+                    if pfn is not None:
+                        return pfn
+                    break  # only the head of the first non-empty fallback list is tried at this order
+        return None
+
+    def _try_to_claim_block(
+        self, z: _Zone, pfn: int, current: int, order: int, start_mt: int, block_mt: int
+    ) -> int | None:
+        """``try_to_claim_block()``."""
+        if current >= PAGEBLOCK_ORDER:  # "Take ownership for orders >= pageblock_order"
+            z.free[current][block_mt].remove((pfn - z.lo) >> current)
+            self._pb[pfn >> PAGEBLOCK_ORDER : (pfn >> PAGEBLOCK_ORDER) + (1 << (current - PAGEBLOCK_ORDER))] = start_mt
+            self._expand(z, pfn, order, current, start_mt)
+            z.free_pages -= 1 << order
+            self._free_frames -= 1 << order
+            return pfn
+        start = pfn >> PAGEBLOCK_ORDER << PAGEBLOCK_ORDER
+        if start < z.lo or start + PAGEBLOCK_NR_PAGES > z.hi:
+            return None  # prep_move_freepages_block: "don't touch ranges that straddle into other zones"
+        if (start, start_mt) in self._claim_failed:
+            return None
+        free_pages = self._free_in_pageblock(z, start, block_mt)
+        movable = self._movable_pages(start, PAGEBLOCK_NR_PAGES) if self._movable_pages else 0
+        if start_mt == Migratetype.MOVABLE:
+            alike = movable
+        elif block_mt == Migratetype.MOVABLE:
+            # "consider all non-movable pages as compatible"
+            alike = PAGEBLOCK_NR_PAGES - (free_pages + movable)
+        else:
+            alike = 0  # "be conservative since we can't distinguish the exact migratetype of non-movable pages"
+        if free_pages + alike >= (1 << (PAGEBLOCK_ORDER - 1)) or self.mobility_disabled:
+            self._move_freepages_block(z, start, block_mt, start_mt)
+            self._pb[start >> PAGEBLOCK_ORDER] = start_mt
+            return self._rmqueue_smallest(z, order, start_mt)
+        # Within one alloc()/alloc_bulk() call nothing is freed and no page changes owner, so this pageblock's
+        # free_pages + alike_pages can only fall (a steal from it takes a free page; for a non-movable request into
+        # a movable block the sum is 512 - movable_pages, constant): it fails again, and is not recounted.
+        self._claim_failed.add((start, start_mt))
+        return None
+
+    def _rmqueue_steal(self, z: _Zone, order: int, start_mt: int) -> int | None:
+        """``__rmqueue_steal()``: "Try to steal a single page from some fallback migratetype. Leave the rest of the
+        block as its current migratetype, potentially causing fragmentation." Smallest order first."""
+        for current in range(order, MAX_PAGE_ORDER + 1):
+            area = z.free[current]
+            for fb in _FALLBACK_IDX[start_mt]:
+                if area[fb].count:
+                    pfn = z.lo + (area[fb].pop_first() << current)
+                    self._expand(z, pfn, order, current, fb)  # page_del_and_expand(..., fallback_mt)
+                    z.free_pages -= 1 << order
+                    self._free_frames -= 1 << order
+                    return pfn
+        return None
+
+    def _free_in_pageblock(self, z: _Zone, start: int, mt: int) -> int:
+        """Free pages of the pageblock at ``start`` (all on the ``mt`` lists; below order 9 they lie inside it): a
+        popcount of the level-0 words of each order's list over the pageblock."""
+        rel = start - z.lo
+        total = 0
+        for order in range(PAGEBLOCK_ORDER):
+            words = z.free[order][mt].levels[0]
+            lo, n = rel >> order, PAGEBLOCK_NR_PAGES >> order
+            if n >= 64:
+                count = sum(int(w).bit_count() for w in words[lo >> 6 : (lo + n) >> 6].tolist())
+            else:
+                count = ((int(words[lo >> 6]) >> (lo & 63)) & ((1 << n) - 1)).bit_count()
+            total += count << order
+        return total
+
+    def _move_freepages_block(self, z: _Zone, start: int, old_mt: int, new_mt: int) -> None:
+        """``__move_freepages_block()``: move the pageblock's free blocks from the ``old_mt`` to the ``new_mt`` lists
+        (a free block of order >= 9 is a whole pageblock: it moves with its type in ``try_to_claim_block``)."""
+        rel = start - z.lo
+        for order in range(PAGEBLOCK_ORDER):
+            src, dst = z.free[order][old_mt], z.free[order][new_mt]
+            idx = src.members_in(rel >> order, (rel + PAGEBLOCK_NR_PAGES) >> order)
+            if idx.size:
+                src.remove_many(idx)
+                dst.add_many(idx)
+
+    def take_page_off_buddy(self, pfn: int) -> bool:
+        """``take_page_off_buddy()``: remove the free frame ``pfn`` from the free lists, splitting the free block that
+        holds it and returning the other halves (to its type's lists); False if the frame is not free."""
+        found = self._free_block_of(int(pfn))
+        if found is None:
+            return False
+        self._carve(found[0], found[1], int(pfn), int(pfn) + 1)
+        return True
+
+    def _carve(self, head: int, order: int, lo: int, hi: int) -> None:
+        """Remove the free block ``(head, order)``, giving back its parts outside ``[lo, hi)`` (maximally merged)."""
+        z = self._zone(head)
+        mt = self._pbv[head >> PAGEBLOCK_ORDER]
+        z.free[order][mt].remove((head - z.lo) >> order)
+        end = head + (1 << order)
+        taken = min(hi, end) - max(lo, head)
+        z.free_pages -= taken
+        self._free_frames -= taken
+        for a, b in ((head, max(head, lo)), (min(end, hi), end)):
+            for p, o in _decompose(a, b):
+                z.free[o][mt].add((p - z.lo) >> o)
+
+    def take_free_range(self, lo: int, hi: int) -> IntArray:
+        """Take every free frame of ``[lo, hi)`` (inside one zone) off the free lists; return them ascending.
+
+        The free scanner of compaction (``isolate_freepages_block``) and ``alloc_contig_range`` (which isolates
+        the range and takes its free pages) do this; a free block straddling an end is split."""
+        z = self._zone(lo)
+        parts: list[IntArray] = []
+        for order in range(MAX_PAGE_ORDER + 1):
+            size = 1 << order
+            a, b = (lo - z.lo) >> order, (hi - z.lo + size - 1) >> order
+            for bm in z.free[order]:
+                idx = bm.members_in(a, b)
+                if idx.size == 0:
+                    continue
+                heads = z.lo + (idx << order)
+                inside = (heads >= lo) & (heads + size <= hi)
+                whole = idx[inside]
+                if whole.size:
+                    bm.remove_many(whole)
+                    z.free_pages -= int(whole.size) << order
+                    self._free_frames -= int(whole.size) << order
+                    parts.append(_expand_blocks(z.lo + (whole << order), order))
+                for head in heads[~inside].tolist():
+                    self._carve(head, order, lo, hi)
+                    parts.append(np.arange(max(head, lo), min(head + size, hi), dtype=np.int64))
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        out = np.concatenate(parts)
+        out.sort()
+        return out
+
+    # ------------------------------------------------------------------ freeing
+    def free(self, pfn: int, order: int, *, check_free: bool = True) -> None:
+        """Free the block of ``2**order`` frames at ``pfn`` (``__free_one_page``), merging with free buddies.
+
+        Raises ValueError for a bad order, a misaligned or out-of-range block, a block outside RAM, or (unless the
+        caller checked it, ``check_free=False``) a block whose first or last frame is already free (double free,
+        freeing inside a free block)."""
         pfn, order = int(pfn), int(order)
         self._check_block(pfn, order)
-        if self._covered(pfn, 0) or (order and self._covered(pfn + (1 << order) - 1, 0)):
+        if check_free and (
+            self._free_block_of(pfn) is not None or (order and self._free_block_of(pfn + (1 << order) - 1))
+        ):
             raise ValueError(f"double free: block {pfn:#x} order {order} overlaps free memory")
         self._free_checked(pfn, order)
 
     def _free_checked(self, pfn: int, order: int) -> None:
+        z = self._zone(pfn)
+        pb = self._pbv
+        mt = pb[pfn >> PAGEBLOCK_ORDER]
+        z.free_pages += 1 << order
         self._free_frames += 1 << order
-        free = self._free
-        sets = self._sets
-        max_order = self._max_order
-        idx = pfn >> order
-        while order < max_order:
-            buddy = idx ^ 1
-            if buddy not in sets[order]:
+        free = z.free
+        rel = pfn - z.lo
+        while order < MAX_PAGE_ORDER:
+            brel = rel ^ (1 << order)
+            buddy_mt = mt if order < PAGEBLOCK_ORDER else pb[(z.lo + brel) >> PAGEBLOCK_ORDER]
+            bidx = brel >> order
+            if z.lo + brel + (1 << order) > z.hi or bidx not in free[order][buddy_mt]:
                 break
-            free[order].remove(buddy)
-            idx >>= 1
+            free[order][buddy_mt].remove(bidx)
+            if buddy_mt != mt:  # "Match buddy type": the buddy is a whole pageblock (order >= 9)
+                b0 = (z.lo + brel) >> PAGEBLOCK_ORDER
+                self._pb[b0 : b0 + (1 << (order - PAGEBLOCK_ORDER))] = mt
+            rel &= brel
             order += 1
-        free[order].add(idx)
-
-    # ------------------------------------------------------------------ bulk operations
-    def alloc_bulk(self, order: int, count: int) -> IntArray | None:
-        """Allocate ``count`` blocks of ``order``; same PFNs, in the same order, as ``count`` ``alloc`` calls.
-
-        All-or-nothing: returns None (state unchanged) if fewer than ``count`` such blocks are obtainable.
-        Whole free blocks are carved with ``numpy.arange``, so millions of order-0 pages are cheap.
-        """
-        self._check_order(order)
-        if count < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
-        if count == 0:
-            return np.empty(0, dtype=np.int64)
-        if len(self._sets[order]) < count and self._obtainable(order) < count:
-            return None
-        if count <= self._BULK_LOOP_THRESHOLD:  # a few blocks: the alloc() calls themselves are cheaper
-            return np.array([self.alloc(order) for _ in range(count)], dtype=np.int64)
-        step = 1 << order
-        parts: list[IntArray] = []
-        need = count
-        # 1. Blocks of exactly this order, lowest PFN first (each alloc() takes one).
-        exact = self._free[order]
-        if len(exact):
-            n = min(need, len(exact))
-            parts.append(exact.take_lowest(n) << order)
-            need -= n
-        # 2. Then, with all lower lists empty, alloc() repeatedly splits the lowest block of the smallest
-        #    non-empty order and, by the expand() rule, hands out that whole block in ascending PFN order
-        #    before touching any other block. So whole blocks are consumed in (order, pfn) order; only the
-        #    last one may be consumed partially.
-        current = order
-        while need:
-            current += 1
-            fl = self._free[current]
-            if not len(fl):
-                continue
-            per_block = 1 << (current - order)
-            nfull = min(len(fl), need // per_block)
-            partial = 1 if nfull < len(fl) and need - nfull * per_block else 0
-            blocks = fl.take_lowest(nfull + partial) << current
-            offsets = np.arange(per_block, dtype=np.int64) * step
-            if nfull:
-                parts.append((blocks[:nfull, None] + offsets[None, :]).ravel())
-                need -= nfull * per_block
-            if partial:
-                base = int(blocks[nfull])
-                parts.append(base + offsets[:need])
-                # what the interleaved expand() calls leave behind: the rest of the block, maximally split
-                for pfn, o in self._decompose(base + need * step, base + (1 << current)):
-                    self._free[o].add(pfn >> o)
-                need = 0
-        self._free_frames -= count * step
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _obtainable(self, order: int) -> int:
-        """How many blocks of ``order`` the free lists can supply."""
-        return sum(len(self._sets[o]) << (o - order) for o in range(order, self._max_order + 1))
+        free[order][mt].add(rel >> order)
 
     def free_bulk(self, pfns: npt.ArrayLike, order: int, *, check_free: bool = True) -> None:
-        """Free every block in ``pfns`` (all of ``order``); same final state as a loop of ``free``.
+        """Free every block in ``pfns`` (all of ``order``); the final state of a loop of ``free`` in ascending PFN
+        order.
 
-        Validates the whole batch first and raises ValueError without changing anything if a block is
-        misaligned, out of range, repeated, or (as in ``free``) overlaps free memory. Large batches are
-        coalesced level by level in numpy and get an exact overlap check against all free blocks. A caller
-        that already knows no block overlaps free memory (the host kernel checks its frame table, one array
-        lookup per frame) passes ``check_free=False`` to skip that last check.
-        """
+        Validates the whole batch first and raises ValueError without changing anything if a block is misaligned,
+        out of range, repeated, outside RAM or (as in ``free``) overlaps free memory. A caller that knows no block
+        overlaps free memory (the host kernel checks its frame table) passes ``check_free=False``."""
         self._check_order(order)
         arr = np.asarray(pfns, dtype=np.int64).ravel()
         n = arr.size
@@ -390,163 +742,254 @@ class BuddyAllocator:
             raise ValueError(f"free_bulk: block out of range [0, {self._nframes:#x})")
         if np.any(arr & (size - 1)):
             raise ValueError(f"free_bulk: pfn not aligned to order {order}")
-        cur = np.sort(arr)
+        cur = ascending(arr)
         if n > 1 and np.any(cur[1:] == cur[:-1]):
             raise ValueError("free_bulk: the same block is freed twice")
-        if n <= self._BULK_LOOP_THRESHOLD:  # a few blocks: a loop of free() (numpy set-up costs more)
+        self._check_in_ram(cur, size)
+        if n <= self._BULK_LOOP_THRESHOLD:
             plist = cur.tolist()
             for pfn in plist if check_free else ():
-                if self._covered(pfn, 0) or (order and self._covered(pfn + size - 1, 0)):
+                if self._free_block_of(pfn) is not None or (order and self._free_block_of(pfn + size - 1)):
                     raise ValueError(f"double free: block {pfn:#x} order {order} overlaps free memory")
             for pfn in plist:
                 self._free_checked(pfn, order)
             return
-        if not check_free:
-            pass
-        elif order == 0 and n * (self._max_order + 1) < sum(len(m) for m in self._sets):
-            # cheaper than listing every free block: a frame overlaps free memory iff it or an ancestor is free
-            for pfn in cur.tolist():
-                if self._covered(pfn, 0):
-                    raise ValueError(f"double free: block {pfn:#x} (size 1) overlaps free memory")
-        else:
+        if check_free:
             self._check_no_overlap(cur, size)
-        self._coalesce_sorted(cur >> order, order)
-        self._free_frames += n * size
+        for z in self._zones:
+            a, b = np.searchsorted(cur, [z.lo, z.hi])
+            if b > a:
+                self._coalesce_sorted(z, cur[a:b], order)
 
     def _check_no_overlap(self, starts: IntArray, size: int) -> None:
-        """Raise ValueError if any block [s, s+size) (sorted starts) intersects a free buddy block."""
-        fstarts_parts = []
-        fends_parts = []
-        for o, members in enumerate(self._sets):
-            if members:
-                a = np.fromiter(members, dtype=np.int64, count=len(members)) << o
-                fstarts_parts.append(a)
-                fends_parts.append(a + (1 << o))
+        """Raise ValueError if any block ``[s, s+size)`` (sorted starts) intersects a free buddy block."""
+        fstarts_parts, fends_parts = [], []
+        for z in self._zones:
+            for o in range(MAX_PAGE_ORDER + 1):
+                for bm in z.free[o]:
+                    if bm.count:
+                        a = z.lo + (bm.members() << o)
+                        fstarts_parts.append(a)
+                        fends_parts.append(a + (1 << o))
         if not fstarts_parts:
             return
         fstarts = np.concatenate(fstarts_parts)
         fends = np.concatenate(fends_parts)
         perm = np.argsort(fstarts)
-        fstarts = fstarts[perm]
-        fends = fends[perm]
-        # free blocks are disjoint: the only candidate is the last free block starting before our end
+        fstarts, fends = fstarts[perm], fends[perm]
         idx = np.searchsorted(fstarts, starts + size, side="left") - 1
         hit = (idx >= 0) & (fends[np.maximum(idx, 0)] > starts)
         if np.any(hit):
             bad = int(starts[np.argmax(hit)])
             raise ValueError(f"double free: block {bad:#x} (size {size}) overlaps free memory")
 
-    def _coalesce_sorted(self, cur: IntArray, order: int) -> None:
-        """Insert sorted, disjoint, validated blocks (indices at ``order``), merging buddies level by level."""
-        max_order = self._max_order
-        for k in range(order, max_order + 1):
+    def _coalesce_sorted(self, z: _Zone, cur_pfns: IntArray, order: int) -> None:
+        """Insert sorted, disjoint, validated blocks of one zone, merging buddies level by level as the ascending
+        loop of ``_free_checked`` would (types: each block's pageblock type; at the 9 → 10 merge the block freed
+        later, the higher one of a pair, gives its type)."""
+        pb = self._pb
+        n = int(cur_pfns.size)
+        z.free_pages += n << order
+        self._free_frames += n << order
+        cur = (cur_pfns - z.lo) >> order  # zone-relative block indices at level k
+        mts = pb[cur_pfns >> PAGEBLOCK_ORDER]
+        for k in range(order, MAX_PAGE_ORDER + 1):
             if cur.size == 0:
                 return
-            fl = self._free[k]
-            if k == max_order:
-                fl.add_many(cur.tolist())
+            lists = z.free[k]
+            if k == MAX_PAGE_ORDER:
+                _add_typed(lists, cur, mts)
                 return
             parent = cur >> 1
             paired = np.zeros(cur.size, dtype=bool)
+            up = np.zeros(cur.size, dtype=bool)  # goes up a level: the higher block of a pair, or a merged single
             if cur.size > 1:
                 same = parent[1:] == parent[:-1]
                 paired[:-1] |= same
                 paired[1:] |= same
-            singles = cur[~paired]
-            merged_parents = parent[paired][::2]  # each pair appears twice, adjacent
-            if singles.size and len(fl):
-                in_free = self._membership(singles ^ 1, fl)
-                with_free = singles[in_free]
-                if with_free.size:
-                    fl.remove_many((with_free ^ 1).tolist())
-                stay = singles[~in_free]
-                up = np.concatenate([merged_parents, with_free >> 1])
-                up.sort()
-            else:
-                stay = singles
-                up = merged_parents
-            fl.add_many(stay.tolist())
-            cur = up
+                up[1:] |= same
+            if k >= PAGEBLOCK_ORDER and cur.size > 1:
+                hi_pos = np.flatnonzero(up)
+                _set_pageblocks(pb, z.lo + (cur[hi_pos - 1] << k), 1 << (k - PAGEBLOCK_ORDER), mts[hi_pos])
+            single = np.flatnonzero(~paired)
+            sidx, smt = cur[single], mts[single]
+            bidx = sidx ^ 1
+            bpfn = z.lo + (bidx << k)
+            in_zone = bpfn + (1 << k) <= z.hi
+            bmt = smt if k < PAGEBLOCK_ORDER else pb[np.minimum(bpfn, self._nframes - 1) >> PAGEBLOCK_ORDER]
+            has = np.zeros(sidx.size, dtype=bool)
+            nonempty = [m for m in range(NTYPES) if lists[m].count]
+            for m in nonempty:
+                sel = np.flatnonzero(in_zone & (bmt == m)) if len(nonempty) > 1 or not in_zone.all() else None
+                if sel is None:
+                    has = lists[m].contains_many(bidx) & (bmt == m)
+                elif sel.size:
+                    has[sel] = lists[m].contains_many(bidx[sel])
+            with_free = np.flatnonzero(has)
+            if with_free.size:
+                _remove_typed(lists, bidx[with_free], bmt[with_free])
+                if k >= PAGEBLOCK_ORDER:
+                    retype = with_free[bmt[with_free] != smt[with_free]]
+                    _set_pageblocks(pb, bpfn[retype], 1 << (k - PAGEBLOCK_ORDER), smt[retype])
+                up[single[with_free]] = True
+            stay = ~has
+            _add_typed(lists, sidx[stay], smt[stay])
+            cur, mts = parent[up], mts[up]
 
-    @staticmethod
-    def _membership(values: IntArray, fl: _FreeList) -> npt.NDArray[np.bool_]:
-        if values.size * 4 < len(fl):
-            members = fl.members()
-            return np.fromiter((v in members for v in values.tolist()), dtype=bool, count=values.size)
-        return np.isin(values, fl.sorted_array(), assume_unique=True)
+    def _check_in_ram(self, starts: IntArray, size: int) -> None:
+        """Raise ValueError unless every block ``[s, s+size)`` (sorted starts) lies inside one RAM range."""
+        if self._all_ram:
+            return
+        los = np.array([lo for lo, _ in self._ranges], dtype=np.int64)
+        his = np.array([hi for _, hi in self._ranges], dtype=np.int64)
+        r = np.searchsorted(los, starts, side="right") - 1
+        ok = (r >= 0) & (starts + size <= his[np.maximum(r, 0)])
+        if not ok.all():
+            raise ValueError(f"block {int(starts[np.argmin(ok)]):#x} (size {size}) is not RAM")
 
-    # ------------------------------------------------------------------ hugetlb pools
-    def reserve_pool(self, order: int, count: int) -> int:
-        """Move up to ``count`` blocks of ``order`` from the buddy allocator into the hugetlb pool.
+    # ------------------------------------------------------------------ bulk allocation
+    def obtainable(self, order: int) -> int:
+        """How many ``order`` blocks a loop of ``alloc`` calls would get before the first failure (any type: the
+        fallbacks can reach every free block; each zone down to its lowmem reserve)."""
+        self._check_order(order)
+        return sum(min(z.blocks_at_least(order), z.cap(order)) for z in self._zonelist)
 
-        Like writing ``nr_hugepages``, this is best effort: returns how many blocks were added (taken in the
-        same order as ``alloc_bulk``).
-        """
+    def alloc_bulk(self, order: int, count: int, migratetype: int = Migratetype.MOVABLE) -> IntArray | None:
+        """Allocate ``count`` blocks of ``order``; same PFNs, in the same order, as ``count`` ``alloc`` calls.
+
+        All-or-nothing: returns None (state unchanged) if fewer than ``count`` such blocks are obtainable. Runs of
+        ``__rmqueue_smallest`` and of whole order-10 claims are carved with ``numpy.arange``; other claims and steals
+        are one scalar step each, so millions of order-0 pages are cheap."""
         self._check_order(order)
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        n = min(count, self._obtainable(order))
-        blocks = self.alloc_bulk(order, n)
-        if blocks is None:  # cannot happen: n <= obtainable
-            raise RuntimeError("reserve_pool: alloc_bulk failed")
-        idxs = (blocks >> order).tolist()
-        self._pool_blocks.setdefault(order, set()).update(idxs)
-        self._pool_free.setdefault(order, _FreeList()).add_many(idxs)
-        return n
-
-    def release_pool(self, order: int, count: int | None = None) -> int:
-        """Return up to ``count`` (default: all) unused pool blocks of ``order`` to the buddy allocator.
-
-        Highest PFNs go first. Returns the number of blocks released.
-        """
-        self._check_order(order)
-        pool_free = self._pool_free.get(order)
-        if pool_free is None or not len(pool_free):
-            return 0
-        arr = pool_free.sorted_array()
-        n = len(arr) if count is None else max(0, min(count, len(arr)))
-        if n == 0:
-            return 0
-        victims = arr[len(arr) - n :]
-        vlist = victims.tolist()
-        pool_free.remove_many(vlist)
-        self._pool_blocks[order].difference_update(vlist)
-        self.free_bulk(victims << order, order)
-        return n
-
-    def pool_alloc(self, order: int) -> int | None:
-        """Take the lowest-PFN unused block from the ``order`` pool, or None if the pool is exhausted."""
-        self._check_order(order)
-        pool_free = self._pool_free.get(order)
-        if pool_free is None or not len(pool_free):
+        if count == 0:
+            return np.empty(0, dtype=np.int64)
+        mt = int(self.gfp_migratetype(migratetype))
+        if self.obtainable(order) < count:
             return None
-        return pool_free.pop_lowest() << order
+        self._claim_failed.clear()
+        parts: list[IntArray] = []
+        scalars: list[int] = []
+        need = count
+        while need:
+            if need <= self._BULK_LOOP_THRESHOLD:
+                for _ in range(need):
+                    got = self._alloc_one(order, mt)
+                    assert got is not None  # obtainable() counted it
+                    scalars.append(got[0])
+                break
+            got = self._alloc_one(order, mt)
+            assert got is not None
+            pfn, z, _ = got
+            scalars.append(pfn)
+            need -= 1
+            # The zones before z failed and stay failing (nothing is freed), so the next calls come from z while it
+            # can serve them: __rmqueue_smallest while its mt lists hold blocks (and its watermark allows), then,
+            # once they are empty, a claim of a whole order-10 block of a fallback type ("the largest available free
+            # page", lowest first in fallbacks[] order), which the following calls consume in ascending order.
+            while need:
+                n = min(need, z.cap(order), z.blocks_at_least(order, mt))
+                if n:
+                    parts.append(np.array(scalars, dtype=np.int64))
+                    scalars = []
+                    parts.append(self._bulk_smallest(z, order, mt, n))
+                    need -= n
+                if not need or z.blocks_at_least(order, mt):
+                    break
+                per_block = 1 << (MAX_PAGE_ORDER - order)
+                k = min(need, z.cap(order)) // per_block
+                k = min(k, sum(z.free[MAX_PAGE_ORDER][fb].count for fb in _FALLBACK_IDX[mt]))
+                if not k:
+                    break
+                parts.append(np.array(scalars, dtype=np.int64))
+                scalars = []
+                parts.append(self._bulk_claim_blocks(z, order, mt, k))
+                need -= k * per_block
+        if scalars:
+            parts.append(np.array(scalars, dtype=np.int64))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def pool_free(self, pfn: int, order: int) -> None:
-        """Return a block handed out by ``pool_alloc`` to its pool."""
-        pfn = int(pfn)
-        self._check_block(pfn, order)
-        idx = pfn >> order
-        if idx not in self._pool_blocks.get(order, ()):
-            raise ValueError(f"block {pfn:#x} is not in the order-{order} pool")
-        pool_free = self._pool_free[order]
-        if idx in pool_free:
-            raise ValueError(f"double free: pool block {pfn:#x} order {order} is already free")
-        pool_free.add(idx)
+    def _bulk_claim_blocks(self, z: _Zone, order: int, mt: int, k: int) -> IntArray:
+        """``k`` successive claims of a whole order-10 fallback block (``try_to_claim_block``: "Take ownership for
+        orders >= pageblock_order"), each consumed by ``__rmqueue_smallest`` in ascending order: their frames."""
+        heads: list[IntArray] = []
+        left = k
+        for fb in _FALLBACK_IDX[mt]:
+            bm = z.free[MAX_PAGE_ORDER][fb]
+            take = min(left, bm.count)
+            if take:
+                heads.append(z.lo + (bm.take_lowest(take) << MAX_PAGE_ORDER))
+                left -= take
+        pfns = np.concatenate(heads)
+        first = pfns >> PAGEBLOCK_ORDER
+        self._pb[first] = mt  # change_pageblock_range(page, MAX_PAGE_ORDER, start_type): both pageblocks
+        self._pb[first + 1] = mt
+        z.free_pages -= k << MAX_PAGE_ORDER
+        self._free_frames -= k << MAX_PAGE_ORDER
+        offsets = np.arange(1 << (MAX_PAGE_ORDER - order), dtype=np.int64) << order
+        return (pfns[:, None] + offsets[None, :]).ravel()
 
-    def pool_size(self, order: int) -> int:
-        """Number of blocks in the ``order`` pool (used or not), like ``nr_hugepages``."""
-        return len(self._pool_blocks.get(order, ()))
-
-    def pool_free_count(self, order: int) -> int:
-        """Number of unused blocks in the ``order`` pool, like ``free_hugepages``."""
-        pool_free = self._pool_free.get(order)
-        return 0 if pool_free is None else len(pool_free)
+    def _bulk_smallest(self, z: _Zone, order: int, mt: int, count: int) -> IntArray:
+        """``count`` successive ``__rmqueue_smallest(z, order, mt)`` calls (``count`` <= what the lists hold)."""
+        step = 1 << order
+        parts: list[IntArray] = []
+        need = count
+        exact = z.free[order][mt]
+        if exact.count:  # blocks of exactly this order, lowest PFN first (each call takes one)
+            k = min(need, exact.count)
+            parts.append(z.lo + (exact.take_lowest(k) << order))
+            need -= k
+        # With the lower lists empty, each call splits the lowest block of the smallest non-empty order and, by the
+        # expand() rule, hands out that whole block in ascending PFN order before touching any other block: whole
+        # blocks are consumed in (order, pfn) order, and only the last one partially.
+        current = order
+        while need:
+            current += 1
+            bm = z.free[current][mt]
+            if not bm.count:
+                continue
+            per_block = 1 << (current - order)
+            nfull = min(bm.count, need // per_block)
+            partial = 1 if nfull < bm.count and need - nfull * per_block else 0
+            heads = z.lo + (bm.take_lowest(nfull + partial) << current)
+            offsets = np.arange(per_block, dtype=np.int64) * step
+            if nfull:
+                parts.append((heads[:nfull, None] + offsets[None, :]).ravel())
+                need -= nfull * per_block
+            if partial:
+                base = int(heads[nfull])
+                parts.append(base + offsets[:need])
+                # what the interleaved expand() calls leave behind: the rest of the block, maximally split
+                for p, o in _decompose(base + need * step, base + (1 << current)):
+                    z.free[o][mt].add((p - z.lo) >> o)
+                need = 0
+        z.free_pages -= count * step
+        self._free_frames -= count * step
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # ------------------------------------------------------------------ helpers
+    def _zone(self, pfn: int) -> _Zone:
+        if pfn < self._dma_end:
+            return self._zones[ZoneType.DMA]
+        if pfn < self._dma32_end:
+            return self._zones[ZoneType.DMA32]
+        return self._zones[ZoneType.NORMAL]
+
+    def _add_range(self, z: _Zone, lo: int, hi: int, mt: int) -> None:
+        """Give ``[lo, hi)`` to the free lists as maximal aligned blocks (``memblock_free_all`` at boot)."""
+        size = 1 << MAX_PAGE_ORDER
+        a = min(hi, -(-lo // size) * size)
+        b = max(a, hi // size * size)
+        for p, o in [*_decompose(lo, a), *_decompose(b, hi)]:
+            z.free[o][mt].add((p - z.lo) >> o)
+        if b > a:
+            z.free[MAX_PAGE_ORDER][mt].add_many(np.arange((a - z.lo) >> MAX_PAGE_ORDER, (b - z.lo) >> MAX_PAGE_ORDER))
+        z.free_pages += hi - lo
+
     def _check_order(self, order: int) -> None:
-        if not 0 <= order <= self._max_order:
-            raise ValueError(f"order must be in 0..{self._max_order}, got {order}")
+        if not 0 <= order <= MAX_PAGE_ORDER:
+            raise ValueError(f"order must be in 0..{MAX_PAGE_ORDER}, got {order}")
 
     def _check_block(self, pfn: int, order: int) -> None:
         self._check_order(order)
@@ -555,21 +998,56 @@ class BuddyAllocator:
             raise ValueError(f"pfn {pfn:#x} is not aligned to order {order}")
         if pfn < 0 or pfn + size > self._nframes:
             raise ValueError(f"block {pfn:#x} order {order} out of range [0, {self._nframes:#x})")
-
-    def _decompose(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        """Maximal aligned blocks (order <= max_order) covering [start, end), ascending."""
-        pfn = start
-        while pfn < end:
-            order = self._max_order
-            if pfn:
-                order = min(order, (pfn & -pfn).bit_length() - 1)
-            while pfn + (1 << order) > end:
-                order -= 1
-            yield pfn, order
-            pfn += 1 << order
+        if not self._all_ram and not self.is_ram(pfn, size):
+            raise ValueError(f"block {pfn:#x} (size {size}) is not RAM")
 
     def __repr__(self) -> str:
         return (
-            f"BuddyAllocator(nframes={self._nframes}, max_order={self._max_order}, "
-            f"free_frames={self._free_frames}, buddyinfo={self.buddyinfo()})"
+            f"BuddyAllocator(nframes={self._nframes}, free_frames={self._free_frames}, "
+            f"buddyinfo={self.buddyinfo()}, zones={self.zonelist()})"
         )
+
+
+def _decompose(start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Maximal aligned blocks (order <= MAX_PAGE_ORDER) covering ``[start, end)``, ascending."""
+    pfn = start
+    while pfn < end:
+        order = MAX_PAGE_ORDER
+        if pfn:
+            order = min(order, (pfn & -pfn).bit_length() - 1)
+        while pfn + (1 << order) > end:
+            order -= 1
+        yield pfn, order
+        pfn += 1 << order
+
+
+def _expand_blocks(heads: IntArray, order: int) -> IntArray:
+    if order == 0:
+        return heads
+    return (heads[:, None] + np.arange(1 << order, dtype=np.int64)).ravel()
+
+
+def _add_typed(lists: list[Bitmap], idx: IntArray, mts: IntArray) -> None:
+    """Add sorted unique ``idx`` to the list of each one's migratetype."""
+    for m in range(NTYPES):
+        sel = idx[mts == m]
+        if sel.size:
+            lists[m].add_many(sel)
+
+
+def _remove_typed(lists: list[Bitmap], idx: IntArray, mts: IntArray) -> None:
+    order = np.argsort(idx, kind="stable")
+    idx, mts = idx[order], mts[order]
+    for m in range(NTYPES):
+        sel = idx[mts == m]
+        if sel.size:
+            lists[m].remove_many(sel)
+
+
+def _set_pageblocks(pb: npt.NDArray[np.uint8], heads: IntArray, n: int, mts: IntArray) -> None:
+    """Set the ``n`` pageblocks from each PFN ``heads[i]`` to ``mts[i]``."""
+    if heads.size == 0:
+        return
+    first = heads >> PAGEBLOCK_ORDER
+    for j in range(n):
+        pb[first + j] = mts

@@ -5,15 +5,21 @@ VMM guest memory or guest_memfd memory (``include/linux/page-flags.h``, ``mm/pag
 :mod:`snpsim.host.writers` pick their targets by this tag, as compaction picks movable pages and KSM scans
 ``MADV_MERGEABLE`` memory. One byte per frame, in 1 GiB segments allocated on first write (a frame never tagged
 costs nothing), as the segmented RMP of :mod:`snpsim.hw.rmp`.
+
+:data:`ALLOCATION` is the one table of who allocates what: for each owner the migratetype its allocations ask for
+(the ``gfp`` flags of its allocation site), whether its pages are on an LRU list (``PageLRU``: counted as movable
+by ``prep_move_freepages_block``) and whether compaction / ``alloc_contig_range`` can migrate them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
 
+from snpsim.host.buddy import Migratetype
 from snpsim.segments import by_segment
 
 _SEG_SHIFT = 18
@@ -38,9 +44,66 @@ class Owner(IntEnum):
     HUGETLB_POOL = 6
     #: hibernation image page
     IMAGE = 7
+    #: reclaimable kernel allocation (slab caches created with SLAB_RECLAIM_ACCOUNT: dentries, inodes)
+    KERNEL_RECLAIMABLE = 8
     #: not RAM the allocator manages: holes, the BIOS-reserved RMP table, the first MiB (snpsim.host.e820);
     #: never allocated, migrated, scanned or saved
-    RESERVED = 8
+    RESERVED = 9
+
+
+@dataclass(frozen=True, slots=True)
+class PageKind:
+    """How the pages of one owner are allocated and what the allocator and compaction may do with them."""
+
+    migratetype: Migratetype
+    #: ``PageLRU``: on an LRU list, so ``prep_move_freepages_block`` counts it as movable
+    lru: bool
+    #: compaction (``isolate_migratepages_block``) and ``alloc_contig_range`` migrate it
+    migratable: bool
+    #: the allocation site and its gfp flags
+    source: str
+
+
+#: Who allocates what (issue 12; linux-snp-host.md §9). The migratetype is ``gfp_migratetype(gfp)`` of the site.
+ALLOCATION: dict[Owner, PageKind] = {
+    Owner.KERNEL: PageKind(
+        Migratetype.UNMOVABLE,
+        False,
+        False,
+        "slab (kmalloc GFP_KERNEL), page tables (GFP_PGTABLE_KERNEL), VMSAs (snp_safe_alloc_page GFP_KERNEL_ACCOUNT)",
+    ),
+    Owner.KERNEL_RECLAIMABLE: PageKind(
+        Migratetype.RECLAIMABLE, False, False, "SLAB_RECLAIM_ACCOUNT caches: allocate_slab() adds __GFP_RECLAIMABLE"
+    ),
+    Owner.USER: PageKind(
+        Migratetype.MOVABLE,
+        True,
+        True,
+        "page cache (inode_init_always: mapping gfp GFP_HIGHUSER_MOVABLE), anonymous memory (GFP_HIGHUSER_MOVABLE)",
+    ),
+    # QEMU's guest RAM is anonymous memory (THP: vma_thp_gfp_mask, also movable). Linux migrates it through KVM's
+    # mmu notifier; the model does not (the VMM's and KVM's maps would have to follow): compaction and
+    # alloc_contig_range treat it as unmovable, so they find fewer sources than Linux would.
+    Owner.VMM_SHARED: PageKind(Migratetype.MOVABLE, True, False, "QEMU guest RAM: anonymous GFP_HIGHUSER_MOVABLE"),
+    # Pre-UPM SEV pins guest memory (sev_pin_memory: pin_user_pages_fast(FOLL_LONGTERM)); a long-term pinned folio
+    # fails migration (folio_maybe_dma_pinned), though it stays on the LRU in its movable pageblock.
+    Owner.VMM_PRIVATE: PageKind(Migratetype.MOVABLE, True, False, "anonymous, pinned by sev_pin_memory"),
+    # __kvm_gmem_create: mapping_set_gfp_mask(GFP_HIGHUSER) (no __GFP_MOVABLE), mapping_set_unmovable /
+    # mapping_set_inaccessible ("guest_memfd memory is neither migratable nor swappable"); filemap_add_folio puts
+    # the folio on the (unevictable) LRU.
+    Owner.GMEM: PageKind(Migratetype.UNMOVABLE, True, False, "kvm_gmem_get_folio: GFP_HIGHUSER, unmovable mapping"),
+    # htlb_alloc_mask(): GFP_HIGHUSER_MOVABLE when hugepage_movable_supported() (2M); 1G pages come from
+    # alloc_contig_pages() (alloc_gigantic_folio), also in movable pageblocks. Hugetlb folios are not on the LRU.
+    Owner.HUGETLB_POOL: PageKind(Migratetype.MOVABLE, False, False, "alloc_buddy_hugetlb_folio / alloc_contig_pages"),
+    Owner.IMAGE: PageKind(Migratetype.UNMOVABLE, False, False, "kernel/power/snapshot.c get_image_page: GFP_ATOMIC"),
+}
+
+#: per owner value: on an LRU list / migratable (indexable by a tag array)
+LRU_OWNERS: npt.NDArray[np.bool_] = np.zeros(max(Owner) + 1, dtype=bool)
+MIGRATABLE_OWNERS: npt.NDArray[np.bool_] = np.zeros(max(Owner) + 1, dtype=bool)
+for _owner, _kind in ALLOCATION.items():
+    LRU_OWNERS[_owner] = _kind.lru
+    MIGRATABLE_OWNERS[_owner] = _kind.migratable
 
 
 class FrameTable:
@@ -56,6 +119,11 @@ class FrameTable:
             seg = np.zeros(min(_SEG_PAGES, self.nframes - (s << _SEG_SHIFT)), dtype=np.uint8)
             self._segs[s] = seg
         return seg
+
+    def tag(self, pfn: int) -> int:
+        """The raw tag of ``pfn`` (``get`` without the enum)."""
+        seg = self._segs[pfn >> _SEG_SHIFT]
+        return 0 if seg is None else int(seg[pfn & (_SEG_PAGES - 1)])
 
     def get(self, pfn: int) -> Owner:
         seg = self._segs[pfn >> _SEG_SHIFT]

@@ -17,7 +17,9 @@ Models these pieces of Linux (``shared/reference/linux-snp-host.md``):
   by :meth:`HostKernel.metrics`.
 - ``mm/page_alloc.c`` allocation with page zeroing (``kernel_init_pages`` → ``clear_highpage`` through the
   direct map): every frame handed out is written once by the kernel, which is the common way an RMP #PF
-  would hit a hypervisor-owned page that shares a 2M direct-map mapping with a private page.
+  would hit a hypervisor-owned page that shares a 2M direct-map mapping with a private page. Who asks for which
+  migratetype is :data:`snpsim.host.frames.ALLOCATION`; the allocator is :mod:`snpsim.host.buddy`, compaction and
+  ``alloc_contig_pages`` are :mod:`snpsim.host.compaction`, hugetlb pools (``mm/hugetlb.c``) are here.
 
 Hardware checks are those of :class:`snpsim.hw.rmp.Rmp`: a write through a 2M or 1G mapping faults if any 4K
 page of the enclosing 2M range is assigned (amd-snp-arch.md §7).
@@ -32,17 +34,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.host.buddy import BuddyAllocator
+from snpsim.host.buddy import MAX_PAGE_ORDER, BuddyAllocator, Migratetype
+from snpsim.host.compaction import Compactor
 from snpsim.host.cpu import CpuAccount
 from snpsim.host.directmap import NOT_PRESENT, DirectMap
 from snpsim.host.e820 import HostMemoryMap, flat_memory_map
-from snpsim.host.frames import FrameTable, Owner
+from snpsim.host.frames import ALLOCATION, LRU_OWNERS, FrameTable, Owner
 from snpsim.host.svm import GuestMode
 from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
 from snpsim.policy import Policy
-from snpsim.segments import SCALAR_MAX, unique_ints
+from snpsim.segments import SCALAR_MAX, ascending, unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -92,7 +95,7 @@ class HostKernel:
         self.directmap = DirectMap(self.nframes, max_level=max_level, memory=self.memory_map.memory)
         #: the CPU in guest mode: the hardware checks of SNP guests' accesses and PVALIDATEs
         self.svm = GuestMode(self)
-        self.buddy = BuddyAllocator(self.nframes, ranges=self.memory_map.ram_ranges)
+        self.buddy = BuddyAllocator(self.nframes, ranges=self.memory_map.ram_ranges, movable_pages=self._lru_pages)
         self.frames = FrameTable(self.nframes)
         hole = 0
         for lo, hi in (*self.memory_map.ram_ranges, (self.nframes, self.nframes)):
@@ -115,8 +118,12 @@ class HostKernel:
         #: movable host pages (page cache / anonymous) oldest first, as the kernel's LRU lists (mm/vmscan.c);
         #: compaction replaces a migrated page here, as migration rewrites the owner's mapping
         self.lru: OrderedDict[int, None] = OrderedDict()
-        #: pages moved by direct compaction to make room for high-order allocations
+        #: pages moved by compaction (direct or kcompactd) and by alloc_contig_range
         self.compaction_migrated = 0
+        self.compactor = Compactor(self)
+        #: hugetlb: free pool pages by order; pages handed out -> True if from the pool (False: surplus)
+        self._hugetlb_pool: dict[int, set[int]] = {}
+        self._hugetlb_used: dict[int, bool] = {}
         self._removal_pages = (
             self.policy.private_page_bytes >> PAGE_SHIFT if self.policy.directmap == "unmap-nosplit" else 1
         )
@@ -177,13 +184,21 @@ class HostKernel:
             self.charge("tlb_flush", (splits + merges) * c.tlb_flush_ns, splits + merges)
 
     # ------------------------------------------------------------------ allocation (mm/page_alloc.c)
-    def alloc(self, order: int, owner: Owner, *, zero: bool | None = None, path: str = "") -> int | None:
-        """Allocate a 2^order block for ``owner``; zero it through the direct map (``kernel_init_pages``).
+    def _lru_pages(self, pfn: int, npages: int) -> int:
+        """Pages of ``[pfn, pfn+npages)`` on an LRU list (the buddy allocator's ``prep_move_freepages_block`` count)."""
+        return int(np.count_nonzero(LRU_OWNERS[self.frames.tags(pfn, npages)]))
 
-        A high-order request that finds no free block tries direct compaction first (:meth:`compact`)."""
-        pfn = self.buddy.alloc(order)
-        if pfn is None and order > 0 and self.compact(order):
-            pfn = self.buddy.alloc(order)
+    def alloc(
+        self, order: int, owner: Owner, *, zero: bool | None = None, path: str = "", hugetlb: bool = False
+    ) -> int | None:
+        """Allocate a 2^order block for ``owner`` (its migratetype from :data:`~snpsim.host.frames.ALLOCATION`); zero
+        it through the direct map (``kernel_init_pages``).
+
+        A high-order request that finds no free block tries direct compaction first (:meth:`compact`); an order
+        above ``MAX_PAGE_ORDER`` is a contiguous range (``alloc_contig_pages``). ``hugetlb``: a huge page from the
+        hugetlb pool of that order (:meth:`hugetlb_reserve`), or a surplus page from the allocator when the pool is
+        empty (``alloc_surplus_hugetlb_folio``)."""
+        pfn = self._hugetlb_alloc(order) if hugetlb else self._alloc_pages(order, owner)
         if pfn is None:
             return None
         self.frames.set_range(pfn, 1 << order, owner)
@@ -191,11 +206,21 @@ class HostKernel:
             self.kernel_write_range(np.arange(pfn, pfn + (1 << order), dtype=np.int64), path or PATH_ZERO)
         return pfn
 
+    def _alloc_pages(self, order: int, owner: Owner) -> int | None:
+        mt = ALLOCATION[owner].migratetype
+        if order > MAX_PAGE_ORDER:
+            return self.compactor.alloc_contig(order)
+        pfn = self.buddy.alloc(order, mt)
+        if pfn is None and order > 0 and self.compact(order, mt):
+            pfn = self.buddy.alloc(order, mt)
+        return pfn
+
     def alloc_bulk(self, order: int, count: int, owner: Owner, *, zero: bool | None = None) -> IntArray | None:
         """``count`` blocks of 2^order (all or nothing), each zeroed like :meth:`alloc`."""
-        pfns = self.buddy.alloc_bulk(order, count)
+        mt = ALLOCATION[owner].migratetype
+        pfns = None if order > MAX_PAGE_ORDER else self.buddy.alloc_bulk(order, count, mt)
         if pfns is None and order > 0:
-            pfns = self._alloc_compacting(order, count)
+            pfns = self._alloc_compacting(order, count, owner)
         if pfns is None:
             return None
         frames = _expand(pfns, order)
@@ -204,81 +229,115 @@ class HostKernel:
             self.kernel_write_range(frames, PATH_ZERO)
         return pfns
 
-    def _alloc_compacting(self, order: int, count: int) -> IntArray | None:
+    def _alloc_compacting(self, order: int, count: int, owner: Owner) -> IntArray | None:
+        """One block at a time, compacting when the free lists have none (all or nothing)."""
         got: list[int] = []
         for _ in range(count):
-            pfn = self.buddy.alloc(order)
-            if pfn is None and self.compact(order):
-                pfn = self.buddy.alloc(order)
+            pfn = self._alloc_pages(order, owner)
             if pfn is None:
-                for p in got:
-                    self.buddy.free(p, order)
+                self._free_pages(np.array(got, dtype=np.int64), order)
+                for p in got if order > MAX_PAGE_ORDER else ():
+                    self.frames.set_range(p, 1 << order, Owner.FREE)
                 return None
             got.append(pfn)
+            if order > MAX_PAGE_ORDER:  # tag it now, or the next range search would take it for free memory
+                self.frames.set_range(pfn, 1 << order, owner)
         return np.array(got, dtype=np.int64)
 
-    def compact(self, order: int) -> bool:
-        """Direct compaction (``mm/compaction.c`` ``__alloc_pages_direct_compact``): free one aligned block of
-        2^order frames by migrating the movable pages out of it.
-
-        The block chosen is the one holding only free and movable (``USER``) frames with the fewest movable
-        pages; its free frames are isolated (``take_page_off_buddy``), each movable page is copied to a new
-        frame through the direct map (``migrate_pages`` → ``folio_mc_copy``: a read of the source and a write of
-        the destination, both RMP/present-checked like any kernel access) and the block is freed whole.
-        Returns False if no such block exists or memory runs out."""
-        n = 1 << order
-        best, best_users = -1, n + 1
-        for s, seg in enumerate(self.frames.segments()):
-            if seg is None or seg.size < n:
-                continue
-            blocks = seg[: seg.size // n * n].reshape(-1, n)
-            movable = ((blocks == Owner.FREE) | (blocks == Owner.USER)).all(axis=1)
-            users = (blocks == Owner.USER).sum(axis=1)
-            cand = np.flatnonzero(movable & (users > 0))
-            if cand.size:
-                k = int(cand[np.argmin(users[cand])])
-                if users[k] < best_users:
-                    best, best_users = (s * self.frames.segment_pages + k * n), int(users[k])
-        if best < 0:
-            return False
-        lo = best
-        tags = self.frames.tags(lo, n)
-        free_frames = np.flatnonzero(tags == Owner.FREE) + lo
-        for f in free_frames.tolist():
-            self.buddy.take_page_off_buddy(f)
-        migrated: list[int] = []
-        for src in (np.flatnonzero(tags == Owner.USER) + lo).tolist():
-            dst = self.buddy.alloc(0)
-            if dst is None:  # out of memory: give back what was isolated or vacated, the block stays fragmented
-                for f in [*free_frames.tolist(), *migrated]:
-                    self.frames.set_range(f, 1, Owner.FREE)
-                    self.buddy.free(f, 0)
-                return False
-            migrated.append(src)
-            self.frames.set_range(dst, 1, Owner.USER)
-            self.kernel_read(src, _MIGRATE_PATH)
-            self.kernel_write(dst, _MIGRATE_PATH)
-            self.charge("page_copy", self.costs.page_clear_ns)
-            if src in self.lru:
-                del self.lru[src]
-                self.lru[dst] = None
-            self.compaction_migrated += 1
-        self.frames.set_range(lo, n, Owner.FREE)
-        self.buddy.free(lo, order)
-        return True
+    def compact(self, order: int, migratetype: int = Migratetype.MOVABLE) -> bool:
+        """Direct compaction (``__alloc_pages_direct_compact``, :class:`~snpsim.host.compaction.Compactor`): migrate
+        movable pages from the bottom of each zone to free pages at its top until a free block of ``order`` could
+        be allocated for ``migratetype``; True if one can."""
+        return self.compactor.direct(order, migratetype)
 
     def free(self, pfn: int, order: int) -> None:
-        self.buddy.free(pfn, order)
+        """Free one block; ValueError for a double free (its first or last frame is tagged free)."""
+        if pfn in self._hugetlb_used:
+            self._hugetlb_free(pfn, order)
+            return
+        if not self.frames.tag(pfn) or not self.frames.tag(pfn + (1 << order) - 1):  # Owner.FREE is 0
+            raise ValueError(f"double free: block {pfn:#x} order {order} is already free")
+        if order > MAX_PAGE_ORDER:
+            self._free_pages(np.array([pfn], dtype=np.int64), order, check_free=False)
+        else:
+            self.buddy.free(pfn, order, check_free=False)
         self.frames.set_range(pfn, 1 << order, Owner.FREE)
 
     def free_bulk(self, pfns: IntArray, order: int) -> None:
         """Free blocks of 2^order; ValueError (nothing freed) for a double free, found in the frame table."""
+        pfns = ascending(np.asarray(pfns, dtype=np.int64))  # one pass per frame-table segment below
         frames = _expand(pfns, order)
         free = np.flatnonzero(self.frames.tags_of(frames) == Owner.FREE)
         if free.size:
             raise ValueError(f"double free: frame {int(frames[free[0]]):#x} is already free")
-        self.buddy.free_bulk(pfns, order, check_free=False)
+        self._free_pages(pfns, order, check_free=False)
         self.frames.set_many(frames, Owner.FREE)
+
+    def _free_pages(self, pfns: IntArray, order: int, *, check_free: bool = True) -> None:
+        """Give blocks back to the buddy allocator; a block above ``MAX_PAGE_ORDER`` as its ``MAX_PAGE_ORDER`` pieces
+        (``free_contig_range``)."""
+        if pfns.size == 0:
+            return
+        if order > MAX_PAGE_ORDER:
+            pfns = _expand(pfns, order)[:: 1 << MAX_PAGE_ORDER]
+            order = MAX_PAGE_ORDER
+        if pfns.size == 1:
+            if check_free:
+                self.buddy.free(int(pfns[0]), order)
+            else:
+                self.buddy.free_bulk(pfns, order, check_free=False)
+        else:
+            self.buddy.free_bulk(pfns, order, check_free=check_free)
+
+    # ------------------------------------------------------------------ hugetlb pool (mm/hugetlb.c)
+    def hugetlb_reserve(self, order: int, count: int) -> int:
+        """Write ``nr_hugepages``: add up to ``count`` huge pages of ``order`` to the pool (``alloc_pool_huge_folio``:
+        movable 2M pages from the buddy allocator, with compaction; 1G pages by ``alloc_contig_pages``). Best effort:
+        returns how many were added."""
+        added = 0
+        for _ in range(count):
+            pfn = self._alloc_pages(order, Owner.HUGETLB_POOL)
+            if pfn is None:
+                break
+            self.frames.set_range(pfn, 1 << order, Owner.HUGETLB_POOL)
+            self._hugetlb_pool.setdefault(order, set()).add(pfn)
+            added += 1
+        return added
+
+    def hugetlb_release(self, order: int, count: int | None = None) -> int:
+        """Shrink the pool: free up to ``count`` (default: all) unused huge pages of ``order``, highest first."""
+        pool = self._hugetlb_pool.get(order, set())
+        victims = sorted(pool, reverse=True)[: len(pool) if count is None else max(0, count)]
+        for pfn in victims:
+            pool.remove(pfn)
+            self._free_pages(np.array([pfn], dtype=np.int64), order)
+            self.frames.set_range(pfn, 1 << order, Owner.FREE)
+        return len(victims)
+
+    def hugetlb_pool_free(self, order: int) -> int:
+        """Unused pages in the pool of ``order`` (``free_hugepages``)."""
+        return len(self._hugetlb_pool.get(order, ()))
+
+    def _hugetlb_alloc(self, order: int) -> int | None:
+        pool = self._hugetlb_pool.get(order)
+        if pool:
+            head = min(pool)  # dequeue_hugetlb_folio_node_exact: the model takes the lowest
+            pool.remove(head)
+            self._hugetlb_used[head] = True
+            return head
+        pfn = self._alloc_pages(order, Owner.HUGETLB_POOL)
+        if pfn is not None:
+            self._hugetlb_used[pfn] = False  # a surplus page: back to the allocator when freed
+        return pfn
+
+    def _hugetlb_free(self, pfn: int, order: int) -> None:
+        """``free_huge_folio``: a pool page goes back to the pool, a surplus page to the buddy allocator."""
+        if self._hugetlb_used.pop(pfn):
+            self._hugetlb_pool.setdefault(order, set()).add(pfn)
+            self.frames.set_range(pfn, 1 << order, Owner.HUGETLB_POOL)
+        else:
+            self._free_pages(np.array([pfn], dtype=np.int64), order)
+            self.frames.set_range(pfn, 1 << order, Owner.FREE)
 
     # ------------------------------------------------------------------ RMP updates (arch/x86/virt/svm/sev.c)
     def rmp_make_private(self, pfn: int, gpa: int, level: PageSize, asid: int, *, immutable: bool = False) -> RmpStatus:
@@ -550,7 +609,6 @@ class HostKernel:
 
 
 PATH_ZERO = "mm/page_alloc.c:kernel_init_pages"
-_MIGRATE_PATH = "mm/compaction.c:compact_zone"
 
 
 def _expand(pfns: IntArray, order: int) -> IntArray:

@@ -80,7 +80,7 @@ class UserMemory:
                 lo = u * self.unit
                 hi = lo + self.unit
                 if hi <= self.npages and self.ram[lo:hi].all() and not self.pfn.present(lo, hi).any():
-                    got = self.host.alloc(self.order, self.owner)
+                    got = self.host.alloc(self.order, self.owner, hugetlb=self.kind.startswith("hugetlb"))
                     if got is None and self.kind != "thp":
                         return None  # hugetlb pool exhausted: SIGBUS in the VMM
                     if got is not None:

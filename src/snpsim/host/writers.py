@@ -4,9 +4,11 @@ Each writer stands for a real kernel path and names it in the crash records (``C
 
 - :func:`page_zeroing`: ``mm/page_alloc.c`` ``kernel_init_pages()`` / ``clear_highpage()``: host allocations
   (page cache, anonymous memory) are zeroed through the direct map when handed out, then freed later.
-- :func:`compaction`: ``mm/compaction.c`` ``isolate_migratepages()`` + ``mm/migrate.c`` ``folio_mc_copy()``: the
-  migration scanner walks memory from low PFNs, and each movable page found is copied to a newly allocated page
-  (a read of the source, a write of the destination) and freed.
+- :func:`compaction`: kcompactd's proactive compaction (``mm/compaction.c`` ``proactive_compact_node`` →
+  ``compact_zone``, :class:`snpsim.host.compaction.Compactor`): when the node's fragmentation score is above its
+  high mark, the migration scanner walks each zone from low PFNs and each movable page found is copied
+  (``folio_mc_copy``: a read of the source, a write of the destination) to a free page the free scanner isolated
+  from the top of the zone, and freed.
 - :func:`ksm`: ``mm/ksm.c`` ``ksm_do_scan()`` → ``calc_checksum()`` / ``memcmp_pages()``: reads the VMM's
   ``MADV_MERGEABLE`` guest memory through the direct map (reads are not RMP-checked, but an unmapped page oopses:
   "things like KSM might still try to access private pages", Roth 2022, linux-snp-host.md §6).
@@ -25,6 +27,7 @@ from collections.abc import Callable, Generator
 
 import numpy as np
 
+from snpsim.host.compaction import COMPACTION_PROACTIVENESS, PATH_COMPACT
 from snpsim.host.frames import Owner
 from snpsim.host.kernel import PATH_ZERO as PATH_ZERO  # the allocator's zeroing path, named here with the others
 from snpsim.host.kernel import HostKernel
@@ -32,7 +35,7 @@ from snpsim.host.kernel import HostKernel
 #: A host thread: yields the ns it sleeps.
 Thread = Generator[int, None, None]
 
-PATH_MIGRATE = "mm/migrate.c:folio_mc_copy"
+PATH_MIGRATE = PATH_COMPACT  # the copy of migrate_pages (folio_mc_copy) called from compact_zone
 PATH_KSM = "mm/ksm.c:calc_checksum"
 PATH_HIBERNATE_SNAPSHOT = "kernel/power/snapshot.c:copy_data_page"
 PATH_HIBERNATE_RESTORE = "arch/x86/power/hibernate_asm_64.S:swsusp_arch_resume"
@@ -52,7 +55,7 @@ def page_zeroing(
     while True:
         yield int(interval_ns * rng.uniform(0.5, 1.5))
         # ``batch`` alloc(0) calls (as many as memory allows), done in bulk: same frames, each zeroed
-        n = min(batch, host.buddy.free_frames)
+        n = min(batch, host.buddy.obtainable(0))
         if n:
             got = host.alloc_bulk(0, n, Owner.USER)
             assert got is not None
@@ -66,27 +69,16 @@ def compaction(
     host: HostKernel,
     rng: np.random.Generator,
     *,
-    interval_ns: int = 10_000_000,
-    batch: int = 32,
-    max_scan: int = 1 << 16,
+    interval_ns: int = 500_000_000,
+    batch: int = 1 << 14,
+    proactiveness: int = COMPACTION_PROACTIVENESS,
 ) -> Thread:
-    """Every ``interval_ns``, migrate up to ``batch`` movable pages found by a linear migration scanner."""
-    cursor = 0
+    """kcompactd: every ``interval_ns`` (``HPAGE_FRAG_CHECK_INTERVAL_MSEC`` = 500 ms) run proactive compaction if the
+    node's fragmentation score is above ``100 - proactiveness + 10`` (``vm.compaction_proactiveness``, default 20),
+    migrating at most ``batch`` pages per wake-up."""
     while True:
         yield int(interval_ns * rng.uniform(0.5, 1.5))
-        found = host.frames.find((Owner.USER,), cursor, batch, max_scan)
-        cursor = int(found[-1]) + 1 if found.size == batch else cursor + max_scan
-        cursor %= host.nframes
-        for src in found:
-            dst = host.alloc(0, Owner.USER, zero=False)
-            if dst is None:
-                break
-            host.kernel_read(int(src), PATH_MIGRATE)
-            host.kernel_write(dst, PATH_MIGRATE)
-            host.charge("page_copy", host.costs.page_clear_ns)
-            host.lru.pop(int(src), None)
-            host.lru[dst] = None
-            host.free(int(src), 0)
+        host.compactor.proactive(proactiveness, budget=batch)
 
 
 def ksm(
