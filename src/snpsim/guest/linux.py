@@ -52,7 +52,11 @@ The boot, in the order the code runs it (``start_kernel()`` in ``init/main.c``),
    ``early_snp_set_memory_private()``), then ``early_snp_set_memory_shared()`` before the PTE changes: three
    MSR-protocol PSCs, with PVALIDATE rescind / validate / rescind (``early_set_pages_state()``). Splitting the
    direct map for it (``kernel_physical_mapping_change()``) takes a 4K page-table page from memblock per newly
-   split 2 MiB region.
+   split 2 MiB region. These two are the mainline callers of ``early_set_memory_decrypted()``
+   (``init_ghcb()``; ``__set_percpu_decrypted()`` for apf_reason, steal_time and kvm_apic_eoi, which share one
+   page: the second and third calls find the PTE decrypted already and do nothing); the restricted-injection
+   series' #HV doorbell page would be a third. ``.bss..decrypted`` (row #2) calls
+   ``early_snp_set_memory_shared()`` directly: one PSC per page, no copy.
 6. **mm_core_init()**: SWIOTLB (``memblock_alloc_low``: below 4 GiB, top-down; row #5) and its slot array
    (``memblock_alloc``: top of the node), then ``memblock_free_all()``: whole free MAX_PAGE_ORDER blocks with
    unaccepted memory go on ``zone->unaccepted_pages`` (ascending), smaller free chunks are accepted; with
