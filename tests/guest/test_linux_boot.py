@@ -96,6 +96,10 @@ def test_q35_ram_ranges(mem: int, ranges: list[tuple[int, int]]) -> None:
         ({"lazy_accept": 1}, "lazy_accept"),
         ({"kernel_load_bytes": 17 * MIB}, "kernel_load_bytes"),
         ({"blk_queues": -1}, "blk_queues"),
+        ({"percpu_static_bytes": 212993}, "percpu_static_bytes"),  # the decrypted section ends it page-aligned
+        ({"percpu_static_bytes": 4096, "percpu_decrypted_pages": 2}, "percpu_static_bytes"),
+        ({"node_data_bytes": 0}, "node_data_bytes"),
+        ({"ovmf_iommu_reserved_pool": 1}, "ovmf_iommu_reserved_pool"),
     ],
 )
 def test_validate_names_the_field(kw: dict[str, object], field: str) -> None:
@@ -627,3 +631,21 @@ def test_without_allow_unaccepted_memory_ovmf_accepts_everything_at_exit_boot_se
     view = check_consistent(c, ev)
     assert view.pages(PageState.UNACCEPTED) == 0
     assert not c.accepts_lazily and cfg().accepts_lazily
+
+
+def test_ovmf_ghcb_pages_and_iommu_pool() -> None:
+    lay = guest_layout(cfg())
+    # AmdSevEsInitialize(): mMaxCpuCount * 2 reserved pages at the top of low RAM, every other one a GHCB
+    assert lay.ovmf_ghcb_area == Placement("ovmf-ghcb", 524288 - 8, 8)
+    assert lay.ovmf_ghcbs == (524280, 524282, 524284, 524286)
+    # IoMmuBuffer.c mReservedMemRanges: 4 x 4K, 8 x 32K, 2 x 128K, 1 x 1M, 2 x 2M data pieces, each after a 4K
+    # header, in one AllocatePages() of 1,429 pages right under the GHCB area: [522851, 524280)
+    pieces = lay.ovmf_iommu
+    assert [p.npages for p in pieces] == [1] * 4 + [8] * 8 + [32] * 2 + [256] + [512] * 2
+    assert pieces[0].gfn == 522852 and pieces[-1].end == 524280
+    for a, b in itertools.pairwise(pieces):
+        assert b.gfn == a.end + 1  # the next piece's header page
+    # without the pool, SWIOTLB ends under the GHCB area: floor((524280 - 65536) / 512) * 512 = 458240
+    off = guest_layout(cfg(ovmf_iommu_reserved_pool=False))
+    assert off.ovmf_iommu == () and off.swiotlb.gfn == 458240
+    assert not [c for c in convs(boot_events(cfg(ovmf_iommu_reserved_pool=False))) if c.what.startswith("ovmf-iommu")]
