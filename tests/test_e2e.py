@@ -1,22 +1,29 @@
 """End to end through ``snpsim.run``: figures of a Linux boot derived by hand, and every preset x workload.
 
-The boot of a 1 GiB, 4-vCPU guest (guest-workloads.md §2; QEMU q35: all RAM below 4 GiB, no ZONE_NORMAL):
+The boot of a 1 GiB, 4-vCPU guest (guest-workloads.md §2, guest/linux.py; QEMU q35: all RAM below 4 GiB, no
+ZONE_NORMAL, so nothing to accept):
 
-| event (row)                     | pages         | direction | protocol, entries            | PSC requests |
-|---------------------------------|---------------|-----------|------------------------------|--------------|
-| OVMF pre-validation of low RAM  | 262144        | private   | GHCB, 512 2M entries         | 512/64 = 8   |
-| GHCB per vCPU (#1)              | 4 x 1         | shared    | MSR                          | 4            |
-| .bss..decrypted (#2)            | 512           | shared    | MSR                          | 512          |
-| per-CPU decrypted page (#3)     | 4 x 1         | shared    | MSR                          | 4            |
-| SWIOTLB (#5) 64 MiB, 2M-aligned | 16384         | shared    | GHCB, 32 2M entries          | 1            |
-| atomic pools DMA, DMA32 (#7)    | 2 x 32        | shared    | GHCB, 4K entries             | 2            |
-| vrings: net 3 + blk 4 (#8a)     | 7 x 2         | shared    | GHCB                         | 7            |
-| attestation (#10)               | 2 x 1         | shared    | GHCB                         | 2            |
-| .bss..decrypted tail (#2)       | 512 - 3 = 509 | private   | GHCB, 4K entries: 64 x 7 + 61 | 8            |
+| event (row)                       | pages            | direction | protocol, entries               | requests |
+|-----------------------------------|------------------|-----------|---------------------------------|----------|
+| OVMF pre-validation of low RAM    | 262144           | private   | GHCB, 512 2M entries, 253/exit  | 3        |
+| OVMF GHCB pages                   | 4 x 1            | shared    | GHCB, 1 4K entry                | 4        |
+| OVMF IoMmu pool (4x1, 8x8, 2x32,  | 1412             | shared    | GHCB, 4K entries, 253/exit:     | 22       |
+|   1x256, 2x512 pages)             |                  |           | 4 + 8 + 2 + 2 + 2 x 3           |          |
+| ... re-encrypted at ExitBootSvcs  | 1412             | private   | the same                        | 22       |
+| .bss..decrypted (#2)              | 512              | shared    | MSR                             | 512      |
+| per-CPU decrypted page (#3)       | 4 x (1, 1, 1)    | S, P, S   | MSR (early_set_memory_decrypted)| 12       |
+| GHCB per vCPU (#1)                | 4 x (1, 1, 1)    | S, P, S   | MSR (early_set_memory_decrypted)| 12       |
+| SWIOTLB (#5) 64 MiB, 2M-aligned   | 16384            | shared    | GHCB, 32 2M entries             | 1        |
+| atomic pools DMA, DMA32 (#7)      | 2 x 32           | shared    | GHCB, 4K entries                | 2        |
+| vrings: net 3 + blk 4 (#8a)       | 7 x 2            | shared    | GHCB                            | 7        |
+| attestation (#10)                 | 2 x 1            | shared    | GHCB                            | 2        |
+| .bss..decrypted tail (#2)         | 512 - 3 = 509    | private   | GHCB, 4K entries: 64 x 7 + 61   | 8        |
 
 SWIOTLB = clamp(6 % of 1 GiB, 64 MiB, 1 GiB) = 64 MiB; atomic pool = max(128 KiB, 1 GiB / 8192) = 128 KiB.
-Totals: 548 PSC requests, each one KVM_HC_MAP_GPA_RANGE exit (entries of a request are contiguous);
-to_shared = 4 + 512 + 4 + 16384 + 64 + 14 + 2 = 16984; to_private = 262144 + 509 = 262653.
+Totals: 607 PSC requests, each one KVM_HC_MAP_GPA_RANGE exit (entries of a request are contiguous);
+to_shared = 4 + 1412 + 512 + 8 + 8 + 16384 + 64 + 14 + 2 = 18408;
+to_private = 262144 + 1412 + 4 + 4 + 509 = 264073.
+Shared at the end of boot: 4 + 4 + 3 + 4 + 16384 + 64 + 14 + 2 = 16479 pages.
 
 The host is the default server e820 layout (snpsim.host.e820). A 4 GiB host: low RAM to the PCI hole at 2 GiB,
 2 GiB above 4 GiB, so max_pfn = 6 GiB / 4 KiB = 0x180000; the RMP table is (0x180000 x 16 B + 16 KiB) rounded up
@@ -59,14 +66,14 @@ def test_boot_conversions_are_policy_independent(policy: str) -> None:
     s = boot(policy)
     granularity = snpsim.presets[policy].private_granularity
     # 4K private pages (guest_memfd 4K folios or pre-UPM VMM pages): one 4K RMPUPDATE per page made private
-    # (262144 + 509) and per page given back (16984); 2M folios: see test_boot_upm_nosplit_rmp_and_memory
-    assert s["rmpupdate_count"] == (262144 + 509 + 16984 if granularity == "4k" else 512 + 32)
-    assert s["psc_request_count"] == 548
+    # (264073) and per page given back (18408); 2M folios: see test_boot_upm_nosplit_rmp_and_memory
+    assert s["rmpupdate_count"] == (264073 + 18408 if granularity == "4k" else 512 + 32)
+    assert s["psc_request_count"] == 607
     # UPM: every PSC request is one KVM_HC_MAP_GPA_RANGE exit; pre-UPM (SNP v5) KVM converts in the kernel
     # (snp_handle_page_state_change) and never exits to the VMM
-    assert s["vmm_exit_count"] == (548 if snpsim.presets[policy].private_backing == "gmem" else 0)
-    assert s["to_shared_count"] == 16984
-    assert s["to_private_count"] == 262653
+    assert s["vmm_exit_count"] == (607 if snpsim.presets[policy].private_backing == "gmem" else 0)
+    assert s["to_shared_count"] == 18408
+    assert s["to_private_count"] == 264073
     assert s["guest_vc_count"] == 0
     assert s["host_crash_count"] == 0
     assert s["sim_time_ns"] == 2_000_000_000
@@ -85,8 +92,8 @@ def test_boot_conversions_are_policy_independent(policy: str) -> None:
 def test_boot_upstream_rmp_and_memory() -> None:
     s = boot("upstream")
     assert s["psmash_count"] == 0
-    # pages shared at the end of boot: 16984 - 509 re-privatised; their folios were punched
-    assert s["private_bytes"] == (262144 - 16475) * K4
+    # pages shared at the end of boot (16479, module docstring); their folios were punched
+    assert s["private_bytes"] == (262144 - 16479) * K4
     assert s["npt_2m"] == 0 and s["npt_1g"] == 0
     assert s["waste_bytes"] == 0
     # every 2M range holding a guest page was split to 4K; the counters still sum to the direct-mapped 4071 MiB
@@ -100,9 +107,11 @@ def test_boot_upm_nosplit_rmp_and_memory() -> None:
     # 2M folios: 512 2M RMPUPDATEs to private; the 64 MiB SWIOTLB covers 32 whole folios, freed with one 2M
     # RMPUPDATE each; no other hole covers a whole folio
     assert s["rmpupdate_count"] == 512 + 32
-    # 4K rescinds on 2M entries PSMASH once per 2M range: the GHCB/per-CPU/vring range at the top of RAM, the
-    # .bss..decrypted range, and the DMA atomic pool's range
-    assert s["psmash_count"] == 3
+    # 4K rescinds on 2M entries PSMASH once per 2M range. Top of RAM (guest/linux.py): OVMF's GHCB area and IoMmu
+    # pool [260707, 262144) cover 2M ranges 509-511; the GHCB data, DMA32 pool and most vrings are in 509; the
+    # per-CPU chunk (decrypted pages, the rest of the vrings, an attestation page) is range 500; .bss..decrypted
+    # is range 23, the DMA pool [4064, 4096) range 7: six ranges
+    assert s["psmash_count"] == 6
     assert s["private_bytes"] == 1024 * MIB - 32 * 2 * MIB
     assert s["directmap_4k"] == BOOT_4K
     assert s["waste_bytes"] > 0

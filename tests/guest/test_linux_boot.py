@@ -21,6 +21,7 @@ from snpsim.guest.linux import (
     IntervalMap,
     LinuxGuestConfig,
     PageState,
+    Placement,
     atomic_pool_bytes,
     atomic_pool_zones,
     boot_events,
@@ -95,6 +96,10 @@ def test_q35_ram_ranges(mem: int, ranges: list[tuple[int, int]]) -> None:
         ({"lazy_accept": 1}, "lazy_accept"),
         ({"kernel_load_bytes": 17 * MIB}, "kernel_load_bytes"),
         ({"blk_queues": -1}, "blk_queues"),
+        ({"percpu_static_bytes": 212993}, "percpu_static_bytes"),  # the decrypted section ends it page-aligned
+        ({"percpu_static_bytes": 4096, "percpu_decrypted_pages": 2}, "percpu_static_bytes"),
+        ({"node_data_bytes": 0}, "node_data_bytes"),
+        ({"ovmf_iommu_reserved_pool": 1}, "ovmf_iommu_reserved_pool"),
     ],
 )
 def test_validate_names_the_field(kw: dict[str, object], field: str) -> None:
@@ -190,18 +195,26 @@ def boot4() -> list[Timed]:
 
 
 def test_ghcbs_via_msr_row1(boot4: list[Timed]) -> None:
+    lay = guest_layout(cfg())
     ghcbs = convs(boot4, "ghcb")
-    assert len(ghcbs) == 4
-    assert all(c.protocol is MSR and c.npages == 1 and not c.to_private for c in ghcbs)
-    assert sum(count_requests(c) for c in ghcbs) == 4
-    assert len({c.gfn for c in ghcbs}) == 4
-    # each followed by a shared write of that page, by its CPU
-    for i, t in enumerate(boot4):
-        if isinstance(t.event, Conversion) and t.event.what == "ghcb":
-            nxt = boot4[i + 1].event
-            assert isinstance(nxt, Access)
-            assert (nxt.gfn, nxt.npages, nxt.private, nxt.write) == (t.event.gfn, 1, False, True)
-    assert sorted(a.event.vcpu for a in boot4 if isinstance(a.event, Access) and a.event.what == "ghcb") == [0, 1, 2, 3]
+    # early_set_memory_decrypted(): shared, private, shared per page (snp_memcpy(decrypt=true), then
+    # __set_clr_pte_enc()), all with the MSR protocol, one page each
+    assert len(ghcbs) == 3 * 4
+    assert all(c.protocol is MSR and c.npages == 1 for c in ghcbs)
+    assert [c.to_private for c in ghcbs] == [False, True, False] * 4
+    assert sum(count_requests(c) for c in ghcbs) == 12
+    assert [c.gfn for c in ghcbs[::3]] == list(lay.ghcbs)
+    # memblock_alloc(sizeof(struct sev_es_runtime_data) = 3 pages, PAGE_SIZE) per CPU, top-down from the top of
+    # high RAM [4G, 6G) = GFN 1572864: the probe's 2 MiB [1572352, 1572864) holds NODE_DATA (44 pages,
+    # [1572820, 1572864)), the vmemmap PUD and PMD tables (1572819, 1572818), the page table of the per-CPU split
+    # (1572817); CPU 0's data is [1572814, 1572817), then the page table of its split (1572813); CPUs 1-3 follow
+    assert lay.ghcbs == (1572814, 1572810, 1572807, 1572804)
+    # after the three conversions the boot CPU zeroes it through the decrypted mapping
+    for g in lay.ghcbs:
+        last = max(i for i, t in enumerate(boot4) if isinstance(t.event, Conversion) and t.event.gfn == g)
+        nxt = boot4[last + 1].event
+        assert isinstance(nxt, Access)
+        assert (nxt.gfn, nxt.npages, nxt.private, nxt.write, nxt.vcpu, nxt.what) == (g, 1, False, True, 0, "ghcb")
 
 
 def test_bss_decrypted_row2(boot4: list[Timed]) -> None:
@@ -219,15 +232,22 @@ def test_bss_decrypted_row2(boot4: list[Timed]) -> None:
     # the tail goes back late: it is the last boot event, after the attestation pages
     assert boot4[-1].event == tail
     assert boot4[-1].time_ns > max(t.time_ns for t in boot4 if t.event.what == "attestation")
-    # only MSR-protocol PSCs of the boot: 512 bss + 4 GHCB + 4 per-CPU pages (row #3, early_set_memory_decrypted)
-    assert sum(count_requests(c) for c in convs(boot4) if c.protocol is MSR) == 512 + 4 + 4
+    # only MSR-protocol PSCs of the boot: 512 bss + 3 per GHCB page (4) + 3 per per-CPU page (4)
+    assert sum(count_requests(c) for c in convs(boot4) if c.protocol is MSR) == 512 + 12 + 12
 
 
 def test_percpu_decrypted_row3(boot4: list[Timed]) -> None:
+    lay = guest_layout(cfg())
     pc = convs(boot4, "percpu-decrypted")
-    assert len(pc) == 4 and all(c.npages == 1 and c.protocol is MSR and not c.to_private for c in pc)
+    assert len(pc) == 12 and all(c.npages == 1 and c.protocol is MSR for c in pc)
+    assert [c.to_private for c in pc] == [False, True, False] * 4
+    # The per-CPU chunk: 4 units of 512 KiB (pcpu_build_alloc_info), 2 MiB-aligned, top-down under the memmap
+    # [1555968, 1572352) -> [1555456, 1555968); each CPU's decrypted page is the last page of its 52-page static
+    # area (212,992 B): unit base + 51
+    assert lay.percpu_area == Placement("percpu", 1555456, 512) and lay.percpu_unit_pages == 128
+    assert [c.gfn for c in pc[::3]] == [1555456 + 128 * cpu + 51 for cpu in range(4)]
     ghcb_pc = convs(boot_events(cfg(percpu_decrypted_protocol=GHCB, percpu_decrypted_pages=2)), "percpu-decrypted")
-    assert len(ghcb_pc) == 4 and all(c.npages == 2 and c.protocol is GHCB for c in ghcb_pc)
+    assert len(ghcb_pc) == 4 and all(c.npages == 2 and c.protocol is GHCB and not c.to_private for c in ghcb_pc)
 
 
 def test_swiotlb_row5(boot4: list[Timed]) -> None:
@@ -237,16 +257,17 @@ def test_swiotlb_row5(boot4: list[Timed]) -> None:
     assert sw.gfn % 512 == 0 and sw.gfn + sw.npages <= 524288  # low RAM, below 4 GiB
     assert entry_runs(sw) == [(sw.gfn, 128, 1)]  # 128 2M entries
     assert count_requests(sw) == 2  # 2 descriptors of 64
-    # placement: top-down under 12 GHCB-data + 4 per-CPU pages (524288 - 16 = 524272), 2M-aligned:
-    # floor((524272 - 65536) / 512) * 512 = 458240.
-    assert sw.gfn == 458240
+    # placement: memblock_alloc_low, top-down under OVMF's GHCB area (8 pages) and IoMmu pool (1,429 pages) at the
+    # top of low RAM: 524288 - 8 - 1429 = 522851; 2M-aligned: floor((522851 - 65536) / 512) * 512 = 457216.
+    assert sw.gfn == 457216
 
 
 def test_swiotlb_unaligned_placement_adds_4k_head_and_tail() -> None:
     (sw,) = convs(boot_events(cfg(swiotlb_2m_aligned=False)), "swiotlb")
-    # memblock 4K alignment: ends right under the per-CPU pages at 524272 -> starts at 458736 = 895*512 + 496.
-    assert (sw.gfn, sw.npages) == (458736, 65536)
-    assert entry_runs(sw) == [(458736, 16, 0), (458752, 127, 1), (523776, 496, 0)]
+    # memblock 4K alignment: ends right under OVMF's pool at 522851 -> starts at 457315 = 893*512 + 99; 413 4K
+    # entries to 457728 = 894*512, 127 2M entries to 522752, 99 4K entries.
+    assert (sw.gfn, sw.npages) == (457315, 65536)
+    assert entry_runs(sw) == [(457315, 413, 0), (457728, 127, 1), (522752, 99, 0)]
 
 
 @pytest.mark.parametrize(("mem", "pages"), [(1 * GIB, 16384), (16 * GIB, 262144), (64 * GIB, 262144)])
@@ -285,34 +306,103 @@ def test_vrings_and_attestation_rows8a_10(boot4: list[Timed]) -> None:
     assert len(att) == 2 and all(c.npages == 1 and not c.to_private for c in att)
 
 
-def test_ovmf_prevalidation_and_lazy_acceptance_rows12_13(boot4: list[Timed]) -> None:
+def test_ovmf_prevalidation_rows12_13(boot4: list[Timed]) -> None:
     first = boot4[0]
     assert first.time_ns == 0
-    assert first.event == Conversion(0, 524288, True, GHCB, True, "ovmf-prevalidate")
-    assert count_requests(first.event) == 16  # 2 GiB = 1024 2M entries / 64
-    # lazy: high RAM untouched except the block holding the ZONE_NORMAL pool: 4 MiB block + 2 MiB guard unit.
-    (acc,) = convs(boot4, "accept")
-    assert (acc.gfn, acc.npages, acc.to_private, acc.huge_ok) == (GFN_4G, 1536, True, True)
-    (acc2,) = convs(boot_events(cfg(accept_guard_unit=False)), "accept")
-    assert acc2.npages == 1024
-    # it happens right before the pool is made shared
-    i = next(i for i, t in enumerate(boot4) if t.event.what == "accept")
+    assert first.event == Conversion(0, 524288, True, GHCB, True, "ovmf-prevalidate", max_entries=253)
+    # 2 GiB = 1024 2M entries, SNP_PAGE_STATE_MAX_ENTRY = 253 per VMGEXIT: 253 * 4 = 1012, then 12
+    assert count_requests(first.event) == 5
+
+
+# The 4 GiB, 4-vCPU guest's high RAM is [1048576, 1572864). Its boot accepts, top-down from 1572864 (each
+# memblock_alloc_range_nid() ends in "accept_memory(found, size);", 2 MiB units, +1 unit when the end is aligned):
+BOOT4_ACCEPTS = [
+    # memory_map_top_down(): "memblock_phys_alloc_range(PMD_SIZE, PMD_SIZE, map_start, map_end)", then freed
+    ("setup-arch", 1572352, 512),
+    # sparse_buffer_init(map_count * section_map_size()): 16 + 16 sections * 2 MiB = 64 MiB, 2 MiB-aligned under
+    # NODE_DATA (which sits in the probed 2 MiB): floor((1572820 - 16384) / 512) * 512 = 1555968
+    ("setup-arch", 1555968, 16384),
+    # the per-CPU first chunk: 4 units * 512 KiB = 2 MiB, aligned to the 2 MiB atom
+    ("percpu", 1555456, 512),
+    # dentry hash: nr_kernel_pages = 1048576 - 256 (first MiB) - 8192 (kernel) - 8 (OVMF GHCBs) - 1429 (IoMmu pool)
+    # - 44 (NODE_DATA) - 16384 (memmap) - 2 (vmemmap tables) = 1022261; round_up to 256 -> 1022464; >> 1 = 511232
+    # -> roundup_pow_of_two 2^19 buckets * 8 B = 4 MiB; inode: >> 2 = 255616 -> 2^18 * 8 B = 2 MiB
+    ("vfs-caches", 1554432, 1024),
+    ("vfs-caches", 1553920, 512),
+    # SWIOTLB slots: 131072 slabs * 24 B = 3 MiB at [1553152, 1553920): units [1552896, 1553920)
+    ("mm-init", 1552896, 1024),
+    # memblock_free_all(): [1048576, 1553152) is 492 whole 4 MiB blocks (listed) and the chunk [1552384, 1553152):
+    # "Accept chunks smaller than MAX_PAGE_ORDER upfront" -> unit [1552384, 1552896)
+    ("mm-init", 1552384, 512),
+    # dma_atomic_pool_init() in ZONE_NORMAL: try_to_accept_memory_one() on the first listed block, + guard unit
+    ("postcore-initcall", 1048576, 1536),
+]
+
+
+def test_lazy_acceptance_at_boot_row12(boot4: list[Timed]) -> None:
+    lay = guest_layout(cfg())
+    assert [(a.phase, a.gfn, a.npages) for a in lay.boot_accepts] == BOOT4_ACCEPTS
+    acc = convs(boot4, "accept")
+    assert [(c.gfn, c.npages) for c in acc] == [(g, n) for _, g, n in BOOT4_ACCEPTS]
+    assert all(c.to_private and c.huge_ok and c.protocol is GHCB and c.max_entries is None for c in acc)
+    # 22016 pages = 86 MiB of high RAM at boot; 491 blocks stay on zone->unaccepted_pages, from 1049600
+    assert lay.boot_accepted_high_pages == 22016
+    assert len(lay.unaccepted_blocks) == 491 and lay.unaccepted_blocks[0] == 1049600
+    # the pool's acceptance happens right before the pool is made shared
+    i = max(i for i, t in enumerate(boot4) if t.event.what == "accept")
     assert boot4[i + 1].event.what == "atomic-pool-normal"
+    # without the guard unit the pool's block is 4 MiB, and the slot array's units are its own 2 (3 MiB -> 4 MiB)
+    no_guard = [(c.gfn, c.npages) for c in convs(boot_events(cfg(accept_guard_unit=False)), "accept")]
+    assert no_guard[-1] == (GFN_4G, 1024)
+
+
+def test_16g_guest_accepts_296_mib_in_memblock_and_6_for_the_pool() -> None:
+    """The issue's example: a 16 GiB, 4-vCPU, lazily accepting guest. High RAM [4G, 18G) = [1048576, 4718592).
+
+    - probe: [4718080, 4718592) = 2 MiB
+    - memmap: 16 + 112 sections * 2 MiB ("section_map_size()") = 256 MiB, under NODE_DATA: [4652544, 4718080)
+    - per-CPU: 2 MiB at [4652032, 4652544)
+    - hashes: nr_kernel_pages = 4194304 - 256 - 8192 - 8 - 1429 - 44 - 65536 - 2 = 4118837 -> round_up 4119040
+      -> dentry >> 1 = 2059520 -> 2^21 * 8 B = 16 MiB; inode >> 2 = 1029760 -> 2^20 * 8 B = 8 MiB
+    - SWIOTLB slots: 1 GiB pool = 524288 slabs * 24 B = 12 MiB, ending 2 MiB-aligned
+    - memblock_free_all(): the rest, [4G, 18G - 296M), is whole 4 MiB blocks (18136 MiB / 4): nothing more
+    296 MiB in all, then the ZONE_NORMAL pool's 4 MiB block + 2 MiB guard unit at 4 GiB.
+    """
+    lay = guest_layout(cfg(16 * GIB))
+    mib = [(a.phase, a.npages // 256) for a in lay.boot_accepts]
+    assert mib == [
+        ("setup-arch", 2),
+        ("setup-arch", 256),
+        ("percpu", 2),
+        ("vfs-caches", 16),
+        ("vfs-caches", 8),
+        ("mm-init", 12),
+        ("postcore-initcall", 6),
+    ]
+    assert sum(n for p, n in mib if p != "postcore-initcall") == 296
+    assert lay.boot_accepted_high_pages == (296 + 6) * 256
+    assert lay.memmap == Placement("memmap", 4652544, 65536)
+    assert lay.boot_accepts[0].gfn == 4718080
 
 
 def test_eager_acceptance_row12() -> None:
     ev = boot_events(cfg(lazy_accept=False))
     acc = convs(ev, "accept")
-    # blocks 0..511 of 2 GiB: [0, 6M), [6M, 10M), ..., [2042M, 2046M), [2046M, 2048M)
-    assert len(acc) == 512
-    assert (acc[0].gfn, acc[0].npages) == (GFN_4G, 1536)
-    assert all(c.npages == 1024 for c in acc[1:-1])
-    assert (acc[-1].gfn, acc[-1].npages) == (GFN_4G + 524288 - 512, 512)
+    # the same six memblock acceptances (BOOT4_ACCEPTS[:6]), then memblock_free_all() accepts each of the 492 free
+    # blocks of [1048576, 1552384) ("accept_memory(page_to_phys(page), PAGE_SIZE << order)"): [0, 6M), then each
+    # next block shifted by the 2 MiB guard: [6M, 10M), ..., block 491 -> [1551872, 1552896); the chunk
+    # [1552384, 1553152) then finds nothing left. No block is left for the ZONE_NORMAL pool to accept.
+    assert [(c.gfn, c.npages) for c in acc[:6]] == [(g, n) for _, g, n in BOOT4_ACCEPTS[:6]]
+    rest = acc[6:]
+    assert len(rest) == 492
+    assert (rest[0].gfn, rest[0].npages) == (GFN_4G, 1536)
+    assert all(c.npages == 1024 for c in rest[1:])
+    assert rest[-1].gfn == 1551872
     g = GFN_4G
-    for c in acc:
+    for c in rest:
         assert c.gfn == g and c.to_private and c.huge_ok
         g += c.npages
-    assert g == GFN_4G + 524288
+    assert g == 1552896
     view = check_consistent(cfg(lazy_accept=False), ev)
     assert view.pages(PageState.UNACCEPTED) == 0
 
@@ -335,17 +425,21 @@ def test_boot_timing(boot4: list[Timed]) -> None:
 
 def test_boot_state_after_boot(boot4: list[Timed]) -> None:
     view = check_consistent(cfg(), boot4)
-    # shared: 4 GHCB + 3 bss + 4 per-CPU + 65536 SWIOTLB + 3 * 128 pools + 7 * 2 vrings + 2 attestation
-    assert view.pages(PageState.SHARED) == 4 + 3 + 4 + 65536 + 384 + 14 + 2
-    assert view.pages(PageState.UNACCEPTED) == 524288 - 1536
+    # shared: 4 OVMF GHCBs + 4 GHCB + 3 bss + 4 per-CPU + 65536 SWIOTLB + 3 * 128 pools + 7 * 2 vrings +
+    # 2 attestation (the IoMmu pool went back to private at ExitBootServices)
+    assert view.pages(PageState.SHARED) == 4 + 4 + 3 + 4 + 65536 + 384 + 14 + 2
+    assert view.pages(PageState.UNACCEPTED) == 524288 - 22016
     kinds = Counter(t.event.what for t in boot4 if isinstance(t.event, Conversion))
     assert kinds == {
         "ovmf-prevalidate": 1,
+        "ovmf-ghcb": 4,
+        "ovmf-iommu": 17,
+        "ovmf-iommu-release": 17,
         "bss-decrypted": 1,
-        "ghcb": 4,
-        "percpu-decrypted": 4,
+        "ghcb": 12,
+        "percpu-decrypted": 12,
         "swiotlb": 1,
-        "accept": 1,
+        "accept": 8,
         "atomic-pool-normal": 1,
         "atomic-pool-dma": 1,
         "atomic-pool-dma32": 1,
@@ -373,8 +467,8 @@ def test_kexec_row14(boot4: list[Timed]) -> None:
     # GHCBs last, one page at a time, MSR protocol
     assert [(k.gfn, k.npages, k.protocol) for k in ks[-4:]] == [(g, 1, MSR) for g in lay.ghcbs]
     assert all(k.protocol is GHCB and k.to_private for k in ks[:-4])
-    # SWIOTLB [458240, 523776) is 2M-aligned but not 1G-aligned: 128 2M mappings
-    sw = [k for k in ks if 458240 <= k.gfn < 523776]
+    # SWIOTLB [457216, 522752) is 2M-aligned but not 1G-aligned: 128 2M mappings
+    sw = [k for k in ks if 457216 <= k.gfn < 522752]
     assert len(sw) == 128 and all(k.npages == 512 for k in sw)
     # the bss part, in one call
     assert [(k.gfn, k.npages) for k in ks if k.what == "kexec-bss-decrypted"] == [(lay.bss_decrypted.gfn, 3)]
@@ -382,9 +476,10 @@ def test_kexec_row14(boot4: list[Timed]) -> None:
     covered = sorted((k.gfn, k.npages) for k in ks)
     for (g1, n1), (g2, _) in itertools.pairwise(covered):
         assert g1 + n1 <= g2
-    assert sum(k.npages for k in ks) == sum(n for _, n in shared)
+    # every shared page but OVMF's 4 GHCB pages (e820-reserved: not in the direct map), each once
+    assert sum(k.npages for k in ks) == sum(n for _, n in shared) - 4
     check_consistent(c, [Timed(0, k) for k in ks], view)
-    assert view.shared_ranges() == []
+    assert view.shared_ranges() == [(g, 1) for g in lay.ovmf_ghcbs]
 
 
 def test_kexec_mapping_sizes() -> None:
@@ -409,8 +504,13 @@ guest_configs = st.builds(
     bss_decrypted_used_pages=st.integers(1, 512),
     percpu_decrypted_pages=st.integers(0, 3),
     blk_queues=st.one_of(st.none(), st.integers(0, 8)),
-    accept_unit_bytes=st.sampled_from([2 * MIB, 4 * MIB, 16 * MIB]),
+    accept_unit_bytes=st.sampled_from([4 * MIB, 16 * MIB]),
+    accept_bitmap_unit_bytes=st.sampled_from([2 * MIB, 4 * MIB]),
     accept_guard_unit=st.booleans(),
+    allow_unaccepted_memory=st.booleans(),
+    percpu_static_bytes=st.sampled_from([65536, 212992, 1 << 20]),
+    node_data_bytes=st.sampled_from([4096, 176 * KIB, 3 * MIB]),
+    ovmf_iommu_reserved_pool=st.booleans(),
 )
 
 
@@ -436,6 +536,20 @@ def test_placements_disjoint_and_in_ram(c: LinuxGuestConfig) -> None:
         assert any(g <= p.gfn and p.end <= g + n for g, n in ram), p
     rg, rn = lay.runtime_region
     assert rn > 0 and all(p.end <= rg or p.gfn >= rg + rn for p in allocs)
+    # memblock_alloc_range_nid() accepts what it hands out: no boot allocation is left unaccepted
+    for p in allocs:
+        assert not any(g < p.end and p.gfn < g + n for g, n in lay.unaccepted), p
+    # acceptances are whole bitmap units, disjoint, inside RAM, and with the unaccepted rest they tile RAM
+    unit = c.accept_bitmap_unit_bytes >> 12
+    acc = sorted((a.gfn, a.npages) for a in lay.boot_accepts if a.gfn >= GFN_4G or not c.ovmf_prevalidate_below_4g)
+    for (g1, n1), (g2, _) in itertools.pairwise(acc):
+        assert g1 + n1 <= g2
+    for g, n in acc:
+        assert any(r <= g and g + n <= r + m for r, m in ram)
+        assert (g % unit, n % unit) == (0, 0) or (g, n) in c.ram_ranges() or n < 2 * unit
+    high = c.high_pages if c.allow_unaccepted_memory else 0
+    accepted_high = sum(n for g, n in acc if g >= GFN_4G)
+    assert accepted_high + sum(n for _, n in lay.unaccepted) == high
     for g, n in lay.stable_private:
         assert n > 0 and (g + n <= rg or g >= rg + rn)
         assert lay.bss_decrypted.end <= g or g + n <= lay.bss_decrypted.gfn
@@ -450,13 +564,16 @@ def test_boot_conversions_inside_ram_and_consistent(c: LinuxGuestConfig) -> None
     times = [t.time_ns for t in ev]
     assert times == sorted(times)
     view = check_consistent(c, ev)
-    assert len(convs(ev, "ghcb")) == c.vcpus
+    assert len(convs(ev, "ghcb")) == 3 * c.vcpus
     if not c.lazy_accept:
         assert view.pages(PageState.UNACCEPTED) == 0
     assert view.pages(PageState.UNACCEPTED) <= c.high_pages
-    # kexec leaves nothing shared
+    # kexec leaves nothing shared but OVMF's GHCB pages
     check_consistent(c, [Timed(0, k) for k in kexec_events(c, view.shared_ranges())], view)
-    assert view.pages(PageState.SHARED) == 0
+    assert view.pages(PageState.SHARED) == c.vcpus
+    # what the boot accepted is exactly what is no longer unaccepted
+    lay = guest_layout(c)
+    assert view.pages(PageState.UNACCEPTED) == sum(n for _, n in lay.unaccepted)
 
 
 # ---------------------------------------------------------------------------------------------- primitives
@@ -500,10 +617,35 @@ def test_without_allow_unaccepted_memory_ovmf_accepts_everything_at_exit_boot_se
     assert len(every) == 1
     conv = every[0]
     assert (conv.gfn, conv.npages, conv.to_private, conv.huge_ok) == (GFN_4G, c.high_pages, True, True)
-    assert convs(ev, "accept") == []  # the kernel has nothing left to accept, eagerly or lazily
-    # it happens in the firmware phase, right after PEI's pre-validation of low RAM
+    assert convs(ev, "accept") == []  # no unaccepted table: the kernel's accept_memory() has nothing to do
+    assert conv.max_entries == 253 and count_requests(conv) == 5  # 1024 2M entries: 253 * 4, then 12
+    # it is the last firmware conversion, at ExitBootServices, after the GHCB pages and the IoMmu pool release
     order = [t.event.what for t in ev if isinstance(t.event, Conversion)]
-    assert order.index("ovmf-accept-all") == order.index("ovmf-prevalidate") + 1
+    assert order[: 1 + 4 + 17 + 17 + 1] == [
+        "ovmf-prevalidate",
+        *["ovmf-ghcb"] * 4,
+        *["ovmf-iommu"] * 17,
+        *["ovmf-iommu-release"] * 17,
+        "ovmf-accept-all",
+    ]
     view = check_consistent(c, ev)
     assert view.pages(PageState.UNACCEPTED) == 0
     assert not c.accepts_lazily and cfg().accepts_lazily
+
+
+def test_ovmf_ghcb_pages_and_iommu_pool() -> None:
+    lay = guest_layout(cfg())
+    # AmdSevEsInitialize(): mMaxCpuCount * 2 reserved pages at the top of low RAM, every other one a GHCB
+    assert lay.ovmf_ghcb_area == Placement("ovmf-ghcb", 524288 - 8, 8)
+    assert lay.ovmf_ghcbs == (524280, 524282, 524284, 524286)
+    # IoMmuBuffer.c mReservedMemRanges: 4 x 4K, 8 x 32K, 2 x 128K, 1 x 1M, 2 x 2M data pieces, each after a 4K
+    # header, in one AllocatePages() of 1,429 pages right under the GHCB area: [522851, 524280)
+    pieces = lay.ovmf_iommu
+    assert [p.npages for p in pieces] == [1] * 4 + [8] * 8 + [32] * 2 + [256] + [512] * 2
+    assert pieces[0].gfn == 522852 and pieces[-1].end == 524280
+    for a, b in itertools.pairwise(pieces):
+        assert b.gfn == a.end + 1  # the next piece's header page
+    # without the pool, SWIOTLB ends under the GHCB area: floor((524280 - 65536) / 512) * 512 = 458240
+    off = guest_layout(cfg(ovmf_iommu_reserved_pool=False))
+    assert off.ovmf_iommu == () and off.swiotlb.gfn == 458240
+    assert not [c for c in convs(boot_events(cfg(ovmf_iommu_reserved_pool=False))) if c.what.startswith("ovmf-iommu")]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from snpsim.guest.events import Conversion, Protocol
 from snpsim.guest.psc import (
+    SNP_PAGE_STATE_MAX_ENTRY,
     PscEntry,
     build_requests,
     count_requests,
@@ -106,6 +107,24 @@ def test_ghcb_maximum_of_253_entries() -> None:
     conv = Conversion(0, 262144, True, GHCB, huge_ok=True)
     assert sizes(build_requests(conv, max_entries=253)) == [253, 253, 6]
     assert count_requests(conv, 253) == 3
+
+
+def test_a_conversion_carries_its_senders_descriptor_size() -> None:
+    # edk2 SnpPageStateChangeInternal.c: "i < SNP_PAGE_STATE_MAX_ENTRY" entries per VMGEXIT, whatever the caller
+    # (the executor) passes as the guest kernel's default of 64.
+    ovmf = Conversion(0, 600, False, GHCB, huge_ok=False, max_entries=SNP_PAGE_STATE_MAX_ENTRY)
+    assert sizes(build_requests(ovmf, 64)) == [253, 253, 94]
+    assert count_requests(ovmf, 64) == 3
+    assert [sum(r[1] for r in runs) for runs in iter_request_runs(ovmf, 64)] == [253, 253, 94]
+    # OVMF pre-validating 2 GiB from GPA 0 with UseLargeEntry: 1024 2M entries -> ceil(1024 / 253) = 5 VMGEXITs
+    # (253 * 4 = 1012, then 12); Linux would send 1024 / 64 = 16
+    prevalidate = Conversion(0, 524288, True, GHCB, huge_ok=True, max_entries=253)
+    assert count_requests(prevalidate) == 5 and sizes(build_requests(prevalidate)) == [253] * 4 + [12]
+    assert count_requests(Conversion(0, 524288, True, GHCB, huge_ok=True)) == 16
+    # accept-all of 14 GiB above 4 GiB: 7168 2M entries -> ceil(7168 / 253) = 29 (253 * 28 = 7084, then 84)
+    assert count_requests(Conversion(0x100000, 14 * 262144, True, GHCB, True, max_entries=253)) == 29
+    with pytest.raises(ValueError):
+        count_requests(Conversion(0, 1, True, max_entries=254))
 
 
 @pytest.mark.parametrize("bad", [0, 254, -1])

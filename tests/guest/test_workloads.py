@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import snpsim
 from snpsim import ConfigError
 from snpsim.guest.events import Access, Booted, Conversion, Protocol, Timed
 from snpsim.guest.linux import (
@@ -86,16 +87,19 @@ def test_lazy_accept_accepts_the_rest_of_high_ram_in_blocks() -> None:
     # 4 MiB per second, evenly spaced: block k (k >= 1) at BOOT_END + k s.
     ev = list(lazy_accept(c, rng(), 4 * MIB, None, poisson=False))
     acc = conversions(ev)
-    # boot accepted [0, 6M) of high RAM; block 1 -> [6M, 10M), ..., block 511 -> [2046M, 2048M)
-    assert len(acc) == 511
+    # The boot accepted [0, 6M) of high RAM (the ZONE_NORMAL pool's block + guard) and, top-down, the memblock
+    # allocations down to 1552384 = GFN_4G + 503808 (test_linux_boot BOOT4_ACCEPTS); zone->unaccepted_pages holds
+    # blocks 1..491 = [4M, 1968M). accept_memory(block, 4M) + guard: block 1 -> [6M, 10M), ..., block 490 ->
+    # [1962M, 1966M), block 491 = [1964M, 1968M) + guard [1968M, 1970M) (accepted) -> [1966M, 1968M).
+    assert len(acc) == 491
     assert (acc[0].gfn, acc[0].npages) == (GFN_4G + 1536, 1024)
-    assert (acc[-1].gfn, acc[-1].npages) == (GFN_4G + 524288 - 512, 512)
+    assert (acc[-1].gfn, acc[-1].npages) == (GFN_4G + 503808 - 512, 512)
     assert all(a.to_private and a.huge_ok and a.protocol is Protocol.GHCB and a.what == "accept" for a in acc)
     g = GFN_4G + 1536
     for a in acc:
         assert a.gfn == g
         g += a.npages
-    assert g == GFN_4G + 524288
+    assert g == GFN_4G + 503808
     # each conversion is followed, at the same time, by a private access of its 4 MiB block
     for k, i in enumerate(range(0, len(ev), 2), start=1):
         conv, access = ev[i], ev[i + 1]
@@ -186,6 +190,69 @@ def test_pool_bytes_limit() -> None:
         list(swiotlb_dynamic(cfg(), rng(), pool_bytes=8 * MIB))
     with pytest.raises(ValueError):
         list(dma_churn(cfg(), rng(), 0.0))
+    with pytest.raises(ValueError):
+        list(dma_churn(cfg(), rng(), bounce_max_bytes=256 * 1024 + 1))
+    with pytest.raises(ValueError):
+        list(dma_churn(cfg(), rng(), bounce_rate_per_s=-1.0))
+
+
+def bounces(events: Iterable[Timed]) -> list[Access]:
+    return [t.event for t in events if isinstance(t.event, Access) and t.event.what == "swiotlb-bounce"]
+
+
+def test_dma_churn_bounces_through_the_default_pool_in_cursor_order() -> None:
+    c = cfg(1 * GIB, 1)
+    sw = guest_layout(c).swiotlb  # 64 MiB: 32768 slots, one area (1 CPU)
+    # one-page mappings (stride 2, nslots 2): each takes the next page of the area, from the pool's first page
+    ev = list(
+        dma_churn(
+            c, rng(9), 1e-3, BOOT_END_NS + SEC, bounce_rate_per_s=5000.0, bounce_min_bytes=4096, bounce_max_bytes=4096
+        )
+    )
+    b = bounces(ev)
+    assert 4500 <= len(b) <= 5500  # Poisson, 5000 expected
+    assert [(x.gfn, x.npages, x.private, x.write) for x in b] == [(sw.gfn + k, 1, False, True) for k in range(len(b))]
+    assert conversions(ev) == []  # no coherent allocation at 1e-3/s in 1 s (seeded)
+    replay(c, ev, booted_view(c))
+
+
+def test_dma_churn_bounce_areas_follow_the_cpu() -> None:
+    c = cfg()  # 4 vCPUs: 4 areas of the 256 MiB pool, 32768 slots = 16384 pages each
+    sw = guest_layout(c).swiotlb
+    b = bounces(dma_churn(c, rng(10), 1.0, BOOT_END_NS + SEC // 10))
+    assert b and {x.vcpu for x in b} == {0, 1, 2, 3}
+    for x in b:
+        lo = sw.gfn + 16384 * x.vcpu
+        assert lo <= x.gfn and x.gfn + x.npages <= lo + 16384
+    replay(c, list(dma_churn(c, rng(10), 1.0, BOOT_END_NS + SEC // 10)), booted_view(c))
+
+
+def test_swiotlb_dynamic_bounces_through_the_newest_pool() -> None:
+    c = cfg()
+    sw = guest_layout(c).swiotlb
+    ev = list(swiotlb_dynamic(c, rng(5), 50.0, BOOT_END_NS + SEC, max_pools=2, transient_fraction=0.0))
+    pools = [x for x in conversions(ev) if x.what == "swiotlb-dynamic"]
+    assert len(pools) == 2
+    t_pool = [t.time_ns for t in ev if isinstance(t.event, Conversion) and t.event.what == "swiotlb-dynamic"]
+    for t in ev:
+        x = t.event
+        if not (isinstance(x, Access) and x.what == "swiotlb-bounce"):
+            continue
+        # mem->pools is searched from its head; add_mem_pool() puts each new pool there
+        newest = [p for p, tp in zip(pools, t_pool, strict=True) if tp <= t.time_ns]
+        lo, n = (newest[-1].gfn, newest[-1].npages) if newest else (sw.gfn, sw.npages)
+        assert lo <= x.gfn and x.gfn + x.npages <= lo + n
+    replay(c, ev, booted_view(c))
+
+
+def test_transient_pools_are_written() -> None:
+    ev = list(swiotlb_dynamic(cfg(), rng(5), 50.0, BOOT_END_NS + SEC, transient_fraction=1.0, bounce_rate_per_s=0))
+    for i, t in enumerate(ev):
+        x = t.event
+        if isinstance(x, Conversion) and x.what == "swiotlb-transient" and not x.to_private:
+            nxt = ev[i + 1].event
+            assert isinstance(nxt, Access) and (nxt.gfn, nxt.npages, nxt.private) == (x.gfn, x.npages, False)
+    assert not bounces(ev)
 
 
 # -------------------------------------------------------------------------------------------- synthetic streams
@@ -267,10 +334,12 @@ def test_registry_kexec_unshares_everything_then_reboots() -> None:
     last_ghcb = max(i for i, w in enumerate(whats) if w == "kexec-ghcb")
     assert whats.count("kexec-ghcb") == 4
     view = replay(c, ev[: last_ghcb + 1])
-    assert view.pages(PageState.SHARED) == 0
-    # the kexec'd kernel boots again without firmware: a second set of GHCB conversions, no OVMF, no acceptance
-    after = whats[last_ghcb + 1 :]
-    assert after.count("ghcb") == 8 and "ovmf-prevalidate" not in after and "accept" not in after
+    assert view.shared_ranges() == [(g, 1) for g in guest_layout(c).ovmf_ghcbs]  # e820-reserved, left shared
+    # the kexec'd kernel boots again without firmware: a second set of GHCB conversions (3 per CPU), no OVMF,
+    # no acceptance
+    after = [t.event for t in ev[last_ghcb + 1 :] if isinstance(t.event, Conversion)]
+    assert [x.what for x in after].count("ghcb") == 12
+    assert not {"ovmf-prevalidate", "ovmf-ghcb", "accept"} & {x.what for x in after}
     replay(c, ev)
 
 
@@ -308,3 +377,38 @@ def test_registry_params() -> None:
     first = next(t for t in ev if getattr(t.event, "what", "") == "kexec-unshare")
     assert first.time_ns == 2 * SEC
     replay(c, ev)
+
+
+def test_a_dma_churn_run_backs_the_swiotlb_pages_it_touches() -> None:
+    """Through the whole stack (snpsim.run): the bounce slots the guest writes get shared backing.
+
+    A 1 GiB, 1-vCPU guest has a 64 MiB pool (clamp(6 % of 1 GiB, 64 MiB, 1 GiB)) = 32768 slots in one area.
+    One-page mappings take 2 slots each from the area's cursor (stride 2: "if (alloc_size >= PAGE_SIZE)
+    iotlb_align_mask |= ~PAGE_MASK"), so 16384 of them write every one of its 16384 pages once; at 20,000 per
+    second (Poisson) there are ~20,000 in the first second after boot (16384 is 25 standard deviations below),
+    and a 4 s run leaves at least a second after the boot, which the host's costs stretch from 1 s to ~2 s. With
+    4K shared backing (upstream) and nothing else touching shared memory after boot (no coherent allocation at
+    1e-6 per second, no idle touches), the run's shared backing exceeds a plain boot's by exactly 64 MiB.
+    """
+
+    def run(workload: str, params: dict[str, object], prefault: bool = False) -> dict[str, int | float]:
+        vm = {"memory": "1G", "vcpus": 1, "workload": workload, "params": {"touch_rate_per_s": 0, **params}}
+        policy = {"preset": "upstream", "prefault_on_convert": prefault}
+        scenario = {"seed": 3, "policy": policy, "host": {"memory": "4G"}, "vms": [vm], "duration": "4s"}
+        return snpsim.run(scenario).summary
+
+    base = run("linux-boot", {})
+    bounce = {
+        "alloc_rate_per_s": 1e-6,
+        "bounce_rate_per_s": 20000.0,
+        "bounce_min_bytes": 4096,
+        "bounce_max_bytes": 4096,
+    }
+    churn = run("dma-churn", bounce)
+    assert churn["shared_bytes"] - base["shared_bytes"] == 64 * MIB
+    assert churn["to_shared_count"] == base["to_shared_count"]  # no conversion: the pool was shared at boot
+    # QEMU's pre-fault on page-state changes (4cdc489eb9c2: KVM_PRE_FAULT_MEMORY "for the size of the page state
+    # change", to shared too) backs the whole pool when the guest shares it at boot: the bounces add nothing
+    with_prefault = run("linux-boot", {}, prefault=True)
+    assert with_prefault["shared_bytes"] >= 64 * MIB
+    assert run("dma-churn", bounce, prefault=True)["shared_bytes"] == with_prefault["shared_bytes"]

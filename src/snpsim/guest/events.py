@@ -24,7 +24,9 @@ class Conversion:
     PSC entries (and 2M PVALIDATE) where the GFN is 2M-aligned with at least 2M left; vmalloc'ed ranges are 4K.
     ``validate``: for a to-private conversion, the guest PVALIDATEs the pages afterwards (always true for Linux;
     false only for conversions the guest does not use, kept for traces). ``what`` names the guest object
-    (``"ghcb"``, ``"swiotlb"`` ...), for reports.
+    (``"ghcb"``, ``"swiotlb"`` ...), for reports. ``max_entries``: PSC entries per GHCB descriptor of the code that
+    sends it - ``None`` for the guest kernel's own (Linux ``VMGEXIT_PSC_MAX_ENTRY`` = 64, the executor's default),
+    253 for OVMF (edk2 ``SNP_PAGE_STATE_MAX_ENTRY``); see :mod:`snpsim.guest.psc`.
     """
 
     gfn: int
@@ -35,6 +37,7 @@ class Conversion:
     what: str = ""
     vcpu: int = 0
     validate: bool = True
+    max_entries: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

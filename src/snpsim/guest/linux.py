@@ -1,17 +1,17 @@
-"""A Linux SNP guest on QEMU q35 + OVMF: its RAM map, where its shared objects live, and its boot conversions.
+"""A Linux SNP guest on QEMU q35 + OVMF: its RAM map, where its boot-time objects live, and its boot conversions.
 
 Models the guest side of ``shared/reference/guest-workloads.md`` §2 (catalogue of guest conversion events, rows
 #1-#14 cited by number below) plus the OVMF notes of that section: the Linux guest kernel
-(``arch/x86/coco/sev/core.c``, ``arch/x86/mm/mem_encrypt*.c``, ``kernel/dma/{swiotlb,pool,direct}.c``,
-``arch/x86/kernel/kvmclock.c``, ``drivers/firmware/efi/unaccepted_memory.c``) and the firmware (edk2 OVMF SNP
-pre-validation), on a QEMU q35 machine.
+(``arch/x86/coco/sev/core.c``, ``arch/x86/mm/mem_encrypt_amd.c``, ``kernel/dma/{swiotlb,pool,direct}.c``,
+``arch/x86/kernel/kvmclock.c``, ``mm/memblock.c``, ``drivers/firmware/efi/unaccepted_memory.c``) and the firmware
+(edk2 OVMF: SNP pre-validation, its GHCB pages, its IoMmu shared pool, accept-all), on a QEMU q35 machine.
 
 What it produces:
 
 * :class:`LinuxGuestConfig` - the guest (RAM, vCPUs, devices) plus every modelling assumption as a named,
   documented field; the reference's [I] (inferred) and [?] (not found) items are fields with their default;
-* :func:`guest_layout` - deterministic guest-physical placement of every object the guest shares
-  (:class:`GuestPhysAllocator`, :class:`GuestLayout`);
+* :func:`guest_layout` - deterministic guest-physical placement of every boot object and of every acceptance the
+  boot does (:class:`GuestLayout`, built on :mod:`snpsim.guest.memblock`);
 * :func:`boot_events` - the boot sequence as timed :class:`~snpsim.guest.events.Conversion` and
   :class:`~snpsim.guest.events.Access` events (rows #1-#5, #7, #8a, #10, #12, #13, OVMF);
 * :func:`kexec_events` - row #14, every shared range back to private before kexec;
@@ -22,21 +22,65 @@ RAM map (QEMU ``pc_q35_init``): RAM below 4 GiB is all of it if the guest has le
 else 2 GiB; the rest is mapped from GPA 4 GiB. GFNs in ``[lowmem, 4 GiB)`` are not RAM (PCI hole) and no event
 ever covers them. Zones (x86-64): ZONE_DMA ``[0, 16 MiB)``, ZONE_DMA32 ``[16 MiB, 4 GiB)``, ZONE_NORMAL above.
 
-Placement assumptions (all [I], ours; the real kernel's choices depend on history that the model does not have):
+The boot, in the order the code runs it (``start_kernel()`` in ``init/main.c``), and where its memory comes from:
 
-* the first 1 MiB is reserved (x86 ``setup_arch`` always reserves it) and never allocated;
-* the kernel image is loaded at ``kernel_load_bytes`` (CONFIG_PHYSICAL_START = 16 MiB, no KASLR) and is
-  ``kernel_image_bytes`` long; ``.bss..decrypted`` is its last 2 MiB (``BSS_DECRYPTED`` sits at the end of
-  ``.bss``, PMD-aligned and padded to PMD_SIZE; LDS);
-* memblock allocations (per-CPU GHCB runtime data, per-CPU areas, SWIOTLB) are taken top-down from the top of
-  *low* RAM (the real memblock takes the top of the node, i.e. high RAM on big guests, accepting what it takes);
-  SWIOTLB 2M-aligned if ``swiotlb_2m_aligned`` (memblock itself aligns it only to 4K: row #5);
-* page-allocator allocations at boot (kvmclock, vrings, attestation pages) are taken top-down from low RAM,
-  naturally aligned to their power-of-two order like the buddy allocator; the atomic pools are in their zone: DMA
-  below 16 MiB, DMA32 below 4 GiB, NORMAL at the start of high RAM (the lowest unaccepted block is the first one
-  the zone accepts: ``zone->unaccepted_pages`` is in ascending order);
-* ``sizeof(struct sev_es_runtime_data)`` = two GHCB pages + 16 bytes, so a PAGE_SIZE-aligned memblock allocation
-  spans 3 pages per CPU; the first page is the GHCB that becomes shared, the backup GHCB stays private.
+1. **OVMF** (firmware phase): PEI pre-validates all RAM below 4 GiB (``AmdSevSnpInitialize()``, before the GHCB
+   pages are shared: "the system RAM must be validated before it is made shared"), then ``AmdSevEsInitialize()``
+   reserves ``mMaxCpuCount * 2`` pages and makes every other one (the GHCB) shared; DXE's IoMmu makes the data part
+   of each piece of its reserved pool shared (``IoMmuInitReservedSharedMem()``: 4x4K, 8x32K, 2x128K, 1x1M, 2x2M,
+   each after a private 4K header); at ExitBootServices it re-encrypts them (``IoMmuReleaseReservedSharedMem()``)
+   and, without ``AllowUnacceptedMemory()``, accepts all remaining RAM. Every OVMF conversion is sent with edk2's
+   253-entry descriptors (``Conversion.max_entries``; :mod:`snpsim.guest.psc`). [I-model] OVMF's allocations are
+   at the top of low RAM (PEI and DXE memory), the GHCB area topmost; Linux sees the GHCB area as e820-reserved
+   (never used, never unshared at kexec) and the pool as boot-services memory (reserved during boot).
+2. **EFI stub**: ``process_unaccepted_memory()`` records high RAM in the unaccepted bitmap (unaligned heads and
+   tails, and ranges under two units, are accepted up front; on q35 with 2 MiB units there are none).
+3. **setup_arch()**: memblock allocates top-down from the top of the node - the top of high RAM when there is
+   any - and ``memblock_alloc_range_nid()`` accepts what it hands out (``accept_memory(found, size)``): the
+   2 MiB that ``memory_map_top_down()`` probes and frees (``memblock_phys_alloc_range(PMD_SIZE, PMD_SIZE, ...)``),
+   NODE_DATA (``node_data_bytes``), the memmap (64 B per 4K page in 2 MiB per 128 MiB section, 2 MiB-aligned) and
+   the vmemmap page tables.
+4. **setup_per_cpu_areas()**: the embedded first chunk, ``nr_units * unit_size`` aligned to 2 MiB (the unused tail
+   of every unit is given back); each CPU's ``.data..percpu..decrypted`` pages are the last pages of its static
+   area (the section is the last one of ``PERCPU_INPUT``, page-aligned at both ends).
+5. **smp_prepare_boot_cpu()** -> ``sev_map_percpu_data()`` (row #3), then **vfs_caches_init_early()** (the dentry
+   and inode hash tables, ``HASH_EARLY``: memblock), then **trap_init()** -> ``sev_es_init_vc_handling()`` (row #1:
+   per CPU ``memblock_alloc(sizeof(struct sev_es_runtime_data))`` = 3 pages, then ``init_ghcb()``). Rows #1 and
+   #3 use ``early_set_memory_decrypted()``: per 4K page, ``__set_clr_pte_enc()`` -> ``sme_early_decrypt()`` ->
+   ``__sme_early_enc_dec()`` copies through ``sme_early_buffer`` (read through the encrypted mapping, then
+   ``snp_memcpy(decrypt=true)``: ``early_snp_set_memory_shared()``, write through the decrypted mapping,
+   ``early_snp_set_memory_private()``), then ``early_snp_set_memory_shared()`` before the PTE changes: three
+   MSR-protocol PSCs, with PVALIDATE rescind / validate / rescind (``early_set_pages_state()``). Splitting the
+   direct map for it (``kernel_physical_mapping_change()``) takes a 4K page-table page from memblock per newly
+   split 2 MiB region. These two are the mainline callers of ``early_set_memory_decrypted()``
+   (``init_ghcb()``; ``__set_percpu_decrypted()`` for apf_reason, steal_time and kvm_apic_eoi, which share one
+   page: the second and third calls find the PTE decrypted already and do nothing); the restricted-injection
+   series' #HV doorbell page would be a third. ``.bss..decrypted`` (row #2) calls
+   ``early_snp_set_memory_shared()`` directly: one PSC per page, no copy.
+6. **mm_core_init()**: SWIOTLB (``memblock_alloc_low``: below 4 GiB, top-down; row #5) and its slot array
+   (``memblock_alloc``: top of the node), then ``memblock_free_all()``: whole free MAX_PAGE_ORDER blocks with
+   unaccepted memory go on ``zone->unaccepted_pages`` (ascending), smaller free chunks are accepted; with
+   ``accept_memory=eager`` every block is accepted here instead.
+7. Page-allocator allocations (kvmclock, atomic pools, vrings, attestation): [I-model] taken top-down from low RAM
+   (the real buddy allocator serves GFP_KERNEL from ZONE_NORMAL first; that would move these few pages, not
+   change their conversions), naturally aligned to their order; the atomic pools are in their zone: DMA below
+   16 MiB, DMA32 below 4 GiB, NORMAL in the first block of ``zone->unaccepted_pages``, which it accepts
+   (``cond_accept_memory()`` -> ``try_to_accept_memory_one()``). [I-model] The kernel's own page allocations
+   between ``mm_core_init()`` and then (slab, page tables, stacks) are assumed to have used up the accepted free
+   fragments, so nothing else is accepted at boot.
+
+So a 16 GiB, 4-vCPU guest accepts 296 MiB of high RAM during memblock (2 MiB probe, 256 MiB memmap, 2 MiB per-CPU
+chunk, 16 MiB dentry and 8 MiB inode hash, 12 MiB SWIOTLB slot array) and 6 MiB more for the ZONE_NORMAL pool.
+
+Other assumptions (all [I], ours): the first 1 MiB is reserved (x86 ``setup_arch`` always reserves it); the kernel
+image is loaded at ``kernel_load_bytes`` (CONFIG_PHYSICAL_START = 16 MiB, no KASLR) and is ``kernel_image_bytes``
+long; ``.bss..decrypted`` is its last 2 MiB (``BSS_DECRYPTED`` sits at the end of ``.bss``, PMD-aligned and padded
+to PMD_SIZE; LDS); the direct map of the regions early_set_memory_decrypted() splits is 2 MiB-mapped (1G -> 2M
+splits, one PMD page each, are not counted: they too would sit in the top 2 MiB, already accepted); smaller
+memblock users (mem_section roots, usemaps, the SWIOTLB area array, log buffer, KFENCE pool, ACPI tables) are
+not modelled - they fit in memory that is accepted anyway, except config-dependent ones like KFENCE's 2 MiB pool,
+which would add its 2 MiB. SWIOTLB is 2M-aligned if ``swiotlb_2m_aligned`` (memblock itself aligns it only to 4K:
+row #5).
 
 Timing assumption: boot is a fixed sequence of phases at fixed offsets (``BOOT_PHASES_NS``, ~1 s in total,
 ``BOOT_END_NS``); inside a phase consecutive events are ``boot_event_gap_ns`` apart, and a phase never starts
@@ -48,20 +92,38 @@ model's business.
 from __future__ import annotations
 
 import functools
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import IntEnum
+from typing import NamedTuple
 
 from snpsim.errors import ConfigError
 from snpsim.guest.events import Access, Conversion, Protocol, Timed
+from snpsim.guest.memblock import (
+    HASH_BUCKET_BYTES,
+    SECTION_MAP_PAGES,
+    AllocationError,
+    GuestPhysAllocator,
+    IntervalMap,
+    Placement,
+    UnacceptedMemory,
+    alloc_large_system_hash_pages,
+    free_to_buddy,
+    pcpu_build_alloc_info,
+    present_sections,
+    vmemmap_pgtable_pages,
+)
+from snpsim.guest.psc import SNP_PAGE_STATE_MAX_ENTRY
+from snpsim.guest.swiotlb import IO_TLB_SEGSIZE, IO_TLB_SIZE
 from snpsim.units import parse_size
 
 __all__ = [
     "BOOT_END_NS",
     "BOOT_PHASES_NS",
     "FOUR_GIB_GFN",
+    "IOMMU_RESERVED_MEM_RANGES",
     "AllocationError",
+    "BootAccept",
     "GuestLayout",
     "GuestMemoryView",
     "GuestPhysAllocator",
@@ -69,7 +131,6 @@ __all__ = [
     "LinuxGuestConfig",
     "PageState",
     "Placement",
-    "accept_block",
     "atomic_pool_bytes",
     "atomic_pool_zones",
     "boot_end_ns",
@@ -78,6 +139,7 @@ __all__ = [
     "kexec_events",
     "kvmclock_pages",
     "swiotlb_bytes",
+    "swiotlb_nareas",
 ]
 
 PAGE_SHIFT = 12
@@ -92,27 +154,51 @@ FOUR_GIB_GFN = (4 * GIB) >> PAGE_SHIFT
 #: q35: guests with at least this much RAM get only 2 GiB below 4 GiB (``pc_q35_init``).
 Q35_LOWMEM_THRESHOLD = 0xB000_0000
 Q35_LOWMEM_LARGE = 0x8000_0000
-#: End of ZONE_DMA (16 MiB) as a GFN.
+#: End of ZONE_DMA (16 MiB) as a GFN; also ``__pa(MAX_DMA_ADDRESS)``, the goal of memmap and per-CPU allocations.
 ZONE_DMA_END_GFN = (16 * MIB) >> PAGE_SHIFT
 #: x86 reserves the first 1 MiB of RAM (``setup_arch``); nothing is allocated there.
 LOW_RESERVED_PAGES = MIB >> PAGE_SHIFT
-#: Pages of ``struct sev_es_runtime_data`` per CPU (2 GHCBs + 16 bytes, PAGE_SIZE-aligned memblock allocation).
+#: ``ISA_END_ADDRESS``: ``memory_map_top_down(ISA_END_ADDRESS, end)``.
+ISA_END_GFN = MIB >> PAGE_SHIFT
+#: ``sizeof(struct sev_es_runtime_data)``: two GHCB pages and a few flags, PAGE_SIZE-aligned (``ghcb_page``
+#: ``__aligned(PAGE_SIZE)``), so 3 pages; the first page is the GHCB that becomes shared, the backup stays private.
 GHCB_RUNTIME_DATA_PAGES = 3
 #: ``.bss..decrypted`` is PMD-aligned and padded to PMD_SIZE (row #2).
 BSS_DECRYPTED_PAGES = PAGES_PER_2M
 #: kvmclock: ``HVC_BOOT_ARRAY_SIZE`` = PAGE_SIZE / sizeof(struct pvclock_vsyscall_time_info) = 4096 / 64 (row #4).
 HVC_BOOT_ARRAY_SIZE = 64
 PVCLOCK_VSYSCALL_TIME_INFO_BYTES = 64
-#: SWIOTLB (row #5): IO_TLB_DEFAULT_SIZE, slab size (IO_TLB_SIZE), slabs per segment (IO_TLB_SEGSIZE),
+#: SWIOTLB (row #5): IO_TLB_DEFAULT_SIZE bounds (slab size and slabs per segment: :mod:`snpsim.guest.swiotlb`),
 #: and the smallest pool ``swiotlb_init_remap()`` still tries when halving on allocation failure (IO_TLB_MIN_SLABS).
 SWIOTLB_MIN_BYTES = 64 * MIB
 SWIOTLB_MAX_BYTES = 1 * GIB
-IO_TLB_SIZE = 2 * KIB
-IO_TLB_SEGSIZE = 128
 IO_TLB_MIN_BYTES = 1 * MIB
+#: ``sizeof(struct io_tlb_slot)`` (orig_addr, alloc_size, list/pad_slots: 8 + 8 + 4, padded to 8) - the
+#: ``mem->slots`` array ``swiotlb_init_remap()`` takes with ``memblock_alloc()``, one per 2 KiB slab.
+IO_TLB_SLOT_BYTES = 24
 #: DMA atomic pools (row #7): SZ_128K per SZ_1G of RAM, at least 128 KiB, at most MAX_ORDER_NR_PAGES (4 MiB).
 ATOMIC_POOL_MIN_BYTES = 128 * KIB
 MAX_ORDER_NR_PAGES = 1024
+#: x86-64 ``setup_per_cpu_areas()``: ``pcpu_embed_first_chunk(PERCPU_FIRST_CHUNK_RESERVE, dyn_size, PMD_SIZE, ...)``
+#: with PERCPU_MODULE_RESERVE = 8 KiB reserved and PERCPU_DYNAMIC_RESERVE = 28 KiB dynamic (dmesg "r8192 d28672").
+PERCPU_MODULE_RESERVE = 8 * KIB
+PERCPU_DYNAMIC_RESERVE = 28 * KIB
+PERCPU_ATOM_BYTES = 2 * MIB
+#: ``dcache_init_early()`` / ``inode_init_early()``: ``alloc_large_system_hash(..., scale 13 / 14, HASH_EARLY)``.
+DHASH_SCALE = 13
+IHASH_SCALE = 14
+#: edk2 ``OvmfPkg/IoMmuDxe/IoMmuBuffer.c`` ``mReservedMemRanges``: (data bytes, slots), each piece a 4K private
+#: header then its data, all in one ``AllocatePages()``.
+IOMMU_RESERVED_MEM_RANGES: tuple[tuple[int, int], ...] = (
+    (4 * KIB, 4),
+    (32 * KIB, 8),
+    (128 * KIB, 2),
+    (MIB, 1),
+    (2 * MIB, 2),
+)
+IOMMU_HEADER_PAGES = 1
+#: 4 * (1 + 1) + 8 * (1 + 8) + 2 * (1 + 32) + (1 + 256) + 2 * (1 + 512) = 1,429 pages (5,716 KiB).
+IOMMU_POOL_PAGES = sum((IOMMU_HEADER_PAGES + (b >> PAGE_SHIFT)) * n for b, n in IOMMU_RESERVED_MEM_RANGES)
 #: Largest guest accepted by :meth:`LinuxGuestConfig.validate` (16 TiB) and KVM_MAX_VCPUS on x86.
 MAX_MEMORY_BYTES = 16 << 40
 MAX_VCPUS = 4096
@@ -120,11 +206,13 @@ MIN_MEMORY_BYTES = 64 * MIB
 
 #: Boot phases and their offsets from the VM's start (ns). See the module docstring (timing assumption).
 BOOT_PHASES_NS: dict[str, int] = {
-    "firmware": 0,  # OVMF PEI pre-validates low RAM (row #13 / OVMF notes)
+    "firmware": 0,  # OVMF: pre-validation, GHCB pages, IoMmu pool; EFI stub; ExitBootServices (row #13, OVMF)
     "kernel-entry": 100_000_000,  # __startup_64 -> sme_postprocess_startup: .bss..decrypted shared (row #2)
-    "ghcb": 110_000_000,  # sev_es_init_vc_handling: per-CPU GHCBs (row #1)
-    "percpu": 120_000_000,  # smp_prepare_boot_cpu -> sev_map_percpu_data (row #3)
-    "mm-init": 150_000_000,  # mm_core_init -> memblock_free_all: accept_memory=eager acceptance (row #12)
+    "setup-arch": 105_000_000,  # memory_map_top_down probe, NODE_DATA, sparse_init (memmap), vmemmap tables
+    "percpu": 110_000_000,  # setup_per_cpu_areas; smp_prepare_boot_cpu -> sev_map_percpu_data (row #3)
+    "vfs-caches": 115_000_000,  # vfs_caches_init_early: dentry and inode hash tables
+    "ghcb": 120_000_000,  # trap_init -> sev_es_init_vc_handling: per-CPU GHCBs (row #1)
+    "mm-init": 150_000_000,  # mm_core_init: swiotlb_init, memblock_free_all (row #12: eager acceptance)
     "swiotlb": 300_000_000,  # mem_encrypt_init -> swiotlb_update_mem_attributes (row #5)
     "early-initcall": 350_000_000,  # kvm_setup_vsyscall_timeinfo (row #4)
     "postcore-initcall": 400_000_000,  # dma_atomic_pool_init (row #7)
@@ -164,8 +252,9 @@ class LinuxGuestConfig:
     #: Possible vCPUs (``num_possible_cpus()``; QEMU ``-smp``).
     vcpus: int
     #: ``accept_memory=lazy`` (the default since the EFI stub calls AllowUnacceptedMemory with
-    #: CONFIG_UNACCEPTED_MEMORY=y): RAM above 4 GiB stays unaccepted and is accepted by workloads later (row #12).
-    #: False = ``accept_memory=eager``: all of it is accepted at boot in ``accept_unit_bytes`` blocks.
+    #: CONFIG_UNACCEPTED_MEMORY=y): RAM above 4 GiB stays unaccepted except what the boot's memblock allocations
+    #: and the ZONE_NORMAL atomic pool take; the rest is accepted by workloads later (row #12). False =
+    #: ``accept_memory=eager``: ``memblock_free_all()`` accepts all of it in ``accept_unit_bytes`` blocks.
     lazy_accept: bool = True
     #: The EFI stub calls OVMF's ``AllowUnacceptedMemory()`` (Linux with CONFIG_UNACCEPTED_MEMORY=y). False: a
     #: guest without unaccepted-memory support, so OVMF accepts all remaining RAM at ExitBootServices (full
@@ -179,10 +268,23 @@ class LinuxGuestConfig:
     bss_decrypted_used_pages: int = 3
     #: [I] 4K pages of ``.data..percpu..decrypted`` per CPU (apf_reason, steal_time, kvm_apic_eoi: >= 1) (row #3).
     percpu_decrypted_pages: int = 1
-    #: How the row #3 pages are made shared. ``sev_map_percpu_data()`` -> ``early_set_memory_decrypted()`` ->
-    #: ``__set_clr_pte_enc()`` -> ``early_snp_set_memory_shared()`` -> ``early_set_pages_state()``, which is the
-    #: MSR protocol (one request per page), like row #1. Set ``Protocol.GHCB`` to model a descriptor instead.
+    #: How the row #3 pages are made shared. ``Protocol.MSR``: as Linux does, ``sev_map_percpu_data()`` ->
+    #: ``early_set_memory_decrypted()``: three MSR-protocol PSCs per page (shared, private, shared; see the module
+    #: docstring), like row #1. ``Protocol.GHCB`` [what-if]: one ``set_memory_decrypted()``-style GHCB
+    #: descriptor per CPU instead.
     percpu_decrypted_protocol: Protocol = Protocol.MSR
+    #: [I] ``__per_cpu_end - __per_cpu_start`` of the kernel (config-dependent): 212,992 B in a KVM guest's dmesg
+    #: "percpu: Embedded 61 pages/cpu s212992 r8192 d28672 u2097152"; a multiple of 4 KiB (the decrypted section
+    #: that ends it is page-aligned). With 4 CPUs: 61-page units, 4 per 2 MiB allocation (``pcpu_build_alloc_info``).
+    percpu_static_bytes: int = 212_992
+    #: [I] ``sizeof(pg_data_t)`` rounded to a page, NODE_DATA(0) (``alloc_node_data()``, memblock, top of the node):
+    #: its two zonelists alone are 2 * (MAX_NUMNODES * MAX_NR_ZONES + 1) * 16 B = 160 KiB with MAX_NUMNODES = 1024.
+    #: Only its presence matters: it sits in the 2 MiB the direct-map setup accepted, and pushes the memmap below.
+    node_data_bytes: int = 176 * KIB
+    #: OVMF's IoMmu reserved shared pool (``IoMmuInitReservedSharedMem()``, 17 pieces, 5,716 KiB with headers):
+    #: shared in DXE, touched by the boot loader's DMA, re-encrypted at ExitBootServices. False: a firmware
+    #: without it.
+    ovmf_iommu_reserved_pool: bool = True
     #: virtio-net virtqueues (rx, tx, ctrl; one queue pair unless ``mq``) (row #8b).
     net_queues: int = 3
     #: virtio-blk virtqueues; None = one per vCPU (QEMU virtio-blk-pci ``num-queues`` auto) (row #8b).
@@ -197,11 +299,12 @@ class LinuxGuestConfig:
     #: [I] ``swiotlb_adjust_nareas(num_possible_cpus())`` rounds the slab count up to a power of two (and to at
     #: least IO_TLB_SEGSIZE slabs per area): 4 GiB -> 256 MiB instead of 245.76 MiB (row #5).
     swiotlb_round_pow2: bool = True
-    #: Lazy-acceptance block: MAX_PAGE_ORDER pages = 4 MiB taken from ``zone->unaccepted_pages`` (row #12).
+    #: MAX_PAGE_ORDER block (4 MiB): what ``memblock_free_all()`` puts on ``zone->unaccepted_pages`` and
+    #: ``try_to_accept_memory_one()`` accepts at a time (row #12).
     accept_unit_bytes: int = 4 * MIB
     #: EFI unaccepted-memory bitmap unit (``unit_size`` = 2 MiB) (rows #12, #13).
     accept_bitmap_unit_bytes: int = 2 * MIB
-    #: [I] ``accept_memory()`` also accepts the next bitmap unit when the range ends unit-aligned (guard for
+    #: ``accept_memory()`` also accepts the next bitmap unit when the range ends unit-aligned (guard for
     #: load_unaligned_zeropad), so the first 4 MiB block accepts 6 MiB and later ones are shifted by 2 MiB (row #12).
     accept_guard_unit: bool = True
     #: [I-model] physical load address of the kernel (CONFIG_PHYSICAL_START, KASLR off); 2M-aligned.
@@ -274,11 +377,18 @@ class LinuxGuestConfig:
             "ovmf_prevalidate_below_4g",
             "swiotlb_2m_aligned",
             "swiotlb_round_pow2",
+            "ovmf_iommu_reserved_pool",
         ):
             need_bool(name)
         need_bool("accept_guard_unit")
         need_int("bss_decrypted_used_pages", 1, BSS_DECRYPTED_PAGES)
         need_int("percpu_decrypted_pages", 0, 64)
+        static = need_int("percpu_static_bytes", PAGE_SIZE, 64 * MIB)
+        if static % PAGE_SIZE or static < self.percpu_decrypted_pages * PAGE_SIZE:
+            raise ConfigError(
+                "percpu_static_bytes", f"must be a multiple of 4 KiB holding percpu_decrypted_pages, got {static}"
+            )
+        need_int("node_data_bytes", PAGE_SIZE, 64 * MIB)
         if not isinstance(self.percpu_decrypted_protocol, Protocol):
             bad = self.percpu_decrypted_protocol
             raise ConfigError("percpu_decrypted_protocol", f"expected msr or ghcb, got {bad!r}")
@@ -355,8 +465,8 @@ class LinuxGuestConfig:
         return self.accept_unit_bytes >> PAGE_SHIFT
 
     @property
-    def accept_guard_pages(self) -> int:
-        return (self.accept_bitmap_unit_bytes >> PAGE_SHIFT) if self.accept_guard_unit else 0
+    def accept_bitmap_unit_pages(self) -> int:
+        return self.accept_bitmap_unit_bytes >> PAGE_SHIFT
 
 
 # ------------------------------------------------------------------------------------------------------ sizes
@@ -375,6 +485,13 @@ def swiotlb_bytes(cfg: LinuxGuestConfig) -> int:
     if cfg.swiotlb_round_pow2:
         nslabs = _next_pow2(max(nslabs, IO_TLB_SEGSIZE * _next_pow2(cfg.vcpus)))
     return nslabs * IO_TLB_SIZE
+
+
+def swiotlb_nareas(cpus: int, nslabs: int) -> int:
+    """Areas of a SWIOTLB pool: ``swiotlb_adjust_nareas(num_possible_cpus())`` rounds the CPUs up to a power of
+    two; ``limit_nareas()`` keeps at least IO_TLB_SEGSIZE slabs per area (``kernel/dma/swiotlb.c``)."""
+    nareas = _next_pow2(cpus)
+    return nslabs // IO_TLB_SEGSIZE if nslabs < nareas * IO_TLB_SEGSIZE else nareas
 
 
 def atomic_pool_bytes(cfg: LinuxGuestConfig) -> int:
@@ -407,144 +524,61 @@ def kvmclock_pages(cfg: LinuxGuestConfig) -> int:
     return _next_pow2(-(-nbytes // PAGE_SIZE))
 
 
-def accept_block(range_pages: int, prefix: int, block: int, unit_pages: int, guard_pages: int) -> tuple[int, int]:
-    """Accept block ``block`` of a RAM range whose first ``prefix`` pages are already accepted.
-
-    Returns ``(start, end)`` (offsets in the range; ``start == end`` when nothing is left to accept); the new
-    prefix is ``end`` (or ``prefix`` if nothing). ``accept_memory(start, size)`` (unaccepted_memory.c) accepts the
-    bitmap units in ``[block start, block end + guard)`` that are still unaccepted; acceptance here is always
-    ascending, so the accepted part of a range is a prefix and the conversion is ``[prefix, end)``.
-    """
-    end = min(range_pages, (block + 1) * unit_pages + guard_pages)
-    if end <= prefix:
-        return prefix, prefix
-    return prefix, end
-
-
 # -------------------------------------------------------------------------------------------------- placement
 
 
-class AllocationError(MemoryError):
-    """No free range satisfies an allocation."""
+class BootAccept(NamedTuple):
+    """One ``arch_accept_memory()`` the boot does: ``[gfn, gfn + npages)`` in phase ``phase`` (a key of
+    ``BOOT_PHASES_NS``), on behalf of CPU ``cpu``'s per-CPU setup (-1: not per CPU)."""
 
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """A guest object at GFNs ``[gfn, gfn + npages)``."""
-
-    what: str
+    phase: str
+    cpu: int
     gfn: int
     npages: int
-
-    @property
-    def end(self) -> int:
-        return self.gfn + self.npages
-
-
-class GuestPhysAllocator:
-    """Deterministic guest-physical allocator over RAM ranges (a stand-in for memblock and the buddy allocator).
-
-    ``alloc`` takes the highest (``top_down``, memblock's default) or lowest fitting, ``align``-aligned range
-    inside ``[lo, hi)``; ``reserve`` takes a fixed range; ``free`` gives a range back. Free space is a sorted list
-    of disjoint ``[start, end)`` ranges, so allocations can never overlap and never leave RAM.
-    """
-
-    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
-        free: list[tuple[int, int]] = []
-        for gfn, n in sorted(ranges):
-            if n <= 0:
-                continue
-            if free and gfn <= free[-1][1]:
-                free[-1] = (free[-1][0], max(free[-1][1], gfn + n))
-            else:
-                free.append((gfn, gfn + n))
-        self._free = free
-        self.placements: list[Placement] = []
-
-    def free_ranges(self) -> list[tuple[int, int]]:
-        """Free space as ``(gfn, npages)``, ascending."""
-        return [(s, e - s) for s, e in self._free]
-
-    def free_pages(self) -> int:
-        return sum(e - s for s, e in self._free)
-
-    def _carve(self, index: int, start: int, end: int) -> None:
-        s, e = self._free[index]
-        pieces = [(a, b) for a, b in ((s, start), (end, e)) if b > a]
-        self._free[index : index + 1] = pieces
-
-    def reserve(self, what: str, gfn: int, npages: int) -> Placement:
-        """Take exactly ``[gfn, gfn + npages)``; it must be free."""
-        if npages <= 0:
-            raise ValueError(f"{what}: npages must be > 0")
-        i = bisect_right(self._free, (gfn, float("inf"))) - 1
-        if i < 0 or self._free[i][1] < gfn + npages:
-            raise AllocationError(f"{what}: [{gfn:#x}, {gfn + npages:#x}) is not free RAM")
-        self._carve(i, gfn, gfn + npages)
-        p = Placement(what, gfn, npages)
-        self.placements.append(p)
-        return p
-
-    def alloc(
-        self, what: str, npages: int, *, align: int = 1, lo: int = 0, hi: int | None = None, top_down: bool = True
-    ) -> Placement:
-        """Take ``npages`` aligned to ``align`` pages inside ``[lo, hi)``; raise :class:`AllocationError`."""
-        if npages <= 0 or align <= 0:
-            raise ValueError(f"{what}: npages and align must be > 0")
-        limit = hi if hi is not None else 1 << 62
-        order = range(len(self._free) - 1, -1, -1) if top_down else range(len(self._free))
-        for i in order:
-            s, e = self._free[i]
-            s, e = max(s, lo), min(e, limit)
-            if e - s < npages:
-                continue
-            start = (e - npages) // align * align if top_down else _round_up(s, align)
-            if start >= s and start + npages <= e:
-                self._carve(i, start, start + npages)
-                p = Placement(what, start, npages)
-                self.placements.append(p)
-                return p
-        raise AllocationError(f"{what}: no free {npages}-page range aligned to {align} in [{lo:#x}, {limit:#x})")
-
-    def free(self, gfn: int, npages: int) -> None:
-        """Give ``[gfn, gfn + npages)`` back (it must be allocated); merges with free neighbours."""
-        start, end = gfn, gfn + npages
-        i = bisect_left(self._free, (start, start))
-        if (i > 0 and self._free[i - 1][1] > start) or (i < len(self._free) and self._free[i][0] < end):
-            raise ValueError(f"free of [{start:#x}, {end:#x}) overlaps free space")
-        if i > 0 and self._free[i - 1][1] == start:
-            i -= 1
-            start = self._free[i][0]
-            del self._free[i]
-        if i < len(self._free) and self._free[i][0] == end:
-            end = self._free[i][1]
-            del self._free[i]
-        self._free.insert(i, (start, end))
 
 
 @dataclass(frozen=True)
 class GuestLayout:
-    """Where the guest's boot-time objects are (see the module docstring for the placement assumptions).
+    """Where the guest's boot-time objects are, and what the boot accepts (see the module docstring).
 
-    ``allocations`` are the disjoint top-level allocations; the other fields name objects, some nested inside an
-    allocation (a GHCB page inside its runtime data, ``.bss..decrypted`` inside the kernel image).
+    ``allocations`` are the disjoint boot allocations still held at the end of boot; the other fields name
+    objects, some nested inside an allocation (a GHCB page inside its runtime data, ``.bss..decrypted`` inside the
+    kernel image, a CPU's decrypted page inside its per-CPU unit).
     """
 
     ram: tuple[tuple[int, int], ...]
     allocations: tuple[Placement, ...]
     kernel_image: Placement
     bss_decrypted: Placement
-    #: GHCB page of each CPU (first page of its 3-page ``sev_es_runtime_data``).
+    #: OVMF's ``mMaxCpuCount * 2`` reserved pages (e820-reserved for Linux) and the GHCB page of each CPU in it.
+    ovmf_ghcb_area: Placement
+    ovmf_ghcbs: tuple[int, ...]
+    #: The shared data part of each piece of OVMF's IoMmu reserved pool (empty without the pool).
+    ovmf_iommu: tuple[Placement, ...]
+    node_data: Placement
+    #: The memmap buffer (``sparse_buffer_init()``): 2 MiB per present 128 MiB section.
+    memmap: Placement
+    #: The per-CPU first chunk as allocated (``nr_units * unit_size``; each unit's tail was given back).
+    percpu_area: Placement
+    percpu_unit_pages: int
+    dentry_hash: Placement
+    inode_hash: Placement
+    #: GHCB page of each CPU (first page of its 3-page ``sev_es_runtime_data``; CPU 0's is the highest).
     ghcbs: tuple[int, ...]
     percpu_decrypted: tuple[Placement, ...]
     swiotlb: Placement
+    swiotlb_slots: Placement
     kvmclock: Placement | None
     #: In ``dma_atomic_pool_init()`` order; ``what`` is ``atomic-pool-<zone>``.
     atomic_pools: tuple[Placement, ...]
     vrings: tuple[Placement, ...]
     attestation: tuple[Placement, ...]
-    #: Pages at the start of high RAM accepted at boot (lazy: the blocks holding the ZONE_NORMAL pool; eager: all).
-    boot_accepted_high_pages: int
+    #: Every acceptance of the first boot, in order (firmware-phase ones are the EFI stub's).
+    boot_accepts: tuple[BootAccept, ...]
+    #: GFNs of the MAX_PAGE_ORDER blocks still on ``zone->unaccepted_pages`` after boot, in list order.
+    unaccepted_blocks: tuple[int, ...]
+    #: RAM still unaccepted after boot, ``(gfn, npages)`` ascending (bitmap bits still set).
+    unaccepted: tuple[tuple[int, int], ...]
     #: ``(gfn, npages)`` of accepted, free RAM reserved for runtime allocations (:mod:`snpsim.guest.workloads`):
     #: [I-model] the upper half (2M-aligned) of the largest free accepted range after boot.
     runtime_region: tuple[int, int]
@@ -552,11 +586,20 @@ class GuestLayout:
     stable_private: tuple[tuple[int, int], ...]
 
     def boot_accepted_ranges(self) -> list[tuple[int, int]]:
-        """RAM accepted (validated private) by the end of boot, as ``(gfn, npages)``."""
-        out = [self.ram[0]]
-        if len(self.ram) > 1 and self.boot_accepted_high_pages:
-            out.append((self.ram[1][0], self.boot_accepted_high_pages))
-        return out
+        """RAM accepted (validated private or later converted) by the end of boot, as ``(gfn, npages)``."""
+        return _subtract(self.ram, self.unaccepted)
+
+    @property
+    def boot_accepted_high_pages(self) -> int:
+        """Pages of RAM above 4 GiB accepted by the end of boot."""
+        return sum(n for g, n in self.boot_accepted_ranges() if g >= FOUR_GIB_GFN)
+
+    def unaccepted_memory(self, cfg: LinuxGuestConfig) -> UnacceptedMemory:
+        """A fresh copy of the unaccepted bitmap as the boot left it."""
+        bitmap = UnacceptedMemory(cfg.accept_bitmap_unit_pages, cfg.accept_guard_unit)
+        for g, n in self.unaccepted:
+            bitmap.mark(g, n)
+        return bitmap
 
 
 def _subtract(ranges: Iterable[tuple[int, int]], holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -569,35 +612,159 @@ def _subtract(ranges: Iterable[tuple[int, int]], holes: Iterable[tuple[int, int]
     return [(s, e - s) for s, e, v in m.runs(0, 1 << 62) if v == 1]
 
 
+def _intersect(a: Iterable[tuple[int, int]], b: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(gfn, npages)`` ranges in both ``a`` and ``b``, ascending."""
+    m = IntervalMap(0)
+    for g, n in a:
+        m.assign(g, g + n, 1)
+    out: list[tuple[int, int]] = []
+    for g, n in b:
+        out += [(s, e - s) for s, e, v in m.runs(g, g + n) if v == 1]
+    return sorted(out)
+
+
+class _Boot:
+    """Runs the boot's allocations in order against memblock and the unaccepted bitmap (module docstring)."""
+
+    def __init__(self, cfg: LinuxGuestConfig) -> None:
+        self.cfg = cfg
+        self.alloc = GuestPhysAllocator(cfg.ram_ranges())
+        self.bitmap = UnacceptedMemory(cfg.accept_bitmap_unit_pages, cfg.accept_guard_unit)
+        self.accepts: list[BootAccept] = []
+        self.split_2m: set[int] = set()
+
+    def accept(self, phase: str, gfn: int, npages: int, cpu: int = -1) -> None:
+        """``accept_memory(gfn, npages)``: record one acceptance per still-unaccepted run."""
+        for g, n in self.bitmap.accept_memory(gfn, npages):
+            self.accepts.append(BootAccept(phase, cpu, g, n))
+
+    def memblock(
+        self, phase: str, what: str, npages: int, *, align: int = 1, lo: int = 0, hi: int | None = None, cpu: int = -1
+    ) -> Placement:
+        """``memblock_alloc_range_nid()``: top-down, then ``accept_memory(found, size)``."""
+        p = self.alloc.alloc(what, npages, align=align, lo=max(lo, 1), hi=hi)
+        self.accept(phase, p.gfn, p.npages, cpu)
+        return p
+
+    def split_for(self, phase: str, gfn: int, cpu: int) -> None:
+        """``kernel_physical_mapping_change()`` splitting the 2 MiB region of ``gfn``: a page-table page from
+        memblock (``alloc_low_pages()``), unless the region is already 4K-mapped (the first 2 MiB always is)."""
+        region = gfn // PAGES_PER_2M
+        if region and region not in self.split_2m:
+            self.split_2m.add(region)
+            self.memblock(phase, "pgtable", 1, cpu=cpu)
+
+
+def _iommu_pieces(base: int) -> list[Placement]:
+    """The data part of every piece of the IoMmu pool at ``base``, in ``mReservedMemRanges`` order."""
+    out: list[Placement] = []
+    g = base
+    for data_bytes, slots in IOMMU_RESERVED_MEM_RANGES:
+        data = data_bytes >> PAGE_SHIFT
+        for _ in range(slots):
+            out.append(Placement("ovmf-iommu", g + IOMMU_HEADER_PAGES, data))
+            g += IOMMU_HEADER_PAGES + data
+    return out
+
+
 def _build_layout(cfg: LinuxGuestConfig) -> GuestLayout:
-    alloc = GuestPhysAllocator(cfg.ram_ranges())
-    low_end = cfg.lowmem_pages
+    boot = _Boot(cfg)
+    alloc = boot.alloc
+    low_end, high = cfg.lowmem_pages, cfg.high_pages
     below_4g = min(low_end, FOUR_GIB_GFN)
     v = cfg.vcpus
     alloc.reserve("low-1m", 0, LOW_RESERVED_PAGES)
     kernel = alloc.reserve("kernel-image", cfg.kernel_load_bytes >> PAGE_SHIFT, cfg.kernel_image_bytes >> PAGE_SHIFT)
     bss = Placement("bss-decrypted", kernel.end - BSS_DECRYPTED_PAGES, BSS_DECRYPTED_PAGES)
 
-    # memblock, top-down from the top of low RAM.
-    ghcb_area = alloc.alloc("ghcb-runtime-data", v * GHCB_RUNTIME_DATA_PAGES, hi=low_end)
-    ghcbs = tuple(ghcb_area.gfn + GHCB_RUNTIME_DATA_PAGES * cpu for cpu in range(v))
-    p = cfg.percpu_decrypted_pages
+    # OVMF: GHCB pages (PEI, reserved) and the IoMmu pool (DXE), top of low RAM [I-model].
+    ovmf_ghcb = alloc.alloc("ovmf-ghcb", 2 * v, hi=low_end)
+    iommu: list[Placement] = []
+    if cfg.ovmf_iommu_reserved_pool:
+        iommu = _iommu_pieces(alloc.alloc("ovmf-iommu-pool", IOMMU_POOL_PAGES, hi=low_end).gfn)
+
+    # Unaccepted memory: low RAM when OVMF does not pre-validate it (accepted before the kernel runs, block by
+    # block), high RAM when the EFI stub allows unaccepted memory (process_unaccepted_memory()).
+    unit = cfg.accept_unit_pages
+    if not cfg.ovmf_prevalidate_below_4g:
+        for g, n in boot.bitmap.process_unaccepted_memory(0, low_end):
+            boot.accepts.append(BootAccept("firmware", -1, g, n))
+        for block in range(0, low_end, unit):
+            boot.accept("firmware", block, min(unit, low_end - block))
+    if high and cfg.allow_unaccepted_memory:
+        for g, n in boot.bitmap.process_unaccepted_memory(FOUR_GIB_GFN, high):
+            boot.accepts.append(BootAccept("firmware", -1, g, n))
+
+    # setup_arch(): memory_map_top_down() probes (and frees) the top 2 MiB; NODE_DATA; sparse_init().
+    probe = alloc.find(PAGES_PER_2M, align=PAGES_PER_2M, lo=ISA_END_GFN)
+    boot.accept("setup-arch", probe, PAGES_PER_2M)
+    node_data = boot.memblock("setup-arch", "node-data", _round_up(cfg.node_data_bytes, PAGE_SIZE) >> PAGE_SHIFT)
+    sections = present_sections(cfg.ram_ranges())
+    memmap = boot.memblock(
+        "setup-arch", "memmap", len(sections) * SECTION_MAP_PAGES, align=SECTION_MAP_PAGES, lo=ZONE_DMA_END_GFN
+    )
+    for _ in range(vmemmap_pgtable_pages(sections)):
+        boot.memblock("setup-arch", "pgtable", 1, lo=ZONE_DMA_END_GFN)
+    nr_kernel_pages = alloc.free_pages()  # free_area_init() -> calc_nr_kernel_pages(): free memblock memory
+
+    # setup_per_cpu_areas(): the embedded first chunk; each unit's tail and every unused unit are given back.
+    ai = pcpu_build_alloc_info(
+        v, cfg.percpu_static_bytes, PERCPU_MODULE_RESERVE, PERCPU_DYNAMIC_RESERVE, PERCPU_ATOM_BYTES
+    )
+    unit_pages, used = ai.unit_bytes >> PAGE_SHIFT, ai.size_sum_bytes >> PAGE_SHIFT
+    area = boot.memblock(
+        "percpu", "percpu", ai.nr_units * unit_pages, align=PERCPU_ATOM_BYTES >> PAGE_SHIFT, lo=ZONE_DMA_END_GFN
+    )
+    for u in range(ai.nr_units):
+        keep = used if u < v else 0
+        alloc.release(area.gfn + u * unit_pages + keep, unit_pages - keep)
+    p, static_pages = cfg.percpu_decrypted_pages, cfg.percpu_static_bytes >> PAGE_SHIFT
     percpu: tuple[Placement, ...] = ()
     if p:
-        area = alloc.alloc("percpu-decrypted", v * p, hi=low_end)
-        percpu = tuple(Placement("percpu-decrypted", area.gfn + p * cpu, p) for cpu in range(v))
-    # SWIOTLB: memblock_alloc_low; swiotlb_init_remap() halves the pool (in whole segments) on failure.
+        percpu = tuple(Placement("percpu-decrypted", area.gfn + c * unit_pages + static_pages - p, p) for c in range(v))
+    # smp_prepare_boot_cpu() -> sev_map_percpu_data(): early_set_memory_decrypted() splits the direct map.
+    if cfg.percpu_decrypted_protocol is Protocol.MSR:
+        for c, pl in enumerate(percpu):
+            for g in range(pl.gfn, pl.end):
+                boot.split_for("percpu", g, c)
+
+    # vfs_caches_init_early(): HASH_EARLY tables sized from nr_kernel_pages (= nr_all_pages without highmem).
+    dentry = boot.memblock(
+        "vfs-caches",
+        "dentry-hash",
+        alloc_large_system_hash_pages(nr_kernel_pages, nr_kernel_pages, HASH_BUCKET_BYTES, DHASH_SCALE),
+    )
+    inode = boot.memblock(
+        "vfs-caches",
+        "inode-hash",
+        alloc_large_system_hash_pages(nr_kernel_pages, nr_kernel_pages, HASH_BUCKET_BYTES, IHASH_SCALE),
+    )
+
+    # trap_init() -> sev_es_init_vc_handling(): per CPU alloc_runtime_data() then init_ghcb().
+    ghcbs: list[int] = []
+    for c in range(v):
+        data = boot.memblock("ghcb", "ghcb-runtime-data", GHCB_RUNTIME_DATA_PAGES, cpu=c)
+        ghcbs.append(data.gfn)
+        boot.split_for("ghcb", data.gfn, c)
+
+    # mm_core_init() -> swiotlb_init(): memblock_alloc_low, halved (in whole segments) on failure; the slot array.
     seg_pages = IO_TLB_SEGSIZE * IO_TLB_SIZE // PAGE_SIZE
     size = swiotlb_bytes(cfg) >> PAGE_SHIFT
     while True:
         align = PAGES_PER_2M if cfg.swiotlb_2m_aligned and size >= PAGES_PER_2M else 1
         try:
-            swiotlb = alloc.alloc("swiotlb", size, align=align, hi=below_4g)
+            swiotlb = boot.memblock("mm-init", "swiotlb", size, align=align, hi=below_4g)
             break
         except AllocationError:
             if size <= IO_TLB_MIN_BYTES >> PAGE_SHIFT:
                 raise
             size = max(_round_up(size // 2, seg_pages), IO_TLB_MIN_BYTES >> PAGE_SHIFT)
+    nslabs = swiotlb.npages * PAGE_SIZE // IO_TLB_SIZE
+    slots = boot.memblock("mm-init", "swiotlb-slots", -(-nslabs * IO_TLB_SLOT_BYTES // PAGE_SIZE))
+
+    # memblock_free_all(): free blocks to the buddy allocator (zone->unaccepted_pages, or accepted).
+    runs, listed = free_to_buddy(boot.bitmap, alloc.free_ranges(), unit, lazy=cfg.lazy_accept)
+    boot.accepts += [BootAccept("mm-init", -1, g, n) for g, n in runs]
 
     # Page allocator: kvmclock (early_initcall), atomic pools (postcore), vrings, attestation.
     kvm: Placement | None = None
@@ -609,7 +776,11 @@ def _build_layout(cfg: LinuxGuestConfig) -> GuestLayout:
     for zone in atomic_pool_zones(cfg):
         what = f"atomic-pool-{zone}"
         if zone == "normal":
-            pools.append(alloc.alloc(what, pool_pages, align=pool_pages, lo=FOUR_GIB_GFN, top_down=False))
+            lo = FOUR_GIB_GFN
+            if listed:  # cond_accept_memory() -> try_to_accept_memory_one(): the first block of the list
+                lo = listed.pop(0)
+                boot.accept("postcore-initcall", lo, unit)
+            pools.append(alloc.alloc(what, pool_pages, align=pool_pages, lo=lo, top_down=False))
         elif zone == "dma":
             pools.append(alloc.alloc(what, pool_pages, align=pool_pages, hi=ZONE_DMA_END_GFN))
         else:
@@ -621,21 +792,8 @@ def _build_layout(cfg: LinuxGuestConfig) -> GuestLayout:
     )
     attest = tuple(alloc.alloc("attestation", 1, hi=low_end) for _ in range(cfg.attestation_pages))
 
-    # Acceptance of high RAM at boot.
-    high = cfg.high_pages
-    if not high:
-        accepted_high = 0
-    elif not cfg.accepts_lazily:
-        accepted_high = high
-    else:
-        accepted_high = 0
-        normal = next(pl for pl in pools if pl.what == "atomic-pool-normal")
-        last_block = (normal.end - FOUR_GIB_GFN - 1) // cfg.accept_unit_pages
-        for block in range(last_block + 1):
-            _, accepted_high = accept_block(high, accepted_high, block, cfg.accept_unit_pages, cfg.accept_guard_pages)
-
-    accepted = [(0, low_end)] + ([(FOUR_GIB_GFN, accepted_high)] if accepted_high else [])
-    free_accepted = _subtract(accepted, [(pl.gfn, pl.npages) for pl in alloc.placements])
+    unaccepted = boot.bitmap.ranges()
+    free_accepted = _intersect(_subtract(cfg.ram_ranges(), unaccepted), alloc.free_ranges())
     gfn, n = max(free_accepted, key=lambda r: (r[1], -r[0]))
     s2, e2 = _round_up(gfn, PAGES_PER_2M), (gfn + n) // PAGES_PER_2M * PAGES_PER_2M
     if e2 - s2 >= 2 * PAGES_PER_2M:
@@ -648,17 +806,29 @@ def _build_layout(cfg: LinuxGuestConfig) -> GuestLayout:
     stable = (*_subtract(free_accepted, [region]), (kernel.gfn, kernel.npages - BSS_DECRYPTED_PAGES))
     return GuestLayout(
         ram=tuple(cfg.ram_ranges()),
-        allocations=tuple(alloc.placements),
+        allocations=tuple(sorted(alloc.placements, key=lambda pl: pl.gfn)),
         kernel_image=kernel,
         bss_decrypted=bss,
-        ghcbs=ghcbs,
+        ovmf_ghcb_area=ovmf_ghcb,
+        ovmf_ghcbs=tuple(ovmf_ghcb.gfn + 2 * c for c in range(v)),
+        ovmf_iommu=tuple(iommu),
+        node_data=node_data,
+        memmap=memmap,
+        percpu_area=area,
+        percpu_unit_pages=unit_pages,
+        dentry_hash=dentry,
+        inode_hash=inode,
+        ghcbs=tuple(ghcbs),
         percpu_decrypted=percpu,
         swiotlb=swiotlb,
+        swiotlb_slots=slots,
         kvmclock=kvm,
         atomic_pools=tuple(pools),
         vrings=vrings,
         attestation=attest,
-        boot_accepted_high_pages=accepted_high,
+        boot_accepts=tuple(boot.accepts),
+        unaccepted_blocks=tuple(listed),
+        unaccepted=tuple(unaccepted),
         runtime_region=region,
         stable_private=tuple(sorted(stable)),
     )
@@ -695,121 +865,178 @@ class _Clock:
         return t
 
 
-def _accept_range_events(
-    cfg: LinuxGuestConfig, base: int, npages: int, prefix: int, upto: int | None = None
-) -> Iterator[tuple[int, int, int]]:
-    """Yield ``(block, gfn, npages)`` acceptance conversions of blocks of the range (ascending) from ``prefix``.
+class _Events:
+    """The boot's event list and how each kind of guest operation turns into events."""
 
-    Stops after the block containing offset ``upto - 1`` if given, else at the end of the range.
-    """
-    unit, guard = cfg.accept_unit_pages, cfg.accept_guard_pages
-    block = prefix // unit
-    stop = npages if upto is None else upto
-    while block * unit < stop:
-        start, end = accept_block(npages, prefix, block, unit, guard)
-        if end > start:
-            yield block, base + start, end - start
-            prefix = end
-        block += 1
+    def __init__(self, cfg: LinuxGuestConfig, start_ns: int) -> None:
+        self.clk = _Clock(start_ns, cfg.boot_event_gap_ns)
+        self.out: list[Timed] = []
+
+    def conv(
+        self,
+        gfn: int,
+        n: int,
+        to_private: bool,
+        what: str,
+        protocol: Protocol = Protocol.GHCB,
+        huge_ok: bool = False,
+        max_entries: int | None = None,
+    ) -> None:
+        self.out.append(
+            Timed(self.clk.next(), Conversion(gfn, n, to_private, protocol, huge_ok, what, 0, True, max_entries))
+        )
+
+    def access(self, gfn: int, n: int, private: bool, what: str, vcpu: int = 0, write: bool = True) -> None:
+        self.out.append(Timed(self.clk.next(), Access(gfn, n, private, write, what, vcpu)))
+
+    def ovmf(self, gfn: int, n: int, to_private: bool, what: str, huge_ok: bool) -> None:
+        """edk2 ``InternalSetPageState()``: GHCB protocol, up to 253 entries per VMGEXIT."""
+        self.conv(gfn, n, to_private, what, Protocol.GHCB, huge_ok, SNP_PAGE_STATE_MAX_ENTRY)
+
+    def accepts(self, lay: GuestLayout, phase: str, cpu: int = -1) -> None:
+        """The acceptances of ``phase`` (for ``cpu``): ``snp_accept_memory()`` = PSC to private, 2M entries."""
+        for a in lay.boot_accepts:
+            if a.phase == phase and a.cpu == cpu:
+                self.conv(a.gfn, a.npages, True, "accept", huge_ok=True)
+
+    def early_decrypt(self, gfn: int, what: str) -> None:
+        """``early_set_memory_decrypted()`` of one 4K-mapped page (module docstring, step 5).
+
+        ``__sme_early_enc_dec()``: ``snp_memcpy(sme_early_buffer, src, ...)`` reads it through the encrypted
+        mapping; ``snp_memcpy(dst, sme_early_buffer, ..., decrypt=true)``: ``early_snp_set_memory_shared()``
+        (PVALIDATE rescind, then MSR PSC), the copy through the decrypted mapping, ``early_snp_set_memory_private()``
+        (MSR PSC, then PVALIDATE); then ``__set_clr_pte_enc()``: ``early_snp_set_memory_shared()`` again "before the
+        page table updates".
+        """
+        self.access(gfn, 1, True, what, write=False)
+        self.conv(gfn, 1, False, what, Protocol.MSR)
+        self.access(gfn, 1, False, what)
+        self.conv(gfn, 1, True, what, Protocol.MSR)
+        self.conv(gfn, 1, False, what, Protocol.MSR)
 
 
 def boot_events(cfg: LinuxGuestConfig, *, start_ns: int = 0, firmware: bool = True) -> list[Timed]:
-    """The guest's boot sequence as timed events, in order (guest-workloads.md §2 rows cited inline).
+    """The guest's boot sequence as timed events, in order (module docstring; guest-workloads.md §2 rows inline).
 
-    ``firmware=False`` models a kexec'd kernel (row #14): no OVMF phase and no acceptance (the memory is already
-    validated; unaccepted memory stays unaccepted), the kernel phases are the same. All conversions are issued by
-    vCPU 0 (the boot CPU walks ``for_each_possible_cpu``); the Access of a per-CPU GHCB is by its CPU.
+    ``firmware=False`` models a kexec'd kernel (row #14): no OVMF phase and no acceptance (the same layout, so its
+    memblock allocations land on memory the first boot accepted; unaccepted memory stays unaccepted), the kernel
+    phases are the same. All conversions are issued by vCPU 0 (the boot CPU walks ``for_each_possible_cpu``); the
+    Access of a per-CPU decrypted page is by its CPU.
     """
     lay = guest_layout(cfg)
-    clk = _Clock(start_ns, cfg.boot_event_gap_ns)
-    out: list[Timed] = []
-    ghcb, msr = Protocol.GHCB, Protocol.MSR
-
-    def conv(gfn: int, n: int, to_private: bool, what: str, protocol: Protocol = ghcb, huge_ok: bool = False) -> None:
-        out.append(Timed(clk.next(), Conversion(gfn, n, to_private, protocol, huge_ok, what)))
-
-    def access(gfn: int, n: int, private: bool, what: str, vcpu: int = 0) -> None:
-        out.append(Timed(clk.next(), Access(gfn, n, private, True, what, vcpu)))
-
+    ev = _Events(cfg, start_ns)
+    clk = ev.clk
     low, high = cfg.lowmem_pages, cfg.high_pages
     if firmware:
-        # OVMF PEI: pre-validate all RAM below 4 GiB (PSC to private, 2M entries, + PVALIDATE); RAM above 4 GiB
-        # is left unaccepted (BZ3937 unaccepted resource HOBs) (§2 OVMF notes, row #13).
         clk.phase("firmware")
+        # OVMF PEI: pre-validate all RAM below 4 GiB (PSC to private, 2M entries, + PVALIDATE); RAM above 4 GiB is
+        # left unaccepted (BZ3937 unaccepted resource HOBs) (§2 OVMF notes, row #13). Without pre-validation the
+        # kernel/EFI stub accepts low RAM first (boot_accepts of the firmware phase below 4 GiB).
         if cfg.ovmf_prevalidate_below_4g:
-            conv(0, low, True, "ovmf-prevalidate", huge_ok=True)
+            ev.ovmf(0, low, True, "ovmf-prevalidate", huge_ok=True)
         else:
-            for _, gfn, n in _accept_range_events(cfg, 0, low, 0):
-                conv(gfn, n, True, "accept", huge_ok=True)
+            for a in lay.boot_accepts:
+                if a.phase == "firmware" and a.gfn < FOUR_GIB_GFN:
+                    ev.conv(a.gfn, a.npages, True, "accept", huge_ok=True)
+        # AmdSevEsInitialize(): every other page of the reserved area is a GHCB, made shared (SetMemoryEncDec:
+        # UseLargeEntry = FALSE) and used by its CPU.
+        for cpu, g in enumerate(lay.ovmf_ghcbs):
+            ev.ovmf(g, 1, False, "ovmf-ghcb", huge_ok=False)
+            ev.access(g, 1, False, "ovmf-ghcb", vcpu=cpu)
+        # IoMmuDxe: the reserved pool's data parts shared; [I-model] the boot loader's DMA touches every piece.
+        for pc in lay.ovmf_iommu:
+            ev.ovmf(pc.gfn, pc.npages, False, "ovmf-iommu", huge_ok=False)
+            ev.access(pc.gfn, pc.npages, False, "ovmf-iommu")
+        # EFI stub: process_unaccepted_memory() accepts unaligned pieces of high RAM up front.
+        for a in lay.boot_accepts:
+            if a.phase == "firmware" and a.gfn >= FOUR_GIB_GFN:
+                ev.conv(a.gfn, a.npages, True, "accept", huge_ok=True)
+        # ExitBootServices: IoMmu pool re-encrypted; without AllowUnacceptedMemory() OVMF accepts all remaining RAM.
+        for pc in lay.ovmf_iommu:
+            ev.ovmf(pc.gfn, pc.npages, True, "ovmf-iommu-release", huge_ok=False)
         if high and not cfg.allow_unaccepted_memory:
-            # ExitBootServices without AllowUnacceptedMemory(): OVMF accepts all remaining RAM (§2 OVMF notes).
-            conv(FOUR_GIB_GFN, high, True, "ovmf-accept-all", huge_ok=True)
+            ev.ovmf(FOUR_GIB_GFN, high, True, "ovmf-accept-all", huge_ok=True)
+
+    def accepts(phase: str, cpu: int = -1) -> None:
+        if firmware:
+            ev.accepts(lay, phase, cpu)
 
     # Row #2: __startup_64 -> sme_postprocess_startup(): .bss..decrypted made shared with the MSR protocol
     # (early_snp_set_memory_shared(..., PTRS_PER_PMD) per 2M = 512 4K PSCs); the boot GHCB and hv_clock_boot live
     # there and are written through a C=0 mapping.
     clk.phase("kernel-entry")
     k, bss = lay.kernel_image, lay.bss_decrypted
-    access(k.gfn, k.npages - bss.npages, True, "kernel-image")
-    conv(bss.gfn, bss.npages, False, "bss-decrypted", msr)
-    access(bss.gfn, cfg.bss_decrypted_used_pages, False, "bss-decrypted")
+    ev.access(k.gfn, k.npages - bss.npages, True, "kernel-image")
+    ev.conv(bss.gfn, bss.npages, False, "bss-decrypted", Protocol.MSR)
+    ev.access(bss.gfn, cfg.bss_decrypted_used_pages, False, "bss-decrypted")
 
-    # Row #1: sev_es_init_vc_handling() -> init_ghcb(): early_set_memory_decrypted(4K) per possible CPU (MSR).
+    # setup_arch(): memblock acceptances (direct-map probe, NODE_DATA, memmap, vmemmap tables).
+    clk.phase("setup-arch")
+    accepts("setup-arch")
+
+    # Row #3: setup_per_cpu_areas(), then smp_prepare_boot_cpu() -> sev_map_percpu_data() (AMD only).
+    clk.phase("percpu")
+    accepts("percpu")
+    for cpu, pl in enumerate(lay.percpu_decrypted):
+        accepts("percpu", cpu)
+        if cfg.percpu_decrypted_protocol is Protocol.MSR:
+            for g in range(pl.gfn, pl.end):
+                ev.early_decrypt(g, "percpu-decrypted")
+        else:
+            ev.conv(pl.gfn, pl.npages, False, "percpu-decrypted", Protocol.GHCB)
+        ev.access(pl.gfn, pl.npages, False, "percpu-decrypted", vcpu=cpu)
+
+    clk.phase("vfs-caches")
+    accepts("vfs-caches")
+
+    # Row #1: trap_init() -> sev_es_init_vc_handling(): alloc_runtime_data(cpu), init_ghcb(cpu):
+    # early_set_memory_decrypted() of the GHCB page, then the boot CPU's memset() of it.
     clk.phase("ghcb")
     for cpu, g in enumerate(lay.ghcbs):
-        conv(g, 1, False, "ghcb", msr)
-        access(g, 1, False, "ghcb", vcpu=cpu)
+        accepts("ghcb", cpu)
+        ev.early_decrypt(g, "ghcb")
+        ev.access(g, 1, False, "ghcb")
 
-    # Row #3: sev_map_percpu_data(): the per-CPU decrypted page(s) (AMD only).
-    clk.phase("percpu")
-    for cpu, pl in enumerate(lay.percpu_decrypted):
-        conv(pl.gfn, pl.npages, False, "percpu-decrypted", cfg.percpu_decrypted_protocol)
-        access(pl.gfn, pl.npages, False, "percpu-decrypted", vcpu=cpu)
-
-    # Row #12: accept_memory=eager -> every MAX_ORDER block accepted when memblock frees it to the buddy allocator.
+    # mm_core_init(): swiotlb_init's slot array; memblock_free_all() (row #12; all of it with accept_memory=eager).
     clk.phase("mm-init")
-    if firmware and high and cfg.allow_unaccepted_memory and not cfg.lazy_accept:
-        for _, gfn, n in _accept_range_events(cfg, FOUR_GIB_GFN, high, 0):
-            conv(gfn, n, True, "accept", huge_ok=True)
+    accepts("mm-init")
 
     # Row #5: mem_encrypt_init() -> swiotlb_update_mem_attributes(): one set_memory_decrypted over the pool.
     clk.phase("swiotlb")
-    conv(lay.swiotlb.gfn, lay.swiotlb.npages, False, "swiotlb", huge_ok=True)
+    ev.conv(lay.swiotlb.gfn, lay.swiotlb.npages, False, "swiotlb", huge_ok=True)
 
     # Row #4: kvm_setup_vsyscall_timeinfo() -> kvmclock_init_mem(): alloc_pages + set_memory_decrypted.
     clk.phase("early-initcall")
     if lay.kvmclock is not None:
-        conv(lay.kvmclock.gfn, lay.kvmclock.npages, False, "kvmclock", huge_ok=True)
-        access(lay.kvmclock.gfn, lay.kvmclock.npages, False, "kvmclock")
+        ev.conv(lay.kvmclock.gfn, lay.kvmclock.npages, False, "kvmclock", huge_ok=True)
+        ev.access(lay.kvmclock.gfn, lay.kvmclock.npages, False, "kvmclock")
 
     # Row #7: dma_atomic_pool_init() -> atomic_pool_expand() -> set_memory_decrypted, one pool per zone. In lazy
-    # mode the ZONE_NORMAL pool's allocation first accepts the zone's lowest unaccepted block(s) (row #12).
+    # mode the ZONE_NORMAL pool's allocation first accepts the first block of zone->unaccepted_pages (row #12).
     clk.phase("postcore-initcall")
     for pool in lay.atomic_pools:
-        if firmware and pool.what == "atomic-pool-normal" and cfg.accepts_lazily:
-            upto = pool.end - FOUR_GIB_GFN
-            for _, gfn, n in _accept_range_events(cfg, FOUR_GIB_GFN, high, 0, upto):
-                conv(gfn, n, True, "accept", huge_ok=True)
-        conv(pool.gfn, pool.npages, False, pool.what, huge_ok=True)
+        if pool.what == "atomic-pool-normal":
+            accepts("postcore-initcall")
+        ev.conv(pool.gfn, pool.npages, False, pool.what, huge_ok=True)
 
     # Rows #8/#8a: virtio probe, one dma_alloc_coherent per virtqueue (direct-map address: huge_ok).
     clk.phase("devices")
     for vr in lay.vrings:
-        conv(vr.gfn, vr.npages, False, "vring", huge_ok=True)
-        access(vr.gfn, vr.npages, False, "vring")
+        ev.conv(vr.gfn, vr.npages, False, "vring", huge_ok=True)
+        ev.access(vr.gfn, vr.npages, False, "vring")
 
     # Row #10: snp_msg_alloc(): request and response pages, alloc_shared_pages() each.
     clk.phase("attestation")
     for pg in lay.attestation:
-        conv(pg.gfn, pg.npages, False, "attestation", huge_ok=True)
+        ev.conv(pg.gfn, pg.npages, False, "attestation", huge_ok=True)
 
     # Row #2, second half: mem_encrypt_free_decrypted_mem(): [__start_bss_decrypted_unused, __end_bss_decrypted)
     # re-encrypted with set_memory_encrypted (GHCB; < 2M so 4K entries) and freed.
     clk.phase("free-initmem")
     used = cfg.bss_decrypted_used_pages
     if used < bss.npages:
-        conv(bss.gfn + used, bss.npages - used, True, "bss-decrypted-unused")
-    return out
+        ev.conv(bss.gfn + used, bss.npages - used, True, "bss-decrypted-unused")
+    return ev.out
 
 
 def boot_end_ns(events: Sequence[Timed], cfg: LinuxGuestConfig, start_ns: int = 0) -> int:
@@ -854,11 +1081,14 @@ def kexec_events(cfg: LinuxGuestConfig, shared: Sequence[tuple[int, int]]) -> li
        unconditionally (it is reached through the kernel-image mapping, not the direct map);
     3. every CPU's GHCB page, one at a time with the MSR protocol (the GHCBs cannot be used any more), for all
        possible CPUs whether or not ``shared`` lists them (the kernel does not check).
+
+    OVMF's GHCB pages are e820-reserved, so not in the direct map: they stay shared.
     """
     lay = guest_layout(cfg)
     m = IntervalMap(0)
     for g, n in shared:
         m.assign(g, g + n, 1)
+    m.assign(lay.ovmf_ghcb_area.gfn, lay.ovmf_ghcb_area.end, 0)
     bss = lay.bss_decrypted
     m.assign(bss.gfn, bss.end, 0)
     for g in lay.ghcbs:
@@ -876,53 +1106,6 @@ def kexec_events(cfg: LinuxGuestConfig, shared: Sequence[tuple[int, int]]) -> li
 
 
 # ------------------------------------------------------------------------------------------------ guest view
-
-
-class IntervalMap:
-    """A piecewise-constant ``int -> int`` map over ``[0, inf)``: sorted segment starts and their values.
-
-    Adjacent segments always hold different values. ``assign`` and ``runs`` cost O(log n + k) plus list shifting.
-    """
-
-    __slots__ = ("_starts", "_vals")
-
-    def __init__(self, default: int) -> None:
-        self._starts: list[int] = [0]
-        self._vals: list[int] = [default]
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    def assign(self, lo: int, hi: int, value: int) -> None:
-        """Set ``[lo, hi)`` to ``value``."""
-        if lo >= hi:
-            return
-        if lo < 0:
-            raise ValueError("negative key")
-        s, v = self._starts, self._vals
-        j = bisect_right(s, hi) - 1
-        v_hi = v[j]
-        i = bisect_left(s, lo)
-        s[i : j + 1] = [lo, hi]
-        v[i : j + 1] = [value, v_hi]
-        if v[i + 1] == value:
-            del s[i + 1], v[i + 1]
-        if i > 0 and v[i - 1] == value:
-            del s[i], v[i]
-
-    def get(self, key: int) -> int:
-        return self._vals[bisect_right(self._starts, key) - 1]
-
-    def runs(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
-        """Segments ``(start, end, value)`` clipped to ``[lo, hi)``, ascending."""
-        s, v = self._starts, self._vals
-        out: list[tuple[int, int, int]] = []
-        i = bisect_right(s, lo) - 1
-        while i < len(s) and s[i] < hi:
-            end = s[i + 1] if i + 1 < len(s) else hi
-            out.append((max(s[i], lo), min(end, hi), v[i]))
-            i += 1
-        return out
 
 
 class PageState(IntEnum):

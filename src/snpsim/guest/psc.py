@@ -13,6 +13,16 @@ Change, GHCB spec 56421):
   most ``max_entries`` entries: Linux uses ``VMGEXIT_PSC_MAX_ENTRY = 64`` (stack-limited); the GHCB shared
   buffer holds at most ``VMGEXIT_PSC_MAX_COUNT = 253``. One VMGEXIT per descriptor (the host may process only part
   of it and the guest re-issues the rest; that retry is the kvm layer's business).
+* **OVMF** (edk2 ``OvmfPkg/Library/BaseMemEncryptSevLib/X64/SnpPageStateChangeInternal.c``,
+  ``InternalSetPageState()``): the same entry rule (``UseLargeEntry && IS_ALIGNED (BaseAddress, SIZE_2MB) &&
+  (EndAddress - BaseAddress) >= SIZE_2MB`` gives a 2M entry; pre-validation and accept-all pass
+  ``UseLargeEntry = TRUE``, ``SetMemoryEncDec()`` passes ``FALSE``), ascending, up to
+  ``SNP_PAGE_STATE_MAX_ENTRY = 253`` entries per VMGEXIT; ``PvalidateRange()`` rescinds before the VMGEXIT for
+  shared and validates after it for private, at the entry's size, retrying a 2M PVALIDATE that fails with
+  SIZEMISMATCH as 512 4K ones. A conversion carries its sender's limit in ``Conversion.max_entries``, which wins
+  over the caller's ``max_entries`` (the guest kernel's default). Simplification: edk2 fills a work area of several
+  descriptors (``BuildPageStateBuffer()``: 506 entries for its one-page buffer) and PVALIDATEs it as a whole,
+  where the model PVALIDATEs per conversion; the counts of requests, entries and PVALIDATEs are the same.
 * **PVALIDATE order**: to-shared conversions rescind validation *before* the VMGEXIT, to-private conversions
   validate *after* it (per descriptor), at the size of the PSC entry: 2M where the entry was 2M, else 4K. If a 2M
   PVALIDATE fails with FAIL_SIZEMISMATCH Linux retries the 2M range as 512 4K PVALIDATEs; that fallback is left
@@ -34,6 +44,7 @@ __all__ = [
     "PAGES_PER_2M",
     "SIZE_2M",
     "SIZE_4K",
+    "SNP_PAGE_STATE_MAX_ENTRY",
     "VMGEXIT_PSC_MAX_COUNT",
     "VMGEXIT_PSC_MAX_ENTRY",
     "PscEntry",
@@ -58,6 +69,8 @@ SIZE_2M = 1
 VMGEXIT_PSC_MAX_ENTRY = 64
 #: Entries that fit in the GHCB shared buffer: (2032 - 8) / 8 (``VMGEXIT_PSC_MAX_COUNT``; amd-snp-arch.md §9).
 VMGEXIT_PSC_MAX_COUNT = 253
+#: OVMF's descriptor size: edk2 ``SNP_PAGE_STATE_MAX_ENTRY`` (MdePkg ``Register/Amd/Ghcb.h``), the whole GHCB buffer.
+SNP_PAGE_STATE_MAX_ENTRY = 253
 
 #: A run of same-size, GFN-contiguous items: ``(gfn, count, size)``. For entry runs ``count`` counts PSC entries
 #: (each 512 pages if ``size == SIZE_2M``); for PVALIDATE plans and :func:`request_runs` it counts 4K pages.
@@ -69,9 +82,12 @@ def _check(conv: Conversion) -> None:
         raise ValueError(f"bad conversion range gfn={conv.gfn} npages={conv.npages}")
 
 
-def _check_max_entries(max_entries: int) -> None:
-    if not 1 <= max_entries <= VMGEXIT_PSC_MAX_COUNT:
-        raise ValueError(f"max_entries must be in [1, {VMGEXIT_PSC_MAX_COUNT}] (GHCB limit), got {max_entries}")
+def _limit(conv: Conversion, max_entries: int) -> int:
+    """Entries per descriptor for ``conv``: its sender's ``conv.max_entries`` if set, else ``max_entries``."""
+    limit = max_entries if conv.max_entries is None else conv.max_entries
+    if not 1 <= limit <= VMGEXIT_PSC_MAX_COUNT:
+        raise ValueError(f"max_entries must be in [1, {VMGEXIT_PSC_MAX_COUNT}] (GHCB limit), got {limit}")
+    return limit
 
 
 def entry_runs(conv: Conversion) -> list[Run]:
@@ -109,11 +125,11 @@ def entry_count(conv: Conversion) -> int:
 
 def count_requests(conv: Conversion, max_entries: int = VMGEXIT_PSC_MAX_ENTRY) -> int:
     """``len(build_requests(conv, max_entries))`` computed arithmetically (no entries are built)."""
-    _check_max_entries(max_entries)
+    limit = _limit(conv, max_entries)
     n = entry_count(conv)
     if conv.protocol is Protocol.MSR:
         return n
-    return -(-n // max_entries)
+    return -(-n // limit)
 
 
 def iter_request_runs(conv: Conversion, max_entries: int = VMGEXIT_PSC_MAX_ENTRY) -> Iterator[tuple[Run, ...]]:
@@ -122,7 +138,7 @@ def iter_request_runs(conv: Conversion, max_entries: int = VMGEXIT_PSC_MAX_ENTRY
     The cheap form of :func:`build_requests` for the kvm layer: a 4K-only 1M-page conversion yields 16,384 small
     tuples instead of 1M :class:`PscEntry` objects.
     """
-    _check_max_entries(max_entries)
+    max_entries = _limit(conv, max_entries)
     if conv.protocol is Protocol.MSR:
         _check(conv)
         for gfn in range(conv.gfn, conv.gfn + conv.npages):
@@ -149,8 +165,8 @@ def iter_request_runs(conv: Conversion, max_entries: int = VMGEXIT_PSC_MAX_ENTRY
 def build_requests(conv: Conversion, max_entries: int = VMGEXIT_PSC_MAX_ENTRY) -> list[PscRequest]:
     """The PSC requests the guest sends for ``conv``, in order (see the module docstring for the rules).
 
-    ``max_entries`` applies to the GHCB protocol only (Linux: 64; GHCB maximum: 253); the MSR protocol always
-    sends one 4K entry per request.
+    ``max_entries`` applies to the GHCB protocol only (Linux: 64; GHCB maximum: 253) unless the conversion carries
+    its own ``max_entries`` (OVMF: 253); the MSR protocol always sends one 4K entry per request.
     """
     proto, to_private = conv.protocol, conv.to_private
     requests: list[PscRequest] = []

@@ -3,15 +3,18 @@
 Models the guest's run-time conversion sources of ``shared/reference/guest-workloads.md`` §2 (rows cited by number):
 lazy acceptance (row #12, ``mm/page_alloc.c`` + ``drivers/firmware/efi/unaccepted_memory.c``), dynamic SWIOTLB
 pools (row #6, ``kernel/dma/swiotlb.c``), ``dma_alloc_coherent``/``dma_free_coherent`` churn (row #8,
-``kernel/dma/direct.c``), kexec (row #14, :func:`snpsim.guest.linux.kexec_events`), plus two synthetic ones: a
-random-conversion stress test and the guest touching its private memory (so that host-side tampering with a
-private page is seen by the guest, as a real kernel would on its next access).
+``kernel/dma/direct.c``), streaming DMA bounced through the SWIOTLB pools (row #9, ``swiotlb_tbl_map_single()``,
+:mod:`snpsim.guest.swiotlb`: the I/O workloads write the slots they map, so the pools' shared pages get backed),
+kexec (row #14, :func:`snpsim.guest.linux.kexec_events`), plus two synthetic ones: a random-conversion stress test
+and the guest touching its private memory (so that host-side tampering with a private page is seen by the guest,
+as a real kernel would on its next access).
 
 Every generator takes a :class:`~snpsim.guest.linux.LinuxGuestConfig` and an ``np.random.Generator``, yields
 :class:`~snpsim.guest.events.Timed` events in nondecreasing ``time_ns`` order from ``start_ns`` (default: end of
 boot) while ``time_ns < until_ns`` (``None``: unbounded, or until the work runs out), and is deterministic for a
 given generator state. Arrivals are Poisson processes (exponential inter-arrival times) [I-model]; each process
-draws only from its own generator. They are plain iterators, so a SimPy process can ``for ev in stream: yield
+draws only from its own generator (a workload's streaming DMA from ``rng.spawn(1)[0]``). They are plain
+iterators, so a SimPy process can ``for ev in stream: yield
 env.timeout(ev.time_ns - env.now)``.
 
 Where the memory comes from (all [I-model], see :class:`~snpsim.guest.linux.GuestLayout`): run-time allocations
@@ -31,8 +34,8 @@ accepted for ``*_bytes``/``*_bytes_per_s``, ``"10ms"`` for ``*_ns``) plus ``touc
 ``idle``             nothing: a VM whose memory is registered but whose guest never runs (host-side baseline)
 ``linux-boot``       boot, then idle (lazily unaccepted memory stays unaccepted)
 ``lazy-accept``      boot, then :func:`lazy_accept` at ``LAZY_ACCEPT_RATE`` (nothing to do unless ``accepts_lazily``)
-``swiotlb-dynamic``  boot, then :func:`swiotlb_dynamic`
-``dma-churn``        boot, then :func:`dma_churn`
+``swiotlb-dynamic``  boot, then :func:`swiotlb_dynamic` (with streaming DMA, ``bounce_*``)
+``dma-churn``        boot, then :func:`dma_churn` (with streaming DMA, ``bounce_*``)
 ``random-conversion`` boot, then :func:`random_conversions`
 ``kexec``            boot, :func:`dma_churn` until ``kexec_at_ns`` (default: half-way through the time after boot),
                      :func:`~snpsim.guest.linux.kexec_events` (``boot_event_gap_ns`` apart), then the kexec'd
@@ -55,25 +58,29 @@ from snpsim.errors import ConfigError
 from snpsim.guest.events import Access, Booted, Conversion, Protocol, Rebooting, Timed
 from snpsim.guest.linux import (
     BOOT_END_NS,
-    FOUR_GIB_GFN,
     PAGE_SIZE,
     GuestMemoryView,
     GuestPhysAllocator,
     IntervalMap,
     LinuxGuestConfig,
-    accept_block,
     boot_end_ns,
     boot_events,
     guest_layout,
     kexec_events,
+    swiotlb_nareas,
 )
+from snpsim.guest.swiotlb import IO_TLB_SEGSIZE, IO_TLB_SIZE, SwiotlbPool
 from snpsim.units import parse_duration, parse_size
 
 __all__ = [
+    "BOUNCE_MAX_BYTES",
+    "BOUNCE_MIN_BYTES",
+    "BOUNCE_RATE_PER_S",
     "IDLE_TOUCH_RATE_PER_S",
     "LAZY_ACCEPT_RATE",
     "WORKLOADS",
     "WorkloadFn",
+    "default_swiotlb_pool",
     "dma_churn",
     "lazy_accept",
     "private_touch",
@@ -93,8 +100,12 @@ IDLE_TOUCH_RATE_PER_S = 100.0
 #: Smallest pool ``swiotlb_alloc_pool()`` keeps halving down to for the worker (IO_TLB_MIN_SLABS = 1 MiB).
 SWIOTLB_MIN_POOL_BYTES = 1 * MIB
 #: Largest single bounce mapping (IO_TLB_SEGSIZE * IO_TLB_SIZE = 128 * 2 KiB).
-SWIOTLB_MAX_MAPPING_BYTES = 256 * KIB
-IO_TLB_SIZE = 2 * KIB
+SWIOTLB_MAX_MAPPING_BYTES = IO_TLB_SEGSIZE * IO_TLB_SIZE
+#: [I-model] streaming DMA of the I/O workloads: mappings per second (virtio-blk/net buffers; 0 disables) and
+#: the range of their sizes, drawn log-uniformly (a 512 B sector to a 64 KiB request).
+BOUNCE_RATE_PER_S = 1000.0
+BOUNCE_MIN_BYTES = 512
+BOUNCE_MAX_BYTES = 64 * KIB
 
 
 def _child(rng: np.random.Generator) -> np.random.Generator:
@@ -140,44 +151,46 @@ def lazy_accept(
     start_ns: int = BOOT_END_NS,
     poisson: bool = True,
 ) -> Iterator[Timed]:
-    """Row #12: the page allocator takes unaccepted MAX_ORDER blocks of ZONE_NORMAL in ascending order.
+    """Row #12: the page allocator accepts the blocks of ``zone->unaccepted_pages`` in list order.
 
-    Each block (``cfg.accept_unit_bytes``, 4 MiB) yields a ``Conversion(to_private, huge_ok=True, what="accept")``
-    of its still-unaccepted part - ``accept_memory()`` works in 2 MiB bitmap units plus, with
-    ``cfg.accept_guard_unit``, the next unit as a guard, so conversions are the block shifted by 2 MiB - followed at
-    the same time by an ``Access(private)`` of the block (the allocation being used). Blocks arrive at
-    ``rate_bytes_per_s`` on average (Poisson if ``poisson``, else evenly spaced). Starts after the blocks boot
-    accepted (the ZONE_NORMAL atomic pool); yields nothing unless ``cfg.accepts_lazily`` and there is RAM
-    above 4 GiB; ends when all of it is accepted.
+    ``try_to_accept_memory_one()`` takes the first MAX_PAGE_ORDER block (``cfg.accept_unit_bytes``, 4 MiB) of the
+    list the boot left (``layout.unaccepted_blocks``, ascending) and calls ``accept_memory(block, 4 MiB)`` on the
+    bitmap as the boot left it: one ``Conversion(to_private, huge_ok=True, what="accept")`` per still-unaccepted
+    run - 2 MiB bitmap units plus, with ``cfg.accept_guard_unit``, the next unit as a guard, so conversions are the
+    blocks shifted by 2 MiB, and a block under memory the boot accepted may convert less - followed at the same time
+    by an ``Access(private)`` of the block (the allocation being used). Blocks arrive at ``rate_bytes_per_s`` on
+    average (Poisson if ``poisson``, else evenly spaced). Yields nothing unless ``cfg.accepts_lazily``; ends when
+    the list is empty.
+
+    ``rate_bytes_per_s``: bytes of unaccepted memory the guest's allocations take per second (> 0).
+    ``poisson``: exponential inter-arrival times (else fixed).
     """
     _check_rate("rate_bytes_per_s", rate_bytes_per_s)
     lay = guest_layout(cfg)
-    high = cfg.high_pages
-    if not cfg.accepts_lazily or not high:
+    if not cfg.accepts_lazily or not lay.unaccepted_blocks:
         return iter(())
-    unit, guard = cfg.accept_unit_pages, cfg.accept_guard_pages
+    unit = cfg.accept_unit_pages
     mean_ns = unit * PAGE_SIZE / rate_bytes_per_s * 1e9
+    bitmap = lay.unaccepted_memory(cfg)
 
     def gen() -> Iterator[Timed]:
-        prefix = lay.boot_accepted_high_pages
-        block = prefix // unit
         t = start_ns
-        while block * unit < high:
+        for block in lay.unaccepted_blocks:
             t += max(1, round(rng.exponential(mean_ns))) if poisson else max(1, round(mean_ns))
             if not _before(t, until_ns):
                 return
-            start, end = accept_block(high, prefix, block, unit, guard)
-            if end > start:
-                yield Timed(t, Conversion(FOUR_GIB_GFN + start, end - start, True, Protocol.GHCB, True, "accept"))
-                prefix = end
-            lo = block * unit
-            yield Timed(t, Access(FOUR_GIB_GFN + lo, min(high, lo + unit) - lo, True, True, "accept"))
-            block += 1
+            for gfn, n in bitmap.accept_memory(block, unit):
+                yield Timed(t, Conversion(gfn, n, True, Protocol.GHCB, True, "accept"))
+            yield Timed(t, Access(block, unit, True, True, "accept"))
 
     return gen()
 
 
 # ------------------------------------------------------------------------------------- alloc/free processes
+
+
+#: A side process of :func:`_alloc_free_process`: its generator, rate, and what it does at an arrival.
+Tick = tuple[np.random.Generator, float, Callable[[int], list[Timed]]]
 
 
 def _alloc_free_process(
@@ -187,17 +200,32 @@ def _alloc_free_process(
     start_ns: int,
     on_arrival: Callable[[int], list[tuple[Timed, tuple[int, int, int, str] | None]]],
     on_free: Callable[[int, int, int, str], list[Timed]],
+    ticks: Sequence[Tick] = (),
 ) -> Iterator[Timed]:
-    """Poisson arrivals; ``on_arrival(t)`` returns events and optional ``(free_time, gfn, npages, what)`` to free."""
+    """Poisson arrivals; ``on_arrival(t)`` returns events and optional ``(free_time, gfn, npages, what)`` to free.
+
+    ``ticks`` are further Poisson processes (e.g. streaming DMA) run in the same time order, so each sees the
+    state the arrivals and frees before it left; at equal times frees go first, then arrivals, then ticks.
+    """
     frees: list[tuple[int, int, int, int, str]] = []
     seq = itertools.count()
     t_next = start_ns + _interarrival_ns(rng, rate_per_s)
+    t_ticks = [start_ns + _interarrival_ns(r, rate) for r, rate, _ in ticks]
     while True:
-        if frees and frees[0][0] <= t_next:
+        t_tick = min(t_ticks, default=None)
+        if frees and frees[0][0] <= t_next and (t_tick is None or frees[0][0] <= t_tick):
             t_free, _, gfn, npages, what = heapq.heappop(frees)
             if not _before(t_free, until_ns):
                 return
             yield from on_free(t_free, gfn, npages, what)
+            continue
+        if t_tick is not None and t_tick < t_next:
+            if not _before(t_tick, until_ns):
+                return
+            k = t_ticks.index(t_tick)
+            r, rate, on_tick = ticks[k]
+            yield from on_tick(t_tick)
+            t_ticks[k] = t_tick + _interarrival_ns(r, rate)
             continue
         if not _before(t_next, until_ns):
             return
@@ -207,6 +235,47 @@ def _alloc_free_process(
             if pending is not None:
                 heapq.heappush(frees, (pending[0], next(seq), pending[1], pending[2], pending[3]))
         t_next += _interarrival_ns(rng, rate_per_s)
+
+
+def _check_bounce(rate_per_s: float, min_bytes: int, max_bytes: int) -> None:
+    if not rate_per_s >= 0 or math.isinf(rate_per_s):
+        raise ValueError(f"bounce_rate_per_s must be a finite rate >= 0, got {rate_per_s}")
+    if not 0 < min_bytes <= max_bytes <= SWIOTLB_MAX_MAPPING_BYTES:
+        limit = SWIOTLB_MAX_MAPPING_BYTES
+        raise ValueError(f"need 0 < bounce_min_bytes <= bounce_max_bytes <= {limit}, got {min_bytes}, {max_bytes}")
+
+
+def default_swiotlb_pool(cfg: LinuxGuestConfig) -> SwiotlbPool:
+    """The boot's default SWIOTLB pool (``layout.swiotlb``) with its areas (:func:`swiotlb_nareas`)."""
+    sw = guest_layout(cfg).swiotlb
+    nslabs = sw.npages * PAGE_SIZE // IO_TLB_SIZE
+    return SwiotlbPool(sw.gfn, nslabs, swiotlb_nareas(cfg.vcpus, nslabs))
+
+
+def _bounce_tick(
+    cfg: LinuxGuestConfig,
+    rng: np.random.Generator,
+    rate_per_s: float,
+    min_bytes: int,
+    max_bytes: int,
+    pools: list[SwiotlbPool],
+) -> list[Tick]:
+    """Row #9 as a side process: each arrival is one streaming mapping (``swiotlb_tbl_map_single()``) of a size
+    drawn log-uniformly in [``min_bytes``, ``max_bytes``] [I] from a CPU drawn uniformly [I], bounced through the
+    newest pool of ``pools`` (``mem->pools`` is searched from its head, where ``add_mem_pool()`` puts new pools),
+    written by the guest: ``Access(shared, write, what="swiotlb-bounce")`` of the slots' pages."""
+    _check_bounce(rate_per_s, min_bytes, max_bytes)
+    if rate_per_s == 0:
+        return []
+    lo_log, hi_log = math.log(min_bytes), math.log(max_bytes)
+
+    def on_tick(t: int) -> list[Timed]:
+        nbytes = round(float(np.exp(rng.uniform(lo_log, hi_log))))
+        cpu = int(rng.integers(0, cfg.vcpus))
+        gfn, npages = pools[0].map(cpu, nbytes)
+        return [Timed(t, Access(gfn, npages, False, True, "swiotlb-bounce", cpu))]
+
+    return [(rng, rate_per_s, on_tick)]
 
 
 def swiotlb_dynamic(
@@ -220,6 +289,9 @@ def swiotlb_dynamic(
     pool_lifetime_ns: int | None = None,
     transient_fraction: float = 0.75,
     transient_mean_lifetime_ns: float = 1e6,
+    bounce_rate_per_s: float = BOUNCE_RATE_PER_S,
+    bounce_min_bytes: int = BOUNCE_MIN_BYTES,
+    bounce_max_bytes: int = BOUNCE_MAX_BYTES,
     start_ns: int = BOOT_END_NS,
     region: tuple[int, int] | None = None,
 ) -> Iterator[Timed]:
@@ -228,12 +300,23 @@ def swiotlb_dynamic(
     Shortages arrive at ``shortage_rate_per_s`` [I]. With probability ``transient_fraction`` [I] (or always, once
     ``max_pools`` [I] worker pools exist) a shortage is met by a *transient pool* for one mapping
     (``swiotlb_find_slots()`` fails in atomic context): ``PFN_UP(nr_slots * 2 KiB)`` pages for a mapping size drawn
-    log-uniformly in [2 KiB, 256 KiB], shared at once and freed back to private (``swiotlb_del_transient`` ->
-    ``set_memory_encrypted``) after an exponential lifetime of mean ``transient_mean_lifetime_ns``. Otherwise the
-    ``swiotlb_dyn_alloc`` worker adds a pool of ``pool_bytes`` (<= 4 MiB: ``alloc_dma_pages()`` is limited to
-    MAX_PAGE_ORDER; halved on allocation failure down to 1 MiB). Upstream never frees worker pools; set
-    ``pool_lifetime_ns`` to free them after a fixed time instead. Every allocation is naturally aligned (buddy
-    order) in ``region`` (default ``layout.runtime_region``); conversions are ``huge_ok`` (direct-map addresses).
+    log-uniformly in [2 KiB, 256 KiB], shared at once, written by the guest (the mapping's bounce copy) and freed
+    back to private (``swiotlb_del_transient`` -> ``set_memory_encrypted``) after an exponential lifetime of mean
+    ``transient_mean_lifetime_ns``. Otherwise the ``swiotlb_dyn_alloc`` worker adds a pool of ``pool_bytes``
+    (<= 4 MiB: ``alloc_dma_pages()`` is limited to MAX_PAGE_ORDER; halved on allocation failure down to 1 MiB).
+    Upstream never frees worker pools; set ``pool_lifetime_ns`` to free them after a fixed time instead. Every
+    allocation is naturally aligned (buddy order) in ``region`` (default ``layout.runtime_region``); conversions
+    are ``huge_ok`` (direct-map addresses). Streaming DMA (row #9) bounces through the newest worker pool, or the
+    default pool while there is none (:func:`_bounce_tick`).
+
+    ``shortage_rate_per_s``: times per second the pools run short (> 0).
+    ``pool_bytes``: size of a worker pool, in (0, 4 MiB].
+    ``max_pools``: worker pools at most; later shortages get transient pools.
+    ``pool_lifetime_ns``: free a worker pool this long after it was added (None: never, as upstream).
+    ``transient_fraction``: probability in [0, 1] that a shortage gets a transient pool.
+    ``transient_mean_lifetime_ns``: mean lifetime of a transient pool (its one mapping).
+    ``bounce_rate_per_s``: streaming DMA mappings per second (>= 0; 0 disables them).
+    ``bounce_min_bytes``, ``bounce_max_bytes``: range of their sizes, within (0, 256 KiB].
     """
     _check_rate("shortage_rate_per_s", shortage_rate_per_s)
     if not 0 < pool_bytes <= 4 * MIB:
@@ -241,6 +324,10 @@ def swiotlb_dynamic(
     if not 0.0 <= transient_fraction <= 1.0:
         raise ValueError(f"transient_fraction must be in [0, 1], got {transient_fraction}")
     alloc = _region_allocator(cfg, region)
+    default = default_swiotlb_pool(cfg)
+    pools: list[SwiotlbPool] = [default]  # mem->pools, newest first
+    by_gfn: dict[int, SwiotlbPool] = {}
+    ticks = _bounce_tick(cfg, rng.spawn(1)[0], bounce_rate_per_s, bounce_min_bytes, bounce_max_bytes, pools)
     persistent = 0
 
     def convert(t: int, gfn: int, n: int, to_private: bool, what: str) -> Timed:
@@ -263,7 +350,9 @@ def swiotlb_dynamic(
             if gfn is None:
                 return []
             life = max(1, round(rng.exponential(transient_mean_lifetime_ns)))
-            return [(convert(t, gfn, npages, False, "swiotlb-transient"), (t + life, gfn, npages, "swiotlb-transient"))]
+            conv = convert(t, gfn, npages, False, "swiotlb-transient")
+            copy = Timed(t, Access(gfn, npages, False, True, "swiotlb-transient"))
+            return [(conv, (t + life, gfn, npages, "swiotlb-transient")), (copy, None)]
         nbytes = pool_bytes
         while True:
             npages = _pages_up(nbytes)
@@ -274,6 +363,10 @@ def swiotlb_dynamic(
                 return []
             nbytes //= 2
         persistent += 1
+        nslabs = npages * PAGE_SIZE // IO_TLB_SIZE
+        pool = SwiotlbPool(gfn, nslabs, swiotlb_nareas(cfg.vcpus, nslabs))  # limit_nareas(default_nareas, nslabs)
+        pools.insert(0, pool)
+        by_gfn[gfn] = pool
         pending = None if pool_lifetime_ns is None else (t + pool_lifetime_ns, gfn, npages, "swiotlb-dynamic")
         return [(convert(t, gfn, npages, False, "swiotlb-dynamic"), pending)]
 
@@ -282,9 +375,10 @@ def swiotlb_dynamic(
         alloc.free(gfn, _order_pages(npages))
         if what == "swiotlb-dynamic":
             persistent -= 1
+            pools.remove(by_gfn.pop(gfn))
         return [convert(t, gfn, npages, True, what)]
 
-    return _alloc_free_process(rng, shortage_rate_per_s, until_ns, start_ns, on_arrival, on_free)
+    return _alloc_free_process(rng, shortage_rate_per_s, until_ns, start_ns, on_arrival, on_free, ticks)
 
 
 def dma_churn(
@@ -297,22 +391,36 @@ def dma_churn(
     min_bytes: int = 256,
     max_bytes: int = 1 * MIB,
     max_live: int = 512,
+    bounce_rate_per_s: float = BOUNCE_RATE_PER_S,
+    bounce_min_bytes: int = BOUNCE_MIN_BYTES,
+    bounce_max_bytes: int = BOUNCE_MAX_BYTES,
     start_ns: int = BOOT_END_NS,
     region: tuple[int, int] | None = None,
 ) -> Iterator[Timed]:
-    """Row #8: blocking ``dma_alloc_coherent()`` / ``dma_free_coherent()`` (device probe/remove, driver buffers).
+    """Row #8: blocking ``dma_alloc_coherent()`` / ``dma_free_coherent()`` (device probe/remove, driver buffers),
+    and the devices' streaming DMA (row #9) through the default SWIOTLB pool.
 
     Allocations arrive at ``alloc_rate_per_s`` [I]; sizes are drawn log-uniformly in [``min_bytes``,
     ``max_bytes``] [I]; each takes a naturally aligned ``1 << get_order(size)`` block from ``region`` (default
     ``layout.runtime_region``), converts ``PFN_UP(size)`` pages to shared (``dma_set_decrypted``, direct map:
     ``huge_ok``) and writes them (``Access`` shared); it is freed after an exponential lifetime of mean
     ``mean_lifetime_ns`` [I], converting the same pages back to private (``dma_set_encrypted``). At most
-    ``max_live`` allocations exist at once (arrivals beyond that, or that do not fit, are dropped).
+    ``max_live`` allocations exist at once (arrivals beyond that, or that do not fit, are dropped). Streaming
+    mappings write the SWIOTLB slots the allocator picks (:func:`_bounce_tick`, :mod:`snpsim.guest.swiotlb`).
+
+    ``alloc_rate_per_s``: coherent allocations per second (> 0).
+    ``mean_lifetime_ns``: mean lifetime of an allocation.
+    ``min_bytes``, ``max_bytes``: range of allocation sizes.
+    ``max_live``: allocations alive at most.
+    ``bounce_rate_per_s``: streaming DMA mappings per second (>= 0; 0 disables them).
+    ``bounce_min_bytes``, ``bounce_max_bytes``: range of their sizes, within (0, 256 KiB].
     """
     _check_rate("alloc_rate_per_s", alloc_rate_per_s)
     if not 0 < min_bytes <= max_bytes:
         raise ValueError(f"need 0 < min_bytes <= max_bytes, got {min_bytes}, {max_bytes}")
     alloc = _region_allocator(cfg, region)
+    pools = [default_swiotlb_pool(cfg)]
+    ticks = _bounce_tick(cfg, rng.spawn(1)[0], bounce_rate_per_s, bounce_min_bytes, bounce_max_bytes, pools)
     live = 0
     lo_log, hi_log = math.log(min_bytes), math.log(max_bytes)
 
@@ -339,7 +447,7 @@ def dma_churn(
         alloc.free(gfn, _order_pages(npages))
         return [Timed(t, Conversion(gfn, npages, True, Protocol.GHCB, True, what))]
 
-    return _alloc_free_process(rng, alloc_rate_per_s, until_ns, start_ns, on_arrival, on_free)
+    return _alloc_free_process(rng, alloc_rate_per_s, until_ns, start_ns, on_arrival, on_free, ticks)
 
 
 # ------------------------------------------------------------------------------------------ synthetic streams
