@@ -9,6 +9,7 @@ give identical results.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import numpy.typing as npt
 import pandas as pd
 import simpy
 
+from snpsim.errors import TimeLimitExceeded
 from snpsim.guest.events import Timed
 from snpsim.guest.executor import SnpGuest
 from snpsim.guest.workloads import WORKLOADS
@@ -67,8 +69,11 @@ class Simulation:
         progress: Callable[[float], None] | None = None,
         vm_events: dict[int, Iterable[Timed]] | None = None,
         record_conversions: bool = False,
+        time_limit_s: float | None = None,
     ) -> None:
         self.s = scenario
+        #: wall-clock seconds the run may take (None: no limit); see :meth:`_advance`
+        self.time_limit_s = time_limit_s
         #: guest events given from outside (a replayed trace) for the VM of that index, instead of its workload
         self.vm_events = vm_events or {}
         #: every kvm_convert_memory of every VM (time_ns, gfn, npages, to_private), when recording
@@ -205,6 +210,28 @@ class Simulation:
         self.host.frames.set_many(frames[keep], Owner.USER)
 
     # ------------------------------------------------------------------ run
+    #: SimPy steps between two looks at the clock when a time limit is set
+    _STEPS_PER_CHECK = 1024
+
+    def _advance(self, end: int) -> None:
+        """``env.run(until=end)``; with a time limit, the same events one ``step()`` at a time (those before
+        ``end``: SimPy's ``until`` event is urgent, so events at ``end`` itself never run), looking at the clock
+        every ``_STEPS_PER_CHECK`` steps, so that even a run stuck at one simulated instant is stopped."""
+        env = self.env
+        if self.time_limit_s is None:
+            env.run(until=end)
+            return
+        deadline = time.monotonic() + self.time_limit_s
+        step, peek = env.step, env.peek
+        while peek() < end:
+            for _ in range(self._STEPS_PER_CHECK):
+                if peek() >= end:
+                    break
+                step()
+            if time.monotonic() > deadline:
+                raise TimeLimitExceeded(self.time_limit_s, int(env.now))
+        env.run(until=end)
+
     def run(self) -> Result:
         self._fill_page_cache()
         index = 0
@@ -217,7 +244,7 @@ class Simulation:
         for k, (name, params) in enumerate(sorted(self.s.writers.items())):
             self.env.process(writers.WRITERS[name](self.env, self.host, self.rng(3, k), **params))
         self.env.process(self._sampler())
-        self.env.run(until=self.s.duration_ns)
+        self._advance(self.s.duration_ns)
         final = self.metrics()
         if not self.rows or self.rows[-1]["time_ns"] != final["sim_time_ns"]:
             self.rows.append({"time_ns": final["sim_time_ns"], **final})
