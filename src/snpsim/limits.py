@@ -102,8 +102,10 @@ def limits(
     each simulation. Every preset's scenario is validated before the first simulation."""
     from snpsim.scenario import load
 
-    options = {"workload": workload, "duration": duration, "seed": seed, "params": params}
-    loaded = {name: load(scenario(memory, vcpus, name, **options)) for name in presets}
+    loaded = {
+        name: load(scenario(memory, vcpus, name, workload=workload, duration=duration, seed=seed, params=params))
+        for name in presets
+    }
     out = []
     for name, sc in loaded.items():
         wp, ws = worst_case(sc.policy, memory)

@@ -43,7 +43,8 @@ Every mistake raises :class:`snpsim.ConfigError` naming the field (``vms[0].memo
   (:mod:`snpsim.params`; names, types, ``"4M"``/``"10ms"`` strings), then the workload is constructed once so
   that its own range checks run (``rate_per_s = -1``); a ``*rate_per_s`` whose expected events in the duration
   exceed ``MAX_EVENTS`` is refused;
-- writer parameters likewise against the writer's keyword-only parameters (required ones included); every
+- writer parameters likewise against the writer's keyword-only parameters (required ones included; their
+  integers are counts per wake-up or scan bounds, >= 1); every
   ``interval`` is at least ``MIN_INTERVAL_NS`` (1 us): the writers and the churn process wake up once per interval,
   and an interval of 0 (or one the ±50 % jitter rounds to 0) would keep simulated time from advancing at all;
 - a VM or churn size that can never fit the host (larger than ``host.memory``) is refused, and so is a guest
@@ -338,8 +339,10 @@ def _writer(name: str, value: object) -> dict[str, Any]:
             out[param] = ns
             continue
         checked = check_param(accepted[param], v, where)
-        if isinstance(checked, int) and not isinstance(checked, bool) and checked < 0:
-            raise ConfigError(where, f"must be >= 0, got {v!r}")
+        if isinstance(checked, int) and not isinstance(checked, bool) and checked < 1:
+            # counts per wake-up and scan bounds (batch, pages_to_scan, max_scan, resident_pages, max_pages): a
+            # writer with 0 would do nothing at best (compaction and ksm index the last page they found)
+            raise ConfigError(where, f"must be >= 1, got {v!r}")
         out[param] = checked
     for key, param in shown.items():
         if accepted[param].required and param not in out:

@@ -77,7 +77,8 @@ def config_error(doc: dict[str, Any]) -> snpsim.ConfigError:
         # zero intervals: the process would never let simulated time advance
         ("host.writers.page_zeroing", {"interval": "0s"}, "host.writers.page_zeroing.interval", "at least 1us"),
         ("host.writers.ksm", {"interval": "999ns"}, "host.writers.ksm.interval", "at least 1us"),
-        ("host.writers.compaction", {"batch": -1}, "host.writers.compaction.batch", ">= 0"),
+        ("host.writers.compaction", {"batch": -1}, "host.writers.compaction.batch", ">= 1"),
+        ("host.writers.ksm", {"pages_to_scan": 0}, "host.writers.ksm.pages_to_scan", ">= 1"),  # found by the fuzz test
         ("host.writers.ksm", {"pages_to_scan": "many"}, "host.writers.ksm.pages_to_scan", "expected an integer"),
         ("host.writers.hibernation", {"restore": 1}, "host.writers.hibernation.restore", "true or false"),
         ("host.writers.hibernation", {}, "host.writers.hibernation.at", "missing"),  # at_ns has no default
