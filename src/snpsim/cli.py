@@ -812,7 +812,7 @@ def list_presets(fmt: FormatOption = "table", as_json: JsonOption = False) -> No
         return
     knobs = list(next(iter(presets.values())).as_dict())
     cells = [[str(p.as_dict()[k]).lower() for p in presets.values()] for k in knobs]
-    grid = Grid("snpsim presets", "knob", knobs, list(presets), cells, lambda _r, _c, v: str(v))
+    grid = Grid("snpsim presets", "knob", knobs, list(presets), cells, lambda _r, _c, v: str(v), justify="left")
     emit(_console(), grid, output, _write)
 
 

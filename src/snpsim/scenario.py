@@ -322,11 +322,8 @@ def _writer(name: str, value: object) -> dict[str, Any]:
     from snpsim.host.writers import WRITERS
 
     table = _dict(value, f"host.writers.{name}")
-    accepted = {
-        p.name: p
-        for p in parameters(WRITERS[name]).values()
-        if inspect.signature(WRITERS[name]).parameters[p.name].kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    kinds = {n: p.kind for n, p in inspect.signature(WRITERS[name]).parameters.items()}
+    accepted = {n: p for n, p in parameters(WRITERS[name]).items() if kinds[n] is inspect.Parameter.KEYWORD_ONLY}
     shown = {p.removesuffix("_ns"): p for p in accepted}  # scenario keys: durations without their _ns suffix
     out: dict[str, Any] = {}
     for key, v in table.items():
@@ -407,7 +404,7 @@ def _runtime_functions(fn: Any) -> list[Any]:
 
 def _under_params(e: ConfigError, where: str, params: dict[str, Any]) -> ConfigError:
     """A workload's error (``params.rate``, or ``params: rate_per_s must be ...``) re-rooted at ``where``."""
-    if e.field.startswith("params.") or e.field != "params":
+    if e.field != "params":
         return ConfigError(f"{where}.{e.field}", e.message)
     name, _, rest = e.message.partition(" ")
     if name in params and rest:

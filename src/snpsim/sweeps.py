@@ -637,8 +637,11 @@ def _check_out(folder: Path) -> None:
     check_folder(folder, "out")
     if is_run_folder(folder):
         raise ConfigError("out", f"{folder} holds runs of 'snpsim run' or 'replay', not a sweep; choose another folder")
-    if folder.is_dir() and not (folder / STORE).exists() and any(not p.name.startswith(".") for p in folder.iterdir()):
-        raise ConfigError("out", f"{folder} is not empty and holds no sweep; choose a new folder")
+    if folder.is_dir() and not (folder / STORE).exists():
+        # a sweep killed before its store existed leaves at most points/ (and the lock file)
+        others = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != POINTS]
+        if others:
+            raise ConfigError("out", f"{folder} is not empty and holds no sweep; choose a new folder")
 
 
 @contextmanager

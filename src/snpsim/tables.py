@@ -22,9 +22,9 @@ import csv
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -47,6 +47,8 @@ class Grid:
     cells: list[list[Any]]
     full: Callable[[str, str, Any], str]
     compact: Callable[[str, str, Any], str] | None = None
+    #: how the value columns are aligned: "right" for numbers, "left" for words
+    justify: str = "right"
 
     def text(self, *, compact: bool) -> list[list[str]]:
         fmt = self.compact if compact and self.compact is not None else self.full
@@ -90,11 +92,13 @@ def _cell(fmt: Callable[[str, float], str], metric: str, value: Any) -> str:
     return fmt(metric, value)
 
 
-def _table(title: str, corner: str, columns: list[str], rows: list[str], cells: list[list[str]]) -> Table:
+def _table(
+    title: str, corner: str, columns: list[str], rows: list[str], cells: list[list[str]], justify: str = "right"
+) -> Table:
     table = Table(title=Text(title) if title else None)
     table.add_column(Text(corner), no_wrap=True)
     for col in columns:
-        table.add_column(Text(col), justify="right", no_wrap=True)
+        table.add_column(Text(col), justify=cast(JustifyMethod, justify), no_wrap=True)
     for label, row in zip(rows, cells, strict=True):
         table.add_row(Text(label), *(Text(c) for c in row))
     return table
@@ -114,12 +118,12 @@ def layouts(console: Console, grid: Grid) -> list[Table]:
     width = console.width
     for compact in (False, True):
         cells = grid.text(compact=compact)
-        table = _table(grid.title, grid.corner, grid.columns, grid.rows, cells)
+        table = _table(grid.title, grid.corner, grid.columns, grid.rows, cells, grid.justify)
         if _width(console, table) <= width:
             return [table]
     for compact in (False, True):
         cells = _transpose(grid.text(compact=compact))
-        table = _table(grid.title, "", grid.rows, grid.columns, cells)
+        table = _table(grid.title, "", grid.rows, grid.columns, cells, grid.justify)
         if _width(console, table) <= width:
             return [table]
     for compact in (False, True):
@@ -133,7 +137,7 @@ def _split(console: Console, grid: Grid, cells: list[list[str]], width: int) -> 
     """Greedy chunks of columns, each table as wide as fits; [] if one column alone does not fit."""
 
     def table(title: str, a: int, b: int) -> Table:
-        return _table(title, grid.corner, grid.columns[a:b], grid.rows, [row[a:b] for row in cells])
+        return _table(title, grid.corner, grid.columns[a:b], grid.rows, [row[a:b] for row in cells], grid.justify)
 
     chunks: list[tuple[int, int]] = []
     start, n = 0, len(grid.columns)
@@ -173,8 +177,17 @@ def to_csv(grid: Grid) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([grid.corner, *grid.columns])
     for label, row in zip(grid.rows, grid.cells, strict=True):
-        writer.writerow([label, *("" if v is None else v for v in row)])
+        writer.writerow([label, *(_raw(v) for v in row)])
     return buf.getvalue()
+
+
+def _raw(value: Any) -> Any:
+    """A CSV cell: empty for no value, whole floats (means) as integers."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def to_markdown(grid: Grid) -> str:
@@ -185,7 +198,8 @@ def to_markdown(grid: Grid) -> str:
 
     lines = [f"**{esc(grid.title)}**", ""] if grid.title else []
     lines.append("| " + " | ".join(esc(c) for c in [grid.corner, *grid.columns]) + " |")
-    lines.append("|" + "|".join([":---", *("---:" for _ in grid.columns)]) + "|")
+    align = "---:" if grid.justify == "right" else ":---"
+    lines.append("|" + "|".join([":---", *(align for _ in grid.columns)]) + "|")
     for label, row in zip(grid.rows, grid.text(compact=False), strict=True):
         lines.append("| " + " | ".join(esc(c) for c in [label, *row]) + " |")
     return "\n".join(lines) + "\n"
