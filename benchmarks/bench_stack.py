@@ -3,7 +3,7 @@
 Run: ``python benchmarks/bench_stack.py [EVENTS]`` (default 20,000). A 1 GiB guest on a 4 GiB host under the
 ``upstream`` preset (guest_memfd 4K folios, 4K shared pages, discard on conversion, direct map split to 4K around
 private pages) executes the ``random-conversion`` workload's event stream (ranges of 1..16 pages converted either
-way, each followed by an access in the new state) straight through :class:`snpsim.guest.executor.SnpGuest`, without
+way, each followed by an access in the new state) straight through :class:`snpsim.guest.executor.GuestDriver`, without
 the SimPy engine. The same events then run through :class:`NaiveStack`, a dict-per-page reference model of the same
 semantics (attributes, NPT, guest_memfd pages, shared pages, RMP entries with Validated, direct-map splits; PSC
 requests of at most 64 entries), and both report events/s. The two must agree on every counter they share, which
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from snpsim.guest.events import Access, Conversion
-from snpsim.guest.executor import SnpGuest
 from snpsim.guest.linux import LinuxGuestConfig, guest_layout
 from snpsim.guest.workloads import random_conversions
 from snpsim.host import HostKernel
 from snpsim.metrics import Counters
 from snpsim.policy import presets
+from snpsim.runner import GuestDriver
 from snpsim.vmm.qemu import Qemu
 
 HOST_FRAMES = 1 << 20  # 4 GiB
@@ -127,7 +127,7 @@ def run_snpsim(
     for lo, k in cfg.ram_ranges():
         ram[lo : lo + k] = True
     qemu = Qemu(host, policy, ram, asid=1, counters=Counters())
-    guest = SnpGuest(qemu)
+    guest = GuestDriver(qemu)
     guest.execute(Conversion(region[0], region[1], True, huge_ok=False))  # the region starts private, validated
     c = qemu.counters
     before = (c.to_private_count, c.to_shared_count, host.rmp.rmpupdate_count)

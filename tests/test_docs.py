@@ -11,7 +11,7 @@ import pytest
 
 import snpsim
 from snpsim.metrics import METRICS
-from snpsim.policy import KNOB_VALUES, Policy
+from snpsim.policy import KNOB_VALUES, Policy, knobs_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -101,6 +101,11 @@ def test_index_links_every_preset_once() -> None:
 
 def test_knob_values_come_from_policy() -> None:
     assert list(KNOB_VALUES) == KNOBS
+
+
+def test_knobs_md_is_generated_from_the_declarations() -> None:
+    """docs/knobs.md is `python -m snpsim.policy` output: regenerate it when a knob changes."""
+    assert (DOCS / "knobs.md").read_text() == knobs_markdown()
 
 
 def test_knobs_md_documents_every_knob_and_value() -> None:

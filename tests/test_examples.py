@@ -32,7 +32,9 @@ def check_boot(r: Result) -> None:
 
 def check_fragmented(r: Result) -> None:
     s = r.summary
-    assert s["directmap_4k"] == 4 << 30  # every 2M range of the host holds a guest page: all split
+    # a uniformly scattered half of the host is page cache, so a 1 GiB guest's pages land in nearly every 2M range
+    # of the host, which upstream then splits: at least 99 % of the direct map ends at 4K
+    assert s["directmap_4k"] >= 0.99 * (4 << 30)
 
 
 def check_churn(r: Result) -> None:

@@ -25,9 +25,45 @@ K4 = 4096
         (presets["upm-nosplit"], G, G - (G // (2 << 20)) * K4),
         # hugetlb-2m shared: one shared page per 2M allocates a huge page that is never freed; 511 stay private
         (presets["hugetlb"], G - (G // (2 << 20)) * K4, G),
-        (Policy("gmem", "4k", "4k", False, "split", "never", "oops"), G, G),  # no discard: everything doubled
-        (Policy("gmem", "1g", "4k", True, "keep", "never", "oops"), G, G - K4),  # one 1G folio
-        (Policy("gmem", "4k", "thp", True, "split", "never", "oops"), G, 0),  # THP is split and discarded
+        (
+            Policy(
+                private_backing="gmem",
+                private_granularity="4k",
+                shared_backing="4k",
+                discard_on_convert=False,
+                directmap="split",
+                directmap_restore="never",
+                rmp_fault="oops",
+            ),
+            G,
+            G,
+        ),  # no discard: everything doubled
+        (
+            Policy(
+                private_backing="gmem",
+                private_granularity="1g",
+                shared_backing="4k",
+                discard_on_convert=True,
+                directmap="keep",
+                directmap_restore="never",
+                rmp_fault="oops",
+            ),
+            G,
+            G - K4,
+        ),  # one 1G folio
+        (
+            Policy(
+                private_backing="gmem",
+                private_granularity="4k",
+                shared_backing="thp",
+                discard_on_convert=True,
+                directmap="split",
+                directmap_restore="never",
+                rmp_fault="oops",
+            ),
+            G,
+            0,
+        ),  # THP is split and discarded
     ],
 )
 def test_worst_case(policy: Policy, private: int, shared: int) -> None:

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snpsim.guest.events import Access, Conversion
-from snpsim.guest.executor import SnpGuest
 from snpsim.host import HostKernel
 from snpsim.metrics import Counters
 from snpsim.pfnmap import CHUNK_SHIFT, PfnMap, lazy_zeros
 from snpsim.policy import presets
+from snpsim.runner import GuestDriver
 from snpsim.vmm import qemu as qemu_mod
 from snpsim.vmm.qemu import Qemu
 
@@ -93,11 +93,11 @@ def test_an_unwritten_pfnmap_costs_no_resident_memory() -> None:
     assert m.present().sum() == 6  # a read pass faults in zero pages only (no copy kept)
 
 
-def _stack(policy: str) -> tuple[Qemu, SnpGuest]:
+def _stack(policy: str) -> tuple[Qemu, GuestDriver]:
     pol = presets[policy]
     host = HostKernel(1 << 18, pol)
     vmm = Qemu(host, pol, np.ones(1 << 14, dtype=bool), asid=1, counters=Counters())
-    return vmm, SnpGuest(vmm)
+    return vmm, GuestDriver(vmm)
 
 
 @pytest.mark.parametrize("policy", ["upstream", "hugetlb", "fixup", "upm-nosplit"])

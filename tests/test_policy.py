@@ -64,7 +64,15 @@ def test_impossible_or_unknown_knobs_raise_config_error(knobs: dict[str, object]
 
 def test_knob_table_with_a_preset_base() -> None:
     p = resolve_policy({"preset": "upstream", "rmp_fault": "fixup"})
-    assert p == Policy("gmem", "4k", "4k", True, "split", "never", "fixup")
+    assert p == Policy(
+        private_backing="gmem",
+        private_granularity="4k",
+        shared_backing="4k",
+        discard_on_convert=True,
+        directmap="split",
+        directmap_restore="never",
+        rmp_fault="fixup",
+    )
     assert resolve_policy("upm") is presets["upm"]
     with pytest.raises(snpsim.ConfigError):
         resolve_policy(42)

@@ -24,9 +24,9 @@ from snpsim.results import folder_name
         ({"rmp_fault": "fixup", "preset": "bulk", "shared_backing": "thp"}, "bulk+shared_backing=thp+rmp_fault=fixup"),
         # no base: the preset differing in the fewest knobs (Policy's defaults are upstream's knobs)
         ({"rmp_fault": "fixup"}, "upstream+rmp_fault=fixup"),
-        # with Policy's defaults this is gmem, 4k, 4k, discard, unmap, never, oops: unmap differs in
-        # private_backing only, upm in directmap_restore only; a tie goes to the first in preset order
-        ({"directmap": "unmap", "directmap_restore": "never"}, "unmap+private_backing=gmem"),
+        # with Policy's defaults (upstream's: gmem, prefault_on_convert true) this is upstream with directmap
+        # unmap: upm differs from it in directmap_restore only, unmap (vmm, no prefault) in two knobs
+        ({"directmap": "unmap", "directmap_restore": "never"}, "upm+directmap_restore=never"),
     ],
 )
 def test_labels(policy: object, label: str) -> None:

@@ -32,6 +32,7 @@ METRICS: tuple[str, ...] = (
     "to_shared_count",
     "psc_request_count",
     "vmm_exit_count",
+    "boot_time_ns",
     "sim_time_ns",
 )
 

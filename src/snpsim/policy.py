@@ -1,79 +1,275 @@
-"""Host memory policies for confidential-VM private memory: the knobs and the named presets.
+"""Host memory policies for confidential-VM private memory: the knobs, declared once, and the named presets.
 
 Every design option argued in the seed thread ("[PATCH Part2 v5 39/45] KVM: SVM: Introduce ops for the post gfn
-map and unmap", 2021-2022; ``shared/reference/linux-snp-host.md`` §3, §6) is a combination of the knobs below;
-a preset is only a set of knob values, and no code branches on a preset name (``shared/DESIGN.md``).
+map and unmap", 2021-2022; ``shared/reference/linux-snp-host.md`` §3, §6) and after it is a combination of the
+knobs below; a preset is only a set of knob values, and no code branches on a preset name (``shared/DESIGN.md``).
+
+Each knob is declared once, as a field of :class:`Policy` made by :func:`knob`: its default, its values with what
+each does in the model and where, its meaning and its source. ``docs/knobs.md`` (:func:`knobs_markdown`),
+``snpsim presets`` and the CLI help are generated from these declarations, and the validation rules
+(:data:`RULES`) are declared the same way. A preset (:data:`PRESETS`) is a cited set of overrides of the defaults,
+which are the ``upstream`` values (QEMU pre-faults on page-state changes for every guest_memfd preset: the VMM
+of today, whatever the kernel's design; the pre-UPM presets never exit to QEMU on a conversion).
+
+Behaviours that no knob decides are consequences of one, stated in the value's text: hugetlb shared memory is
+never discarded (QEMU ``kvm_convert_memory`` skips the discard when the RAM block's page size is not the host's),
+THP falls back to 4K pages when no 2M page is free (``do_huge_pmd_anonymous_page``), and pre-UPM RMPUPDATEs are
+issued by KVM's in-kernel Page State Change handler (SNP v5 ``__snp_handle_page_state_change``), never by the VMM.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from snpsim.errors import ConfigError
 
-KNOB_VALUES: dict[str, tuple[Any, ...]] = {
-    "private_backing": ("vmm", "gmem"),
-    "private_granularity": ("4k", "2m", "1g"),
-    "shared_backing": ("4k", "thp", "hugetlb-2m", "hugetlb-1g"),
-    "discard_on_convert": (True, False),
-    "directmap": ("keep", "split", "unmap", "unmap-nosplit", "bulk"),
-    "directmap_restore": ("never", "on-release", "on-unregister"),
-    "rmp_fault": ("oops", "fixup"),
-}
 
-#: Bytes of one page of each granularity / backing name.
-GRANULE_BYTES = {"4k": 4096, "2m": 2 << 20, "1g": 1 << 30, "thp": 2 << 20, "hugetlb-2m": 2 << 20, "hugetlb-1g": 1 << 30}
+@dataclass(frozen=True, slots=True)
+class KnobValue:
+    """One value of a knob: what it does in the model, and where (files and functions)."""
+
+    value: Any
+    does: str
+    where: str = ""
 
 
 @dataclass(frozen=True, slots=True)
+class Knob:
+    """A policy knob: name, default, allowed values with their meaning, what the knob decides, and its source."""
+
+    name: str
+    default: Any
+    values: tuple[KnobValue, ...]
+    meaning: str
+    source: str
+
+    @property
+    def allowed(self) -> tuple[Any, ...]:
+        return tuple(v.value for v in self.values)
+
+
+def knob(default: Any, meaning: str, source: str, values: tuple[KnobValue, ...]) -> Any:
+    """A :class:`Policy` field declaring its knob (the name is the field's)."""
+    return field(default=default, metadata={"knob": (default, values, meaning, source)})
+
+
+def _v(value: Any, does: str, where: str = "") -> KnobValue:
+    return KnobValue(value, does, where)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
-    """One host memory policy: the value of every knob of ``shared/DESIGN.md``.
+    """One host memory policy: the value of every knob (``shared/DESIGN.md``). Keyword arguments only."""
 
-    - ``private_backing``: ``vmm`` (private memory is ordinary VMM memory, pre-UPM) or ``gmem`` (guest_memfd).
-    - ``private_granularity``: guest_memfd folio size; with ``2m``/``1g`` a partial conversion never frees part of
-      a folio.
-    - ``shared_backing``: page size of the VMM's shared memory.
-    - ``discard_on_convert``: the VMM frees the now-unused copy on conversion (impossible below the backing's
-      page size, never done for hugetlb shared backing, as QEMU).
-    - ``directmap``: what the host does to its direct map around private pages.
-    - ``directmap_restore``: when 2M/1G direct-map mappings are rebuilt.
-    - ``rmp_fault``: ``oops`` (a kernel-mode RMP #PF crashes the host) or ``fixup`` (make the page shared, retry).
-    """
-
-    private_backing: str = "gmem"
-    private_granularity: str = "4k"
-    shared_backing: str = "4k"
-    discard_on_convert: bool = True
-    directmap: str = "split"
-    directmap_restore: str = "never"
-    rmp_fault: str = "oops"
+    private_backing: str = knob(
+        "gmem",
+        "Where guest-private memory comes from.",
+        "linux-snp-host.md §5 (guest_memfd), §6 (the seed thread's pre-UPM design)",
+        (
+            _v(
+                "vmm",
+                "Pre-UPM SNP (v5-v8). Guest RAM is one QEMU RAM block (host anonymous memory, frames tagged "
+                "`Owner.VMM_PRIVATE`: pinned, KSM-scanned). A gfn has one page, converted in place by KVM's "
+                "in-kernel Page State Change handler (SNP v5 `__snp_handle_page_state_change`: build the NPT "
+                "entry, then `rmp_make_private` / `snp_make_page_shared`): no exit to the VMM, no second copy, "
+                "nothing to discard. The RAM block is registered (`MEM_ENCRYPT_REG_REGION`) as it is faulted in "
+                "and unregistered at VM destroy. Private NPT mappings are 4K.",
+                "`src/snpsim/kvm/vcpu.py` (`KvmVcpu._psc_in_kernel`), `src/snpsim/kvm/sev.py`, `src/snpsim/host/mm.py`",
+            ),
+            _v(
+                "gmem",
+                "guest_memfd. Private pages are folios of a `GuestMemfd` (`Owner.GMEM`: unmovable, not mapped "
+                "by QEMU), allocated and zeroed on the first private fault and prepared by `sev_gmem_prepare`. "
+                "Shared pages come from the VMM's RAM block. QEMU sets all RAM private at memslot creation. A "
+                "conversion exits to the VMM (`KVM_HC_MAP_GPA_RANGE`), which sets the attributes and discards or "
+                "punches (see `discard_on_convert`). A freed folio is the explicit release point.",
+                "`src/snpsim/kvm/gmem.py`, `src/snpsim/kvm/sev.py`, "
+                "`src/snpsim/vmm/qemu.py` (`Qemu.kvm_convert_memory`)",
+            ),
+        ),
+    )
+    private_granularity: str = knob(
+        "4k",
+        "The guest_memfd folio size (with `vmm` backing only `4k`).",
+        "linux-snp-host.md §5: upstream guest_memfd is order-0 only; the THP (M. Roth, 2024) and HugeTLB "
+        "(A. Tng, 2025) series add 2M/1G folios",
+        (
+            _v(
+                "4k",
+                "Order-0 folios, as upstream. Every RMP entry and private NPT mapping is 4K.",
+                "`src/snpsim/kvm/gmem.py`",
+            ),
+            _v(
+                "2m",
+                "2 MiB folios. `sev_gmem_prepare` makes a 2M RMP entry when the folio and gfn are 2M-aligned "
+                "and no page of the 2M range is assigned (`is_large_rmp_possible`), else 4K entries. Private "
+                "NPT mappings can be 2M when the RMP entry is 2M and the attributes are uniform. A hole punch "
+                "frees only folios wholly inside it; `sev_gmem_invalidate` PSMASHes a partly freed 2M entry.",
+                "`src/snpsim/kvm/gmem.py`, `src/snpsim/kvm/sev.py`, `src/snpsim/kvm/vm.py`",
+            ),
+            _v(
+                "1g",
+                "1 GiB folios: the same rules; RMP entries and private NPT mappings stay at most 2M (the RMP "
+                "has no 1G size).",
+                "same",
+            ),
+        ),
+    )
+    shared_backing: str = knob(
+        "4k",
+        "The page size of the VMM's RAM block: the shared pages with `gmem`, all of guest RAM with `vmm`. Its "
+        "host mapping level caps the shared NPT mapping.",
+        "QEMU system/physmem.c (RAM block backends), guest-workloads.md §1, §6",
+        (
+            _v(
+                "4k",
+                "Anonymous 4K pages, allocated on first touch, freed exactly by a discard.",
+                "`src/snpsim/host/mm.py`",
+            ),
+            _v(
+                "thp",
+                "Transparent huge pages. A 2M page when the whole aligned 2M range is RAM, untouched, and a 2M "
+                "block can be allocated; otherwise (a consequence, not a knob) the range falls back to 4K pages "
+                "as `do_huge_pmd_anonymous_page` does. A discard covering part of a THP splits it first "
+                "(`split_huge_pmd`) and frees only the covered 4K pages.",
+                "`src/snpsim/host/mm.py`",
+            ),
+            _v(
+                "hugetlb-2m",
+                "hugetlbfs 2 MiB pages, taken from the allocator on first touch; none free = the VMM gets "
+                "SIGBUS (out of memory). Never discarded: a consequence of QEMU's `kvm_convert_memory`, which "
+                "skips `ram_block_discard_range` when the RAM block's page size is not the host page size.",
+                "`src/snpsim/host/mm.py`, `src/snpsim/vmm/qemu.py`",
+            ),
+            _v("hugetlb-1g", "The same with 1 GiB pages and 1G shared NPT mappings.", "same"),
+        ),
+    )
+    discard_on_convert: bool = knob(
+        True,
+        "Whether the VMM frees the copy a conversion leaves unused (QEMU `kvm_convert_memory`); only with `gmem`.",
+        "QEMU accel/kvm/kvm-all.c kvm_convert_memory(); linux-snp-host.md §5",
+        (
+            _v(
+                True,
+                "To-private discards the shared pages (`ram_block_discard_range`: whole backing pages only, "
+                "never hugetlb); to-shared punches guest_memfd (`fallocate(PUNCH_HOLE)`: whole folios only).",
+                "`src/snpsim/vmm/qemu.py`",
+            ),
+            _v(False, "Neither: once both copies of a gfn exist, both stay until the VM is destroyed.", ""),
+        ),
+    )
+    directmap: str = knob(
+        "split",
+        "What the host does to its kernel direct map around private pages.",
+        "linux-snp-host.md §3 (history of the host direct-map policy; DM-COMMIT 661b1c6169e2)",
+        (
+            _v(
+                "keep",
+                "Never changes the direct map. A kernel write through a 2M/1G mapping whose 2M range holds an "
+                "assigned page fails the hardware RMP check (1G is checked as 2M); `rmp_fault` decides.",
+                "`src/snpsim/hw/rmp.py` (`Rmp.check_host_write`)",
+            ),
+            _v(
+                "split",
+                "Upstream `adjust_direct_map()`: before every 4K RMPUPDATE, to private and to shared, the 2M "
+                "range holding the page is split to 4K (`set_memory_4k`); a 2M RMPUPDATE splits nothing; pages "
+                "stay mapped; nothing ever merges.",
+                "`src/snpsim/host/kernel.py`, `src/snpsim/host/directmap.py`",
+            ),
+            _v(
+                "unmap",
+                "SNP v5-v10: before a 4K RMPUPDATE to private the page's entry is made not present "
+                "(`set_direct_map_invalid_noflush`, splitting to 4K first); after an RMPUPDATE to shared it is "
+                "made present again. A kernel access to a removed page is a not-present #PF, which oopses.",
+                "`src/snpsim/host/kernel.py`, `src/snpsim/host/directmap.py`",
+            ),
+            _v(
+                "unmap-nosplit",
+                "Removes the whole direct-map entry of the private folio (2M, or 1G for `1g` folios) when any "
+                "page of it becomes private, restores it when none is assigned; never splits to 4K. Needs "
+                "`private_granularity` `2m` or `1g`.",
+                "`src/snpsim/host/kernel.py`",
+            ),
+            _v(
+                "bulk",
+                "Splits every 2M range of guest memory to 4K when it is registered (VMM RAM as it is faulted "
+                "in, guest_memfd folios as they are allocated), then acts like `split`.",
+                "`src/snpsim/host/kernel.py` (`register_frames`)",
+            ),
+        ),
+    )
+    directmap_restore: str = knob(
+        "never",
+        "When 2M/1G direct-map mappings are rebuilt: each 2M range holding no assigned page collapses into a 2M "
+        "mapping if all its 4K entries are present, then each GiB of present 2M mappings into 1G.",
+        "linux-snp-host.md §3 (upstream never merges), §6 (Sean Christopherson, 2022-09-14: the explicit release "
+        "point; M. Roth, 2022-09-19: MEM_ENCRYPT_UNREG_REGION)",
+        (
+            _v("never", "No merge, ever (upstream: 'there isn't currently a mechanism in place to restore').", ""),
+            _v(
+                "on-release",
+                "Merges the ranges of every guest_memfd folio freed (hole punch or VM destruction): the explicit "
+                "release point. Needs `gmem`.",
+                "`src/snpsim/host/kernel.py` (`release_frames`)",
+            ),
+            _v(
+                "on-unregister",
+                "Merges the ranges of a VM's memory when it is destroyed (`MEM_ENCRYPT_UNREG_REGION`).",
+                "`src/snpsim/host/kernel.py` (`unregister_frames`)",
+            ),
+        ),
+    )
+    rmp_fault: str = knob(
+        "oops",
+        "What the host #PF handler does with a kernel-mode RMP fault (error code bit 31). A not-present fault "
+        "always oopses.",
+        "linux-snp-host.md §2 (arch/x86/mm/fault.c; P. Gonda's proposal, Nov 2021, rejected 2022-09-14)",
+        (
+            _v("oops", "Upstream: the oops path; a `Crash` is recorded and counted.", "`src/snpsim/host/kernel.py`"),
+            _v(
+                "fixup",
+                "P. Gonda's proposal: every assigned page the write depends on is made shared with RMPUPDATE and "
+                "the write retried; the guest's next private access takes #VC 0x404.",
+                "`src/snpsim/host/kernel.py` (`_handle_rmp_fault`)",
+            ),
+        ),
+    )
+    prefault_on_convert: bool = knob(
+        True,
+        "Whether the VMM calls `KVM_PRE_FAULT_MEMORY` on the range of each `KVM_HC_MAP_GPA_RANGE` exit, after "
+        "converting it, so that the guest's following accesses and PVALIDATEs find the NPT mapped.",
+        "QEMU commit 4cdc489eb9c2 'i386/kvm: Prefault memory on page state change' (T. Lendacky, 2025; "
+        "Message-ID f5411c42340bd2f5c14972551edb4e959995e42b.1743193824.git.thomas.lendacky@amd.com)",
+        (
+            _v(
+                True,
+                "After `kvm_convert_memory`, QEMU's `kvm_handle_hc_map_gpa_range` pre-faults the range: KVM maps "
+                "it (preparing private pages, faulting in shared ones) without #NPF exits. Memory-fault exits are "
+                "not pre-faulted.",
+                "`src/snpsim/vmm/qemu.py`, `src/snpsim/kvm/vm.py` (`KvmVm.pre_fault_memory`)",
+            ),
+            _v(
+                False,
+                "No pre-fault (QEMU before 10.1, and the pre-UPM presets, whose conversions never exit to QEMU): "
+                "with 4K guest_memfd, each page the guest validates after a page-state change is one #NPF exit "
+                "('resulting in 1024 additional exits' per 4M accepted).",
+                "",
+            ),
+        ),
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            allowed = KNOB_VALUES[f.name]
+            allowed = KNOBS[f.name].allowed
             if value not in allowed or (isinstance(value, bool) != isinstance(allowed[0], bool)):
                 shown = ", ".join(str(a).lower() for a in allowed)
                 raise ConfigError(f"policy.{f.name}", f"{value!r} is not one of: {shown}")
-        if self.directmap == "unmap-nosplit" and self.private_granularity == "4k":
-            raise ConfigError(
-                "policy.directmap",
-                "'unmap-nosplit' removes whole 2M/1G mappings only and needs private_granularity 2m or 1g",
-            )
-        if self.private_granularity != "4k" and self.private_backing != "gmem":
-            raise ConfigError(
-                "policy.private_granularity", "a private granularity above 4k needs private_backing 'gmem'"
-            )
-        if self.directmap_restore == "on-release" and self.private_backing != "gmem":
-            raise ConfigError(
-                "policy.directmap_restore", "'on-release' needs private_backing 'gmem' (the explicit release point)"
-            )
-        if self.directmap_restore != "never" and self.directmap == "keep":
-            raise ConfigError(
-                "policy.directmap_restore", "directmap 'keep' never changes the direct map, there is nothing to restore"
-            )
+        for rule in RULES:
+            if rule.broken(self):
+                raise ConfigError(f"policy.{rule.knob}", rule.message)
 
     @property
     def private_page_bytes(self) -> int:
@@ -91,10 +287,9 @@ class Policy:
         """Build a policy from knob values; unknown knobs raise :class:`ConfigError` naming them."""
         if not isinstance(data, Mapping):
             raise ConfigError(field, f"expected a preset name or a table of knobs, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"preset"})
+        unknown = sorted(set(data) - set(KNOBS) - {"preset"})
         if unknown:
-            raise ConfigError(f"{field}.{unknown[0]}", f"unknown knob (knobs: {', '.join(sorted(known))})")
+            raise ConfigError(f"{field}.{unknown[0]}", f"unknown knob (knobs: {', '.join(KNOBS)})")
         base: dict[str, Any] = {}
         if "preset" in data:
             base = presets_by_name(data["preset"], field=f"{field}.preset").as_dict()
@@ -102,21 +297,118 @@ class Policy:
         return cls(**base)
 
 
-def _preset(pb: str, pg: str, sb: str, discard: bool, dm: str, restore: str, fault: str) -> Policy:
-    return Policy(pb, pg, sb, discard, dm, restore, fault)
+#: Every knob, read from the :class:`Policy` fields that declare it.
+KNOBS: dict[str, Knob] = {f.name: Knob(f.name, *f.metadata["knob"]) for f in fields(Policy)}
+#: The allowed values of each knob.
+KNOB_VALUES: dict[str, tuple[Any, ...]] = {name: k.allowed for name, k in KNOBS.items()}
+
+#: Bytes of one page of each granularity / backing name.
+GRANULE_BYTES = {"4k": 4096, "2m": 2 << 20, "1g": 1 << 30, "thp": 2 << 20, "hugetlb-2m": 2 << 20, "hugetlb-1g": 1 << 30}
 
 
-#: The seed thread's options (DESIGN.md "Presets"). Knob order: private_backing, private_granularity,
-#: shared_backing, discard_on_convert, directmap, directmap_restore, rmp_fault.
-presets: dict[str, Policy] = {
-    "fixup": _preset("vmm", "4k", "4k", True, "keep", "never", "fixup"),
-    "unmap": _preset("vmm", "4k", "4k", True, "unmap", "never", "oops"),
-    "bulk": _preset("vmm", "4k", "4k", True, "bulk", "on-unregister", "oops"),
-    "upm": _preset("gmem", "4k", "4k", True, "unmap", "on-release", "oops"),
-    "upm-nosplit": _preset("gmem", "2m", "4k", True, "unmap-nosplit", "on-release", "oops"),
-    "hugetlb": _preset("gmem", "2m", "hugetlb-2m", True, "unmap-nosplit", "on-release", "oops"),
-    "upstream": _preset("gmem", "4k", "4k", True, "split", "never", "oops"),
-}
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An impossible combination of knobs: ``broken(policy)`` is true for it; the error names ``knob``."""
+
+    knob: str
+    message: str
+    broken: Callable[[Policy], bool]
+
+
+#: The impossible combinations, declared once (``docs/knobs.md`` lists them).
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "directmap",
+        "'unmap-nosplit' removes whole 2M/1G mappings only and needs private_granularity 2m or 1g",
+        lambda p: p.directmap == "unmap-nosplit" and p.private_granularity == "4k",
+    ),
+    Rule(
+        "private_granularity",
+        "a private granularity above 4k needs private_backing 'gmem'",
+        lambda p: p.private_granularity != "4k" and p.private_backing != "gmem",
+    ),
+    Rule(
+        "directmap_restore",
+        "'on-release' needs private_backing 'gmem' (the explicit release point)",
+        lambda p: p.directmap_restore == "on-release" and p.private_backing != "gmem",
+    ),
+    Rule(
+        "directmap_restore",
+        "directmap 'keep' never changes the direct map, there is nothing to restore",
+        lambda p: p.directmap_restore != "never" and p.directmap == "keep",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A named design option: what it is, where it was proposed, and its knob values as overrides."""
+
+    name: str
+    option: str
+    source: str
+    overrides: Mapping[str, Any]
+
+
+#: The seed thread's options and what upstream merged (DESIGN.md "Presets"), as overrides of the defaults.
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        "fixup",
+        "fix up RMP violations in the host #PF handler: make the page shared, the guest gets #VC",
+        "P. Gonda, Nov 2021 (linux-snp-host.md §2); pre-UPM SNP v5",
+        {"private_backing": "vmm", "directmap": "keep", "rmp_fault": "fixup", "prefault_on_convert": False},
+    ),
+    Preset(
+        "unmap",
+        "SNP v5-v10: remove private pages from the direct map at conversion, restore on unassign",
+        "'x86/sev: Invalidate pages from the direct map when adding them to the RMP table' (linux-snp-host.md §3)",
+        {"private_backing": "vmm", "directmap": "unmap", "prefault_on_convert": False},
+    ),
+    Preset(
+        "bulk",
+        "split the whole region to 4K at MEM_ENCRYPT_REG_REGION, restore at unregister",
+        "M. Roth, 2022-09-19, 20220919175615.7ehzimgyy2dnt777@amd.com",
+        {
+            "private_backing": "vmm",
+            "directmap": "bulk",
+            "directmap_restore": "on-unregister",
+            "prefault_on_convert": False,
+        },
+    ),
+    Preset(
+        "upm",
+        "UPM / guest_memfd: rebuild the direct map at the explicit release point",
+        "S. Christopherson, 2022-09-14, YyGLXXkFCmxBfu5U@google.com",
+        {"directmap": "unmap", "directmap_restore": "on-release"},
+    ),
+    Preset(
+        "upm-nosplit",
+        "refuse to split; userspace eats a 2 MiB allocation per private chunk",
+        "S. Christopherson, 2022-09-14, YyGLXXkFCmxBfu5U@google.com ('refuse to split the direct map')",
+        {"private_granularity": "2m", "directmap": "unmap-nosplit", "directmap_restore": "on-release"},
+    ),
+    Preset(
+        "hugetlb",
+        "'hugetlbfs support of sorts': 2 MiB guest_memfd folios and hugetlb shared memory",
+        "the seed thread (linux-snp-host.md §6); HugeTLB guest_memfd series (§5)",
+        {
+            "private_granularity": "2m",
+            "shared_backing": "hugetlb-2m",
+            "directmap": "unmap-nosplit",
+            "directmap_restore": "on-release",
+        },
+    ),
+    Preset(
+        "upstream",
+        "Linux as merged (v6.9+): split to 4K around 4K RMP updates, never merge; 4K guest_memfd; QEMU pre-faults "
+        "on page-state changes (QEMU 10.1, 2025)",
+        "tip commit 661b1c6169e2 (M. Roth, 2024); QEMU commit 4cdc489eb9c2 (T. Lendacky, 2025)",
+        {},
+    ),
+)
+
+#: The presets as policies (``snpsim.presets``).
+presets: dict[str, Policy] = {p.name: Policy(**p.overrides) for p in PRESETS}
 
 
 def presets_by_name(name: object, *, field: str = "policy") -> Policy:
@@ -134,6 +426,48 @@ def resolve_policy(value: object, *, field: str = "policy") -> Policy:
     if isinstance(value, Mapping):
         return Policy.from_mapping(value, field=field)
     raise ConfigError(field, f"expected a preset name or a table of knobs, got {type(value).__name__}")
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower()
+
+
+def knobs_markdown() -> str:
+    """``docs/knobs.md``, generated from the knob declarations (a test checks the file is up to date)."""
+    out = [
+        "# Policy knobs",
+        "",
+        "<!-- Generated from the declarations in src/snpsim/policy.py: edit them, then run "
+        "`python -c 'import snpsim.policy as p; print(p.knobs_markdown(), end=\"\")' > docs/knobs.md`. -->",
+        "",
+        "A host memory policy is the frozen dataclass `snpsim.policy.Policy`. Each knob is declared once there "
+        "(default, values, meaning, source); a preset ([`presets/`](presets/README.md)) is a cited set of "
+        "overrides of the defaults, which are the `upstream` values except where a preset says otherwise. Code "
+        "branches on knob values, never on preset names. A scenario gives a policy as a preset name "
+        '(`policy = "upstream"`) or as a table of knobs, optionally starting from a preset:',
+        "",
+        "```toml",
+        "[policy]",
+        'preset = "upstream"',
+        'rmp_fault = "fixup"',
+        "```",
+        "",
+        "## Presets",
+        "",
+        "| preset | option | source | overrides |",
+        "|---|---|---|---|",
+    ]
+    for p in PRESETS:
+        over = ", ".join(f"`{k} = {_shown(v)}`" for k, v in p.overrides.items()) or "(the defaults)"
+        out.append(f"| `{p.name}` | {p.option} | {p.source} | {over} |")
+    out += ["", "## Impossible combinations", "", "Each raises `snpsim.ConfigError` naming the field:", ""]
+    out += ["| rule | field |", "|---|---|"]
+    out += [f"| {r.message} | `policy.{r.knob}` |" for r in RULES]
+    for k in KNOBS.values():
+        out += ["", f"## `{k.name}`", "", k.meaning, "", f"Default: `{_shown(k.default)}`. Source: {k.source}.", ""]
+        out += ["| value | what it does in the model | where |", "|---|---|---|"]
+        out += [f"| `{_shown(v.value)}` | {v.does} | {v.where} |" for v in k.values]
+    return "\n".join(out) + "\n"
 
 
 def policy_label(value: object, *, field: str = "policy") -> str:

@@ -1,15 +1,21 @@
-"""The discrete-event engine: a host, its kernel writers and its SNP VMs, simulated under one policy.
+"""The discrete-event engine: a host, its kernel threads and its SNP VMs, simulated under one policy.
 
-SimPy drives time in ns. Each VM is a process that replays its guest's events (boot, then its workload) at their
-times through guest → vmm → kvm → host → hw; host kernel writers (:mod:`snpsim.host.writers`) and host VM churn
-are processes too. A sampler records the metrics of ``shared/DESIGN.md`` into the timeline. All randomness comes
-from one seeded ``numpy`` generator per component, derived from the scenario seed, so a scenario and its seed
-give identical results.
+SimPy drives time in ns. The host's threads are SimPy processes: each VM's QEMU vCPU threads
+(:meth:`snpsim.vmm.qemu.Qemu.kvm_cpu_exec`: ``KVM_RUN``, dispatch the exit, again), the host kernel writers
+(:mod:`snpsim.host.writers`), and the VMs' creation and teardown. A thread is a generator that yields the ns it
+waits (guest compute, a writer's sleep); every operation it runs charges its cost to the thread's
+:class:`~snpsim.host.cpu.CpuAccount`, and :meth:`Simulation._thread` makes that charged time pass before the
+thread's next step. So costs move the clock: a guest event completes after the costs of everything it caused, the
+events of one vCPU are sequential, and threads overlap. A sampler records the metrics of ``shared/DESIGN.md`` into
+the timeline. All randomness comes from one ``numpy`` generator per component, keyed by the component's name and
+the scenario seed (:meth:`Simulation.rng`), so a scenario and its seed give identical results and enabling one
+component does not change another's stream.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +26,11 @@ import pandas as pd
 import simpy
 
 from snpsim.errors import TimeLimitExceeded
-from snpsim.guest.events import Timed
-from snpsim.guest.executor import SnpGuest
+from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
+from snpsim.guest.executor import GuestLog, SnpGuest
 from snpsim.guest.workloads import WORKLOADS
 from snpsim.host import HostKernel, Owner, writers
+from snpsim.host.cpu import CpuAccount
 from snpsim.hw.types import PAGE_SHIFT
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
@@ -34,7 +41,9 @@ Process = Generator[simpy.Event, Any, None]
 
 @dataclass
 class VmRecord:
-    """What happened to one VM."""
+    """What happened to one VM. Times are simulated ns; ``boot_ns`` is from the VM's creation until its guest has
+    booted (None if it never did), ``conversion_ns_p50`` ... the latency of its guest's conversions (each from
+    the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads."""
 
     name: str
     asid: int
@@ -47,11 +56,20 @@ class VmRecord:
     peak_private_bytes: int = 0
     peak_shared_bytes: int = 0
     peak_total_bytes: int = 0
+    boot_ns: int | None = None
+    conversions: int = 0
+    conversion_ns_p50: float | None = None
+    conversion_ns_p90: float | None = None
+    conversion_ns_p99: float | None = None
+    conversion_ns_max: int | None = None
+    cpu_ns: int = 0
 
 
 @dataclass
 class Result:
-    """``summary``: final metric values; ``timeline``: one row per sample (``time_ns`` + the metrics)."""
+    """``summary``: final metric values; ``timeline``: one row per sample (``time_ns`` + the metrics);
+    ``host_cpu_ns``: host CPU time per operation / kernel path (``rmpupdate``, ``page_clear``, ``npf`` ...);
+    ``thread_cpu_ns``: host CPU time per thread."""
 
     summary: dict[str, int | float]
     timeline: pd.DataFrame
@@ -60,6 +78,20 @@ class Result:
     crashes: list[dict[str, Any]] = field(default_factory=list)
     #: (time_ns, gfn, npages, to_private) of every kvm_convert_memory, if the run recorded them
     conversions: list[tuple[int, int, int, bool]] | None = None
+    host_cpu_ns: dict[str, int] = field(default_factory=dict)
+    thread_cpu_ns: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _VmState:
+    """A live VM as the engine tracks it."""
+
+    record: VmRecord
+    qemu: Qemu
+    guest: SnpGuest
+    accounts: list[CpuAccount]
+    stopped: bool = False
+    failed: simpy.Event | None = None
 
 
 class Simulation:
@@ -76,7 +108,7 @@ class Simulation:
         self.time_limit_s = time_limit_s
         #: guest events given from outside (a replayed trace) for the VM of that index, instead of its workload
         self.vm_events = vm_events or {}
-        #: every kvm_convert_memory of every VM (time_ns, gfn, npages, to_private), when recording
+        #: every conversion a guest asked for (time_ns, gfn, npages, to_private), when recording
         self.conversions: list[tuple[int, int, int, bool]] | None = [] if record_conversions else None
         self.env = simpy.Environment()
         self.host = HostKernel(
@@ -88,22 +120,38 @@ class Simulation:
             clock=lambda: self.env.now,
         )
         self.counters = Counters()
-        self.live: dict[int, Qemu] = {}
+        self.live: dict[int, _VmState] = {}
         self.records: list[VmRecord] = []
+        #: each VM's guest log and creation time, in the order of ``records``
+        self._logs: list[GuestLog] = []
+        self._origins: list[int] = []
         self._ram_masks: dict[tuple[int, tuple[tuple[int, int], ...]], npt.NDArray[np.bool_]] = {}
         self.rows: list[dict[str, int]] = []
         self._next_asid = 1
         self._progress = progress
+        #: each VM's "all its vCPU threads are done" event
+        self._vm_done: list[simpy.Event] = []
 
-    def rng(self, *key: int) -> np.random.Generator:
-        return np.random.default_rng([self.s.seed, *key])
+    def rng(self, name: str) -> np.random.Generator:
+        """The random stream of the component ``name`` (e.g. ``"writer/ksm"``), from the scenario seed."""
+        return np.random.default_rng([self.s.seed, zlib.crc32(name.encode())])
+
+    # ------------------------------------------------------------------ threads
+    def _thread(self, account: CpuAccount, body: Generator[int, None, None], vm: _VmState | None = None) -> Process:
+        return host_thread(self.env, self.host, account, body, vm)
+
+    def _run_on(self, account: CpuAccount, work: Callable[[], Any]) -> Any:
+        """Run ``work`` synchronously on ``account`` (its time is spent by the caller's next wait)."""
+        self.host.cpu = account
+        return work()
 
     # ------------------------------------------------------------------ metrics
     def metrics(self) -> dict[str, int]:
         m: dict[str, int] = dict.fromkeys(METRICS, 0)
         m.update(self.host.metrics())
         m.update(self.counters.as_dict())
-        for q in self.live.values():
+        for vm in self.live.values():
+            q = vm.qemu
             n4, n2, n1 = q.kvm.npt_bytes()
             m["npt_4k"] += n4
             m["npt_2m"] += n2
@@ -112,6 +160,7 @@ class Simulation:
             m["shared_bytes"] += q.shared_bytes()
             m["guest_bytes"] += q.guest_bytes()
         m["waste_bytes"] = m["private_bytes"] + m["shared_bytes"] - m["guest_bytes"]
+        m["boot_time_ns"] = int(self._logs[0].booted_ns or 0) if self._logs else 0
         m["sim_time_ns"] = int(self.env.now)
         return m
 
@@ -125,44 +174,76 @@ class Simulation:
 
     # ------------------------------------------------------------------ VMs
     def _vm(self, spec: VmSpec, index: int, start_ns: int, lifetime_ns: int | None) -> Process:
+        """One VM: QEMU creates it (its main thread), its vCPU threads run the guest, and at the end of its
+        lifetime (or when the host cannot back it) QEMU tears it down."""
+        env = self.env
         if start_ns:
-            yield self.env.timeout(start_ns)
+            yield env.timeout(start_ns)
         asid = self._next_asid
         self._next_asid += 1
         cfg = spec.guest_config()
         ram = self._ram_mask(cfg.end_gfn, tuple(cfg.ram_ranges()))
-        record = VmRecord(f"vm{index}", asid, spec.memory, spec.vcpus, spec.workload, int(self.env.now))
+        t0 = int(env.now)
+        record = VmRecord(f"vm{index}", asid, spec.memory, spec.vcpus, spec.workload, t0)
         self.records.append(record)
-        trace = None if self.conversions is None else lambda *ev: self.conversions.append(ev)  # type: ignore[union-attr]
-        qemu = Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters, trace=trace)
-        guest = SnpGuest(qemu)
-        self.live[asid] = qemu
-        t0 = int(self.env.now)
+        main = self.host.account(f"vm{index}/qemu")
+        qemu = self._run_on(main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters))
+        guest = SnpGuest(int(ram.size))
+        if self.conversions is not None:
+            guest.log.requests = []
+        self._logs.append(guest.log)
+        vm = _VmState(record, qemu, guest, [main], failed=env.event())
+        self.live[asid] = vm
+        setup = main.take()
+        if setup:
+            yield env.timeout(setup)  # VM creation: the memslot, guest_memfd, all of RAM set private
+        self._origins.append(int(env.now) if index in self.vm_events else t0)
         end = self.s.duration_ns if lifetime_ns is None else min(self.s.duration_ns, t0 + lifetime_ns)
         events = self.vm_events.get(index)
         if events is None:
-            events = WORKLOADS[spec.workload](cfg, self.rng(1, index), end - t0, **spec.params)
-        try:
-            for timed in events:
-                t = t0 + timed.time_ns
-                if t > end:
-                    break
-                if t > self.env.now:
-                    yield self.env.timeout(t - self.env.now)
-                guest.execute(timed.event)
-        except MemoryError:
-            record.oom = True  # the host could not back the guest: QEMU is killed
-        record.peak_private_bytes = qemu.peak_private_bytes
-        record.peak_shared_bytes = qemu.peak_shared_bytes
-        record.peak_total_bytes = qemu.peak_total_bytes
+            events = WORKLOADS[spec.workload](cfg, self.rng(f"vm/{index}/workload"), end - t0, **spec.params)
+        threads = []
+        for v, stream in enumerate(by_vcpu(events, spec.vcpus)):
+            account = self.host.account(f"vm{index}/vcpu{v}")
+            vm.accounts.append(account)
+            # a replayed trace's times count from when its vCPUs start (the trace begins after QEMU's set-up)
+            absolute = index in self.vm_events
+            program = guest.program(stream, _clock(env, account, int(env.now) if absolute else t0), absolute=absolute)
+            cpu = qemu.create_vcpu(v, program)
+            threads.append(env.process(self._thread(account, qemu.kvm_cpu_exec(cpu), vm)))
+        done = env.all_of(threads)
+        self._vm_done.append(done)
+        waits: list[simpy.Event] = [done, vm.failed]  # type: ignore[list-item]
+        if lifetime_ns is not None:
+            waits.append(env.timeout(max(0, end - int(env.now))))
+        yield env.any_of(waits)
+        self._finish(vm)
         if lifetime_ns is None and not record.oom:
             return
-        if end > self.env.now:
-            yield self.env.timeout(end - self.env.now)
-        if end < self.s.duration_ns or record.oom:
-            qemu.destroy()
+        if record.oom or end < self.s.duration_ns:
+            vm.stopped = True
+            self._run_on(main, qemu.destroy)
             del self.live[asid]
-            record.end_ns = int(self.env.now)
+            teardown = main.take()
+            if teardown:
+                yield env.timeout(teardown)
+            record.end_ns = int(env.now)
+            record.cpu_ns = sum(a.total_ns for a in vm.accounts)
+
+    def _finish(self, vm: _VmState) -> None:
+        """Copy what the VM's guest and VMM observed into its record."""
+        rec, q, log = vm.record, vm.qemu, vm.guest.log
+        rec.peak_private_bytes = q.peak_private_bytes
+        rec.peak_shared_bytes = q.peak_shared_bytes
+        rec.peak_total_bytes = q.peak_total_bytes
+        rec.boot_ns = log.booted_ns
+        lat = np.asarray(log.conversion_ns, dtype=np.int64)
+        rec.conversions = int(lat.size)
+        if lat.size:
+            p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+            rec.conversion_ns_p50, rec.conversion_ns_p90, rec.conversion_ns_p99 = float(p50), float(p90), float(p99)
+            rec.conversion_ns_max = int(lat.max())
+        rec.cpu_ns = sum(a.total_ns for a in vm.accounts)
 
     def _ram_mask(self, end_gfn: int, ranges: tuple[tuple[int, int], ...]) -> npt.NDArray[np.bool_]:
         """The gfns that are RAM, one read-only array per guest layout, shared by every VM with that layout."""
@@ -179,7 +260,7 @@ class Simulation:
     def _churn(self) -> Process:
         c = self.s.churn
         assert c is not None
-        rng = self.rng(2)
+        rng = self.rng("churn")
         index = sum(v.count for v in self.s.vms)
         while True:
             yield self.env.timeout(max(1, int(rng.exponential(c.interval_ns))))
@@ -205,7 +286,7 @@ class Simulation:
             return
         frames = self.host.buddy.alloc_bulk(0, self.host.buddy.free_frames)
         assert frames is not None
-        keep = self.rng(4).random(frames.size) < self.s.page_cache
+        keep = self.rng("host/page_cache").random(frames.size) < self.s.page_cache
         self.host.buddy.free_bulk(frames[~keep], 0)
         self.host.frames.set_many(frames[keep], Owner.USER)
 
@@ -213,24 +294,31 @@ class Simulation:
     #: SimPy steps between two looks at the clock when a time limit is set
     _STEPS_PER_CHECK = 1024
 
-    def _advance(self, end: int) -> None:
-        """``env.run(until=end)``; with a time limit, the same events one ``step()`` at a time (those before
-        ``end``: SimPy's ``until`` event is urgent, so events at ``end`` itself never run), looking at the clock
-        every ``_STEPS_PER_CHECK`` steps, so that even a run stuck at one simulated instant is stopped."""
+    def _advance(self, until: int | simpy.Event) -> None:
+        """``env.run(until=until)`` (a time or an event); with a time limit, the same events one ``step()`` at a
+        time - those before ``until`` (SimPy's ``until`` event is urgent, so events at that time itself never
+        run), or until the event is processed - looking at the clock every ``_STEPS_PER_CHECK`` steps, so that
+        even a run stuck at one simulated instant is stopped."""
         env = self.env
         if self.time_limit_s is None:
-            env.run(until=end)
+            env.run(until=until)
             return
         deadline = time.monotonic() + self.time_limit_s
         step, peek = env.step, env.peek
-        while peek() < end:
+
+        def more() -> bool:
+            if isinstance(until, simpy.Event):
+                return not until.processed and peek() < float("inf")
+            return peek() < until
+
+        while more():
             for _ in range(self._STEPS_PER_CHECK):
-                if peek() >= end:
+                if not more():
                     break
                 step()
             if time.monotonic() > deadline:
                 raise TimeLimitExceeded(self.time_limit_s, int(env.now))
-        env.run(until=end)
+        env.run(until=until)
 
     def run(self) -> Result:
         self._fill_page_cache()
@@ -241,10 +329,15 @@ class Simulation:
                 index += 1
         if self.s.churn is not None:
             self.env.process(self._churn())
-        for k, (name, params) in enumerate(sorted(self.s.writers.items())):
-            self.env.process(writers.WRITERS[name](self.env, self.host, self.rng(3, k), **params))
+        for name, params in sorted(self.s.writers.items()):
+            body = writers.WRITERS[name](self.host, self.rng(f"writer/{name}"), **params)
+            self.env.process(self._thread(self.host.account(f"kthread/{name}"), body))
         self.env.process(self._sampler())
         self._advance(self.s.duration_ns)
+        if self.vm_events:  # a replay ends when the trace has been replayed, however long the host took
+            self._advance(self.env.all_of(self._vm_done))
+        for vm in self.live.values():
+            self._finish(vm)
         final = self.metrics()
         if not self.rows or self.rows[-1]["time_ns"] != final["sim_time_ns"]:
             self.rows.append({"time_ns": final["sim_time_ns"], **final})
@@ -253,4 +346,77 @@ class Simulation:
             {"time_ns": c.time_ns, "path": c.path, "pfn": c.pfn, "kind": c.kind, "error_code": c.error_code}
             for c in self.host.crashes
         ]
-        return Result(dict(final), timeline, self.s, self.records, crashes, self.conversions)
+        if self.conversions is not None:
+            self.conversions = sorted(
+                (t + t0, gfn, npages, to_private)
+                for log, t0 in zip(self._logs, self._origins, strict=True)
+                for t, gfn, npages, to_private in log.requests or ()
+            )
+        by_op: dict[str, int] = {}
+        for acct in self.host.accounts.values():
+            for op, ns in acct.by_op.items():
+                by_op[op] = by_op.get(op, 0) + ns
+        threads = {name: a.total_ns for name, a in self.host.accounts.items() if a.total_ns}
+        return Result(
+            dict(final), timeline, self.s, self.records, crashes, self.conversions, dict(sorted(by_op.items())), threads
+        )
+
+
+def host_thread(
+    env: simpy.Environment,
+    host: HostKernel,
+    account: CpuAccount,
+    body: Generator[int, None, None],
+    vm: _VmState | None = None,
+) -> Process:
+    """Run a host thread as a SimPy process: each step runs on ``account``, then the thread waits for what it
+    yielded plus the CPU time the step charged. A VM's thread stops when the VM is torn down, or fails the VM
+    when the host cannot back it (QEMU is killed)."""
+    while True:
+        host.cpu = account
+        try:
+            wait = next(body)
+        except StopIteration:
+            break
+        except MemoryError:
+            if vm is None:
+                raise
+            vm.record.oom = True
+            assert vm.failed is not None
+            if not vm.failed.triggered:
+                vm.failed.succeed()
+            break
+        wait += account.take()
+        if wait:
+            yield env.timeout(wait)
+        if vm is not None and vm.stopped:
+            body.close()
+            return
+    rest = account.take()
+    if rest:
+        yield env.timeout(rest)
+
+
+def _clock(env: simpy.Environment, account: CpuAccount, origin: int) -> Callable[[], int]:
+    """A thread's own clock from ``origin``: the simulated time plus the CPU time its current step has charged so
+    far (the guest's kvmclock, counted from its VM's creation)."""
+    return lambda: int(env.now) + account.pending_ns - origin
+
+
+class GuestDriver:
+    """A VM's guest run through its VMM synchronously, outside simulated time (tests and benchmarks): each
+    :meth:`execute` runs the guest program for some events on one vCPU through QEMU's exit loop to its end. The
+    guest's state (what it validated) persists across calls; costs are still charged to the host's accounts."""
+
+    def __init__(self, qemu: Qemu) -> None:
+        self.qemu = qemu
+        self.guest = SnpGuest(qemu.kvm.npages)
+
+    @property
+    def validated(self) -> npt.NDArray[np.bool_]:
+        return self.guest.validated
+
+    def execute(self, *events: Access | Conversion, vcpu: int = 0) -> None:
+        cpu = self.qemu.create_vcpu(vcpu, self.guest.program([Timed(0, ev) for ev in events]))
+        for _ in self.qemu.kvm_cpu_exec(cpu):
+            pass

@@ -245,7 +245,7 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
             "host.memory", f"must be a multiple of 4K, at least 64M and at most 64T, got {host.get('memory')!r}"
         )
     level_name = host.get("directmap_max_level", "1g")
-    if level_name not in _LEVELS:
+    if not isinstance(level_name, str) or level_name not in _LEVELS:
         raise ConfigError("host.directmap_max_level", f"expected one of 1g, 2m, 4k, got {level_name!r}")
     zero = host.get("zero_on_alloc", True)
     if not isinstance(zero, bool):

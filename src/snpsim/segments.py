@@ -66,3 +66,11 @@ def unique_ints(values: IntArray) -> IntArray:
     if not bool((values[1:] >= values[:-1]).all()):
         values = np.sort(values)
     return values[run_starts(values)]
+
+
+def bool_runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int, bool]]:
+    """``(start, length, value)`` of every maximal run of equal values of a boolean array."""
+    if mask.size == 0:
+        return []
+    edges = [0, *(np.flatnonzero(mask[1:] != mask[:-1]) + 1).tolist(), int(mask.size)]
+    return [(a, b - a, bool(mask[a])) for a, b in itertools.pairwise(edges)]

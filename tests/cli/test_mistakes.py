@@ -74,6 +74,7 @@ def config_error(doc: dict[str, Any]) -> snpsim.ConfigError:
         # 1e308/s x 50 ms = 5e306 events > MAX_EVENTS (1e9)
         ("vms.0.params", {"touch_rate_per_s": 1e308}, "vms[0].params.touch_rate_per_s", "at most 1e+09"),
         ("vms.0.guest", {"memory": "64M"}, "vms[0].guest.memory", "set vms[0].memory instead"),
+        ("host.directmap_max_level", [], "host.directmap_max_level", "expected one of"),  # found by the fuzz test
         # zero intervals: the process would never let simulated time advance
         ("host.writers.page_zeroing", {"interval": "0s"}, "host.writers.page_zeroing.interval", "at least 1us"),
         ("host.writers.ksm", {"interval": "999ns"}, "host.writers.ksm.interval", "at least 1us"),

@@ -34,7 +34,12 @@ def test_export_of_a_replay_replays_to_the_same_summary(tmp_path: Path, writer: 
     writer(first.conversions, out)  # type: ignore[operator]
     second = snpsim.replay(out, policy, vm_memory="4G", record_conversions=True)
     assert second.summary == first.summary
-    assert second.conversions == first.conversions
+    # the same requests in the same order; the trace formats keep microseconds (QEMU "%zu.%06zu", ftrace
+    # "%5lu.%06lu"), so a request the host delayed by a fraction of a microsecond is read back earlier and the
+    # host's backlog behind it shifts by as much: the times agree to within a few microseconds
+    assert second.conversions is not None
+    assert [c[1:] for c in second.conversions] == [c[1:] for c in first.conversions]
+    assert max(abs(a[0] - b[0]) for a, b in zip(first.conversions, second.conversions, strict=True)) < 10_000
 
 
 def test_run_trace_out_then_replay_cli(tmp_path: Path) -> None:

@@ -26,7 +26,15 @@ def host(policy: Policy | str, nframes: int = GIB_FRAMES) -> HostKernel:
     return HostKernel(nframes, presets[policy] if isinstance(policy, str) else policy)
 
 
-KEEP_OOPS = Policy("vmm", "4k", "4k", True, "keep", "never", "oops")
+KEEP_OOPS = Policy(
+    private_backing="vmm",
+    private_granularity="4k",
+    shared_backing="4k",
+    discard_on_convert=True,
+    directmap="keep",
+    directmap_restore="never",
+    rmp_fault="oops",
+)
 
 
 def test_upstream_splits_1g_then_2m_for_a_4k_private_page_and_never_merges() -> None:
@@ -215,7 +223,9 @@ def test_costs_are_charged(name: str) -> None:
     h = host(name)
     h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
     splits = h.metrics()["directmap_split_count"]
-    assert h.busy_ns == h.costs.rmpupdate_ns + splits * h.costs.directmap_split_ns
+    # set_memory_4k -> change_page_attr_set_clr -> cpa_flush: a TLB flush with each split (the model's rule)
+    assert h.busy_ns == h.costs.rmpupdate_ns + splits * (h.costs.directmap_split_ns + h.costs.tlb_flush_ns)
+    assert h.cpu.by_op["rmpupdate"] == h.costs.rmpupdate_ns and h.cpu.count_by_op["directmap_split"] == splits
 
 
 def test_take_page_off_buddy_splits_the_free_block() -> None:

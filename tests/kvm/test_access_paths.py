@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snpsim.guest.events import Access, Conversion
-from snpsim.guest.executor import SnpGuest
 from snpsim.host import HostKernel
 from snpsim.kvm import vm as vm_mod
 from snpsim.metrics import Counters
 from snpsim.policy import presets
+from snpsim.runner import GuestDriver
 from snpsim.vmm.qemu import Qemu
 
 GUEST = 4 * 512
@@ -55,7 +55,7 @@ def run(policy: str, events: list[Conversion | Access], scalar_max: int) -> tupl
     ram = np.ones(GUEST, dtype=bool)
     ram[HOLE] = False  # not RAM (like the PCI hole): never private at creation, never mapped huge
     vmm = Qemu(host, pol, ram, asid=1, counters=counters)
-    guest = SnpGuest(vmm)
+    guest = GuestDriver(vmm)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(vm_mod, "SCALAR_MAX", scalar_max)
         for e in events:

@@ -52,13 +52,13 @@ from hypothesis.stateful import (
 )
 
 from snpsim.guest.events import Access, Conversion, Protocol
-from snpsim.guest.executor import SnpGuest
 from snpsim.host import HostKernel, Owner
 from snpsim.hw import PageSize
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED
 from snpsim.metrics import Counters
 from snpsim.policy import Policy, presets
+from snpsim.runner import GuestDriver
 from snpsim.vmm.qemu import Qemu
 
 HOST_FRAMES = 262144  # 1 GiB: one 1G direct-map mapping at boot
@@ -69,11 +69,51 @@ P2M = 512
 
 POLICIES: dict[str, Policy] = {
     **presets,
-    "gmem-4k-thp-split": Policy("gmem", "4k", "thp", True, "split", "never", "oops"),
-    "gmem-4k-nodiscard-unmap": Policy("gmem", "4k", "4k", False, "unmap", "on-release", "oops"),
-    "gmem-2m-hugetlb-nodiscard": Policy("gmem", "2m", "hugetlb-2m", False, "unmap-nosplit", "on-release", "oops"),
-    "vmm-keep-oops": Policy("vmm", "4k", "4k", True, "keep", "never", "oops"),
-    "gmem-keep-fixup": Policy("gmem", "4k", "4k", True, "keep", "never", "fixup"),
+    "gmem-4k-thp-split": Policy(
+        private_backing="gmem",
+        private_granularity="4k",
+        shared_backing="thp",
+        discard_on_convert=True,
+        directmap="split",
+        directmap_restore="never",
+        rmp_fault="oops",
+    ),
+    "gmem-4k-nodiscard-unmap": Policy(
+        private_backing="gmem",
+        private_granularity="4k",
+        shared_backing="4k",
+        discard_on_convert=False,
+        directmap="unmap",
+        directmap_restore="on-release",
+        rmp_fault="oops",
+    ),
+    "gmem-2m-hugetlb-nodiscard": Policy(
+        private_backing="gmem",
+        private_granularity="2m",
+        shared_backing="hugetlb-2m",
+        discard_on_convert=False,
+        directmap="unmap-nosplit",
+        directmap_restore="on-release",
+        rmp_fault="oops",
+    ),
+    "vmm-keep-oops": Policy(
+        private_backing="vmm",
+        private_granularity="4k",
+        shared_backing="4k",
+        discard_on_convert=True,
+        directmap="keep",
+        directmap_restore="never",
+        rmp_fault="oops",
+    ),
+    "gmem-keep-fixup": Policy(
+        private_backing="gmem",
+        private_granularity="4k",
+        shared_backing="4k",
+        discard_on_convert=True,
+        directmap="keep",
+        directmap_restore="never",
+        rmp_fault="fixup",
+    ),
 }
 
 
@@ -112,7 +152,7 @@ class StackMachine(RuleBasedStateMachine):
     def _new_vm(self) -> None:
         self.asid += 1
         self.vmm = Qemu(self.host, self.policy, self.ram, asid=self.asid, counters=self.counters)
-        self.guest = SnpGuest(self.vmm)
+        self.guest = GuestDriver(self.vmm)
         self.tracked = np.zeros(GUEST_PAGES, dtype=bool)  # validated by the guest, not converted since
         self.val_pfn = np.full(GUEST_PAGES, -1, dtype=np.int64)  # frame each tracked gfn was validated on
 
@@ -435,12 +475,12 @@ def test_stack_state_machine(name: str) -> None:
 
 
 # ---------------------------------------------------------------------- regressions of the bugs found
-def _stack(name: str) -> tuple[HostKernel, Qemu, SnpGuest, Counters]:
+def _stack(name: str) -> tuple[HostKernel, Qemu, GuestDriver, Counters]:
     pol = POLICIES[name]
     host = HostKernel(HOST_FRAMES, pol)
     counters = Counters()
     vmm = Qemu(host, pol, np.ones(GUEST_PAGES, dtype=bool), asid=1, counters=counters)
-    return host, vmm, SnpGuest(vmm), counters
+    return host, vmm, GuestDriver(vmm), counters
 
 
 def test_bug_a_vc_on_2m_rmp_entry_is_a_vc() -> None:

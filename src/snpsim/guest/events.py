@@ -7,17 +7,13 @@ guest kernel really sends (``set_pages_state()`` in ``arch/x86/coco/sev/core.c``
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 
+from snpsim.arch import Protocol
 
-class Protocol(StrEnum):
-    """How the guest sends a Page State Change (GHCB spec 56421 §4.1.6; amd-snp-arch.md §9)."""
-
-    #: GHCB MSR protocol (GHCBInfo 0x014): one 4K page per request; used before a GHCB exists.
-    MSR = "msr"
-    #: GHCB NAE event SVM_VMGEXIT_PSC (0x80000010): a descriptor of up to 64 entries (Linux guests).
-    GHCB = "ghcb"
+__all__ = ["Access", "Booted", "Conversion", "Protocol", "Rebooting", "Timed", "by_vcpu"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +50,56 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
+class Booted:
+    """The guest kernel has finished booting (it starts init): a milestone the boot CPU logs with its clock."""
+
+    what: str = "booted"
+    vcpu: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rebooting:
+    """The guest starts booting again (kexec): its events run on the boot CPU until the next :class:`Booted`."""
+
+    what: str = "rebooting"
+    vcpu: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Timed:
-    """An event at simulated time ``time_ns`` (relative to the VM's start)."""
+    """An event at time ``time_ns`` of the workload's schedule (relative to the VM's start; the host's costs
+    delay each vCPU's events, which keep their spacing)."""
 
     time_ns: int
-    event: Conversion | Access
+    event: Conversion | Access | Booted | Rebooting
+
+
+def by_vcpu(events: Iterable[Timed], vcpus: int) -> list[Iterator[Timed]]:
+    """Split one VM's event stream (ascending times) into the streams of its vCPUs, lazily: each pulls from the
+    shared source and buffers what belongs to the others.
+
+    A boot runs on the boot CPU: every event from the start (or a :class:`Rebooting`) until :class:`Booted` goes to
+    vCPU 0, the application processors' few boot events (touching their GHCB and per-CPU pages) included. Linux
+    brings the APs up from the BSP (``smp_init``) after the early set-up that converts those pages, so running
+    them in the BSP's sequence keeps that order whatever the host's costs; boot time is the BSP's. Afterwards each
+    event runs on its own vCPU."""
+    source = iter(events)
+    queues: list[deque[Timed]] = [deque() for _ in range(vcpus)]
+    booting = [True]
+
+    def stream(v: int) -> Iterator[Timed]:
+        mine = queues[v]
+        while True:
+            while not mine:
+                timed = next(source, None)
+                if timed is None:
+                    return
+                ev = timed.event
+                if isinstance(ev, Rebooting):
+                    booting[0] = True
+                queues[0 if booting[0] else ev.vcpu % vcpus].append(timed)
+                if isinstance(ev, Booted):
+                    booting[0] = False
+            yield mine.popleft()
+
+    return [stream(v) for v in range(vcpus)]

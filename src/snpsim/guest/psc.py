@@ -26,8 +26,8 @@ Everything is computed from run-length structure (at most three runs per convers
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from snpsim.arch import PscEntry, PscRequest
 from snpsim.guest.events import Conversion, Protocol
 
 __all__ = [
@@ -62,38 +62,6 @@ VMGEXIT_PSC_MAX_COUNT = 253
 #: A run of same-size, GFN-contiguous items: ``(gfn, count, size)``. For entry runs ``count`` counts PSC entries
 #: (each 512 pages if ``size == SIZE_2M``); for PVALIDATE plans and :func:`request_runs` it counts 4K pages.
 Run = tuple[int, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class PscEntry:
-    """One PSC entry: ``gfn`` (bits 51:12), ``size`` (bit 56: 0 = 4K, 1 = 2M), operation private/shared."""
-
-    gfn: int
-    size: int  # 0 = 4K, 1 = 2M
-    to_private: bool
-
-    @property
-    def npages(self) -> int:
-        """4K pages covered by the entry."""
-        return PAGES_PER_2M if self.size == SIZE_2M else 1
-
-
-@dataclass(frozen=True, slots=True)
-class PscRequest:
-    """One guest exit: a GHCB PSC descriptor (one VMGEXIT) or one MSR-protocol request (one 4K entry)."""
-
-    protocol: Protocol
-    entries: tuple[PscEntry, ...]
-
-    @property
-    def gfn(self) -> int:
-        """First GFN covered (entries are GFN-contiguous and ascending)."""
-        return self.entries[0].gfn
-
-    @property
-    def npages(self) -> int:
-        """4K pages covered by all entries."""
-        return sum(e.npages for e in self.entries)
 
 
 def _check(conv: Conversion) -> None:

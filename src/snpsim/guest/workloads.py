@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from snpsim.errors import ConfigError
-from snpsim.guest.events import Access, Conversion, Protocol, Timed
+from snpsim.guest.events import Access, Booted, Conversion, Protocol, Rebooting, Timed
 from snpsim.guest.linux import (
     BOOT_END_NS,
     FOUR_GIB_GFN,
@@ -459,6 +459,11 @@ def _merge(streams: Iterable[Iterator[Timed]]) -> Iterator[Timed]:
     return heapq.merge(*streams, key=lambda ev: ev.time_ns)
 
 
+def _booted(at_ns: int, until_ns: int) -> list[Timed]:
+    """The boot milestone (the kernel starts init) at the end of the boot, if the run lasts that long."""
+    return [Timed(at_ns, Booted())] if at_ns < until_ns else []
+
+
 def _cut(events: Iterable[Timed], until_ns: int) -> Iterator[Timed]:
     return itertools.takewhile(lambda ev: ev.time_ns < until_ns, events)
 
@@ -532,7 +537,7 @@ def _with_boot(runtime: Callable[..., Iterator[Timed]] | None) -> WorkloadFn:
         if runtime is not None:
             kwargs = _split(runtime, params)
             streams.append(_build(lambda: runtime(cfg, rng_work, until_ns=duration_ns, start_ns=start, **kwargs)))
-        return itertools.chain(_cut(boot, duration_ns), _cut(_merge(streams), duration_ns))
+        return itertools.chain(_cut(boot, duration_ns), _booted(start, duration_ns), _cut(_merge(streams), duration_ns))
 
     return events
 
@@ -562,9 +567,11 @@ def _kexec(cfg: LinuxGuestConfig, rng: np.random.Generator, duration_ns: int, **
         view.replay(runtime)
         gap = cfg.boot_event_gap_ns
         convs = kexec_events(cfg, view.shared_ranges())
-        kexec = [Timed(t_kexec + i * gap, c) for i, c in enumerate(convs)]
+        kexec = [Timed(t_kexec, Rebooting())] + [Timed(t_kexec + i * gap, c) for i, c in enumerate(convs)]
         reboot = boot_events(cfg, start_ns=t_kexec + len(convs) * gap, firmware=False)
+        reboot.append(Timed(boot_end_ns(reboot, cfg), Booted()))
         yield from _cut(boot, duration_ns)
+        yield from _booted(start, duration_ns)
         yield from _cut(_merge([iter(runtime + kexec + reboot), touches]), duration_ns)
 
     return gen()

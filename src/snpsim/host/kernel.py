@@ -30,8 +30,10 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.host.buddy import BuddyAllocator
+from snpsim.host.cpu import CpuAccount
 from snpsim.host.directmap import NOT_PRESENT, DirectMap
 from snpsim.host.frames import FrameTable, Owner
+from snpsim.host.svm import GuestMode
 from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
@@ -55,8 +57,9 @@ class Crash:
 class HostKernel:
     """Physical memory, the direct map and the RMP of one host, driven by a policy's knobs.
 
-    ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``); ``busy_ns`` accumulates
-    the cost-model time of every operation performed.
+    ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``). Every operation charges
+    its cost-model time to the thread running it (:attr:`cpu`, a :class:`~snpsim.host.cpu.CpuAccount` the engine
+    switches as threads run); ``busy_ns`` is the total over all threads.
     """
 
     def __init__(
@@ -74,11 +77,15 @@ class HostKernel:
         self.costs = costs or CostModel()
         self.rmp = Rmp(self.nframes)
         self.directmap = DirectMap(self.nframes, max_level=max_level)
+        #: the CPU in guest mode: the hardware checks of SNP guests' accesses and PVALIDATEs
+        self.svm = GuestMode(self)
         self.buddy = BuddyAllocator(self.nframes)
         self.frames = FrameTable(self.nframes)
         self.zero_on_alloc = zero_on_alloc
         self.clock = clock or (lambda: 0)
-        self.busy_ns = 0
+        #: the thread running now (the engine switches it); every account ever used, by name
+        self.cpu = CpuAccount("host")
+        self.accounts: dict[str, CpuAccount] = {self.cpu.name: self.cpu}
         self.host_rmp_fault_count = 0
         self.host_notpresent_fault_count = 0
         self.crashes: list[Crash] = []
@@ -116,10 +123,38 @@ class HostKernel:
             "host_crash_count": self.host_crash_count,
         }
 
+    # ------------------------------------------------------------------ CPU time (host.cpu)
+    def account(self, name: str) -> CpuAccount:
+        """The CPU account of the thread called ``name`` (created on first use)."""
+        acct = self.accounts.get(name)
+        if acct is None:
+            acct = self.accounts[name] = CpuAccount(name)
+        return acct
+
+    def charge(self, op: str, ns: int, count: int = 1) -> None:
+        """Charge ``count`` operations ``op`` costing ``ns`` in all to the running thread."""
+        self.cpu.charge(op, ns, count)
+
+    @property
+    def busy_ns(self) -> int:
+        """CPU time charged so far, over all threads."""
+        return sum(a.total_ns for a in self.accounts.values())
+
     def _charge_directmap(self, splits_before: int, merges_before: int) -> None:
+        """Each split or merge of a direct-map entry, with the TLB flush that follows it (``cpa_flush`` after
+        ``__change_page_attr_set_clr``). Simplification: one flush per split or merge, where the kernel flushes
+        once per call (a 1G -> 2M -> 4K split in one call costs one flush more here), and none for making an
+        entry not present or present again (SNP v5 batched those with ``flush_tlb_kernel_range``): both move
+        ``unmap``'s time by a flush per page at most."""
         c = self.costs
-        self.busy_ns += (self.directmap.split_count - splits_before) * c.directmap_split_ns
-        self.busy_ns += (self.directmap.merge_count - merges_before) * c.directmap_merge_ns
+        splits = self.directmap.split_count - splits_before
+        merges = self.directmap.merge_count - merges_before
+        if splits:
+            self.charge("directmap_split", splits * c.directmap_split_ns, splits)
+        if merges:
+            self.charge("directmap_merge", merges * c.directmap_merge_ns, merges)
+        if splits or merges:
+            self.charge("tlb_flush", (splits + merges) * c.tlb_flush_ns, splits + merges)
 
     # ------------------------------------------------------------------ allocation (mm/page_alloc.c)
     def alloc(self, order: int, owner: Owner, *, zero: bool | None = None, path: str = "") -> int | None:
@@ -203,7 +238,7 @@ class HostKernel:
             self.frames.set_range(dst, 1, Owner.USER)
             self.kernel_read(src, _MIGRATE_PATH)
             self.kernel_write(dst, _MIGRATE_PATH)
-            self.busy_ns += self.costs.page_clear_ns
+            self.charge("page_copy", self.costs.page_clear_ns)
             if src in self.lru:
                 del self.lru[src]
                 self.lru[dst] = None
@@ -231,7 +266,7 @@ class HostKernel:
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
         self._directmap_before_private(pfn, level)
         self._charge_directmap(s0, m0)
-        self.busy_ns += self.costs.rmpupdate_ns
+        self.charge("rmpupdate", self.costs.rmpupdate_ns)
         return self.rmp.rmpupdate(
             pfn << PAGE_SHIFT, assigned=True, page_size=level, gpa=gpa, asid=asid, immutable=immutable
         )
@@ -241,7 +276,7 @@ class HostKernel:
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
         if self.policy.directmap == "split" or self.policy.directmap == "bulk":
             self._split_for(pfn, level)  # upstream adjust_direct_map() runs on every rmpupdate
-        self.busy_ns += self.costs.rmpupdate_ns
+        self.charge("rmpupdate", self.costs.rmpupdate_ns)
         status = self.rmp.rmpupdate(pfn << PAGE_SHIFT, assigned=False, page_size=level)
         if status == RmpStatus.SUCCESS:
             self._directmap_after_shared(pfn, level)
@@ -275,7 +310,7 @@ class HostKernel:
             for block in unique_ints(pfns // self._removal_pages).tolist():
                 self._remove_block(block * self._removal_pages)
         self._charge_directmap(s0, m0)
-        self.busy_ns += int(pfns.size) * self.costs.rmpupdate_ns
+        self.charge("rmpupdate", int(pfns.size) * self.costs.rmpupdate_ns, int(pfns.size))
         return self.rmp.rmpupdate_pfns(pfns, gfns, assigned=True, asid=asid)
 
     def rmp_make_shared_pfns(self, pfns: IntArray) -> IntArray:
@@ -285,7 +320,7 @@ class HostKernel:
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
         if self.policy.directmap in ("split", "bulk"):
             self._split_2m_of(pfns)
-        self.busy_ns += int(pfns.size) * self.costs.rmpupdate_ns
+        self.charge("rmpupdate", int(pfns.size) * self.costs.rmpupdate_ns, int(pfns.size))
         status = self.rmp.rmpupdate_pfns(pfns, assigned=False)
         done = np.sort(pfns[status == RmpStatus.SUCCESS])
         if done.size:
@@ -354,6 +389,33 @@ class HostKernel:
         elif dm == "unmap-nosplit":
             self._restore_block_if_clean(pfn)
 
+    # ------------------------------------------------------------------ SNP exports KVM calls (arch/x86/virt/svm/sev.c)
+    def psmash(self, pfn: int) -> RmpStatus:
+        """``psmash()`` (KVM's ``snp_rmptable_psmash`` aligns ``pfn`` down to 2M): split the 2M RMP entry holding
+        ``pfn`` into 512 4K entries, keeping their Validated bits."""
+        self.charge("psmash", self.costs.psmash_ns)
+        return self.rmp.psmash((pfn // PAGES_PER_2M * PAGES_PER_2M) << PAGE_SHIFT)
+
+    def snp_lookup_rmpentry(self, pfn: int) -> tuple[bool, PageSize]:
+        """``snp_lookup_rmpentry(pfn, &assigned, &level)``: ``assigned`` from the 4K entry, ``level`` from the
+        2M-aligned entry (linux-snp-host.md §1)."""
+        size = self.rmp.assigned_size(pfn)
+        return (size is not None, PageSize.SIZE_4K if size is None else size)
+
+    def rmp_assigned(self, pfns: IntArray) -> npt.NDArray[np.bool_]:
+        """``snp_lookup_rmpentry`` over many frames: whether each is assigned."""
+        return self.rmp.assigned_mask(pfns)
+
+    def rmp_assigned_2m(self, pfns: IntArray) -> npt.NDArray[np.bool_]:
+        """``snp_lookup_rmpentry`` over many frames: whether each is assigned with a 2M entry."""
+        return self.rmp.assigned_2m_mask(pfns)
+
+    def is_pfn_range_shared(self, pfn: int, npages: int) -> bool:
+        """KVM's ``is_pfn_range_shared()`` (arch/x86/kvm/svm/sev.c): no frame of the range is assigned."""
+        if npages == PAGES_PER_2M and pfn % PAGES_PER_2M == 0:
+            return self.rmp.assigned_in_2m(pfn) == 0
+        return self.rmp.assigned_pages(pfn, npages).size == 0
+
     # ------------------------------------------------------------------ region lifetime (restore points)
     def register_frames(self, pfns: IntArray) -> None:
         """``MEM_ENCRYPT_REG_REGION`` / guest memory registration of these frames: ``bulk`` splits every 2M range
@@ -414,7 +476,7 @@ class HostKernel:
 
     def kernel_write_range(self, pfns: IntArray, path: str) -> int:
         """:meth:`kernel_write` on each frame (page clearing, copies); returns the number of crashes."""
-        self.busy_ns += int(pfns.size) * self.costs.page_clear_ns
+        self.charge("page_clear", int(pfns.size) * self.costs.page_clear_ns, int(pfns.size))
         before = self.host_crash_count
         # The writes that fault on the initial state (Rmp.check_host_write, vectorised) go through
         # :meth:`kernel_write` in order. Handling one (an oops, or a fixup that makes pages shared and maps them
@@ -434,7 +496,7 @@ class HostKernel:
 
     def _handle_rmp_fault(self, pfn: int, level: PageSize, path: str, fault: HostPageFault) -> bool:
         self.host_rmp_fault_count += 1
-        self.busy_ns += self.costs.host_fault_ns
+        self.charge("host_fault", self.costs.host_fault_ns)
         if self.policy.rmp_fault != "fixup":
             self._oops(pfn, path, "rmp", fault.error_code)
             return False
@@ -461,7 +523,7 @@ class HostKernel:
     def _oops(self, pfn: int, path: str, kind: str, error_code: int) -> None:
         if kind == "not-present":
             self.host_notpresent_fault_count += 1
-        self.busy_ns += self.costs.host_fault_ns
+        self.charge("host_fault", self.costs.host_fault_ns)
         self.crashes.append(Crash(int(self.clock()), path, pfn, kind, error_code))
 
 

@@ -1,4 +1,4 @@
-"""Kernel paths that touch memory through the direct map, as SimPy processes a scenario can enable.
+"""Kernel paths that touch memory through the direct map, as host threads a scenario can enable.
 
 Each writer stands for a real kernel path and names it in the crash records (``Crash.path``):
 
@@ -14,22 +14,23 @@ Each writer stands for a real kernel path and names it in the crash records (``C
   (``safe_copy_page`` maps a not-present page temporarily, so reads never fault) and written to an image page) and
   the resume copy ``swsusp_arch_resume`` writing every saved page back to its frame.
 
-Every process is deterministic given the scenario seed (its RNG is passed in) and charges the cost model.
+Each writer is a kernel thread (or the tasks it stands for): a generator that yields how long it sleeps, in ns; the
+engine runs it on its own CPU account, so the work it does (page clearing, copies, faults) takes simulated time
+too. Every writer is deterministic given the scenario seed (its RNG stream, keyed by its name, is passed in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any
 
 import numpy as np
-import simpy
 
 from snpsim.host.frames import Owner
 from snpsim.host.kernel import PATH_ZERO as PATH_ZERO  # the allocator's zeroing path, named here with the others
 from snpsim.host.kernel import HostKernel
 
-Process = Generator[simpy.Event, Any, None]
+#: A host thread: yields the ns it sleeps.
+Thread = Generator[int, None, None]
 
 PATH_MIGRATE = "mm/migrate.c:folio_mc_copy"
 PATH_KSM = "mm/ksm.c:calc_checksum"
@@ -38,19 +39,18 @@ PATH_HIBERNATE_RESTORE = "arch/x86/power/hibernate_asm_64.S:swsusp_arch_resume"
 
 
 def page_zeroing(
-    env: simpy.Environment,
     host: HostKernel,
     rng: np.random.Generator,
     *,
     interval_ns: int = 1_000_000,
     batch: int = 64,
     resident_pages: int = 4096,
-) -> Process:
+) -> Thread:
     """Allocate ``batch`` order-0 pages every ``interval_ns`` (± 50 %, seeded), zeroing each; keep at most
     ``resident_pages`` and free the oldest beyond that (page-cache churn)."""
     lru = host.lru
     while True:
-        yield env.timeout(int(interval_ns * rng.uniform(0.5, 1.5)))
+        yield int(interval_ns * rng.uniform(0.5, 1.5))
         # ``batch`` alloc(0) calls (as many as memory allows), done in bulk: same frames, each zeroed
         n = min(batch, host.buddy.free_frames)
         if n:
@@ -63,18 +63,17 @@ def page_zeroing(
 
 
 def compaction(
-    env: simpy.Environment,
     host: HostKernel,
     rng: np.random.Generator,
     *,
     interval_ns: int = 10_000_000,
     batch: int = 32,
     max_scan: int = 1 << 16,
-) -> Process:
+) -> Thread:
     """Every ``interval_ns``, migrate up to ``batch`` movable pages found by a linear migration scanner."""
     cursor = 0
     while True:
-        yield env.timeout(int(interval_ns * rng.uniform(0.5, 1.5)))
+        yield int(interval_ns * rng.uniform(0.5, 1.5))
         found = host.frames.find((Owner.USER,), cursor, batch, max_scan)
         cursor = int(found[-1]) + 1 if found.size == batch else cursor + max_scan
         cursor %= host.nframes
@@ -84,25 +83,24 @@ def compaction(
                 break
             host.kernel_read(int(src), PATH_MIGRATE)
             host.kernel_write(dst, PATH_MIGRATE)
-            host.busy_ns += host.costs.page_clear_ns
+            host.charge("page_copy", host.costs.page_clear_ns)
             host.lru.pop(int(src), None)
             host.lru[dst] = None
             host.free(int(src), 0)
 
 
 def ksm(
-    env: simpy.Environment,
     host: HostKernel,
     rng: np.random.Generator,
     *,
     interval_ns: int = 20_000_000,
     pages_to_scan: int = 100,
     max_scan: int = 1 << 18,
-) -> Process:
+) -> Thread:
     """ksmd: every ``interval_ns`` (sleep_millisecs) read ``pages_to_scan`` pages of mergeable VMM memory."""
     cursor = 0
     while True:
-        yield env.timeout(int(interval_ns * rng.uniform(0.9, 1.1)))
+        yield int(interval_ns * rng.uniform(0.9, 1.1))
         found = host.frames.find((Owner.VMM_SHARED, Owner.VMM_PRIVATE), cursor, pages_to_scan, max_scan)
         cursor = int(found[-1]) + 1 if found.size == pages_to_scan else cursor + max_scan
         cursor %= host.nframes
@@ -111,17 +109,16 @@ def ksm(
 
 
 def hibernation(
-    env: simpy.Environment,
     host: HostKernel,
     rng: np.random.Generator,
     *,
     at_ns: int,
     restore: bool = True,
     max_pages: int | None = None,
-) -> Process:
+) -> Thread:
     """Hibernate once at ``at_ns``: snapshot every in-use page into image pages, then (``restore``) write the
     saved pages back. ``max_pages`` bounds the snapshot (a sample of in-use pages drawn with the seeded RNG)."""
-    yield env.timeout(at_ns)
+    yield at_ns
     in_use = host.frames.find(
         tuple(o for o in Owner if o not in (Owner.FREE, Owner.IMAGE)), 0, host.nframes, host.nframes
     )
@@ -136,8 +133,8 @@ def hibernation(
     host.free_bulk(image, 0)
 
 
-#: Each writer is called as ``writer(env, host, rng, **params)`` with its own keyword-only parameters.
-WRITERS: dict[str, Callable[..., Process]] = {
+#: Each writer is called as ``writer(host, rng, **params)`` with its own keyword-only parameters.
+WRITERS: dict[str, Callable[..., Thread]] = {
     "page_zeroing": page_zeroing,
     "compaction": compaction,
     "ksm": ksm,

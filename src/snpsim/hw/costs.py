@@ -1,69 +1,151 @@
-"""Cost model: simulated nanoseconds charged for each hardware and kernel operation.
+"""Cost model: simulated nanoseconds charged for each hardware, kernel and VMM operation.
 
-No published latency exists for RMPUPDATE, PSMASH or RMPREAD (``shared/reference/linux-snp-host.md`` §7:
-"no published number found"), so every default below is a labelled *assumption* of an order of magnitude, and
-each can be overridden from a scenario (``costs = {...}``). The labels say what each default rests on; change a
-value and the simulated ``sim_time_ns`` changes, the counted events do not.
+Every operation the model performs charges its cost to the host thread running it (:mod:`snpsim.host.cpu`), and
+the engine makes that time pass: costs move ``sim_time_ns``, ``boot_time_ns`` and every latency, while the
+counted events do not change with them (except where time decides what happens, e.g. how many events fit in a
+scenario's duration).
+
+No published latency exists for RMPUPDATE, PSMASH, PVALIDATE or RMPREAD (``shared/reference/linux-snp-host.md``
+§7: "no published number found"; ``measurements.md``: "none is a per-instruction latency"), so most defaults are
+labelled *assumptions*: an order of magnitude with its reasoning, and a plausible range that bounds
+``snpsim calibrate`` (:mod:`snpsim.calibrate`) when a user fits the model to boot times measured on real SNP
+hardware. The one default derived from a measurement is ``page_clear_ns`` (``measurements.md``: QEMU's
+single-threaded first-touch preallocation of 2M pages, 256 GB in 2 min 11 s, about 2 GB/s per thread).
+
+Each cost is declared once, as a field of :class:`CostModel` with its default, range and source; :data:`COSTS`
+is read from those fields by the docs and the calibration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from snpsim.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
-class CostModel:
-    """Nanoseconds per operation."""
+class CostSpec:
+    """One cost: ``default`` ns per operation, the plausible range ``[lo, hi]`` ns, and where it comes from."""
 
-    rmpupdate_ns: int = 1_000
-    psmash_ns: int = 1_000
-    pvalidate_4k_ns: int = 300
-    pvalidate_2m_ns: int = 30_000
-    rmpadjust_ns: int = 300
-    tlb_flush_ns: int = 5_000
-    directmap_split_ns: int = 10_000
-    directmap_merge_ns: int = 20_000
-    page_clear_ns: int = 250
-    vmexit_ns: int = 1_500
-    userspace_exit_ns: int = 8_000
-    host_fault_ns: int = 2_000
+    default: int
+    lo: int
+    hi: int
+    source: str
+
+
+def cost(default: int, lo: int, hi: int, source: str) -> Any:
+    """A :class:`CostModel` field: its default, plausible range and source."""
+    return field(default=default, metadata={"spec": CostSpec(default, lo, hi, source)})
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Nanoseconds per operation; every field declares its default, plausible range and source (:func:`cost`).
+    "assumption" = an order of magnitude chosen by us, not measured."""
+
+    rmpupdate_ns: int = cost(
+        1_000,
+        100,
+        10_000,
+        "assumption: microcoded instruction writing one 16-byte RMP entry plus a 2M-range lock (linux-snp-host.md "
+        "§1: firmware locks 2M ranges); no published latency (§7)",
+    )
+    psmash_ns: int = cost(
+        1_000,
+        100,
+        20_000,
+        "assumption: same order as RMPUPDATE (writes 512 entries in one instruction); no published number",
+    )
+    pvalidate_4k_ns: int = cost(
+        300, 50, 5_000, "assumption: a guest instruction touching one RMP entry, cheaper than RMPUPDATE"
+    )
+    pvalidate_2m_ns: int = cost(
+        30_000,
+        1_000,
+        500_000,
+        "assumption: 100x a 4K PVALIDATE; TDX acceptance of 90 GiB taking ~1 min on one vCPU (guest-workloads.md "
+        "§3, KIR25) gives ~1.3 ms per 2M including zeroing, an upper bound for the range",
+    )
+    rmpadjust_ns: int = cost(300, 50, 5_000, "assumption: as a 4K PVALIDATE")
+    tlb_flush_ns: int = cost(
+        5_000,
+        500,
+        50_000,
+        "assumption: the global TLB shootdown (IPIs to every CPU) after a direct-map change (cpa_flush)",
+    )
+    directmap_split_ns: int = cost(
+        10_000,
+        1_000,
+        100_000,
+        "assumption: __split_large_page allocates a page-table page and fills 512 entries (its TLB flush is "
+        "tlb_flush_ns)",
+    )
+    directmap_merge_ns: int = cost(
+        20_000, 1_000, 200_000, "assumption: scan 512 entries and free a page-table page (plus tlb_flush_ns)"
+    )
+    page_clear_ns: int = cost(
+        2_000,
+        250,
+        4_000,
+        "measured [D]: QEMU -mem-prealloc of 2M hugepages, 256 GB in 2m11s on one thread (measurements.md) = "
+        "~2 GB/s of first-touch clearing per thread = ~2 us per 4 KiB; clear_page at full memory bandwidth "
+        "(~16 GB/s) bounds it below",
+    )
+    vmexit_ns: int = cost(
+        1_500,
+        500,
+        10_000,
+        "assumption: an SEV-SNP VMGEXIT round trip (world switch with VMSA save/restore and the handler entry)",
+    )
+    npf_ns: int = cost(
+        2_000,
+        500,
+        20_000,
+        "assumption: a #NPF VMEXIT plus kvm_mmu_page_fault installing one SPTE (gfn-to-pfn lookup included)",
+    )
+    userspace_exit_ns: int = cost(
+        8_000,
+        2_000,
+        50_000,
+        "assumption: KVM_RUN returning to the VMM (KVM_EXIT_HYPERCALL / KVM_EXIT_MEMORY_FAULT) and re-entering",
+    )
+    ioctl_ns: int = cost(
+        1_000,
+        200,
+        10_000,
+        "assumption: entry and exit of one ioctl or syscall the VMM makes (KVM_SET_MEMORY_ATTRIBUTES, "
+        "fallocate, madvise, KVM_PRE_FAULT_MEMORY), without its per-page work",
+    )
+    set_attributes_page_ns: int = cost(
+        100,
+        20,
+        2_000,
+        "assumption: one xarray store per 4K page in kvm_vm_set_mem_attributes (AMDSEV issue 225: setting a large "
+        "guest private 'will take a long time'; measurements.md, no number)",
+    )
+    host_fault_ns: int = cost(2_000, 500, 20_000, "assumption: a kernel #PF entry, handling and return")
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, *, field: str = "costs") -> CostModel:
+        """A cost model from ``{name: ns}`` overrides; unknown names and bad values raise ConfigError."""
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
             raise ConfigError(field, "expected a table of <operation>_ns = <integer> values")
-        known = {f.name for f in fields(cls)}
         for key, value in data.items():
-            if key not in known:
-                raise ConfigError(f"{field}.{key}", f"unknown cost (costs: {', '.join(sorted(known))})")
+            if key not in COSTS:
+                raise ConfigError(f"{field}.{key}", f"unknown cost (costs: {', '.join(sorted(COSTS))})")
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{field}.{key}", f"expected a non-negative integer of ns, got {value!r}")
         return cls(**dict(data))
 
 
-#: Where each default comes from. "assumption" = order of magnitude chosen by us, not measured.
-SOURCES: dict[str, str] = {
-    "rmpupdate_ns": "assumption: microcoded instruction writing one 16-byte RMP entry plus a 2M-range lock "
-    "(linux-snp-host.md §1 notes firmware locks 2M ranges); no published latency (§7)",
-    "psmash_ns": "assumption: same order as RMPUPDATE (writes 512 entries in one instruction); no published number",
-    "pvalidate_4k_ns": "assumption: guest instruction touching one RMP entry, cheaper than RMPUPDATE",
-    "pvalidate_2m_ns": "assumption: 2M PVALIDATE = 100x a 4K one; TDX acceptance of 90 GiB taking ~1 min on one vCPU "
-    "(guest-workloads.md §3, KIR25) gives ~170 us per 2M including zeroing, so this is a lower bound",
-    "rmpadjust_ns": "assumption: as PVALIDATE 4K",
-    "tlb_flush_ns": "assumption: a global TLB shootdown IPI on a multi-core host is a few microseconds",
-    "directmap_split_ns": "assumption: split_large_page allocates a page-table page, fills 512 PTEs, flushes the TLB",
-    "directmap_merge_ns": "assumption: scan 512 entries, free a page-table page, flush the TLB",
-    "page_clear_ns": "assumption: clear_page of 4 KiB at ~16 GB/s memory bandwidth",
-    "vmexit_ns": "assumption: SEV-SNP VMGEXIT round trip (world switch with VMSA save/restore) ~1.5 us",
-    "userspace_exit_ns": "assumption: KVM exit to the VMM (KVM_EXIT_HYPERCALL / MEMORY_FAULT) and back, ~8 us",
-    "host_fault_ns": "assumption: a kernel #PF entry, handling and return, ~2 us",
-}
+#: Every cost, declared once (as the fields of :class:`CostModel`): name -> default, range, source.
+COSTS: dict[str, CostSpec] = {f.name: f.metadata["spec"] for f in fields(CostModel)}
+#: Where each default comes from.
+SOURCES: dict[str, str] = {name: spec.source for name, spec in COSTS.items()}

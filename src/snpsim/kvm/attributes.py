@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from snpsim.hw.types import PageSize
+from snpsim.arch import PageSize
 
 KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
 

@@ -10,7 +10,7 @@ does not cover a whole folio frees nothing ("if holes are punched in any ranges 
 pages are removed from the filemap").
 
 With ``private_backing = vmm`` (pre-UPM SNP) there is no guest_memfd: private pages are the VMM's own pages
-(:class:`snpsim.vmm.backing.VmmMemory`), converted in place.
+(:class:`snpsim.host.mm.UserMemory`), converted in place by KVM.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from snpsim.arch import PAGE_SHIFT
 from snpsim.host import HostKernel, Owner
-from snpsim.hw.types import PAGE_SHIFT
 from snpsim.pfnmap import CHUNK_SHIFT, PfnMap
 
 IntArray = npt.NDArray[np.int64]

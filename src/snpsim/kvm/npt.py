@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.hw.types import PAGE_SIZE, PageSize
+from snpsim.arch import PAGE_SIZE, PageSize
 from snpsim.pfnmap import PfnMap, lazy_zeros
 from snpsim.segments import unique_ints
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.guest.psc import PscRequest
+from snpsim.arch import PAGE_SHIFT, PAGES_PER_2M, PageSize, PscRequest
 from snpsim.host import HostKernel
-from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_2M, PageSize
 from snpsim.segments import SCALAR_MAX, run_starts, unique_ints
 
 IntArray = npt.NDArray[np.int64]
@@ -54,14 +53,14 @@ def coalesce_psc(request: PscRequest) -> list[MapGpaRange]:
 
 def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: int, asid: int) -> None:
     """``sev_gmem_prepare`` for the (gfn, pfn) pairs of freshly faulted guest_memfd pages."""
-    todo = ~host.rmp.assigned_mask(pfns)
+    todo = ~host.rmp_assigned(pfns)
     gfns, pfns = gfns[todo], pfns[todo]
     if folio_pages >= PAGES_PER_2M and pfns.size:
         for i in np.flatnonzero((pfns % PAGES_PER_2M == 0) & (gfns % PAGES_PER_2M == 0)).tolist():
             p = int(pfns[i])
-            if host.rmp.assigned_in_2m(p) == 0:  # is_large_rmp_possible
+            if host.is_pfn_range_shared(p, PAGES_PER_2M):  # is_large_rmp_possible
                 host.rmp_make_private(p, int(gfns[i]) << PAGE_SHIFT, PageSize.SIZE_2M, asid)
-        todo = ~host.rmp.assigned_mask(pfns)
+        todo = ~host.rmp_assigned(pfns)
         gfns, pfns = gfns[todo], pfns[todo]
     host.rmp_make_private_pfns(pfns, gfns, asid)
 
@@ -73,18 +72,17 @@ def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
     if frames.size <= SCALAR_MAX:  # page by page (never a whole 2M entry): less set-up, same result
         smashed: set[int] = set()
         for pfn in sorted(set(frames.tolist())):
-            size = host.rmp.assigned_size(pfn)
-            if size is None:
+            is_assigned, level = host.snp_lookup_rmpentry(pfn)
+            if not is_assigned:
                 continue
             head = pfn // PAGES_PER_2M * PAGES_PER_2M
-            if size == PageSize.SIZE_2M and head not in smashed:
+            if level == PageSize.SIZE_2M and head not in smashed:
                 smashed.add(head)
-                host.busy_ns += host.costs.psmash_ns
-                host.rmp.psmash(head << PAGE_SHIFT)
+                host.psmash(head)
             host.rmp_make_shared(pfn, PageSize.SIZE_4K)
         return
     frames = unique_ints(frames)
-    assigned = frames[host.rmp.assigned_mask(frames)]
+    assigned = frames[host.rmp_assigned(frames)]
     if assigned.size == 0:
         return
     all_heads = assigned // PAGES_PER_2M * PAGES_PER_2M  # ascending, as ``assigned`` is
@@ -92,13 +90,12 @@ def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
     heads, counts = all_heads[starts], np.diff(np.append(starts, assigned.size))
     keep = np.ones(assigned.size, dtype=bool)  # pages left for 4K RMPUPDATEs
     for head, start, count in zip(heads.tolist(), starts.tolist(), counts.tolist(), strict=True):
-        entry = host.rmp.rmpread(head << PAGE_SHIFT)
-        if entry.page_size != PageSize.SIZE_2M or not entry.assigned:
+        is_assigned, level = host.snp_lookup_rmpentry(head)
+        if level != PageSize.SIZE_2M or not is_assigned:
             continue
         if count == PAGES_PER_2M:  # the whole 2M entry is freed: one 2M RMPUPDATE
             host.rmp_make_shared(head, PageSize.SIZE_2M)
             keep[start : start + count] = False
             continue
-        host.busy_ns += host.costs.psmash_ns
-        host.rmp.psmash(head << PAGE_SHIFT)
+        host.psmash(head)
     host.rmp_make_shared_pfns(assigned[keep])

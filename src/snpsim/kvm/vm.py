@@ -1,22 +1,30 @@
-"""One SNP VM inside KVM: its memslot, memory attributes, guest_memfd, nested page table and fault handling.
+"""One SNP VM inside KVM: its ioctls, memslot, memory attributes, guest_memfd, nested page table and MMU faults.
 
-Models the path of a guest access or instruction through KVM (``shared/reference/linux-snp-host.md`` §4-§5):
+Models the VM side of KVM (``shared/reference/linux-snp-host.md`` §4-§5):
 
-- ``npf_interception`` → ``kvm_mmu_page_fault``: an access whose kind (private C=1 / shared C=0) disagrees with the
-  gfn's attribute is a ``KVM_EXIT_MEMORY_FAULT`` to the VMM (an implicit conversion); otherwise the gfn is faulted
-  in from guest_memfd (private: ``kvm_gmem_get_pfn`` + ``sev_gmem_prepare``) or from the VMM's memory (shared) and
-  mapped at ``kvm_mmu_max_mapping_level``: the largest level whose aligned range is inside the memslot, has uniform
+- the ioctls the VMM drives it with: ``KVM_CREATE_GUEST_MEMFD`` (:meth:`KvmVm.create_guest_memfd`: the VMM gets
+  the file and punches holes in it itself), ``KVM_SET_USER_MEMORY_REGION2`` (:meth:`~KvmVm.set_user_memory_region`:
+  one memslot at GPA 0 covering the guest's RAM, backed by the VMM's mapping and, with UPM, the guest_memfd),
+  ``KVM_SET_MEMORY_ATTRIBUTES`` (zaps the SPTEs of the old attribute in the range,
+  ``kvm_arch_pre_set_memory_attributes``; one xarray store per page), ``KVM_PRE_FAULT_MEMORY``
+  (:meth:`~KvmVm.pre_fault_memory`: map a range as a fault would, without exits) and ``KVM_CREATE_VCPU``;
+- ``kvm_mmu_page_fault`` → ``kvm_tdp_mmu_map``: a gfn is faulted in from guest_memfd (private:
+  ``kvm_gmem_get_pfn`` + ``sev_gmem_prepare``) or from the VMM's memory (shared: ``hva_to_pfn``) and mapped at
+  ``kvm_mmu_max_mapping_level``: the largest level whose aligned range is inside the memslot, has uniform
   attributes (``KVM_LPAGE_MIXED_FLAG``), and is no larger than the folio / host mapping and, for private memory,
-  the RMP entry (``sev_gmem_max_mapping_level``). Each installed mapping is one #NPF (``npf_count``).
-- the hardware RMP check of the access (:meth:`snpsim.hw.rmp.Rmp.check_guest_access`): an RMP #NPF on a 2M RMP
-  entry is fixed by ``sev_handle_rmp_fault`` (PSMASH + zap); on an unassigned page (the host took it back) the
-  next fault prepares it again, unvalidated, so the guest's access raises #VC 0x404 (``guest_vc_count``).
-- ``KVM_SET_MEMORY_ATTRIBUTES`` zaps the SPTEs of the old attribute in the range
-  (``kvm_arch_pre_set_memory_attributes``).
-- Page State Change VMGEXITs (:mod:`snpsim.kvm.sev`) return ``KVM_HC_MAP_GPA_RANGE`` exits to the VMM.
+  the RMP entry (``sev_gmem_max_mapping_level``). Each mapping installed by a fault is one #NPF (``npf_count``).
+- what the CPU reports back from guest mode (:mod:`snpsim.host.svm`): an RMP #NPF on a 2M RMP entry is fixed by
+  ``sev_handle_rmp_fault`` (PSMASH + zap); on an unassigned page (the host took it back) the next fault prepares
+  it again, unvalidated, so the guest's access raises #VC 0x404;
+- pre-UPM SNP (``private_backing = vmm``, SNP v5-v8): no guest_memfd and no userspace exit on a conversion: KVM's
+  own Page State Change handler (``__snp_handle_page_state_change``) builds the NPT entry of each page
+  (``snp_check_and_build_npt``) and RMPUPDATEs the VMM's page in place; an access whose kind disagrees with the
+  page's state is converted the same way by the RMP #NPF handler (``snp_handle_rmp_page_fault``). The model keeps
+  the per-gfn PRIVATE array for these VMs too, as the state KVM derives from the RMP.
 
-The VM's address space is one memslot at GPA 0 covering the guest's RAM ranges (``ram`` mask; the PCI hole is
-not RAM and never mapped).
+The vCPU side (``KVM_RUN``, the guest's instructions, the exits) is :mod:`snpsim.kvm.vcpu`. KVM reaches the RMP only
+through the host's SNP functions (:class:`snpsim.host.HostKernel`: ``rmp_make_private``, ``psmash``,
+``snp_lookup_rmpentry``; ``host.svm`` for guest mode), never :mod:`snpsim.hw`.
 """
 
 from __future__ import annotations
@@ -24,24 +32,22 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.guest.psc import PscRequest
-from snpsim.host import HostKernel
-from snpsim.hw.types import (
-    PAGE_SHIFT,
+from snpsim.arch import (
     PAGES_PER_2M,
     NestedPageFault,
     PageSize,
     RmpStatus,
     VmmCommunicationException,
 )
+from snpsim.host import HostKernel
+from snpsim.host.mm import UserMemory
 from snpsim.kvm.attributes import MemoryAttributes
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED, NestedPageTable
-from snpsim.kvm.sev import MapGpaRange, coalesce_psc, gmem_invalidate, gmem_prepare
+from snpsim.kvm.sev import gmem_invalidate, gmem_prepare
 from snpsim.metrics import Counters
 from snpsim.policy import Policy
-from snpsim.segments import SCALAR_MAX, run_starts
-from snpsim.vmm.backing import VmmMemory
+from snpsim.segments import SCALAR_MAX, bool_runs, run_starts
 
 #: Vectorised re-checks of a guest access's remaining pages before the rest goes page by page.
 _MAX_RECHECKS = 8
@@ -49,61 +55,82 @@ _MAX_RECHECKS = 8
 IntArray = npt.NDArray[np.int64]
 
 
-class MemoryFaultExit(Exception):
-    """``KVM_EXIT_MEMORY_FAULT``: the guest accessed ``[gfn, gfn+npages)`` as ``private`` against its attribute."""
+class MemoryFault(Exception):
+    """The guest accessed ``gfn`` as ``private`` against its attribute: ``KVM_EXIT_MEMORY_FAULT`` (UPM). ``done``
+    pages of the instruction before it were executed, ``changed`` of them changed their Validated bit."""
 
-    def __init__(self, gfn: int, npages: int, private: bool) -> None:
-        super().__init__(f"memory fault gfn {gfn:#x} +{npages} private={private}")
-        self.gfn, self.npages, self.private = gfn, npages, private
+    def __init__(self, gfn: int, private: bool, done: int = 0, changed: int = 0) -> None:
+        super().__init__(f"memory fault gfn {gfn:#x} private={private}")
+        self.gfn, self.private, self.done, self.changed = gfn, private, done, changed
 
 
 class KvmVm:
-    """KVM's state of one SNP VM (ASID ``asid``) over gfns ``[0, ram.size)``."""
+    """KVM's state of one SNP VM (ASID ``asid``) over gfns ``[0, npages)``."""
 
-    def __init__(
-        self,
-        host: HostKernel,
-        policy: Policy,
-        ram: npt.NDArray[np.bool_],
-        shared: VmmMemory,
-        *,
-        asid: int,
-        counters: Counters,
-    ) -> None:
+    def __init__(self, host: HostKernel, policy: Policy, npages: int, *, asid: int, counters: Counters) -> None:
         self.host = host
         self.policy = policy
-        self.ram = ram
-        self.npages = int(ram.size)
+        self.npages = int(npages)
         self.asid = asid
         self.counters = counters
+        #: pre-UPM KVM (SNP v5): conversions are done in the kernel, on the VMM's own pages
+        self.in_kernel_psc = policy.private_backing == "vmm"
         self.attrs = MemoryAttributes(self.npages)
         self.npt = NestedPageTable(self.npages, host.nframes)
-        self.shared = shared
+        self.ram: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self.shared: UserMemory | None = None
         self.gmem: GuestMemfd | None = None
-        if policy.private_backing == "gmem":
-            self.gmem = GuestMemfd(
-                host, self.npages, policy.private_page_bytes >> PAGE_SHIFT, invalidate=self._invalidate
-            )
+
+    # ------------------------------------------------------------------ ioctls (the VMM calls these)
+    def create_guest_memfd(self, folio_pages: int) -> GuestMemfd:
+        """``KVM_CREATE_GUEST_MEMFD``: a guest_memfd of the VM's size with folios of ``folio_pages``."""
+        self.gmem = GuestMemfd(self.host, self.npages, folio_pages, invalidate=self._invalidate)
+        return self.gmem
+
+    def set_user_memory_region(self, ram: npt.NDArray[np.bool_], shared: UserMemory) -> None:
+        """``KVM_SET_USER_MEMORY_REGION2``: the memslot over the guest's RAM (``ram`` marks it; the PCI hole is not
+        RAM and never mapped), backed by the VMM's mapping ``shared`` and this VM's guest_memfd if it has one."""
+        self.ram = ram
+        self.shared = shared
+
+    def set_memory_attributes(self, gfn: int, npages: int, private: bool) -> int:
+        """``KVM_SET_MEMORY_ATTRIBUTES``: zap the SPTEs of the old attribute first (``kvm_vm_set_mem_attributes``
+        stores each page in the attributes xarray). Returns the gfns changed."""
+        c = self.host.costs
+        self.host.charge("ioctl", c.ioctl_ns)
+        self.host.charge("set_attributes", npages * c.set_attributes_page_ns, npages)
+        if not np.count_nonzero(self.attrs.private[gfn : gfn + npages] != private):
+            return 0
+        self.npt.zap(gfn, npages, only_private=not private)
+        return self.attrs.set(gfn, npages, private)
+
+    def pre_fault_memory(self, gfn: int, npages: int) -> None:
+        """``KVM_PRE_FAULT_MEMORY`` (``kvm_vcpu_pre_fault_memory`` → ``kvm_tdp_map_page``): map every gfn of the
+        range as a guest fault of its current attribute would, without the #NPF exits."""
+        self.host.charge("ioctl", self.host.costs.ioctl_ns)
+        private = self.attrs.private[gfn : gfn + npages]
+        for start, n, value in bool_runs(private):
+            if not self._fault_in(gfn + start, n, value, exits=False):
+                raise MemoryError("host out of memory")
 
     # ------------------------------------------------------------------ backing lookups
     def _private_pfns(self, gfn: int, npages: int) -> IntArray | None:
         """Fault in the private backing: guest_memfd folios, or (pre-UPM) the VMM's own pages."""
         if self.gmem is not None:
             return self.gmem.get_pfns(gfn, npages)
+        assert self.shared is not None
         return self.shared.get_pfns(gfn, npages)
 
     def _invalidate(self, frames: IntArray) -> None:
         gmem_invalidate(self.host, frames)
 
-    # ------------------------------------------------------------------ attributes
-    def set_memory_attributes(self, gfn: int, npages: int, private: bool) -> int:
-        """``KVM_SET_MEMORY_ATTRIBUTES``; zaps the SPTEs of the old attribute first. Returns gfns changed."""
-        if not np.count_nonzero(self.attrs.private[gfn : gfn + npages] != private):
-            return 0
-        self.npt.zap(gfn, npages, only_private=not private)
-        return self.attrs.set(gfn, npages, private)
+    def _pfns_of(self, gfn: int, npages: int, private: bool) -> IntArray | None:
+        if private:
+            return self._private_pfns(gfn, npages)
+        assert self.shared is not None
+        return self.shared.get_pfns(gfn, npages)
 
-    # ------------------------------------------------------------------ faults
+    # ------------------------------------------------------------------ MMU faults
     def _max_level(self, gfn: int, private: bool, cap: PageSize) -> PageSize:
         for level in (PageSize.SIZE_1G, PageSize.SIZE_2M):
             if level > cap:
@@ -114,8 +141,15 @@ class KvmVm:
                 return level
         return PageSize.SIZE_4K
 
-    def _fault_in(self, gfn: int, npages: int, private: bool) -> bool:
-        """Map every unmapped (or wrongly mapped) gfn of the range; False if the host ran out of memory."""
+    def _npf(self, count: int) -> None:
+        """``count`` #NPF exits handled by KVM."""
+        self.counters.npf_count += count
+        self.host.charge("npf", count * self.host.costs.npf_ns, count)
+
+    def _fault_in(self, gfn: int, npages: int, private: bool, *, exits: bool = True) -> bool:
+        """Map every unmapped (or wrongly mapped) gfn of the range; False if the host ran out of memory.
+
+        ``exits``: each mapping installed is a #NPF exit (a guest fault), or none (``KVM_PRE_FAULT_MEMORY``)."""
         lv = self.npt.level[gfn : gfn + npages]
         need = (lv == UNMAPPED) | (self.npt.private[gfn : gfn + npages] != private)
         if not need.any():
@@ -125,48 +159,53 @@ class KvmVm:
             return False
         if private:
             self._prepare(gfn, npages)
+        faults = 0
         if self._only_4k(private):
-            # Every gfn maps at 4K: one #NPF each, installed in bulk.
-            self.counters.npf_count += self.npt.map_4k_where(gfn, need, pfns, private)
-            return True
-        if private and npages > SCALAR_MAX and self._fault_in_huge_folios(gfn, npages, need, pfns):
-            return True
-        g = gfn
-        end = gfn + npages
-        while g < end:
-            if not need[g - gfn]:
-                rest = np.flatnonzero(need[g - gfn :])
-                if not rest.size:
-                    break
-                g += int(rest[0])
-            cap = self._private_cap(g) if private else self.shared.host_level(g)
-            level = self._max_level(g, private, cap)
-            n = level.npages
-            lo = g // n * n
-            if level == PageSize.SIZE_4K:
-                # 4K mappings for the run of needing gfns up to the next 2M boundary: one #NPF each
-                window = need[g - gfn : min(end, (g // PAGES_PER_2M + 1) * PAGES_PER_2M) - gfn]
-                stop = g + (int(np.argmin(window)) if not window.all() else int(window.size))
-                self._map_4k(g, stop, pfns[g - gfn : stop - gfn], private)
-                g = stop
-                continue
-            mapped = self._pfns_of(lo, n, private)
-            if mapped is None:
-                return False
-            self.npt.map(lo, level, mapped, private)
-            self.counters.npf_count += 1
-            g = lo + n
+            # Every gfn maps at 4K: one fault each, installed in bulk.
+            faults = self.npt.map_4k_where(gfn, need, pfns, private)
+        elif private and npages > SCALAR_MAX and (got := self._fault_in_huge_folios(gfn, npages, need, pfns)) >= 0:
+            faults = got
+        else:
+            g = gfn
+            end = gfn + npages
+            while g < end:
+                if not need[g - gfn]:
+                    rest = np.flatnonzero(need[g - gfn :])
+                    if not rest.size:
+                        break
+                    g += int(rest[0])
+                assert self.shared is not None
+                cap = self._private_cap(g) if private else self.shared.host_level(g)
+                level = self._max_level(g, private, cap)
+                n = level.npages
+                lo = g // n * n
+                if level == PageSize.SIZE_4K:
+                    # 4K mappings for the run of needing gfns up to the next 2M boundary: one fault each
+                    window = need[g - gfn : min(end, (g // PAGES_PER_2M + 1) * PAGES_PER_2M) - gfn]
+                    stop = g + (int(np.argmin(window)) if not window.all() else int(window.size))
+                    self.npt.map_4k(g, stop, pfns[g - gfn : stop - gfn], private)
+                    faults += stop - g
+                    g = stop
+                    continue
+                mapped = self._pfns_of(lo, n, private)
+                if mapped is None:
+                    return False
+                self.npt.map(lo, level, mapped, private)
+                faults += 1
+                g = lo + n
+        if exits:
+            self._npf(faults)
         return True
 
-    def _fault_in_huge_folios(self, gfn: int, npages: int, need: npt.NDArray[np.bool_], pfns: IntArray) -> bool:
-        """The fault loop below for a private range on 2M/1G folios, vectorised per 2M block (the RMP caps private
-        mappings at 2M): a block with a needing gfn maps at 2M (one #NPF) if the frame of its first needing gfn
-        has an assigned 2M RMP entry and the whole block is private RAM, else each needing gfn maps at 4K. Blocks
-        do not interact unless a 1G mapping spans them (its zap reaches further): then False, for the loop."""
+    def _fault_in_huge_folios(self, gfn: int, npages: int, need: npt.NDArray[np.bool_], pfns: IntArray) -> int:
+        """The fault loop for a private range on 2M/1G folios, vectorised per 2M block (the RMP caps private
+        mappings at 2M): a block with a needing gfn maps at 2M (one fault) if the frame of its first needing gfn
+        has an assigned 2M RMP entry and the whole block is private RAM, else each needing gfn maps at 4K.
+        Returns the faults, or -1 when a 1G mapping spans the blocks (its zap reaches further): the loop then."""
         n2 = PAGES_PER_2M
         b0, b1 = gfn // n2, (gfn + npages - 1) // n2 + 1
         if (self.npt.level[b0 * n2 : b1 * n2] == int(PageSize.SIZE_1G)).any():
-            return False
+            return -1
         g = np.flatnonzero(need) + gfn
         starts = run_starts(g // n2)
         first = g[starts]  # the first needing gfn of each block that has one
@@ -175,25 +214,26 @@ class KvmVm:
         ok = np.zeros(b1 - b0, dtype=bool)
         span = slice(b0 * n2, (b0 + whole) * n2)
         ok[:whole] = (self.attrs.private[span].reshape(whole, n2) & self.ram[span].reshape(whole, n2)).all(axis=1)
-        huge = ok[blocks - b0] & self.host.rmp.assigned_2m_mask(pfns[first - gfn])
+        huge = ok[blocks - b0] & self.host.rmp_assigned_2m(pfns[first - gfn])
         heads = blocks[huge] * n2
         self.npt.map_2m_many(heads, pfns[first[huge] - gfn] - (first[huge] - heads), True)
-        self.counters.npf_count += int(heads.size)
         small = need.copy()
         huge_block = np.zeros(b1 - b0, dtype=bool)
         huge_block[blocks[huge] - b0] = True
         small &= ~np.repeat(huge_block, n2)[gfn - b0 * n2 : gfn - b0 * n2 + npages]
-        self.counters.npf_count += self.npt.map_4k_where(gfn, small, pfns, True)
-        return True
+        return int(heads.size) + self.npt.map_4k_where(gfn, small, pfns, True)
 
     def _only_4k(self, private: bool) -> bool:
         """No gfn can map above 4K: 4K folios / VMM pages (private) or 4K host pages (shared)."""
         if private:
             return self.gmem is None or self.gmem.folio_pages < PAGES_PER_2M
+        assert self.shared is not None
         return self.shared.unit == 1
 
     def _prepare(self, gfn: int, npages: int) -> None:
-        """``kvm_gmem_get_pfn`` → ``kvm_gmem_prepare_folio``: prepare every folio the range touches, whole."""
+        """``kvm_gmem_get_pfn`` → ``kvm_gmem_prepare_folio``: prepare every folio the range touches, whole.
+        Pre-UPM, a private fault on a page that is not assigned (the host took it back) assigns it again,
+        unvalidated: ``snp_handle_rmp_page_fault`` "create[s] a new private RMP entry" (SNP v5)."""
         folio = self.gmem.folio_pages if self.gmem is not None else 1
         lo = gfn // folio * folio
         hi = min(-(-(gfn + npages) // folio) * folio, self.npages)
@@ -207,27 +247,41 @@ class KvmVm:
         """``kvm_gmem_max_mapping_level`` ∧ ``sev_gmem_max_mapping_level``: folio order and RMP level."""
         if self.gmem is None or self.gmem.folio_pages < PAGES_PER_2M:
             return PageSize.SIZE_4K
-        pfn = int(self.gmem.pfns(gfn, 1)[0])
-        entry = self.host.rmp.rmpread(pfn << PAGE_SHIFT)
-        return PageSize.SIZE_2M if entry.assigned and entry.page_size == PageSize.SIZE_2M else PageSize.SIZE_4K
+        assigned, level = self.host.snp_lookup_rmpentry(int(self.gmem.pfns(gfn, 1)[0]))
+        return PageSize.SIZE_2M if assigned and level == PageSize.SIZE_2M else PageSize.SIZE_4K
 
-    def _pfns_of(self, gfn: int, npages: int, private: bool) -> IntArray | None:
-        return self._private_pfns(gfn, npages) if private else self.shared.get_pfns(gfn, npages)
+    # ------------------------------------------------------------------ pre-UPM conversions in KVM
+    def snp_page_state_change(self, gfn: int, npages: int, to_private: bool) -> None:
+        """SNP v5 ``__snp_handle_page_state_change`` over ``[gfn, gfn+npages)`` (pre-UPM): build the NPT entry of
+        each page from the VMM's memory (``snp_check_and_build_npt``: no exit), then RMPUPDATE it in place
+        (``rmp_make_private``, or ``snp_make_page_shared`` → ``rmp_make_shared``)."""
+        assert self.shared is not None
+        pfns = self.shared.get_pfns(gfn, npages)
+        if pfns is None:
+            raise MemoryError("host out of memory")
+        self.npt.zap(gfn, npages)
+        self.attrs.set(gfn, npages, to_private)
+        if not self._fault_in(gfn, npages, to_private, exits=False):
+            raise MemoryError("host out of memory")
+        gfns = np.arange(gfn, gfn + npages, dtype=np.int64)
+        if to_private:
+            gmem_prepare(self.host, gfns, pfns, 1, self.asid)
+        else:
+            gmem_invalidate(self.host, pfns)
 
-    def _map_4k(self, lo: int, hi: int, pfns: IntArray, private: bool) -> None:
-        self.npt.map_4k(lo, hi, pfns, private)
-        self.counters.npf_count += hi - lo
-
-    # ------------------------------------------------------------------ guest accesses
-    def guest_access(self, gfn: int, npages: int, private: bool, write: bool = True) -> int:
-        """The guest touches the range; returns #VCs raised. Raises :class:`MemoryFaultExit` on a mismatch."""
-        attrs = self.attrs.private[gfn : gfn + npages]
-        bad = np.flatnonzero(attrs != private)
-        if bad.size:
-            raise MemoryFaultExit(gfn + int(bad[0]), npages - int(bad[0]), private)
+    # ------------------------------------------------------------------ guest accesses (from KVM_RUN)
+    def guest_access(self, gfn: int, npages: int, private: bool, write: bool = True) -> int | None:
+        """The guest touches the range in order. Returns the gfn whose access raised #VC 0x404 (the pages before
+        it were accessed), or None. Raises :class:`MemoryFault` at the first page whose attribute disagrees
+        (UPM); pre-UPM KVM converts such a page itself and goes on."""
+        mismatch = self._check_kind(gfn, npages, private)
+        if mismatch is not None:  # the pages before it first, then the exit
+            vc = self.guest_access(gfn, mismatch - gfn, private, write) if mismatch > gfn else None
+            if vc is not None:
+                return vc
+            raise MemoryFault(mismatch, private, mismatch - gfn)
         if not self._fault_in(gfn, npages, private):
             raise MemoryError("host out of memory")
-        vcs = 0
         start = gfn
         end = gfn + npages
         # Pages are checked in order. Vectorised: the pages that pass the hardware check need nothing else; the
@@ -236,49 +290,53 @@ class KvmVm:
         for _ in range(_MAX_RECHECKS if npages > SCALAR_MAX else 0):
             lv = self.npt.level[start:end]
             gfns = np.arange(start, end, dtype=np.int64)
-            ok = self.host.rmp.guest_access_ok(
-                self.npt.pfn[start:end], gfns, asid=self.asid, npt_huge=lv > 0, write=write, encrypted=private
+            ok = self.host.svm.access_ok(
+                self.npt.pfn[start:end], gfns, asid=self.asid, npt_huge=lv > 0, write=write, private=private
             )
             bad = np.flatnonzero(~ok | (lv == UNMAPPED))
             if not bad.size:
-                return vcs
+                return None
             g = start + int(bad[0])
-            vcs += self._checked_access(g, private, write)
+            if self._checked_access(g, private, write):
+                return g
             start = g + 1
         for g in range(start, end):
-            vcs += self._checked_access(g, private, write)
-        return vcs
+            if self._checked_access(g, private, write):
+                return g
+        return None
 
-    def _checked_access(self, gfn: int, private: bool, write: bool) -> int:
-        """Run the hardware RMP check of one access, handling #NPFs as KVM does; returns #VCs raised."""
+    def _check_kind(self, gfn: int, npages: int, private: bool) -> int | None:
+        """The first gfn accessed against its attribute, for a ``KVM_EXIT_MEMORY_FAULT`` of one page (UPM:
+        ``PAGE_SIZE``), or None. Pre-UPM KVM converts such pages itself in the RMP #NPF handler
+        (``snp_handle_rmp_page_fault``) and returns None."""
+        while True:
+            bad = np.flatnonzero(self.attrs.private[gfn : gfn + npages] != private)
+            if not bad.size:
+                return None
+            g = gfn + int(bad[0])
+            if not self.in_kernel_psc:
+                return g
+            # one RMP #NPF per page, each converting its page: the run of such pages at once (same result)
+            good = np.flatnonzero(self.attrs.private[g : gfn + npages] == private)
+            n = int(good[0]) if good.size else gfn + npages - g
+            self._npf(n)
+            self.snp_page_state_change(g, n, private)
+
+    def _checked_access(self, gfn: int, private: bool, write: bool) -> bool:
+        """Run the hardware check of one access, handling #NPFs as KVM does; True if it raised #VC."""
         for _ in range(4):
             if self.npt.level[gfn] == UNMAPPED and not self._fault_in(gfn, 1, private):
                 raise MemoryError("host out of memory")  # zapped by an earlier page's RMP #NPF: fault it in again
             level = PageSize(int(self.npt.level[gfn]))
             pfn = self.npt.pfn[gfn]
             try:
-                self.host.rmp.check_guest_access(
-                    pfn << PAGE_SHIFT,
-                    asid=self.asid,
-                    gpa=gfn << PAGE_SHIFT,
-                    npt_size=level,
-                    write=write,
-                    encrypted=private,
-                )
-                return 0
+                self.host.svm.access(pfn, gfn, asid=self.asid, npt_size=level, write=write, private=private)
+                return False
             except VmmCommunicationException:
                 self.counters.guest_vc_count += 1
-                # The guest sees #VC PAGE_NOT_VALIDATED: a Linux guest panics. Modelled: it re-validates the page
-                # at the size of its RMP entry (a 4K PVALIDATE on a 2M entry would itself take an RMP #NPF).
-                entry = self.host.rmp.rmpread(pfn << PAGE_SHIFT)
-                if entry.page_size == PageSize.SIZE_2M:
-                    g2, p2 = gfn // PAGES_PER_2M * PAGES_PER_2M, pfn // PAGES_PER_2M * PAGES_PER_2M
-                    self._pvalidate_one(g2, p2, PageSize.SIZE_2M, True)
-                else:
-                    self._pvalidate_one(gfn, pfn, PageSize.SIZE_4K, True)
-                return 1
+                return True
             except NestedPageFault:
-                self.counters.npf_count += 1
+                self._npf(1)
                 self._handle_rmp_npf(gfn, pfn)
                 if not self._fault_in(gfn, 1, private):
                     raise MemoryError("host out of memory") from None
@@ -286,85 +344,72 @@ class KvmVm:
 
     def _handle_rmp_npf(self, gfn: int, pfn: int) -> None:
         """``sev_handle_rmp_fault``: PSMASH a 2M entry and zap; an unassigned private page is re-prepared."""
-        entry = self.host.rmp.rmpread(pfn << PAGE_SHIFT)
-        if entry.assigned and entry.page_size == PageSize.SIZE_2M:
-            head = pfn // PAGES_PER_2M * PAGES_PER_2M
-            self.host.busy_ns += self.host.costs.psmash_ns
-            self.host.rmp.psmash(head << PAGE_SHIFT)
+        assigned, level = self.host.snp_lookup_rmpentry(pfn)
+        if assigned and level == PageSize.SIZE_2M:
+            self.host.psmash(pfn)
             self.npt.zap(gfn // PAGES_PER_2M * PAGES_PER_2M, PAGES_PER_2M)
         else:
             self.npt.zap(gfn, 1)
 
-    # ------------------------------------------------------------------ guest instructions
-    def pvalidate(self, gfn: int, npages: int, size: PageSize, validate: bool) -> int:
-        """PVALIDATE over ``[gfn, gfn+npages)`` in ``size`` steps (the guest's ``pvalidate_pages``).
-
-        2M requests on 4K RMP entries fall back to 4K (FAIL_SIZEMISMATCH, as Linux); a 4K request on a 2M entry
-        takes an RMP #NPF with SIZEM, which KVM resolves with PSMASH, then the guest retries. Returns the pages
-        whose Validated bit changed.
-        """
-        shared = np.flatnonzero(~self.attrs.private[gfn : gfn + npages])
-        if shared.size:  # PVALIDATE is a private access: against a shared attribute it is a memory fault exit
-            raise MemoryFaultExit(gfn + int(shared[0]), npages - int(shared[0]), True)
+    # ------------------------------------------------------------------ PVALIDATE (from KVM_RUN)
+    def pvalidate(self, gfn: int, npages: int, size: PageSize, validate: bool) -> tuple[int, RmpStatus, int]:
+        """The guest's PVALIDATEs over ``[gfn, gfn+npages)`` in ``size`` steps, in order: (pages done, status of
+        the instruction that stopped the loop, pages whose Validated bit changed). PVALIDATE is a private
+        access: a page with a shared attribute is a memory fault first. An RMP #NPF (a 4K PVALIDATE on a 2M
+        entry: SIZEM) is resolved by KVM with PSMASH and the instruction re-executed; a 2M PVALIDATE on 4K
+        entries stops with FAIL_SIZEMISMATCH, for the guest to retry at 4K."""
+        mismatch = self._check_kind(gfn, npages, True)
+        if mismatch is not None:  # the instructions before it first, then the exit
+            step = size.npages
+            head = (mismatch - gfn) // step * step
+            done, status, changed = self.pvalidate(gfn, head, size, validate) if head else (0, RmpStatus.SUCCESS, 0)
+            if status != RmpStatus.SUCCESS:
+                return done, status, changed
+            raise MemoryFault(mismatch, True, head, changed)
         if not self._fault_in(gfn, npages, True):
             raise MemoryError("host out of memory")
         if size != PageSize.SIZE_2M:
-            return self._pvalidate_4k(np.arange(gfn, gfn + npages, dtype=np.int64), validate)
+            return self._pvalidate_4k(gfn, npages, validate)
         changed = 0
-        fallback: list[int] = []
         for g in range(gfn, gfn + npages, PAGES_PER_2M):
-            pfn = self.npt.pfn[g]
-            status, cf = self._pvalidate_one(g, pfn, PageSize.SIZE_2M, validate)
-            if status == RmpStatus.FAIL_SIZEMISMATCH:
-                fallback.append(g)
-            elif status == RmpStatus.SUCCESS and not cf:
-                changed += PAGES_PER_2M
-        if fallback:
-            # Linux retries each 2M step as 512 4K PVALIDATEs; the steps touch disjoint pages, so all the
-            # retries can run after the 2M attempts, together.
-            heads = np.array(fallback, dtype=np.int64)
-            changed += self._pvalidate_4k((heads[:, None] + np.arange(PAGES_PER_2M)).ravel(), validate)
-        return changed
+            status, cf = self._pvalidate_one(g, PageSize.SIZE_2M, validate)
+            if status != RmpStatus.SUCCESS:
+                return g - gfn, status, changed
+            changed += 0 if cf else PAGES_PER_2M
+        return npages, RmpStatus.SUCCESS, changed
 
-    def _pvalidate_4k(self, gfns: IntArray, validate: bool) -> int:
-        """4K PVALIDATEs of mapped private ``gfns`` (ascending); #NPFs are handled and the page retried."""
-        changed = 0
-        npages = int(gfns.size)
-        pfns = self.npt.pfn[gfns]
-        status, cf = self.host.rmp.pvalidate_pfns(pfns, gfns, asid=self.asid, validate=validate)
-        self.host.busy_ns += npages * self.host.costs.pvalidate_4k_ns
-        changed += int(np.count_nonzero((status == RmpStatus.SUCCESS) & ~cf))
-        for k in np.flatnonzero(status < 0).tolist():  # #NPF: handled by KVM, then retried
-            g = int(gfns[k])
-            self.counters.npf_count += 1
+    def _pvalidate_4k(self, gfn: int, npages: int, validate: bool) -> tuple[int, RmpStatus, int]:
+        gfns = np.arange(gfn, gfn + npages, dtype=np.int64)
+        pfns = self.npt.pfn[gfn : gfn + npages]
+        status, cf = self.host.svm.pvalidate_4k_pfns(pfns, gfns, asid=self.asid, validate=validate)
+        failed = np.flatnonzero(status > 0)
+        stop = int(failed[0]) if failed.size else npages
+        head = slice(0, stop)
+        changed = int(np.count_nonzero((status[head] == RmpStatus.SUCCESS) & ~cf[head]))
+        for k in np.flatnonzero(status[head] < 0).tolist():  # #NPF: handled by KVM, then re-executed
+            g = gfn + k
+            self._npf(1)
             self._handle_rmp_npf(g, int(pfns[k]))
             self._fault_in(g, 1, True)
-            st, c = self._pvalidate_one(g, self.npt.pfn[g], PageSize.SIZE_4K, validate)
-            changed += int(st == RmpStatus.SUCCESS and not c)
-        return changed
+            st, c = self._pvalidate_one(g, PageSize.SIZE_4K, validate)
+            if st != RmpStatus.SUCCESS:
+                return k, st, changed
+            changed += 0 if c else 1
+        if stop < npages:
+            return stop, RmpStatus(int(status[stop])), changed
+        return npages, RmpStatus.SUCCESS, changed
 
-    def _pvalidate_one(self, gfn: int, pfn: int, size: PageSize, validate: bool) -> tuple[RmpStatus, bool]:
+    def _pvalidate_one(self, gfn: int, size: PageSize, validate: bool) -> tuple[RmpStatus, bool]:
         for _ in range(4):
-            self.host.busy_ns += (
-                self.host.costs.pvalidate_2m_ns if size == PageSize.SIZE_2M else self.host.costs.pvalidate_4k_ns
-            )
             try:
-                return self.host.rmp.pvalidate(
-                    pfn << PAGE_SHIFT, asid=self.asid, gpa=gfn << PAGE_SHIFT, page_size=size, validate=validate
+                return self.host.svm.pvalidate(
+                    int(self.npt.pfn[gfn]), gfn, asid=self.asid, size=size, validate=validate
                 )
             except NestedPageFault:
-                self.counters.npf_count += 1
-                self._handle_rmp_npf(gfn, pfn)
+                self._npf(1)
+                self._handle_rmp_npf(gfn, int(self.npt.pfn[gfn]))
                 self._fault_in(gfn // size.npages * size.npages, size.npages, True)
-                pfn = self.npt.pfn[gfn]
         raise RuntimeError(f"PVALIDATE at gfn {gfn:#x} keeps faulting")  # pragma: no cover - model bug
-
-    # ------------------------------------------------------------------ Page State Change
-    def handle_psc(self, request: PscRequest) -> list[MapGpaRange]:
-        """A PSC VMGEXIT (MSR protocol or GHCB NAE): the KVM_HC_MAP_GPA_RANGE exits it produces."""
-        self.counters.psc_request_count += 1
-        self.host.busy_ns += self.host.costs.vmexit_ns
-        return coalesce_psc(request)
 
     # ------------------------------------------------------------------ accounting
     def npt_bytes(self) -> tuple[int, int, int]:
@@ -375,7 +420,12 @@ class KvmVm:
         )
 
     def destroy(self) -> None:
-        """The VM goes away: guest_memfd folios are released (the release point), the NPT is torn down."""
+        """The VM goes away (``kvm_destroy_vm``): the NPT is torn down; the guest_memfd file's last reference is
+        dropped, so its folios are released (the release point); pre-UPM, KVM makes its private pages shared
+        again before the VMM unmaps them (``sev_free_vm`` / ``snp_reclaim``)."""
         self.npt.zap(0, self.npages)
         if self.gmem is not None:
             self.gmem.release_all()
+        elif self.shared is not None:
+            mapped = self.shared.pfn.present()
+            gmem_invalidate(self.host, self.shared.pfn[np.flatnonzero(mapped & self.attrs.private)])

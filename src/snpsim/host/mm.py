@@ -1,14 +1,15 @@
-"""The VMM's own guest memory: QEMU's RAMBlock backing as anonymous 4K pages, THP, or hugetlbfs 2M/1G pages.
+"""A user process's memory mapping as the host kernel manages it: anonymous 4K pages, THP, or hugetlbfs 2M/1G pages.
 
-Models QEMU ``system/physmem.c`` RAM allocation and ``ram_block_discard_range()`` (``madvise(MADV_DONTNEED)`` /
-``fallocate(PUNCH_HOLE)``) as seen by the host kernel (``shared/reference/guest-workloads.md`` §1, §6;
-``linux-snp-host.md`` §5): pages are faulted in on first touch (a THP region takes a 2M page when the whole
-aligned 2M range is untouched and a 2M block is free, else falls back to 4K, like ``do_huge_pmd_anonymous_page``);
-a discard frees whole backing pages (a partly discarded THP is split first, ``split_huge_pmd``); hugetlb memory
-"can be discarded only when it's not back'ed by hugetlb" (QEMU), so it is never freed on conversion.
+The VMM maps guest RAM (a QEMU RAM block, ``system/physmem.c``) and the host kernel backs it: pages are faulted in
+on first touch (``handle_mm_fault``; KVM reaches them through ``hva_to_pfn`` / ``get_user_pages``), a THP region
+takes a 2M page when the whole aligned 2M range is untouched and a 2M block is free, else falls back to 4K
+(``do_huge_pmd_anonymous_page``), and ``madvise(MADV_DONTNEED)`` / ``fallocate(PUNCH_HOLE)`` (QEMU's
+``ram_block_discard_range``) frees whole backing pages (a partly discarded THP is split first, ``split_huge_pmd``).
+Sources: ``shared/reference/guest-workloads.md`` §1, §6; ``linux-snp-host.md`` §5.
 
 With ``private_backing = gmem`` this memory backs only the guest's *shared* pages; with ``vmm`` (pre-UPM SNP) it
-backs every page and private pages are converted in place by RMPUPDATE.
+backs every page and KVM converts private pages in place by RMPUPDATE. Whether a conversion discards is the
+VMM's decision (QEMU never discards hugetlb-backed RAM), not this mapping's.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.host import HostKernel, Owner
-from snpsim.hw.types import PAGE_SHIFT, PageSize
+from snpsim.arch import PAGE_SHIFT, PageSize
+from snpsim.host.frames import Owner
+from snpsim.host.kernel import HostKernel
 from snpsim.pfnmap import PfnMap, lazy_zeros
 from snpsim.policy import GRANULE_BYTES
 
@@ -27,8 +29,8 @@ IntArray = npt.NDArray[np.int64]
 _HUGE_LEVEL = {"thp": PageSize.SIZE_2M, "hugetlb-2m": PageSize.SIZE_2M, "hugetlb-1g": PageSize.SIZE_1G}
 
 
-class VmmMemory:
-    """Backing pages of one VM's RAMBlock over gfns ``[0, npages)`` (``ram`` marks which gfns are RAM)."""
+class UserMemory:
+    """The backing pages of one guest-RAM mapping of the VMM over gfns ``[0, npages)`` (``ram`` marks the RAM)."""
 
     def __init__(
         self, host: HostKernel, ram: npt.NDArray[np.bool_], kind: str, owner: Owner, *, register: bool = False
@@ -50,17 +52,16 @@ class VmmMemory:
         self.allocated_pages = 0
         self.peak_pages = 0
         self.discarded_pages = 0
-        #: per-gfn PRIVATE attribute (KVM's array, shared by reference) and the backed private pages it implies
-        self.attr_private = lazy_zeros(self.npages, bool)
-        self.private_pages = 0
+
+    @property
+    def page_size(self) -> int:
+        """The mapping's page size as userspace sees it (``qemu_ram_pagesize``): the huge page size for
+        hugetlbfs, the base page size for anonymous memory, THP included."""
+        return GRANULE_BYTES[self.kind] if self.kind.startswith("hugetlb") else 1 << PAGE_SHIFT
 
     @property
     def bytes(self) -> int:
         return self.allocated_pages << PAGE_SHIFT
-
-    @property
-    def discardable(self) -> bool:
-        return not self.kind.startswith("hugetlb")
 
     def pfns(self, gfn: int, npages: int) -> IntArray:
         return self.pfn[gfn : gfn + npages]
@@ -86,7 +87,6 @@ class VmmMemory:
                         self.pfn[lo:hi] = np.arange(got, got + self.unit, dtype=np.int64)
                         self.huge[u] = True
                         self._account(np.arange(got, got + self.unit, dtype=np.int64))
-                        self.private_pages += int(np.count_nonzero(self.attr_private[lo:hi]))
         missing = np.flatnonzero(~self.pfn.present(gfn, gfn + npages)) + gfn
         if missing.size:
             got_arr = self.host.alloc_bulk(0, int(missing.size), self.owner)
@@ -94,7 +94,6 @@ class VmmMemory:
                 return None
             self.pfn[missing] = got_arr
             self._account(got_arr)
-            self.private_pages += int(np.count_nonzero(self.attr_private[missing]))
         return self.pfn[gfn : gfn + npages]
 
     def _account(self, frames: npt.NDArray[np.int64]) -> None:
@@ -104,8 +103,9 @@ class VmmMemory:
             self.host.register_frames(frames)
 
     def discard(self, gfn: int, npages: int) -> int:
-        """``ram_block_discard_range``: free the backing pages inside the range; returns pages freed."""
-        if not self.discardable or npages <= 0:
+        """``madvise(MADV_DONTNEED)`` / ``fallocate(PUNCH_HOLE)``: free the backing pages inside the range; returns
+        pages freed."""
+        if npages <= 0:
             return 0
         lo, hi = gfn, gfn + npages
         freed = 0
@@ -115,14 +115,12 @@ class VmmMemory:
                 if lo <= ulo and ulo + self.unit <= hi:
                     self.host.free(self.pfn[ulo], self.order)
                     self.pfn.clear(ulo, ulo + self.unit)
-                    self.private_pages -= int(np.count_nonzero(self.attr_private[ulo : ulo + self.unit]))
                     freed += self.unit
                 self.huge[u] = False  # a partly discarded huge page is split first; whole ones are gone
         backed = self.pfn.present(lo, hi)
         have = self.pfn[lo:hi][backed]
         if have.size:
             self.host.free_bulk(np.sort(have), 0)
-            self.private_pages -= int(np.count_nonzero(backed & self.attr_private[lo:hi]))
             self.pfn.clear(lo, hi, backed)
             freed += int(have.size)
         self.allocated_pages -= freed
@@ -141,11 +139,4 @@ class VmmMemory:
         self.pfn = PfnMap(self.npages, self.host.nframes)  # empty again, without writing every entry
         self.huge = lazy_zeros(self.huge.size, bool)
         self.allocated_pages = 0
-        self.private_pages = 0
         return frames
-
-    def attributes_changed(self, gfn: int, npages: int, before: npt.NDArray[np.bool_]) -> None:
-        """Keep ``private_pages`` right after KVM changed the attributes of ``[gfn, gfn+npages)``."""
-        backed = self.pfn.present(gfn, gfn + npages)
-        after = self.attr_private[gfn : gfn + npages]
-        self.private_pages += int(np.count_nonzero(backed & after)) - int(np.count_nonzero(backed & before))
