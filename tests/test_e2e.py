@@ -17,6 +17,14 @@ The boot of a 1 GiB, 4-vCPU guest (guest-workloads.md §2; QEMU q35: all RAM bel
 SWIOTLB = clamp(6 % of 1 GiB, 64 MiB, 1 GiB) = 64 MiB; atomic pool = max(128 KiB, 1 GiB / 8192) = 128 KiB.
 Totals: 548 PSC requests, each one KVM_HC_MAP_GPA_RANGE exit (entries of a request are contiguous);
 to_shared = 4 + 512 + 4 + 16384 + 64 + 14 + 2 = 16984; to_private = 262144 + 509 = 262653.
+
+The host is the default server e820 layout (snpsim.host.e820). A 4 GiB host: low RAM to the PCI hole at 2 GiB,
+2 GiB above 4 GiB, so max_pfn = 6 GiB / 4 KiB = 0x180000; the RMP table is (0x180000 x 16 B + 16 KiB) rounded up
+to 1 MiB = 25 MiB at 277 MiB, [277M, 302M). init_mem_mapping() maps [0, 1M) (ISA) and [1M, 2M) at 4K (the 2M
+range [0, 2M) is not all RAM: the ISA hole), [276M, 277M) at 4K (the 2M range [276M, 278M) holds the RMP's
+start), 137 + 361 2M ranges of [2M, 276M) and [302M, 1G), and GiBs 1, 4, 5 at 1G:
+DirectMap4k = 3 MiB, DirectMap2M = 996 MiB, DirectMap1G = 3 GiB, summing to 4096 - 25 = 4071 MiB. A 1 GiB host
+(all below the hole): a 5 MiB RMP ((262144 x 16 B + 16 KiB) rounded up) at [277M, 282M), the same 3 MiB at 4K.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from snpsim.metrics import METRICS
 
 MIB = 1 << 20
 K4 = 4096
+BOOT_4K = 3 * MIB  # DirectMap4k of a 4 GiB or 1 GiB server host at boot (module docstring)
 
 
 def boot(policy: str, **extra: Any) -> dict[str, int | float]:
@@ -63,11 +72,14 @@ def test_boot_conversions_are_policy_independent(policy: str) -> None:
     assert s["sim_time_ns"] == 2_000_000_000
     dm = snpsim.presets[policy].directmap
     if dm == "keep":
-        assert (s["directmap_1g"], s["directmap_split_count"]) == (4 << 30, 0)
+        assert (s["directmap_4k"], s["directmap_2m"], s["directmap_1g"]) == (BOOT_4K, 996 * MIB, 3 << 30)
+        assert s["directmap_split_count"] == 0
     elif dm == "unmap-nosplit":
-        assert s["directmap_4k"] == 0
+        assert s["directmap_4k"] == BOOT_4K
     else:
-        assert s["directmap_4k"] > 0
+        assert s["directmap_4k"] > BOOT_4K
+    assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] == 4071 * MIB
+    assert s["directmap_split_count"] == s["direct_map_level2_splits"] + s["direct_map_level3_splits"]
 
 
 def test_boot_upstream_rmp_and_memory() -> None:
@@ -77,8 +89,10 @@ def test_boot_upstream_rmp_and_memory() -> None:
     assert s["private_bytes"] == (262144 - 16475) * K4
     assert s["npt_2m"] == 0 and s["npt_1g"] == 0
     assert s["waste_bytes"] == 0
-    # every 2M range holding a guest page was split to 4K; the rest of the 4 GiB stays 1G
-    assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] == 4 << 30
+    # every 2M range holding a guest page was split to 4K; the counters still sum to the direct-mapped 4071 MiB
+    assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] == 4071 * MIB
+    # each 2M split adds 512 PTEs to DirectMap4k, each 1G split 512 2M entries (split_page_count())
+    assert s["directmap_4k"] == BOOT_4K + s["direct_map_level2_splits"] * 2 * MIB
 
 
 def test_boot_upm_nosplit_rmp_and_memory() -> None:
@@ -90,7 +104,7 @@ def test_boot_upm_nosplit_rmp_and_memory() -> None:
     # .bss..decrypted range, and the DMA atomic pool's range
     assert s["psmash_count"] == 3
     assert s["private_bytes"] == 1024 * MIB - 32 * 2 * MIB
-    assert s["directmap_4k"] == 0
+    assert s["directmap_4k"] == BOOT_4K
     assert s["waste_bytes"] > 0
 
 
@@ -133,7 +147,7 @@ def test_every_preset_runs_every_workload(policy: str, workload: str) -> None:
     assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] <= 1 << 30
     assert not any(v.oom for v in r.vms)
     if snpsim.presets[policy].directmap in ("unmap-nosplit", "keep"):
-        assert s["directmap_4k"] == 0
+        assert s["directmap_4k"] == BOOT_4K
 
 
 @pytest.mark.parametrize(("policy", "merges"), [("upm", True), ("bulk", True), ("upstream", False), ("unmap", False)])

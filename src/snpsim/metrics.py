@@ -1,7 +1,11 @@
 """The metric names of ``shared/DESIGN.md`` and the event counters the layers above the host increment.
 
-Bytes unless named ``_count``. Host-level values come from :meth:`snpsim.host.HostKernel.metrics`; VM-level
-values are summed over the VMs alive at the time of the sample (counters over all VMs ever run).
+Bytes unless named ``_count`` (or, for the two ``/proc/vmstat`` events ``direct_map_level2_splits`` /
+``direct_map_level3_splits``, named as vmstat names them: counts). ``directmap_4k`` / ``_2m`` / ``_1g`` are
+``/proc/meminfo``'s ``DirectMap*`` (entries at each level, present or not: they always sum to the direct-mapped
+memory) and ``directmap_split_count`` is the sum of the two vmstat split events. Host-level values come from
+:meth:`snpsim.host.HostKernel.metrics`; VM-level values are summed over the VMs alive at the time of the sample
+(counters over all VMs ever run).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ METRICS: tuple[str, ...] = (
     "directmap_2m",
     "directmap_1g",
     "directmap_split_count",
+    "direct_map_level2_splits",
+    "direct_map_level3_splits",
     "directmap_merge_count",
     "rmpupdate_count",
     "psmash_count",

@@ -162,7 +162,14 @@ class Policy:
     )
     directmap: str = knob(
         "split",
-        "What the host does to its kernel direct map around private pages.",
+        "What the host does to its kernel direct map around private pages (`HostKernel` in "
+        "`src/snpsim/host/kernel.py` on the page tables of `DirectMap`, `src/snpsim/host/directmap.py`). Splits go "
+        "one level at a time (1G → 512 × 2M, 2M → 512 × 4K), each counted once in `direct_map_level3_splits` or "
+        "`direct_map_level2_splits` and so in `directmap_split_count`. `directmap_4k`, `directmap_2m` and "
+        "`directmap_1g` are `/proc/meminfo`'s `direct_pages_count[]`: an entry made not present stays counted at "
+        "its level, so a value that removes pages fragments the direct map exactly as much as one that splits "
+        "them. At boot the map is what `init_mem_mapping()` builds on the host's e820 layout "
+        "(`src/snpsim/host/e820.py`, scenario field `host.layout`).",
         "linux-snp-host.md §3 (history of the host direct-map policy; DM-COMMIT 661b1c6169e2)",
         (
             _v(
@@ -180,9 +187,10 @@ class Policy:
             ),
             _v(
                 "unmap",
-                "SNP v5-v10: before a 4K RMPUPDATE to private the page's entry is made not present "
-                "(`set_direct_map_invalid_noflush`, splitting to 4K first); after an RMPUPDATE to shared it is "
-                "made present again. A kernel access to a removed page is a not-present #PF, which oopses.",
+                "SNP v5-v10: before an RMPUPDATE to private each page's entry is made not present "
+                "(`set_direct_map_invalid_noflush`, splitting to 4K first; a 2M RMPUPDATE too removes its 512 "
+                "pages 4K at a time, as SNP v5-v10 did); after an RMPUPDATE to shared they are made present again. "
+                "A kernel access to a removed page is a not-present #PF, which oopses.",
                 "`src/snpsim/host/kernel.py`, `src/snpsim/host/directmap.py`",
             ),
             _v(

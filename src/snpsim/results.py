@@ -350,6 +350,7 @@ def save(
                 "seed": result.scenario.seed,
                 "duration_ns": result.scenario.duration_ns,
                 "host_memory": result.scenario.host_memory,
+                "host_layout": result.scenario.host_layout,
                 "vms": [dataclasses.asdict(v) for v in result.scenario.vms],
             },
             "vms": [dataclasses.asdict(v) for v in result.vms],

@@ -31,7 +31,6 @@ from snpsim.guest.executor import GuestLog, SnpGuest
 from snpsim.guest.workloads import WORKLOADS
 from snpsim.host import HostKernel, Owner, writers
 from snpsim.host.cpu import CpuAccount
-from snpsim.hw.types import PAGE_SHIFT
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
 from snpsim.vmm.qemu import Qemu
@@ -111,13 +110,15 @@ class Simulation:
         #: every conversion a guest asked for (time_ns, gfn, npages, to_private), when recording
         self.conversions: list[tuple[int, int, int, bool]] | None = [] if record_conversions else None
         self.env = simpy.Environment()
+        memory_map = scenario.memory_map()
         self.host = HostKernel(
-            scenario.host_memory >> PAGE_SHIFT,
+            memory_map.max_pfn,
             scenario.policy,
             costs=scenario.costs,
             max_level=scenario.directmap_max_level,
             zero_on_alloc=scenario.zero_on_alloc,
             clock=lambda: self.env.now,
+            memory_map=memory_map,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}

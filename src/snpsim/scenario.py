@@ -8,7 +8,13 @@ The schema (``shared/DESIGN.md``; every field but ``vms`` has a default)::
     policy = "upstream"           # a preset name, or a table of knobs (optionally with preset = base)
 
     [host]
-    memory = "64G"                # at most 64 TiB (x86-64 4-level paging: the direct map's 64 TB)
+    memory = "64G"                # installed DRAM, at most 64 TiB (x86-64 4-level paging: the direct map's 64 TB)
+    layout = "server"             # server | flat: the e820 map (snpsim.host.e820): "server" has low RAM, the ISA
+                                  # range, the 32-bit PCI hole, RAM above 4 GiB and the BIOS-reserved RMP table;
+                                  # "flat" is all of [0, memory) RAM
+    pci_hole = "2G"               # server layout: where the 32-bit PCI hole starts (an assumption, see e820)
+    rmp_base = "277M"             # server layout: where the BIOS put the RMP table (1M aligned; default: 277M
+                                  # if low RAM holds it there, else the top of low RAM)
     directmap_max_level = "1g"    # 1g | 2m | 4k: the largest direct-map mapping the kernel uses
     zero_on_alloc = true          # the allocator zeroes pages through the direct map
     page_cache = 0.0              # share of host memory held by scattered page-cache pages when VMs start
@@ -65,8 +71,9 @@ from typing import Any
 
 from snpsim.errors import ConfigError
 from snpsim.guest.linux import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, LinuxGuestConfig
+from snpsim.host.e820 import DEFAULT_PCI_HOLE, HostMemoryMap, flat_memory_map, server_memory_map
 from snpsim.hw.costs import CostModel
-from snpsim.hw.types import PageSize
+from snpsim.hw.types import PAGE_SHIFT, PageSize
 from snpsim.params import check as check_param
 from snpsim.params import parameters
 from snpsim.policy import Policy, resolve_policy
@@ -116,7 +123,8 @@ DEFAULT_SCENARIO: dict[str, Any] = {
 }
 
 _TOP = {"seed", "duration", "samples", "policy", "host", "vms", "churn", "costs", "name"}
-_HOST = {"memory", "directmap_max_level", "zero_on_alloc", "writers", "page_cache"}
+_HOST = {"memory", "layout", "pci_hole", "rmp_base", "directmap_max_level", "zero_on_alloc", "writers", "page_cache"}
+_LAYOUTS = ("server", "flat")
 _VM = {"memory", "vcpus", "workload", "count", "start", "lifetime", "guest", "params"}
 _CHURN = {"interval", "lifetime", "memory", "vcpus", "workload", "max_vms", "guest", "params"}
 _WRITERS = {"page_zeroing", "compaction", "ksm", "hibernation"}
@@ -168,6 +176,16 @@ class Scenario:
     churn: ChurnSpec | None
     costs: CostModel
     name: str = ""
+    #: ``host.layout``, ``host.pci_hole``, ``host.rmp_base`` (None: the default placement)
+    host_layout: str = "server"
+    pci_hole: int = DEFAULT_PCI_HOLE
+    rmp_base: int | None = None
+
+    def memory_map(self) -> HostMemoryMap:
+        """The host's e820 map (:mod:`snpsim.host.e820`) from ``host.memory`` and ``host.layout``."""
+        if self.host_layout == "flat":
+            return flat_memory_map(self.host_memory >> PAGE_SHIFT)
+        return server_memory_map(self.host_memory, pci_hole=self.pci_hole, rmp_base=self.rmp_base)
 
 
 def _table(value: object, field_name: str) -> Mapping[str, Any]:
@@ -244,6 +262,23 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         raise ConfigError(
             "host.memory", f"must be a multiple of 4K, at least 64M and at most 64T, got {host.get('memory')!r}"
         )
+    layout = host.get("layout", "server")
+    if not isinstance(layout, str) or layout not in _LAYOUTS:
+        raise ConfigError("host.layout", f"expected one of {', '.join(_LAYOUTS)}, got {layout!r}")
+    pci_hole = parse_size(host.get("pci_hole", DEFAULT_PCI_HOLE), "host.pci_hole")
+    rmp_base = None if host.get("rmp_base") is None else parse_size(host["rmp_base"], "host.rmp_base")
+    if layout == "flat" and ("pci_hole" in host or "rmp_base" in host):
+        where = "host.pci_hole" if "pci_hole" in host else "host.rmp_base"
+        raise ConfigError(where, "only the server layout has a PCI hole and an RMP reservation")
+    try:
+        ram_bytes = (
+            server_memory_map(host_memory, pci_hole=pci_hole, rmp_base=rmp_base).ram_bytes
+            if layout == "server"
+            else host_memory
+        )
+    except ValueError as exc:
+        param, _, why = str(exc).partition(": ")
+        raise ConfigError(f"host.{param}", why) from None
     level_name = host.get("directmap_max_level", "1g")
     if not isinstance(level_name, str) or level_name not in _LEVELS:
         raise ConfigError("host.directmap_max_level", f"expected one of 1g, 2m, 4k, got {level_name!r}")
@@ -265,12 +300,16 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
     if not vms and churn is None:
         raise ConfigError("vms", "a scenario needs at least one VM (or a [churn] section)")
     total = sum(v.memory * v.count for v in vms if v.start_ns == 0)
-    if total > host_memory:
-        raise ConfigError("vms", f"the VMs started at t=0 need {total} bytes, more than host.memory")
+    if total > ram_bytes:
+        raise ConfigError(
+            "vms",
+            f"the VMs started at t=0 need {total} bytes, more than host.memory's {ram_bytes} bytes of RAM "
+            "(the DRAM less the e820 reservations and the RMP table)",
+        )
     sizes = [(f"vms[{i}].memory", v.memory) for i, v in enumerate(vms)]
     sizes += [(f"churn.memory[{i}]", m) for i, m in enumerate(churn.memory if churn else ())]
     for where, size in sizes:
-        _fits(size, where, host_memory, policy)
+        _fits(size, where, ram_bytes, policy)
     return Scenario(
         seed=seed,
         duration_ns=duration,
@@ -285,14 +324,17 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         churn=churn,
         costs=CostModel.from_mapping(data.get("costs")),
         name=str(data.get("name", "")),
+        host_layout=layout,
+        pci_hole=pci_hole,
+        rmp_base=rmp_base,
     )
 
 
-def _fits(size: int, where: str, host_memory: int, policy: Policy) -> None:
-    """Refuse a guest that can never be backed: larger than the host, or not whole pages of the policy."""
-    if size > host_memory:
+def _fits(size: int, where: str, ram_bytes: int, policy: Policy) -> None:
+    """Refuse a guest that can never be backed: larger than the host's RAM, or not whole pages of the policy."""
+    if size > ram_bytes:
         raise ConfigError(
-            where, f"{format_bytes(size)} is more than host.memory ({format_bytes(host_memory)}): never fits"
+            where, f"{format_bytes(size)} is more than the host's {format_bytes(ram_bytes)} of RAM: never fits"
         )
     folio = policy.private_page_bytes
     if policy.private_backing == "gmem" and size % folio:

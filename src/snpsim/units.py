@@ -101,11 +101,11 @@ def format_duration(ns: int) -> str:
 
 
 def format_metric(metric: str, value: float) -> str:
-    """A metric value as people read it: counts with thousands separators, ``*_ns`` as a duration, bytes in
-    binary units (metric names of shared/DESIGN.md: bytes unless named ``_count``)."""
+    """A metric value as people read it: counts (``*_count`` and the vmstat ``direct_map_level*_splits``) with
+    thousands separators, ``*_ns`` as a duration, bytes in binary units (metric names of shared/DESIGN.md)."""
     if metric.endswith("_ns"):
         return format_duration(int(value))
-    if metric.endswith("_count"):
+    if metric.endswith(("_count", "_splits")):
         return f"{int(value):,}"
     return format_bytes(int(value))
 
@@ -127,7 +127,7 @@ def format_compact(metric: str, value: float) -> str:
     3,402 -> '3402'. Three significant digits: use :func:`format_metric` (or ``--format csv``) for the full value."""
     if metric.endswith("_ns"):
         return _short_duration(int(value))
-    if metric.endswith("_count"):
+    if metric.endswith(("_count", "_splits")):
         if abs(value) < 10_000:
             return f"{int(value)}"
         return _compact(value, (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)))

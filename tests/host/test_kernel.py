@@ -65,13 +65,58 @@ def test_unmap_removes_the_page_and_restores_it_without_merging() -> None:
     h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
     m = h.metrics()
     assert m["directmap_split_count"] == 2
-    assert m["directmap_4k"] == 511 * K4
-    assert m["directmap_4k"] + m["directmap_2m"] + m["directmap_1g"] == G1 - K4
+    assert (m["direct_map_level3_splits"], m["direct_map_level2_splits"]) == (1, 1)
+    # set_direct_map_invalid_noflush(): split 1G -> 2M -> 4K, then clear _PAGE_PRESENT on the PTE, which
+    # direct_pages_count[] does not see: DirectMap4k holds all 512 PTEs, the three still sum to the GiB
+    assert m["directmap_4k"] == 512 * K4
+    assert m["directmap_4k"] + m["directmap_2m"] + m["directmap_1g"] == G1
     assert h.directmap.level(1000) is None
+    assert h.directmap.present_bytes == G1 - K4
     h.rmp_make_shared(1000, PageSize.SIZE_4K)
     assert h.metrics()["directmap_4k"] == 512 * K4
+    assert h.directmap.present_bytes == G1
     assert h.release_frames(np.array([1000])) == 0  # restore = never
     assert h.metrics()["directmap_merge_count"] == 0
+
+
+@pytest.mark.parametrize("name", ["unmap", "upm"])
+def test_unmap_fragments_the_direct_map_exactly_as_upstream(name: str) -> None:
+    """Same private pages, same splits, same /proc/meminfo: removal does not hide 4K entries (issue 12)."""
+    pages = [1000, 1001, 5 * 512 + 7, 300 * 512, 300 * 512 + 511]
+    hosts = {p: host(p) for p in ("upstream", name)}
+    for h in hosts.values():
+        for k, pfn in enumerate(pages):
+            h.rmp_make_private(pfn, k * K4, PageSize.SIZE_4K, 1)
+    up, rm = (hosts[p].metrics() for p in ("upstream", name))
+    keys = ("directmap_4k", "directmap_2m", "directmap_1g", "direct_map_level2_splits", "direct_map_level3_splits")
+    assert [up[k] for k in keys] == [rm[k] for k in keys]
+    # 3 distinct 2M ranges split (1, 5, 300) after the GiB: 3 x 512 PTEs, 509 2M entries, 3 + 1 splits
+    assert [rm[k] for k in keys] == [3 * 512 * K4, 509 * M2, 0, 3, 1]
+    assert hosts[name].directmap.present_bytes == G1 - len(pages) * K4
+
+
+def test_removing_more_pages_of_a_split_range_leaves_directmap_4k_unchanged() -> None:
+    h = host("unmap")
+    h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
+    before = h.metrics()
+    h.rmp_make_private_range(512, 400, 0x10000, 1)  # 400 more pages of the same 2M range: no split
+    after = h.metrics()
+    for k in ("directmap_4k", "directmap_2m", "directmap_1g", "directmap_split_count"):
+        assert after[k] == before[k]
+    assert h.directmap.count_levels(512, 512)[3] == 401  # but 401 of its PTEs are not present
+
+
+def test_unmap_invalidates_a_2m_private_page_4k_at_a_time() -> None:
+    """SNP v5-v10 set_direct_map_invalid_noflush() on each 4K page of a 2M RMPUPDATE (linux-snp-host.md §9):
+    the 2M mapping is split 1G -> 2M -> 4K, all 512 PTEs cleared."""
+    h = host("unmap")
+    assert h.rmp_make_private(512, 0x200000, PageSize.SIZE_2M, 1) == RmpStatus.SUCCESS
+    m = h.metrics()
+    assert (m["direct_map_level3_splits"], m["direct_map_level2_splits"]) == (1, 1)
+    assert (m["directmap_1g"], m["directmap_2m"], m["directmap_4k"]) == (0, 511 * M2, 512 * K4)
+    assert h.directmap.count_levels(512, 512) == (0, 0, 0, 512)
+    assert h.rmp_make_shared(512, PageSize.SIZE_2M) == RmpStatus.SUCCESS
+    assert h.directmap.count_levels(512, 512) == (512, 0, 0, 0)  # present again, still 4K
 
 
 def test_upm_remerges_at_the_release_point() -> None:
@@ -98,7 +143,8 @@ def test_unmap_nosplit_removes_whole_2m_mappings_only() -> None:
     h.rmp_make_private(1000, 0, PageSize.SIZE_4K, 1)
     m = h.metrics()
     assert m["directmap_split_count"] == 1  # 1G -> 2M, never to 4K
-    assert (m["directmap_1g"], m["directmap_2m"], m["directmap_4k"]) == (0, 511 * M2, 0)
+    # the not-present 2M entry of [512, 1024) is still a 2M entry: 512 x 2M
+    assert (m["directmap_1g"], m["directmap_2m"], m["directmap_4k"]) == (0, 512 * M2, 0)
     assert h.directmap.level(600) is None  # the whole 2M block [512, 1024) is gone
     h.rmp_make_shared(1000, PageSize.SIZE_4K)
     assert h.metrics()["directmap_2m"] == 512 * M2

@@ -1,7 +1,8 @@
 """State machine over HostKernel (RMP + direct map + #PF handler) under every preset, with the policy invariants.
 
-Invariants (issue 2; linux-snp-host.md §3, amd-snp-arch.md §7):
-- the DirectMap counters equal a recount and sum to the mapped memory;
+Invariants (issues 2 and 12; linux-snp-host.md §3, §9, amd-snp-arch.md §7):
+- the DirectMap counters equal a recount and always sum to the direct-mapped memory (direct_pages_count[] counts
+  entries, present or not), on a flat host and on a server e820 layout with the ISA hole and the RMP table;
 - no large mapping ever covers an assigned 4K RMP entry unless the policy allows it (``keep``): ``split``/``bulk``
   map 2M ranges holding a 4K-private page at 4K; ``unmap``/``unmap-nosplit`` never map an assigned page at all;
 - a kernel write either succeeds on a page whose 2M range it may write, or crashes / is fixed up; after a
@@ -16,22 +17,35 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from snpsim.host import HostKernel
+from snpsim.host import HostKernel, Owner, server_memory_map
 from snpsim.hw import HostPageFault, PageSize
 from snpsim.policy import presets
 
 GIB = 262144
 NFRAMES = GIB + 3 * 512 + 7  # one GiB, three 2M ranges mapped at 2M and a 4K tail
-# Interesting frames: inside the first GiB (first two 2M ranges), at its end, and in the 2M/4K-mapped tail.
-PFNS = st.one_of(st.integers(0, 1023), st.integers(GIB - 600, GIB + 3 * 512 + 6))
-HEADS_2M = st.sampled_from([0, 512, GIB - 512, GIB, GIB + 512])
+# The server layout of the same DRAM (all below the PCI hole): the ISA range [640K, 1M) and the RMP table at
+# 277M, 5 MiB long ((NFRAMES * 16 + 16K) rounded up to 1M), cut the first GiB: no 1G mapping, 4K around both.
+RMP_LO, RMP_HI = 277 * 256, 282 * 256
+# Interesting frames: inside the first GiB (first two 2M ranges), around the RMP table, at the GiB's end, and in
+# the 2M/4K-mapped tail.
+PFNS = st.one_of(
+    st.integers(0, 1023), st.integers(RMP_LO - 600, RMP_HI + 600), st.integers(GIB - 600, GIB + 3 * 512 + 6)
+)
+HEADS_2M = st.sampled_from([0, 512, 138 * 512, 139 * 512, 141 * 512, GIB - 512, GIB, GIB + 512])
 
 
 class HostMachine(RuleBasedStateMachine):
-    @initialize(name=st.sampled_from(sorted(presets)))
-    def setup(self, name: str) -> None:
+    @initialize(name=st.sampled_from(sorted(presets)), server=st.booleans())
+    def setup(self, name: str, server: bool) -> None:
         self.policy = presets[name]
-        self.h = HostKernel(NFRAMES, self.policy)
+        if server:
+            mm = server_memory_map(NFRAMES * 4096)
+            assert mm.rmp == (RMP_LO * 4096, RMP_HI * 4096)
+            self.h = HostKernel(NFRAMES, self.policy, memory_map=mm)
+            self.mapped = NFRAMES - (RMP_HI - RMP_LO)  # everything but the RMP: the ISA range is mapped
+        else:
+            self.h = HostKernel(NFRAMES, self.policy)
+            self.mapped = NFRAMES
         self.unit = self.policy.private_page_bytes // 4096
 
     def _unit_ok(self, pfn: int) -> bool:
@@ -102,8 +116,17 @@ class HostMachine(RuleBasedStateMachine):
         dm = self.h.directmap
         dm.check_invariants()
         c4k, c2m, c1g, absent = dm.count_levels(0, NFRAMES)
-        assert dm.directmap_4k + dm.directmap_2m + dm.directmap_1g == (NFRAMES - absent) * 4096
-        assert (dm.directmap_4k, dm.directmap_2m, dm.directmap_1g) == (c4k * 4096, c2m * 4096, c1g * 4096)
+        # /proc/meminfo's three lines always sum to the direct-mapped memory, whatever was removed
+        assert dm.directmap_4k + dm.directmap_2m + dm.directmap_1g == dm.mapped_bytes == self.mapped * 4096
+        assert dm.present_bytes == (NFRAMES - absent) * 4096
+        assert c4k * 4096 <= dm.directmap_4k and c2m * 4096 <= dm.directmap_2m and c1g * 4096 <= dm.directmap_1g
+        assert dm.level2_splits + dm.level3_splits == dm.split_count
+        # the RMP table is never mapped; the frames outside the RAM stay reserved
+        assert dm.count_levels(RMP_LO, RMP_HI - RMP_LO)[3] == RMP_HI - RMP_LO or self.mapped == NFRAMES
+        assert self.h.buddy.free_frames + self.h.buddy.used_frames == sum(
+            hi - lo for lo, hi in self.h.memory_map.ram_ranges
+        )
+        assert self.h.frames.get(RMP_LO) == (Owner.RESERVED if self.mapped < NFRAMES else Owner.FREE)
 
     @invariant()
     def no_large_mapping_over_a_mixed_2m_range(self) -> None:

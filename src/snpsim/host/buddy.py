@@ -9,7 +9,9 @@ real kernel's MAX_PAGE_ORDER is 10 and gets 1G pages from CMA/memblock; this mod
 allocator big enough).
 
 Frames are PFNs in ``[0, nframes)``; ``nframes`` need not be a multiple of ``2**max_order`` (the tail is
-decomposed into aligned smaller blocks, as memblock hands a zone's ragged end to the buddy allocator).
+decomposed into aligned smaller blocks, as memblock hands a zone's ragged end to the buddy allocator). With
+``ranges`` only those frame ranges (the host's RAM, :mod:`snpsim.host.e820`) start free; the rest is never handed
+out.
 
 Simplifications, deliberately:
 
@@ -35,7 +37,7 @@ once and then handed out and returned without touching the free lists. Pool bloc
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -149,11 +151,17 @@ class BuddyAllocator:
     #: costs more); the project-wide :data:`snpsim.segments.SCALAR_MAX`, overridable per instance by tests.
     _BULK_LOOP_THRESHOLD = SCALAR_MAX
 
-    def __init__(self, nframes: int, max_order: int = DEFAULT_MAX_ORDER) -> None:
+    def __init__(
+        self, nframes: int, max_order: int = DEFAULT_MAX_ORDER, *, ranges: Sequence[tuple[int, int]] | None = None
+    ) -> None:
         if not 0 <= max_order <= 62:
             raise ValueError(f"max_order must be in 0..62, got {max_order}")
         if nframes < 0:
             raise ValueError(f"nframes must be >= 0, got {nframes}")
+        spans = [(0, int(nframes))] if ranges is None else sorted((int(lo), int(hi)) for lo, hi in ranges)
+        for k, (lo, hi) in enumerate(spans):
+            if not 0 <= lo <= hi <= nframes or (k and lo < spans[k - 1][1]):
+                raise ValueError(f"ranges must be disjoint frame ranges inside [0, {nframes}), got {ranges}")
         self._nframes = int(nframes)
         self._max_order = int(max_order)
         self._free: list[_FreeList] = [_FreeList() for _ in range(max_order + 1)]
@@ -161,10 +169,14 @@ class BuddyAllocator:
         # hugetlb pools, by block index: order -> all pool blocks / pool blocks not handed out
         self._pool_blocks: dict[int, set[int]] = {}
         self._pool_free: dict[int, _FreeList] = {}
-        # Initial free memory: the canonical decomposition of [0, nframes) into maximal aligned blocks.
-        for pfn, order in self._decompose(0, self._nframes):
-            self._free[order].add(pfn >> order)
-        self._free_frames = self._nframes
+        # Initial free memory: the canonical decomposition of each RAM range into maximal aligned blocks (as
+        # memblock_free_all() hands each free memblock range to the buddy allocator); frames outside the ranges
+        # (holes, firmware and RMP reservations) are never free.
+        for lo, hi in spans:
+            for pfn, order in self._decompose(lo, hi):
+                self._free[order].add(pfn >> order)
+        self._managed = sum(hi - lo for lo, hi in spans)  # managed_pages: the RAM handed to the allocator
+        self._free_frames = self._managed
 
     # ------------------------------------------------------------------ properties / introspection
     @property
@@ -183,8 +195,8 @@ class BuddyAllocator:
 
     @property
     def used_frames(self) -> int:
-        """Frames not on the buddy free lists (allocated, or reserved in a hugetlb pool)."""
-        return self._nframes - self._free_frames
+        """Managed frames not on the buddy free lists (allocated, or reserved in a hugetlb pool)."""
+        return self._managed - self._free_frames
 
     def buddyinfo(self) -> list[int]:
         """Free block count for each order ``0..max_order``, like a row of ``/proc/buddyinfo``."""

@@ -1,41 +1,69 @@
-"""The x86-64 kernel direct map: the host's linear mapping of all physical memory at 1G/2M/4K granularity.
+"""The x86-64 kernel direct map: the host's linear mapping of its RAM at 1G/2M/4K granularity.
 
-What is modelled (``shared/reference/linux-snp-host.md`` §3 "Direct map policy"):
+What is modelled (``shared/reference/linux-snp-host.md`` §3 "Direct map policy", §9):
 
 * The direct map page tables of the host kernel, one entry per level: a PUD entry per 1 GiB, a PMD entry per
-  2 MiB, a PTE per 4 KiB page. Only the *shape* is kept (which level maps each page, and whether the entry is
-  present), never the page contents or protections.
-* Initial layout as ``arch/x86/mm/init_64.c`` ``phys_pud_init()`` / ``phys_pmd_init()`` / ``phys_pte_init()``
-  build it (via ``split_mem_range()``): 1G mappings for every whole aligned GiB (when gbpages are allowed,
-  ``max_level`` = 1G), 2M mappings for the remaining whole 2 MiB ranges, 4K mappings for a tail that is not a
-  multiple of 2 MiB.
-* ``arch/x86/mm/pat/set_memory.c``: ``__change_page_attr()`` / ``split_large_page()``. A split goes one level at a
-  time: a 1G mapping becomes 512 2M mappings, then a 2M mapping becomes 512 4K mappings; each counts as one split
-  (so ``set_memory_4k()`` on a page inside a 1G mapping performs two splits and leaves 511 2M mappings for the
-  rest of the GiB). :meth:`DirectMap.set_4k` is ``set_memory_4k()`` (``force_split``: splits even a not-present
-  large entry). :meth:`DirectMap.remove_4k` / :meth:`DirectMap.restore_4k` are
-  ``set_direct_map_invalid_noflush()`` / ``set_direct_map_default_noflush()``: change one 4K page's present bit,
-  splitting down to 4K only when the page's state actually changes (CPA keeps a large page whose protections
-  already equal the requested ones, ``cpa_inc_lp_sameprot()``). Splitting a not-present large entry yields
-  not-present children.
-* The ``/proc/meminfo`` ``DirectMap4k`` / ``DirectMap2M`` / ``DirectMap1G`` counters
-  (``update_page_count()`` / ``split_page_count()`` / ``arch_report_meminfo()``): bytes mapped at each level,
-  printed in kB. In this model they count present entries only; not-present entries are not counted.
+  2 MiB, a PTE per 4 KiB page. Only the *shape* is kept (which level maps each page, whether the entry is present,
+  and where there is no entry at all), never the page contents or protections.
+* The boot-time layout as ``arch/x86/mm/init.c`` ``init_mem_mapping()`` builds it from memblock's memory ranges
+  (the e820 RAM, :mod:`snpsim.host.e820`): ``init_memory_mapping(0, ISA_END_ADDRESS)`` ("the ISA range is always
+  mapped regardless of memory holes"), then ``memory_map_top_down()`` maps each RAM range
+  (``init_range_memory_mapping()``: "create direct mappings for only E820_RAM ... regions"); ``split_mem_range()``
+  cuts each range into a 4K head, 2M, 1G, 2M and 4K tail pieces and ``adjust_range_page_size_mask()`` widens a
+  piece to 2M (1G) when the whole aligned 2M (1G) region around it ``memblock_is_region_memory()``;
+  ``arch/x86/mm/init_64.c`` ``phys_pud_init()`` / ``phys_pmd_init()`` / ``phys_pte_init()`` reuse an existing
+  1G entry and leave the entries beyond a range empty. The net rule, applied here per aligned region: a 2M range
+  that is wholly RAM is one 2M mapping, a GiB that is wholly RAM is one 1G mapping (``direct_gbpages``,
+  ``max_level`` = 1G), every other mapped page (the ISA range, the first 2 MiB around it, the RAM of a 2M range
+  cut by a hole) a 4K PTE, and holes (the PCI hole, the BIOS-reserved RMP table) have no entry. With the flat map
+  (``memory`` = ``[0, nframes)``) this is 1G for every whole GiB, 2M for the whole 2M ranges left, 4K for a tail.
+* ``arch/x86/mm/pat/set_memory.c``: ``__change_page_attr()`` / ``__split_large_page()``. A split goes one level at
+  a time: a 1G entry becomes 512 2M entries, a 2M entry 512 PTEs, each a split (``set_memory_4k()`` on a page
+  inside a 1G mapping performs two splits and leaves 511 2M mappings for the rest of the GiB; §9). Splitting a
+  not-present large entry gives not-present children. :meth:`DirectMap.set_4k` is ``set_memory_4k()``
+  (``force_split``). :meth:`DirectMap.remove_4k` / :meth:`DirectMap.restore_4k` are
+  ``set_direct_map_invalid_noflush()`` / ``set_direct_map_default_noflush()`` (``__set_pages_np()`` /
+  ``__set_pages_p()``, one page): on a large entry ``__should_split_large_page()`` finds the request covers less
+  than the large page and splits it (1G, then 2M), then the 4K PTE's present bit changes; an entry whose
+  protections already equal the request is kept (``cpa_inc_lp_sameprot()``), so removing a not-present page never
+  splits. :meth:`DirectMap.remove_2m` / :meth:`DirectMap.remove_1g` are ``set_memory_np()`` over a whole aligned
+  large page, which ``__should_split_large_page()`` updates in place ("All checks passed. Update the large page
+  mapping."). A change to a page without an entry (a hole) does nothing (``__cpa_process_fault()``: "Ignore the
+  NULL PTE for kernel identity mapping, as it is expected to have holes").
+* The ``/proc/meminfo`` ``DirectMap4k`` / ``DirectMap2M`` / ``DirectMap1G`` lines print ``direct_pages_count[]``
+  (``arch_report_meminfo()``), which only ``update_page_count()`` (boot) and ``split_page_count()`` move: an entry
+  made not present stays counted at its level, so the three always sum to the direct-mapped memory (RAM plus the
+  ISA range). ``split_page_count()`` also counts the ``/proc/vmstat`` events ``direct_map_level2_splits`` (2M ->
+  4K) and ``direct_map_level3_splits`` (1G -> 2M), but only ``if (system_state == SYSTEM_RUNNING)``: a split made
+  while :attr:`DirectMap.running` is False (boot) moves the levels but not the events.
 
-Merging. Upstream never re-merges the direct map ("there isn't currently a mechanism in place to restore 2MB+
-mappings", §3). :meth:`DirectMap.merge_2m` / :meth:`DirectMap.merge_1g` / :meth:`DirectMap.try_merge` exist for
-the ``directmap_restore`` policy knob (``on-release`` / ``on-unregister``), in the style of CPA's
-``collapse_large_pages()``: a 2M range collapses only if all 512 of its 4K entries are present; a GiB collapses
-only if all 512 of its 2M entries are present 2M mappings (and 1G mappings are allowed).
+Merging. Upstream never re-merges the direct map of an SNP host ("there isn't currently a mechanism in place to
+restore 2MB+ mappings", sev.c ``adjust_direct_map()``). CPA learnt to collapse in 2025 (commit 41d88484c71c
+"x86/mm/pat: restore large ROX pages after fragmentation": ``cpa_collapse_large_pages()`` / ``collapse_pmd_page()``
+/ ``collapse_page_count()``), but only for a CPA call with ``CPA_COLLAPSE``, which only ``set_memory_rox()`` sets
+(execmem and BPF text), never ``set_memory_4k()`` or ``set_direct_map_*_noflush()``, and ``set_memory_4k()``
+marks its PTEs ``_PAGE_KERNEL_4K`` ("Kernel must not remap such pages as large"). So it does not apply to the
+direct map under SNP. :meth:`DirectMap.merge_2m` / :meth:`DirectMap.merge_1g` / :meth:`DirectMap.try_merge` exist
+for the ``directmap_restore`` policy knob (``on-release`` / ``on-unregister``) and follow ``collapse_pmd_page()``:
+a 2M range collapses only if all 512 PTEs are present (so never one cut by a hole); a GiB only if all 512 of its
+entries are present 2M mappings; counters move as ``collapse_page_count()`` moves them.
+
+Not modelled: the boot-time CPA changes of the kernel image's direct-map alias (``mark_rodata_ro()``,
+``free_init_pages()``), EFI runtime regions and other early ``set_memory_*`` users, which on a real host leave a
+few more MiB at 4K (DirectMap4k here is the lower bound init_mem_mapping() gives: 2 MiB plus the RAM of 2M ranges
+cut by the RMP table).
 
 Representation (scales to ``nframes`` = 2**29, i.e. 2 TiB, in a few MB; no per-frame Python objects):
 
 * ``_pud``: one byte per GiB: ``_PUD_NP`` (1G entry, not present), ``_PUD_1G`` (1G mapping), ``_PUD_TABLE``
   (points to a PMD table).
 * ``_pmd``: one byte per 2 MiB: ``_PMD_NP`` (2M entry, not present), ``_PMD_2M`` (2M mapping), ``_PMD_SPLIT``
-  (points to a PTE table), ``_PMD_UNDER_PUD`` (the enclosing GiB is a 1G entry; the byte is unused).
+  (points to a PTE table), ``_PMD_UNDER_PUD`` (the enclosing GiB is a 1G entry; the byte is unused),
+  ``_PMD_NONE`` (no entry: a hole).
 * ``_slot``: one int32 per 2 MiB, the row of the PTE pool for a split 2M range (-1 otherwise).
 * ``_bits``: the PTE pool, one row of 512 present bits per split 2M range (rows of merged ranges are recycled).
+* ``_exists``: for the few split 2M ranges with PTEs that do not exist (cut by a hole or the end of memory), the
+  mask of the PTEs that do; their other bits stay False.
 
 ``_pud`` / ``_pmd`` / ``_slot`` are ``bytearray`` / ``array`` objects (fast scalar access) with numpy views
 sharing their memory (vectorised range operations). All counters are maintained incrementally.
@@ -44,7 +72,7 @@ sharing their memory (vectorised range operations). All counters are maintained 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +80,7 @@ import numpy.typing as npt
 from snpsim.hw.types import PAGE_SIZE, PAGES_PER_1G, PAGES_PER_2M, PageSize
 from snpsim.segments import unique_ints
 
-__all__ = ["NOT_PRESENT", "DirectMap"]
+__all__ = ["ISA_END_PFN", "NOT_PRESENT", "DirectMap"]
 
 # PUD (1 GiB) entry states.
 _PUD_NP = 0
@@ -63,43 +91,83 @@ _PMD_NP = 0
 _PMD_2M = 1
 _PMD_SPLIT = 2
 _PMD_UNDER_PUD = 3
+_PMD_NONE = 4
 
 _SHIFT_2M = 9  # log2(PAGES_PER_2M)
 _SHIFT_1G = 18  # log2(PAGES_PER_1G)
 _MASK_2M = PAGES_PER_2M - 1
 _PMDS_PER_PUD = PAGES_PER_1G // PAGES_PER_2M  # 512
 
-#: Value returned by :meth:`DirectMap.levels` for a not-present page.
+#: Value returned by :meth:`DirectMap.levels` for a not-present page (or one without an entry).
 NOT_PRESENT = -1
 
+#: ``ISA_END_ADDRESS`` (0x100000) in frames: ``init_mem_mapping()`` maps [0, 1 MiB) whatever the e820 map says.
+ISA_END_PFN = 0x100000 >> 12
+
 IntArray = npt.NDArray[np.int64]
+Ranges = Sequence[tuple[int, int]]
+
+
+def _union(ranges: Ranges, nframes: int) -> list[tuple[int, int]]:
+    """Sorted disjoint union of frame ranges ``[lo, hi)``, clipped to ``[0, nframes)``."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted((max(0, int(lo)), min(nframes, int(hi))) for lo, hi in ranges):
+        if lo >= hi:
+            continue
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _pages_per_2m(ranges: list[tuple[int, int]], n2m: int) -> npt.NDArray[np.int32]:
+    """Frames of the disjoint ``ranges`` in each 2M range."""
+    count = np.zeros(n2m, dtype=np.int32)
+    for lo, hi in ranges:
+        b0, b1 = lo >> _SHIFT_2M, (hi - 1) >> _SHIFT_2M
+        if b0 == b1:
+            count[b0] += hi - lo
+            continue
+        count[b0] += ((b0 + 1) << _SHIFT_2M) - lo
+        count[b0 + 1 : b1] += PAGES_PER_2M
+        count[b1] += hi - (b1 << _SHIFT_2M)
+    return count
 
 
 class DirectMap:
     """The kernel direct map over frames ``[0, nframes)``; see the module docstring.
 
-    Mutators return the number of splits they performed; ``split_1g`` / ``split_2m`` / ``merge_*`` return
-    whether they did anything. Index arguments: ``pfn`` is a 4K frame number, ``idx2m`` = ``pfn // 512``,
-    ``gb`` = ``pfn // 262144``. Out-of-range arguments raise :class:`ValueError`.
+    ``memory`` is memblock's memory (the e820 RAM ranges, frame ``[lo, hi)`` pairs; None = all of
+    ``[0, nframes)``): it decides the boot-time layout. Mutators return the number of splits they performed;
+    ``split_1g`` / ``split_2m`` / ``merge_*`` return whether they did anything. Index arguments: ``pfn`` is a 4K
+    frame number, ``idx2m`` = ``pfn // 512``, ``gb`` = ``pfn // 262144``. Out-of-range arguments raise
+    :class:`ValueError`; a page without an entry (a hole) is left alone, as CPA leaves it.
     """
 
     #: Range operations touching fewer 2M ranges than this run piecewise on the scalar path (cheaper than the
     #: numpy set-up for small ranges); results are identical either way (tests set 0 to force numpy).
     _small_range_2m: int = 8
 
-    def __init__(self, nframes: int, *, max_level: PageSize = PageSize.SIZE_1G) -> None:
+    def __init__(
+        self,
+        nframes: int,
+        *,
+        max_level: PageSize = PageSize.SIZE_1G,
+        memory: Ranges | None = None,
+        running: bool = True,
+    ) -> None:
         if nframes <= 0:
             raise ValueError(f"nframes must be positive, got {nframes}")
         max_level = PageSize(max_level)
         self._nframes = int(nframes)
         self._max_level = max_level
+        #: ``system_state == SYSTEM_RUNNING``: splits count in the vmstat counters only while True
+        self.running = running
         n2m = -(-nframes // PAGES_PER_2M)
         n1g = -(-nframes // PAGES_PER_1G)
         self._n2m_total = n2m
         self._n1g_total = n1g
-        full1g = nframes // PAGES_PER_1G if max_level >= PageSize.SIZE_1G else 0
-        full2m = nframes // PAGES_PER_2M
-        tail = nframes & _MASK_2M
         self._full1g_total = nframes // PAGES_PER_1G  # GiBs that lie wholly inside [0, nframes)
 
         self._pud_b = bytearray(n1g)
@@ -112,35 +180,58 @@ class DirectMap:
         self._free: list[int] = []
         self._nslots = 0  # rows of _bits ever handed out (the high-water mark)
         self._bits = np.zeros((0, PAGES_PER_2M), dtype=np.bool_)
+        #: split 2M ranges with PTEs that do not exist -> mask of the PTEs that do
+        self._exists: dict[int, npt.NDArray[np.bool_]] = {}
+        self._exists_idx = np.zeros(0, dtype=np.int64)  # its keys, sorted
 
-        # Counters, in entries (present entries only).
+        # Counters: entries at each level, present or not (direct_pages_count[]), and pages whose entry is not
+        # present; vmstat split events; merges.
         self._n4k = 0
         self._n2m = 0
         self._n1g = 0
-        self._splits = 0
+        self._absent = 0
+        self._level2_splits = 0
+        self._level3_splits = 0
+        self._split_ops = 0  # every split, counted by vmstat or not (what the mutators return)
         self._merges = 0
+        self._init_mem_mapping(_union([(0, nframes)] if memory is None else memory, self._nframes))
 
-        self._pud[:full1g] = _PUD_1G
-        self._pud[full1g:] = _PUD_TABLE
-        self._pmd[: full1g * _PMDS_PER_PUD] = _PMD_UNDER_PUD
-        self._n1g = full1g
-        if max_level >= PageSize.SIZE_2M:
-            self._pmd[full1g * _PMDS_PER_PUD : full2m] = _PMD_2M
-            self._n2m = full2m - full1g * _PMDS_PER_PUD
-            split_lo = full2m
-        else:
-            split_lo = 0
-        # 4K-mapped ranges: the partial tail, or everything when max_level is 4K.
-        nsplit = n2m - split_lo
-        if nsplit:
-            idx = np.arange(split_lo, n2m, dtype=np.int64)
-            slots = self._alloc(nsplit)
-            self._bits[slots] = True
-            self._slot[idx] = slots
-            self._pmd[idx] = _PMD_SPLIT
-            if tail:
-                self._bits[slots[-1], tail:] = False
-            self._n4k = (n2m - split_lo) * PAGES_PER_2M - ((PAGES_PER_2M - tail) if tail else 0)
+    def _init_mem_mapping(self, memory: list[tuple[int, int]]) -> None:
+        """The boot-time layout of ``init_mem_mapping()`` (module docstring), built per aligned region."""
+        n2m, full1g = self._n2m_total, self._full1g_total
+        mapped = _union([(0, ISA_END_PFN), *memory], self._nframes)
+        in_2m = _pages_per_2m(mapped, n2m)
+        self._mapped = int(in_2m.sum())
+        big = np.zeros(n2m, dtype=np.bool_)  # 2M ranges mapped by a 2M or 1G entry
+        if self._max_level >= PageSize.SIZE_2M:
+            big = _pages_per_2m(memory, n2m) == PAGES_PER_2M
+        gb = np.zeros(self._n1g_total, dtype=np.bool_)  # GiBs mapped by a 1G entry
+        if self._max_level >= PageSize.SIZE_1G and full1g:
+            gb[:full1g] = big[: full1g * _PMDS_PER_PUD].reshape(full1g, _PMDS_PER_PUD).all(axis=1)
+        under = np.repeat(gb, _PMDS_PER_PUD)[:n2m]
+        self._pud[:] = np.where(gb, _PUD_1G, _PUD_TABLE).astype(np.uint8)
+        self._pmd[:] = _PMD_NONE
+        self._pmd[big] = _PMD_2M
+        self._pmd[under] = _PMD_UNDER_PUD
+        split = np.flatnonzero(~big & (in_2m > 0))
+        self._n1g = int(np.count_nonzero(gb))
+        self._n2m = int(np.count_nonzero(big & ~under))
+        self._n4k = int(in_2m[split].sum())
+        if not split.size:
+            return
+        slots = self._alloc(int(split.size))
+        self._bits[slots] = True
+        self._slot[split] = slots
+        self._pmd[split] = _PMD_SPLIT
+        for idx in split[in_2m[split] < PAGES_PER_2M].tolist():
+            base = idx << _SHIFT_2M
+            mask = np.zeros(PAGES_PER_2M, dtype=np.bool_)
+            for lo, hi in mapped:
+                if lo < base + PAGES_PER_2M and hi > base:
+                    mask[max(lo - base, 0) : min(hi - base, PAGES_PER_2M)] = True
+            self._exists[idx] = mask
+            self._bits[self._slot_a[idx]] = mask
+        self._exists_idx = np.array(sorted(self._exists), dtype=np.int64)
 
     # ------------------------------------------------------------------ properties / counters
 
@@ -154,28 +245,43 @@ class DirectMap:
 
     @property
     def directmap_4k(self) -> int:
-        """Bytes mapped by present 4K entries (``DirectMap4k``)."""
+        """Bytes mapped by 4K entries, present or not (``DirectMap4k``)."""
         return self._n4k * PAGE_SIZE
 
     @property
     def directmap_2m(self) -> int:
-        """Bytes mapped by present 2M entries (``DirectMap2M``)."""
+        """Bytes mapped by 2M entries, present or not (``DirectMap2M``)."""
         return self._n2m * PAGES_PER_2M * PAGE_SIZE
 
     @property
     def directmap_1g(self) -> int:
-        """Bytes mapped by present 1G entries (``DirectMap1G``)."""
+        """Bytes mapped by 1G entries, present or not (``DirectMap1G``)."""
         return self._n1g * PAGES_PER_1G * PAGE_SIZE
 
     @property
     def mapped_bytes(self) -> int:
-        """Bytes present in the direct map (sum of the three level counters)."""
-        return (self._n4k + self._n2m * PAGES_PER_2M + self._n1g * PAGES_PER_1G) * PAGE_SIZE
+        """Bytes with a direct-map entry (the sum of the three level counters; fixed at boot)."""
+        return self._mapped * PAGE_SIZE
+
+    @property
+    def present_bytes(self) -> int:
+        """Bytes whose direct-map entry is present (mapped minus what was removed)."""
+        return (self._mapped - self._absent) * PAGE_SIZE
+
+    @property
+    def level2_splits(self) -> int:
+        """``/proc/vmstat`` ``direct_map_level2_splits``: 2M -> 4K splits while running."""
+        return self._level2_splits
+
+    @property
+    def level3_splits(self) -> int:
+        """``/proc/vmstat`` ``direct_map_level3_splits``: 1G -> 2M splits while running."""
+        return self._level3_splits
 
     @property
     def split_count(self) -> int:
-        """Splits performed (1G -> 512x2M and 2M -> 512x4K each count 1)."""
-        return self._splits
+        """Splits counted by vmstat (1G -> 512x2M and 2M -> 512x4K each count 1): their sum."""
+        return self._level2_splits + self._level3_splits
 
     @property
     def merge_count(self) -> int:
@@ -197,12 +303,16 @@ class DirectMap:
         """The three lines exactly as ``/proc/meminfo`` prints them (``"DirectMap4k:    %8lu kB"``)."""
         return "".join(f"{k}:    {v:8d} kB\n" for k, v in self.meminfo().items())
 
+    def vmstat(self) -> dict[str, int]:
+        """The direct-map lines of ``/proc/vmstat`` (``mm/vmstat.c`` ``vmstat_text[]``)."""
+        return {"direct_map_level2_splits": self._level2_splits, "direct_map_level3_splits": self._level3_splits}
+
     def __repr__(self) -> str:
         mi = self.meminfo()
         return (
             f"DirectMap(nframes={self._nframes}, max_level={self._max_level.name}, "
             f"4k={mi['DirectMap4k']}kB, 2M={mi['DirectMap2M']}kB, 1G={mi['DirectMap1G']}kB, "
-            f"splits={self._splits}, merges={self._merges})"
+            f"splits={self.split_count}, merges={self._merges})"
         )
 
     # ------------------------------------------------------------------ argument checks
@@ -253,6 +363,8 @@ class DirectMap:
         return int(self._alloc(1)[0])
 
     # ------------------------------------------------------------------ splitting (internal)
+    # __split_large_page() + split_page_count(level): direct_pages_count[level]--,
+    # direct_pages_count[level - 1] += PTRS_PER_PTE, and the vmstat event if SYSTEM_RUNNING.
 
     def _split_1g_one(self, gb: int) -> None:
         """Split a whole-GiB PUD entry (present or not) into 512 PMD entries of the same presence."""
@@ -260,10 +372,11 @@ class DirectMap:
         base = gb * _PMDS_PER_PUD
         self._pmd[base : base + _PMDS_PER_PUD] = _PMD_2M if present else _PMD_NP
         self._pud_b[gb] = _PUD_TABLE
-        if present:
-            self._n1g -= 1
-            self._n2m += _PMDS_PER_PUD
-        self._splits += 1
+        self._n1g -= 1
+        self._n2m += _PMDS_PER_PUD
+        self._split_ops += 1
+        if self.running:
+            self._level3_splits += 1
 
     def _split_2m_one(self, idx: int) -> None:
         """Split a PMD entry (present or not) into 512 PTEs of the same presence."""
@@ -272,10 +385,11 @@ class DirectMap:
         self._bits[slot] = present
         self._slot_a[idx] = slot
         self._pmd_b[idx] = _PMD_SPLIT
-        if present:
-            self._n2m -= 1
-            self._n4k += PAGES_PER_2M
-        self._splits += 1
+        self._n2m -= 1
+        self._n4k += PAGES_PER_2M
+        self._split_ops += 1
+        if self.running:
+            self._level2_splits += 1
 
     def _split_1g_many(self, gbs: IntArray) -> None:
         """Vectorised :meth:`_split_1g_one` for GiB indices whose PUD is not a table."""
@@ -286,10 +400,11 @@ class DirectMap:
         sub = gbs[:, None] * _PMDS_PER_PUD + np.arange(_PMDS_PER_PUD, dtype=np.int64)[None, :]
         self._pmd[sub] = np.where(present, _PMD_2M, _PMD_NP).astype(np.uint8)[:, None]
         self._pud[gbs] = _PUD_TABLE
-        npres = int(np.count_nonzero(present))
-        self._n1g -= npres
-        self._n2m += npres * _PMDS_PER_PUD
-        self._splits += k
+        self._n1g -= k
+        self._n2m += k * _PMDS_PER_PUD
+        self._split_ops += k
+        if self.running:
+            self._level3_splits += k
 
     def _split_2m_many(self, idxs: IntArray) -> None:
         """Vectorised :meth:`_split_2m_one` for 2M indices whose PMD is ``_PMD_2M`` or ``_PMD_NP``."""
@@ -301,10 +416,11 @@ class DirectMap:
         self._bits[slots] = present[:, None]
         self._slot[idxs] = slots
         self._pmd[idxs] = _PMD_SPLIT
-        npres = int(np.count_nonzero(present))
-        self._n2m -= npres
-        self._n4k += npres * PAGES_PER_2M
-        self._splits += k
+        self._n2m -= k
+        self._n4k += k * PAGES_PER_2M
+        self._split_ops += k
+        if self.running:
+            self._level2_splits += k
 
     # ------------------------------------------------------------------ PTE bits over a range
 
@@ -328,7 +444,7 @@ class DirectMap:
         return self._slot[sp[first:last]].astype(np.int64), partial
 
     def _set_bits(self, pfn: int, end: int, value: bool) -> int:
-        """Set the present bit of every 4K entry in ``[pfn, end)``; return how many bits changed."""
+        """Set the present bit of every existing 4K entry in ``[pfn, end)``; return how many bits changed."""
         full, partial = self._pte_rows(pfn, end)
         changed = 0
         for slot, lo, hi in partial:
@@ -340,7 +456,24 @@ class DirectMap:
             n = int(np.count_nonzero(self._bits[full]))
             changed += (int(full.size) * PAGES_PER_2M - n) if value else n
             self._bits[full] = value
+        if value and self._exists:
+            changed -= self._clear_missing(pfn, end)
         return changed
+
+    def _clear_missing(self, pfn: int, end: int) -> int:
+        """Clear the bits of PTEs that do not exist in ``[pfn, end)`` (set by a range write); return how many."""
+        keys = self._exists_idx
+        i0 = pfn >> _SHIFT_2M
+        i1 = ((end - 1) >> _SHIFT_2M) + 1
+        cleared = 0
+        for idx in keys[np.searchsorted(keys, i0) : np.searchsorted(keys, i1)].tolist():
+            base = idx << _SHIFT_2M
+            lo, hi = max(pfn - base, 0), min(end - base, PAGES_PER_2M)
+            missing = ~self._exists[idx][lo:hi]
+            seg = self._bits[self._slot_a[idx], lo:hi]
+            cleared += int(np.count_nonzero(seg & missing))
+            seg[missing] = False
+        return cleared
 
     def _count_bits(self, pfn: int, end: int) -> int:
         """Present 4K entries in ``[pfn, end)``."""
@@ -353,7 +486,7 @@ class DirectMap:
     # ------------------------------------------------------------------ queries
 
     def level(self, pfn: int) -> PageSize | None:
-        """Size of the mapping covering ``pfn``, or ``None`` if its entry is not present."""
+        """Size of the mapping covering ``pfn``, or ``None`` if its entry is not present (or does not exist)."""
         self._check_pfn(pfn)
         g = self._pud_b[pfn >> _SHIFT_1G]
         if g == _PUD_1G:
@@ -363,7 +496,7 @@ class DirectMap:
         m = self._pmd_b[pfn >> _SHIFT_2M]
         if m == _PMD_2M:
             return PageSize.SIZE_2M
-        if m == _PMD_NP:
+        if m != _PMD_SPLIT:
             return None
         return PageSize.SIZE_4K if self._bits[self._slot_a[pfn >> _SHIFT_2M], pfn & _MASK_2M] else None
 
@@ -412,7 +545,7 @@ class DirectMap:
         return code
 
     def count_levels(self, pfn: int, npages: int) -> tuple[int, int, int, int]:
-        """Pages of ``[pfn, pfn + npages)`` mapped at 4K, at 2M, at 1G, and not present."""
+        """Pages of ``[pfn, pfn + npages)`` present at 4K, at 2M, at 1G, and not present (or without an entry)."""
         self._check_range(pfn, npages)
         if npages == 0:
             return (0, 0, 0, 0)
@@ -442,10 +575,11 @@ class DirectMap:
     def split_2m(self, idx2m: int) -> bool:
         """Split 2M range ``idx2m`` into 4K entries (splitting its 1G entry first if needed).
 
-        Returns whether the 2M range was split by this call (False if it already was 4K).
+        Returns whether the 2M range was split by this call (False if it already was 4K, or has no entry).
         """
         self._check_2m(idx2m)
-        if self._pmd_b[idx2m] == _PMD_SPLIT:
+        m = self._pmd_b[idx2m]
+        if m in (_PMD_SPLIT, _PMD_NONE):
             return False
         gb = idx2m >> _SHIFT_2M
         if self._pud_b[gb] != _PUD_TABLE:
@@ -465,7 +599,8 @@ class DirectMap:
             raise ValueError(f"2M index outside [0, {self._n2m_total})")
         gbs = unique_ints(idx >> _SHIFT_2M)
         self._split_1g_many(gbs[self._pud[gbs] != _PUD_TABLE])
-        todo = idx[self._pmd[idx] != _PMD_SPLIT]
+        pmd = self._pmd[idx]
+        todo = idx[(pmd == _PMD_2M) | (pmd == _PMD_NP)]
         self._split_2m_many(todo)
         return int(todo.size)
 
@@ -473,7 +608,8 @@ class DirectMap:
         """``set_memory_4k()`` on one page: make its mapping 4K; return the number of splits (0, 1 or 2)."""
         self._check_pfn(pfn)
         idx = pfn >> _SHIFT_2M
-        if self._pmd_b[idx] == _PMD_SPLIT:
+        m = self._pmd_b[idx]
+        if m in (_PMD_SPLIT, _PMD_NONE):
             return 0
         splits = 0
         gb = pfn >> _SHIFT_1G
@@ -515,7 +651,7 @@ class DirectMap:
         """:meth:`remove_range` / :meth:`restore_range` for a range inside one 2M range (scalar fast path).
 
         A large entry already in the requested state is left alone; one in the other state is split (1G, then
-        2M); then the 4K present bits are set."""
+        2M); then the 4K present bits are set. A 2M range without an entry is left alone."""
         same_pud, same_pmd = (_PUD_1G, _PMD_2M) if present else (_PUD_NP, _PMD_NP)
         gb = pfn >> _SHIFT_1G
         g = self._pud_b[gb]
@@ -527,7 +663,7 @@ class DirectMap:
             splits += 1
         idx = pfn >> _SHIFT_2M
         m = self._pmd_b[idx]
-        if m == same_pmd:
+        if m in (same_pmd, _PMD_NONE):
             return splits
         if m != _PMD_SPLIT:
             self._split_2m_one(idx)
@@ -535,8 +671,13 @@ class DirectMap:
         base = idx << _SHIFT_2M
         seg = self._bits[self._slot_a[idx], pfn - base : end - base]
         was = int(np.count_nonzero(seg))
-        self._n4k += ((end - pfn) - was) if present else -was
         seg[...] = present
+        now = end - pfn
+        if present and idx in self._exists:
+            exists = self._exists[idx][pfn - base : end - base]
+            seg &= exists
+            now = int(np.count_nonzero(exists))
+        self._absent -= (now - was) if present else -was
         return splits
 
     def remove_range(self, pfn: int, npages: int) -> int:
@@ -547,13 +688,13 @@ class DirectMap:
         end = pfn + npages
         if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
             return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, False), pfn, end)
-        before = self._splits
+        before = self._split_ops
         g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
         self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_1G) + g0)
         i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
         self._split_2m_many(np.flatnonzero(self._pmd[i0:i1] == _PMD_2M) + i0)
-        self._n4k -= self._set_bits(pfn, end, False)
-        return self._splits - before
+        self._absent += self._set_bits(pfn, end, False)
+        return self._split_ops - before
 
     def restore_range(self, pfn: int, npages: int) -> int:
         """:meth:`restore_4k` on every page of ``[pfn, pfn + npages)`` (vectorised); returns the splits."""
@@ -563,13 +704,13 @@ class DirectMap:
         end = pfn + npages
         if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
             return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, True), pfn, end)
-        before = self._splits
+        before = self._split_ops
         g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
         self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_NP) + g0)
         i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
         self._split_2m_many(np.flatnonzero(self._pmd[i0:i1] == _PMD_NP) + i0)
-        self._n4k += self._set_bits(pfn, end, True)
-        return self._splits - before
+        self._absent -= self._set_bits(pfn, end, True)
+        return self._split_ops - before
 
     # ------------------------------------------------------------------ 2M / 1G remove / restore
 
@@ -578,10 +719,11 @@ class DirectMap:
         return lo, min(lo + PAGES_PER_2M, self._nframes)
 
     def remove_2m(self, idx2m: int) -> int:
-        """Make the 2M range ``idx2m`` not present without splitting it to 4K.
+        """``set_memory_np()`` on the whole 2M range ``idx2m``: not present, without splitting it to 4K.
 
         A covering present 1G entry is split into 2M entries first (1 split, returned). A 2M mapping has its
-        present bit cleared; a range already split to 4K has all its 4K entries cleared and stays split.
+        present bit cleared (it stays counted in ``DirectMap2M``); a range already split to 4K has all its 4K
+        entries cleared and stays split.
         """
         self._check_2m(idx2m)
         gb = idx2m >> _SHIFT_2M
@@ -595,9 +737,9 @@ class DirectMap:
         m = self._pmd_b[idx2m]
         if m == _PMD_2M:
             self._pmd_b[idx2m] = _PMD_NP
-            self._n2m -= 1
+            self._absent += PAGES_PER_2M
         elif m == _PMD_SPLIT:
-            self._n4k -= self._set_bits(*self._frames_2m(idx2m), False)
+            self._absent += self._set_bits(*self._frames_2m(idx2m), False)
         return splits
 
     def restore_2m(self, idx2m: int) -> int:
@@ -618,9 +760,9 @@ class DirectMap:
         m = self._pmd_b[idx2m]
         if m == _PMD_NP:
             self._pmd_b[idx2m] = _PMD_2M
-            self._n2m += 1
+            self._absent -= PAGES_PER_2M
         elif m == _PMD_SPLIT:
-            self._n4k += self._set_bits(*self._frames_2m(idx2m), True)
+            self._absent -= self._set_bits(*self._frames_2m(idx2m), True)
         return splits
 
     def _pmd_slice_1g(self, gb: int) -> npt.NDArray[np.uint8]:
@@ -637,13 +779,13 @@ class DirectMap:
         g = self._pud_b[gb]
         if g == _PUD_1G:
             self._pud_b[gb] = _PUD_NP
-            self._n1g -= 1
+            self._absent += PAGES_PER_1G
         elif g == _PUD_TABLE:
             pmd = self._pmd_slice_1g(gb)
             mapped = pmd == _PMD_2M
-            self._n2m -= int(np.count_nonzero(mapped))
+            self._absent += int(np.count_nonzero(mapped)) * PAGES_PER_2M
             pmd[mapped] = _PMD_NP
-            self._n4k -= self._set_bits(*self._frames_1g(gb), False)
+            self._absent += self._set_bits(*self._frames_1g(gb), False)
         return 0
 
     def restore_1g(self, gb: int) -> int:
@@ -652,16 +794,16 @@ class DirectMap:
         g = self._pud_b[gb]
         if g == _PUD_NP:
             self._pud_b[gb] = _PUD_1G
-            self._n1g += 1
+            self._absent -= PAGES_PER_1G
         elif g == _PUD_TABLE:
             pmd = self._pmd_slice_1g(gb)
             absent = pmd == _PMD_NP
-            self._n2m += int(np.count_nonzero(absent))
+            self._absent -= int(np.count_nonzero(absent)) * PAGES_PER_2M
             pmd[absent] = _PMD_2M
-            self._n4k += self._set_bits(*self._frames_1g(gb), True)
+            self._absent -= self._set_bits(*self._frames_1g(gb), True)
         return 0
 
-    # ------------------------------------------------------------------ merging (model only, not upstream)
+    # ------------------------------------------------------------------ merging (as collapse_pmd_page())
 
     def merge_2m(self, idx2m: int) -> bool:
         """Collapse split 2M range ``idx2m`` back to one 2M mapping if all 512 4K entries are present."""
@@ -744,6 +886,8 @@ class DirectMap:
         pud, pmd = self._pud, self._pmd
         if not np.isin(pud, (_PUD_NP, _PUD_1G, _PUD_TABLE)).all():
             fail("bad PUD state")
+        if not np.isin(pmd, (_PMD_NP, _PMD_2M, _PMD_SPLIT, _PMD_UNDER_PUD, _PMD_NONE)).all():
+            fail("bad PMD state")
         if self._max_level < PageSize.SIZE_1G and (pud != _PUD_TABLE).any():
             fail("1G entry with max_level < 1G")
         if (pud[self._full1g_total :] != _PUD_TABLE).any():
@@ -753,7 +897,7 @@ class DirectMap:
             fail("PMD bytes disagree with their PUD")
         if self._max_level < PageSize.SIZE_2M and ((pmd == _PMD_2M) | (pmd == _PMD_NP)).any():
             fail("2M entry with max_level 4K")
-        if self._nframes & _MASK_2M and pmd[-1] != _PMD_SPLIT:
+        if self._nframes & _MASK_2M and pmd[-1] not in (_PMD_SPLIT, _PMD_NONE):
             fail("partial 2M tail not mapped at 4K")
         split = pmd == _PMD_SPLIT
         slots = self._slot[split]
@@ -763,13 +907,29 @@ class DirectMap:
             fail("PTE pool row shared or both used and free")
         if slots.size + len(self._free) != self._nslots:
             fail("PTE pool rows leaked")
-        tail = self._nframes & _MASK_2M
-        if tail and self._bits[self._slot[-1], tail:].any():
-            fail("present bit beyond the end of memory")
-        c4k, c2m, c1g, _ = self.count_levels(0, self._nframes)
+        if list(self._exists_idx.tolist()) != sorted(self._exists):
+            fail("index of the PTE tables with holes is stale")
+        missing = 0
+        for idx, mask in self._exists.items():
+            if pmd[idx] != _PMD_SPLIT:
+                fail(f"2M range {idx} with missing PTEs is not a PTE table")
+            if self._bits[self._slot_a[idx]][~mask].any():
+                fail(f"present bit on a PTE that does not exist in 2M range {idx}")
+            missing += PAGES_PER_2M - int(np.count_nonzero(mask))
+        # direct_pages_count[]: entries at each level, present or not, summing to the mapped memory
+        e4k = int(slots.size) * PAGES_PER_2M - missing
+        e2m = int(np.count_nonzero((pmd == _PMD_2M) | (pmd == _PMD_NP)))
+        e1g = int(np.count_nonzero(pud != _PUD_TABLE))
+        if (e4k, e2m, e1g) != (self._n4k, self._n2m, self._n1g):
+            fail(f"counters {(self._n4k, self._n2m, self._n1g)} != recount {(e4k, e2m, e1g)}")
+        if e4k + e2m * PAGES_PER_2M + e1g * PAGES_PER_1G != self._mapped:
+            fail("the DirectMap counters do not sum to the direct-mapped memory")
+        c4k, c2m, c1g, absent = self.count_levels(0, self._nframes)
         if int(np.count_nonzero(self._bits[slots])) != c4k:
             fail("4K recount mismatch")
         if c2m != int(np.count_nonzero(pmd == _PMD_2M)) * PAGES_PER_2M:
             fail("2M recount mismatch")
-        if (c4k, c2m, c1g) != (self._n4k, self._n2m * PAGES_PER_2M, self._n1g * PAGES_PER_1G):
-            fail(f"counters {(self._n4k, self._n2m, self._n1g)} != recount {(c4k, c2m, c1g)}")
+        if c1g != int(np.count_nonzero(pud == _PUD_1G)) * PAGES_PER_1G:
+            fail("1G recount mismatch")
+        if absent - (self._nframes - self._mapped) != self._absent:
+            fail(f"not-present count {self._absent} != recount {absent - (self._nframes - self._mapped)}")

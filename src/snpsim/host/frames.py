@@ -38,6 +38,9 @@ class Owner(IntEnum):
     HUGETLB_POOL = 6
     #: hibernation image page
     IMAGE = 7
+    #: not RAM the allocator manages: holes, the BIOS-reserved RMP table, the first MiB (snpsim.host.e820);
+    #: never allocated, migrated, scanned or saved
+    RESERVED = 8
 
 
 class FrameTable:

@@ -1,6 +1,6 @@
 """The host kernel's side of SEV-SNP memory: RMP updates with direct-map adjustment, and the kernel #PF handler.
 
-Models three pieces of Linux (``shared/reference/linux-snp-host.md``):
+Models these pieces of Linux (``shared/reference/linux-snp-host.md``):
 
 - ``arch/x86/virt/svm/sev.c`` ``rmp_make_private()`` / ``rmp_make_shared()`` → ``rmpupdate()`` →
   ``adjust_direct_map()`` (§1, §3): what the host does to its direct map around an RMPUPDATE. Upstream (v6.9+)
@@ -12,6 +12,9 @@ Models three pieces of Linux (``shared/reference/linux-snp-host.md``):
 - ``arch/x86/mm/fault.c`` (§2): a kernel-mode #PF with ``X86_PF_RMP`` (bit 31) or on a not-present direct-map
   entry goes down the oops path (a host crash). With ``rmp_fault = fixup`` (P. Gonda's rejected proposal, §2)
   the handler makes the offending pages shared and retries the write; the guest later sees #VC.
+- the boot-time host memory layout (:mod:`snpsim.host.e820`: e820 RAM, the PCI hole, the BIOS-reserved RMP
+  table) and the ``/proc/meminfo`` / ``/proc/vmstat`` direct-map counters (:mod:`snpsim.host.directmap`), reported
+  by :meth:`HostKernel.metrics`.
 - ``mm/page_alloc.c`` allocation with page zeroing (``kernel_init_pages`` → ``clear_highpage`` through the
   direct map): every frame handed out is written once by the kernel, which is the common way an RMP #PF
   would hit a hypervisor-owned page that shares a 2M direct-map mapping with a private page.
@@ -32,6 +35,7 @@ import numpy.typing as npt
 from snpsim.host.buddy import BuddyAllocator
 from snpsim.host.cpu import CpuAccount
 from snpsim.host.directmap import NOT_PRESENT, DirectMap
+from snpsim.host.e820 import HostMemoryMap, flat_memory_map
 from snpsim.host.frames import FrameTable, Owner
 from snpsim.host.svm import GuestMode
 from snpsim.hw.costs import CostModel
@@ -57,9 +61,13 @@ class Crash:
 class HostKernel:
     """Physical memory, the direct map and the RMP of one host, driven by a policy's knobs.
 
-    ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``). Every operation charges
-    its cost-model time to the thread running it (:attr:`cpu`, a :class:`~snpsim.host.cpu.CpuAccount` the engine
-    switches as threads run); ``busy_ns`` is the total over all threads.
+    ``memory_map`` is the host's e820 layout (:class:`snpsim.host.e820.HostMemoryMap`; None: all of
+    ``[0, nframes)`` RAM, as unit tests use); with a map, ``nframes`` must be its ``max_pfn``. The direct map is
+    built on its memblock memory (``init_mem_mapping()``), the allocator gets its RAM ranges, the frames outside
+    them are tagged :attr:`Owner.RESERVED`, and the RMP covers ``memory_map.rmp_pages`` (``[0, max_pfn)`` and the
+    table itself). ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``). Every operation
+    charges its cost-model time to the thread running it (:attr:`cpu`, a :class:`~snpsim.host.cpu.CpuAccount` the
+    engine switches as threads run); ``busy_ns`` is the total over all threads.
     """
 
     def __init__(
@@ -71,16 +79,26 @@ class HostKernel:
         max_level: PageSize = PageSize.SIZE_1G,
         zero_on_alloc: bool = True,
         clock: Callable[[], float] | None = None,
+        memory_map: HostMemoryMap | None = None,
     ) -> None:
         self.nframes = int(nframes)
+        if memory_map is not None and memory_map.max_pfn != self.nframes:
+            raise ValueError(f"nframes {self.nframes} is not the memory map's max_pfn {memory_map.max_pfn}")
+        #: the host's e820 layout (None: all of [0, nframes) RAM)
+        self.memory_map = memory_map or flat_memory_map(self.nframes)
         self.policy = policy
         self.costs = costs or CostModel()
-        self.rmp = Rmp(self.nframes)
-        self.directmap = DirectMap(self.nframes, max_level=max_level)
+        self.rmp = Rmp(self.memory_map.rmp_pages)  # covers [0, max_pfn) and the RMP itself
+        self.directmap = DirectMap(self.nframes, max_level=max_level, memory=self.memory_map.memory)
         #: the CPU in guest mode: the hardware checks of SNP guests' accesses and PVALIDATEs
         self.svm = GuestMode(self)
-        self.buddy = BuddyAllocator(self.nframes)
+        self.buddy = BuddyAllocator(self.nframes, ranges=self.memory_map.ram_ranges)
         self.frames = FrameTable(self.nframes)
+        hole = 0
+        for lo, hi in (*self.memory_map.ram_ranges, (self.nframes, self.nframes)):
+            if lo > hole:
+                self.frames.set_range(hole, lo - hole, Owner.RESERVED)
+            hole = hi
         self.zero_on_alloc = zero_on_alloc
         self.clock = clock or (lambda: 0)
         #: the thread running now (the engine switches it); every account ever used, by name
@@ -115,6 +133,8 @@ class HostKernel:
             "directmap_2m": self.directmap.directmap_2m,
             "directmap_1g": self.directmap.directmap_1g,
             "directmap_split_count": self.directmap.split_count,
+            "direct_map_level2_splits": self.directmap.level2_splits,
+            "direct_map_level3_splits": self.directmap.level3_splits,
             "directmap_merge_count": self.directmap.merge_count,
             "rmpupdate_count": self.rmp.rmpupdate_count,
             "psmash_count": self.rmp.psmash_count,
@@ -372,10 +392,12 @@ class HostKernel:
         if dm in ("split", "bulk"):
             self._split_for(pfn, level)
         elif dm == "unmap":
+            # SNP v5-v10 call set_direct_map_invalid_noflush() on every 4K page, also for a 2M RMPUPDATE: the
+            # 2M mapping is split to 4K, not made not-present whole (linux-snp-host.md §9)
             if level == PageSize.SIZE_4K:
                 self.directmap.remove_4k(pfn)
             else:
-                self.directmap.remove_2m(pfn // PAGES_PER_2M)
+                self.directmap.remove_range(pfn // PAGES_PER_2M * PAGES_PER_2M, PAGES_PER_2M)
         elif dm == "unmap-nosplit":
             self._remove_block(pfn)
 
@@ -385,7 +407,7 @@ class HostKernel:
             if level == PageSize.SIZE_4K:
                 self.directmap.restore_4k(pfn)
             else:
-                self.directmap.restore_2m(pfn // PAGES_PER_2M)
+                self.directmap.restore_range(pfn // PAGES_PER_2M * PAGES_PER_2M, PAGES_PER_2M)
         elif dm == "unmap-nosplit":
             self._restore_block_if_clean(pfn)
 

@@ -120,7 +120,7 @@ def hibernation(
     saved pages back. ``max_pages`` bounds the snapshot (a sample of in-use pages drawn with the seeded RNG)."""
     yield at_ns
     in_use = host.frames.find(
-        tuple(o for o in Owner if o not in (Owner.FREE, Owner.IMAGE)), 0, host.nframes, host.nframes
+        tuple(o for o in Owner if o not in (Owner.FREE, Owner.IMAGE, Owner.RESERVED)), 0, host.nframes, host.nframes
     )
     if max_pages is not None and in_use.size > max_pages:
         in_use = np.sort(rng.choice(in_use, size=max_pages, replace=False))
