@@ -45,8 +45,9 @@ continues) and is reported as :attr:`SweepRun.write_error` (:func:`snpsim.sweep`
 
 One driver at a time writes a store (it holds ``OUT/.sweep.lock``, an exclusive ``flock``); others can read it while
 it runs (:func:`read`, ``snpsim report``): DuckDB lets one process open a file for writing *or* several for reading,
-so the driver keeps its connection only while points are committed in quick succession and closes it after
-``IDLE_CLOSE_S`` without a commit, and both sides retry a locked file for a while. A folder holding runs of
+so the driver keeps its connection only while points are committed in quick succession (closing it after
+``IDLE_CLOSE_S`` without a commit, and after ``MAX_HOLD_S`` in any case), and both sides retry a locked file for a
+while. A folder holding runs of
 ``snpsim run`` (or anything else but a sweep) is refused as a sweep's ``out``.
 """
 
@@ -332,8 +333,10 @@ class Store:
     The DuckDB connection is opened when needed; a writer's is closed ``IDLE_CLOSE_S`` after its last use (so that
     readers can open the file between bursts of commits), a reader's right after each read."""
 
-    #: Seconds a writer keeps its connection without using it.
+    #: Seconds a writer keeps its connection without using it, and at most in all (then it closes it after its
+    #: next use even if commits keep coming, so that a reader gets its turn).
     IDLE_CLOSE_S = 0.5
+    MAX_HOLD_S = 2.0
     #: Seconds a writer / a reader waits for a file another process has open before giving up.
     WAIT_WRITER_S = 120.0
     WAIT_READER_S = 30.0
@@ -347,6 +350,7 @@ class Store:
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
         self._depth = 0
+        self._opened = 0.0
         if read_only and not self.path.exists():
             raise ConfigError(str(self.out), f"no sweep results in this folder (expected {STORE})")
         if read_only:
@@ -391,12 +395,13 @@ class Store:
                 self._timer = None
             if self._con is None:
                 self._con = self._open()
+                self._opened = time.monotonic()
             self._depth += 1
             try:
                 yield self._con
             finally:
                 self._depth -= 1
-                if self._depth == 0 and self.read_only:
+                if self._depth == 0 and (self.read_only or time.monotonic() - self._opened > self.MAX_HOLD_S):
                     self._close()
                 elif self._depth == 0:
                     self._timer = threading.Timer(self.IDLE_CLOSE_S, self._close)
