@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from snpsim.errors import ConfigError
 from snpsim.policy import Policy, presets
@@ -33,15 +33,23 @@ def run(
     *,
     progress: Callable[[float], None] | None = None,
     record_conversions: bool = False,
+    time_limit_s: float | None = None,
 ) -> Result:
     """Simulate a scenario (a dict, a TOML path or a loaded :class:`~snpsim.scenario.Scenario`).
 
-    ``record_conversions``: keep every ``kvm_convert_memory`` in ``Result.conversions`` (for trace export)."""
+    ``record_conversions``: keep every ``kvm_convert_memory`` in ``Result.conversions`` (for trace export).
+    ``time_limit_s``: stop with :class:`snpsim.errors.TimeLimitExceeded` after that many wall-clock seconds.
+    Invalid scenarios raise :class:`ConfigError` before anything is simulated."""
     from snpsim.runner import Simulation
     from snpsim.scenario import Scenario, load
 
+    if time_limit_s is not None and (
+        isinstance(time_limit_s, bool) or not isinstance(time_limit_s, int | float) or not time_limit_s > 0
+    ):
+        raise ConfigError("time_limit_s", f"expected a number of seconds > 0, got {time_limit_s!r}")
     loaded = scenario if isinstance(scenario, Scenario) else load(scenario)
-    return Simulation(loaded, progress=progress, record_conversions=record_conversions).run()
+    sim = Simulation(loaded, progress=progress, record_conversions=record_conversions, time_limit_s=time_limit_s)
+    return sim.run()
 
 
 def replay(
@@ -62,37 +70,24 @@ def replay(
 
     The trace's conversions drive the guest -> vmm -> kvm -> host -> hw layers at their timestamps (relative to
     the first one); the VM's RAM is ``vm_memory`` or inferred from the highest converted address. Bad traces
-    raise :class:`snpsim.traces.TraceError` (a ``ValueError``) naming file and line.
+    raise :class:`snpsim.traces.TraceError` (a ``ValueError``) naming file and line, and so does a trace without
+    a single conversion (empty, or every line skipped with ``lenient``).
     """
     from snpsim.runner import Simulation
-    from snpsim.scenario import load
-    from snpsim.traces import Format, parse, to_guest_events
-    from snpsim.traces.replay import infer_memory_bytes
-    from snpsim.units import parse_size
+    from snpsim.traces.replay import plan_replay
 
-    fmt = cast(Format, format)  # not checked here: parse raises its ValueError for anything but auto/qemu/ftrace
-    reader = parse(trace, fmt, lenient)
-    # Streaming, constant memory: a pass sizes the guest (unless given) and finds the trace's time span, the
-    # replay pass then reads the file again lazily.
-    first = last = 0
-    for k, conv in enumerate(reader):
-        first = conv.time_ns if k == 0 else first
-        last = conv.time_ns - first
-    memory = infer_memory_bytes(reader) if vm_memory is None else parse_size(vm_memory, "vm_memory")
-    guest = to_guest_events(parse(trace, fmt, lenient), vm_memory=memory)
-    events = guest.events
-    host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
-    scenario = load(
-        {
-            "name": f"replay of {Path(trace).name}",
-            "seed": seed,
-            "policy": policy,
-            "duration": last + 1_000_000,
-            "samples": samples,
-            "host": {"memory": host},
-            "vms": [{"memory": guest.memory_bytes, "vcpus": vcpus, "workload": "idle"}],
-        }
+    plan = plan_replay(
+        trace,
+        policy,
+        format=format,
+        lenient=lenient,
+        vm_memory=vm_memory,
+        vcpus=vcpus,
+        host_memory=host_memory,
+        seed=seed,
+        samples=samples,
     )
+    scenario, events = plan.scenario, plan.events
     sim = Simulation(scenario, progress=progress, vm_events={0: events}, record_conversions=record_conversions)
     return sim.run()
 
@@ -106,19 +101,32 @@ def sweep(
     resume: bool = False,
     retry_failed: bool = False,
     progress: bool = False,
+    point_timeout: float | None = None,
 ) -> pd.DataFrame:
     """Run a sweep (a TOML path or a dict: ``base`` scenario x ``axes``) on Dask; one row per point.
 
     The points run on a local cluster of ``workers`` processes (default: one per CPU) or on the Dask scheduler at
     ``scheduler`` (``tcp://host:port``). Results go to the store in ``out`` (default: the sweep's ``out`` or
     ``sweep-out``); ``resume`` skips the points already committed there (``retry_failed`` reruns failed ones).
+    ``point_timeout``: seconds a point may compute before it is stopped and recorded as failed.
     Columns: ``hash``, ``status`` ("ok" or "failed"), ``error``, one per axis, the metrics, ``elapsed_s``,
-    ``run_id``. See :mod:`snpsim.sweeps` for the sweep schema and the store.
+    ``run_id``. See :mod:`snpsim.sweeps` for the sweep schema and the store. A store that cannot be written
+    (disk full) raises :class:`snpsim.results.OutputError` once the points committed so far are safe.
     """
+    from snpsim.results import OutputError
     from snpsim.sweeps import ProgressBar, run
 
     with ProgressBar(disable=not progress) as bar:
         done = run(
-            sweep, out=out, workers=workers, scheduler=scheduler, resume=resume, retry_failed=retry_failed, listener=bar
+            sweep,
+            out=out,
+            workers=workers,
+            scheduler=scheduler,
+            resume=resume,
+            retry_failed=retry_failed,
+            listener=bar,
+            point_timeout=point_timeout,
         )
+    if done.write_error is not None:
+        raise OutputError("out", done.write_error)
     return done.frame

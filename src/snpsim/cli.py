@@ -1,44 +1,172 @@
-"""The ``snpsim`` command line: run scenarios under one or more presets and compare the metrics."""
+"""The ``snpsim`` command line: run scenarios under one or more presets and compare the metrics.
+
+Every mistake is one line on stderr, ``error: FIELD: what is wrong``, naming the command-line flag when a flag
+set the value (``--memory``, not the scenario field it becomes), and exit status 2; usage errors (unknown option,
+bad integer) are one line too. Exit status 1: the command ran but something went wrong that a script must not
+miss - results could not be written (the results are still printed), a VM could not be backed by the host's
+memory and was killed, every point of a sweep failed. Messages are plain text: brackets are shown, never taken
+as markup.
+
+Output: ``--format table`` (default: rich tables that always fit the terminal, see :mod:`snpsim.tables`),
+``csv``, ``markdown`` or ``json`` (``--json`` is short for ``--format json``); notes go to stderr in the machine
+formats, so stdout stays parseable.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 import snpsim
 from snpsim.errors import ConfigError
 from snpsim.metrics import METRICS
-from snpsim.policy import presets
+from snpsim.policy import policy_label, presets
+from snpsim.results import OutputError
 from snpsim.scenario import DEFAULT_SCENARIO
-from snpsim.units import format_bytes, format_metric
+from snpsim.tables import FORMATS, Grid, column_metric_grid, emit, metric_grid
+from snpsim.units import format_bytes, format_compact, format_duration, parse_duration
+
+#: Exit status of a command that ran but whose outcome a script must not miss (module docstring).
+EXIT_FAILED = 1
+#: Exit status of a user mistake (nothing was simulated).
+EXIT_USAGE = 2
+
+
+#: The arguments of the command being run (for the results' manifest).
+_ARGV: list[str] = []
+
+
+class _OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown option, missing argument, bad value) as one ``error:`` line, exit 2."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        _ARGV[:] = list(args) if args is not None else sys.argv[1:]
+        try:
+            rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.TyperException as exc:  # click's errors (typer vendors click): usage errors carry a context
+            ctx = getattr(exc, "ctx", None)
+            where, hint = (f"{ctx.command_path}: ", " (see --help)") if ctx is not None else ("", "")
+            _say(f"{where}{exc.format_message()}{hint}", error=True)
+            if not standalone_mode:
+                raise
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            sys.exit(EXIT_FAILED)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="snpsim: model how a KVM host manages the memory of confidential VMs (AMD SEV-SNP).",
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code=2)
+def _console(*, stderr: bool = False) -> Console:
+    """A console for this command's output (made per call, so the width is the terminal's - or COLUMNS - now)."""
+    return Console(stderr=stderr, highlight=False)
+
+
+def _say(message: str, *, error: bool = False, warning: bool = False, stderr: bool = False) -> None:
+    """One plain line (never markup, never wrapped): on stderr for errors, warnings and ``stderr``."""
+    prefix = ("error: ", "bold red") if error else ("warning: ", "bold yellow") if warning else ("", "")
+    text = Text.assemble(prefix, message) if prefix[0] else Text(message)
+    _console(stderr=error or warning or stderr).print(text, soft_wrap=True)
+
+
+def _fail(message: object, code: int = EXIT_USAGE) -> typer.Exit:
+    _say(str(message), error=True)
+    return typer.Exit(code=code)
+
+
+@contextlib.contextmanager
+def _flags(names: Mapping[str, str]) -> Iterator[None]:
+    """Errors about a field a command-line flag set name the flag: ``{"vms[0].vcpus": "--vcpus"}``."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.field in names:
+            raise exc.renamed(names[exc.field]) from None
+        raise
+
+
+def _version(value: bool) -> None:
+    if value:
+        _say(f"snpsim {snpsim.__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", help="Show the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
     if ctx.invoked_subcommand is None:
-        console.print(ctx.get_help())
+        _console().print(ctx.get_help())
         raise typer.Exit(0)
+
+
+FormatOption = Annotated[
+    str, typer.Option("--format", "-f", help=f"Output: {', '.join(FORMATS)} (table: fits the terminal).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+
+
+def _format(fmt: str, as_json: bool) -> str:
+    if fmt not in FORMATS:
+        hint = " (the trace's format is --trace-format)" if fmt in ("auto", "qemu", "ftrace") else ""
+        raise ConfigError("--format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}{hint}")
+    if as_json and fmt not in ("table", "json"):
+        raise ConfigError("--json", f"contradicts --format {fmt}")
+    return "json" if as_json else fmt
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _presets(names: list[str] | None, flag: str = "--preset") -> list[str]:
+    chosen = names or []
+    for name in chosen:
+        if name not in presets:
+            raise ConfigError(flag, f"unknown preset {name!r} (presets: {', '.join(presets)})")
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(flag, "a preset is listed twice")
+    return chosen
+
+
+def _command() -> list[str]:
+    return ["snpsim", *_ARGV]
+
+
+# -------------------------------------------------------------------------------------------------- run
 
 
 @app.command()
@@ -56,58 +184,156 @@ def run(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
-    duration: Annotated[str | None, typer.Option(help="Override the simulated time, e.g. 10s.")] = None,
+    duration: Annotated[str | None, typer.Option(help="Override the simulated time, with its unit: 10s, 2h.")] = None,
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Results folder (Parquet timeline + JSON summary per run, and report.html)."),
+        Path,
+        typer.Option(
+            "--out", "-o", help="Results folder (one run: a Parquet timeline + JSON summary per preset, report.html)."
+        ),
     ] = Path("snpsim-out"),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the results of another scenario found in --out.")
+    ] = False,
     no_save: Annotated[bool, typer.Option("--no-save", help="Do not write results or the report.")] = False,
     trace_out: Annotated[
         Path | None, typer.Option("--trace-out", help="Write the simulated conversions as a trace (first preset).")
     ] = None,
-    trace_format: Annotated[str, typer.Option("--trace-format", help="qemu or ftrace.")] = "qemu",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
+    trace_format: Annotated[
+        str, typer.Option("--trace-format", help="Format of --trace-out: qemu or ftrace.")
+    ] = "qemu",
+    fmt: FormatOption = "table",
+    as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Simulate a scenario under one or more presets, save the results and a report, print the metrics."""
+    """Simulate a scenario under one or more presets, save the results and a report, print the metrics.
+
+    A results folder holds one scenario: running the same scenario again replaces the presets it runs and keeps
+    the others; another scenario is refused unless --overwrite."""
+    from snpsim.results import Claim, check_file, identity
+    from snpsim.scenario import load, read_toml
+
     try:
+        output = _format(fmt, as_json)
         if config is None:
             base: dict[str, Any] = dict(DEFAULT_SCENARIO)
-            names = preset or list(presets)
+            names = _presets(preset) or list(presets)
         else:
-            from snpsim.scenario import read_toml
-
             base = read_toml(config)
-            names = preset or [""]
-        for name in names:
-            if name and name not in presets:
-                raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
+            names = _presets(preset) or [""]
         if trace_format not in ("qemu", "ftrace"):
             raise ConfigError("--trace-format", f"expected qemu or ftrace, got {trace_format!r}")
         if seed is not None:
             base["seed"] = seed
         if duration is not None:
+            if parse_duration(duration, "--duration") <= 0:
+                raise ConfigError("--duration", "must be longer than 0 (e.g. '10s')")
             base["duration"] = duration
-        scenarios = {
-            name or str(base.get("policy", "upstream")): ({**base, "policy": name} if name else base) for name in names
-        }
-        from snpsim.scenario import load
-
-        loaded = {label: load(sc) for label, sc in scenarios.items()}
+        with _flags({"seed": "--seed", "duration": "--duration"}):
+            if not names[0]:
+                label = policy_label(base.get("policy", "upstream"))
+                loaded = {label: load(base)}
+            else:
+                loaded = {name: load({**base, "policy": name}) for name in names}
+        first = next(iter(loaded.values()))
+        claim = None
+        if not no_save:
+            claim = Claim.open(out, identity(first), overwrite=overwrite, command=_command(), field="--out")
+        if trace_out is not None:
+            check_file(trace_out, "--trace-out")
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     record = trace_out is not None
     jobs = {
         label: Job(snpsim.run, (sc,), {"record_conversions": record and i == 0})
         for i, (label, sc) in enumerate(loaded.items())
     }
-    results = _run_all(jobs, out=None if no_save else out, quiet=quiet or as_json)
-    report_path = None if no_save or out is None else out / "report.html"
+    outcome = _simulate_and_report(jobs, claim, output, quiet, first.name or (str(config) if config else "snpsim"))
     if trace_out is not None:
-        _write_trace(next(iter(results.values())).conversions or [], trace_out, trace_format)
-    _print_summaries(results, next(iter(loaded.values())).name or (str(config) if config else "snpsim"), as_json)
-    if report_path is not None and not as_json:
-        console.print(f"results in {out}/, report: {report_path}")
+        conversions = next(iter(outcome.results.values())).conversions or []
+        _write_trace(conversions, trace_out, trace_format, outcome)
+    raise typer.Exit(outcome.status)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a run or replay command produced: the results by label and what went wrong after simulating."""
+
+    results: dict[str, Any]
+    #: one-line errors of writes that failed
+    failures: list[str] = dataclasses.field(default_factory=list)
+    #: warnings a script must see (VMs the host could not back)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        return EXIT_FAILED if self.failures or self.warnings else 0
+
+
+def _simulate_and_report(
+    jobs: dict[str, Job],
+    claim: Any,
+    output: str,
+    quiet: bool,
+    title: str,
+    extra: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> Outcome:
+    """Run the jobs, save each result as it comes (if ``claim``), build the report, print the metrics in
+    ``output`` format, the notes and the warnings; a write that fails is reported after the metrics."""
+    from snpsim.report import build
+    from snpsim.results import REPORT, atomic_file, save
+
+    failures: list[str] = []
+
+    def finished(label: str, result: Any) -> None:
+        if claim is None or failures:
+            return
+        try:
+            save(result, claim.out, label, claim=claim)
+        except OutputError as exc:  # e.g. the disk is full: keep simulating, print everything, fail at the end
+            failures.append(str(exc))
+
+    try:
+        results = _run_all(jobs, finished, quiet=quiet or output != "table")
+    except ConfigError as exc:  # raised during a simulation (a workload parameter checked lazily)
+        raise _fail(exc) from None
+    report = None
+    if claim is not None and not failures:
+        try:
+            with atomic_file(claim.out / REPORT, "--out") as tmp:
+                build(claim.out, tmp)
+            report = claim.out / REPORT
+        except OutputError as exc:
+            failures.append(str(exc))
+    outcome = Outcome(results, failures, _oom_lines(results))
+    _print_summaries(results, title, output, extra)
+    machine = output != "table"
+    for note in notes or []:
+        _say(note, stderr=machine)
+    if report is not None:
+        _say(f"results in {claim.out}/, report: {report}", stderr=machine)
+    for line in outcome.warnings:
+        _say(line, warning=True)
+    for failure in failures:
+        _say(f"{failure} (not saved; partial files were removed)", error=True)
+    return outcome
+
+
+def _oom_lines(results: dict[str, Any]) -> list[str]:
+    """One warning per preset under which the host could not back a VM (QEMU killed)."""
+    lines = []
+    for label, r in results.items():
+        killed = [v for v in r.vms if v.oom]
+        if killed:
+            shown = ", ".join(
+                f"{v.name} ({format_bytes(v.memory)} at {format_duration(v.start_ns)})" for v in killed[:5]
+            )
+            more = f" and {len(killed) - 5} more" if len(killed) > 5 else ""
+            lines.append(
+                f"{label}: {len(killed)} of {len(r.vms)} VMs could not be backed by host memory and were killed: "
+                f"{shown}{more}"
+            )
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +351,11 @@ class Job:
 def _progress(*, quiet: bool) -> Progress:
     """One bar per simulation (on stderr), hidden with ``quiet``."""
     return Progress(
-        TextColumn("[bold]{task.description:<12}"),
+        TextColumn("{task.description:<12}", markup=False),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
-        console=err_console,
+        console=_console(stderr=True),
         disable=quiet,
         transient=False,
     )
@@ -140,16 +366,14 @@ def _run_job(job: Job, label: str, queue: Any) -> Any:
     return job(lambda f: queue.put((label, f)))
 
 
-def _run_all(jobs: dict[str, Job], *, out: Path | None, quiet: bool) -> dict[str, Any]:
+def _run_all(jobs: dict[str, Job], finished: Callable[[str, Any], None], *, quiet: bool) -> dict[str, Any]:
     """Run the jobs (several at once in worker processes when there are several cores) with a progress bar
-    each; save each result and then the report if ``out`` is set. Results keep the jobs' order."""
+    each; ``finished(label, result)`` is called in this process as each result exists (a later failure loses
+    nothing already saved). Results keep the jobs' order."""
     workers = min(len(jobs), os.cpu_count() or 1)
 
-    def finished(label: str, result: Any) -> Any:
-        if out is not None:  # saved as soon as it exists: a later failure loses nothing
-            from snpsim.results import save
-
-            save(result, out, label)
+    def done(label: str, result: Any) -> Any:
+        finished(label, result)
         return result
 
     with _progress(quiet=quiet) as progress:
@@ -161,16 +385,10 @@ def _run_all(jobs: dict[str, Job], *, out: Path | None, quiet: bool) -> dict[str
                 def update(f: float, t: TaskID = tasks[label]) -> None:
                     progress.update(t, completed=f)
 
-                results[label] = finished(label, job(update))
+                results[label] = done(label, job(update))
                 progress.update(tasks[label], completed=1.0)
         else:
-            results = _run_parallel(
-                jobs, workers, lambda label, f: progress.update(tasks[label], completed=f), finished
-            )
-    if out is not None:
-        from snpsim.report import build
-
-        build(out)
+            results = _run_parallel(jobs, workers, lambda label, f: progress.update(tasks[label], completed=f), done)
     return results
 
 
@@ -204,75 +422,131 @@ def _run_parallel(
     return {label: done[label] for label in jobs}
 
 
-def _write_trace(conversions: list[tuple[int, int, int, bool]], path: Path, fmt: str) -> None:
+def _write_trace(conversions: list[tuple[int, int, int, bool]], path: Path, fmt: str, outcome: Outcome) -> None:
+    from snpsim.results import atomic_file
     from snpsim.traces import write_ftrace, write_qemu
 
     try:
-        (write_qemu if fmt == "qemu" else write_ftrace)(conversions, path)
-    except OSError as exc:
-        raise _fail(f"{path}: cannot write trace: {exc.strerror}") from None
+        with atomic_file(path, "--trace-out") as tmp:
+            (write_qemu if fmt == "qemu" else write_ftrace)(conversions, tmp)
+    except OutputError as exc:
+        _say(f"{exc} (partial files were removed)", error=True)
+        outcome.failures.append(str(exc))
 
 
-def _print_summaries(results: dict[str, Any], title: str, as_json: bool) -> None:
-    if as_json:
-        console.print_json(json.dumps({label: r.summary for label, r in results.items()}))
+def _summary_grid(results: dict[str, Any], title: str) -> Grid:
+    labels = list(results)
+    cells = [[results[label].summary[m] for label in labels] for m in METRICS]
+    return metric_grid(title, "metric", METRICS, labels, cells)
+
+
+def _print_summaries(results: dict[str, Any], title: str, output: str, extra: dict[str, Any] | None = None) -> None:
+    if output == "json":
+        _write(json.dumps({**{label: r.summary for label, r in results.items()}, **(extra or {})}, indent=1) + "\n")
         return
-    table = Table(title=title)
-    table.add_column("metric", no_wrap=True)
-    for label in results:
-        table.add_column(label, justify="right")
-    for metric in METRICS:
-        table.add_row(metric, *(format_metric(metric, r.summary[metric]) for r in results.values()))
-    console.print(table)
+    emit(_console(), _summary_grid(results, title), output, _write)
     crashed = [label for label, r in results.items() if r.summary["host_crash_count"]]
     if crashed:
         paths = {c["path"] for label in crashed for c in results[label].crashes}
-        console.print(f"host crashes under {', '.join(crashed)}; kernel paths: {', '.join(sorted(paths))}")
+        _say(
+            f"host crashes under {', '.join(crashed)}; kernel paths: {', '.join(sorted(paths))}",
+            stderr=output != "table",
+        )
+
+
+# -------------------------------------------------------------------------------------------------- replay
 
 
 @app.command()
 def replay(
     trace: Annotated[Path, typer.Argument(help="QEMU (-trace kvm_convert_memory ...) or ftrace/trace-cmd text.")],
-    fmt: Annotated[str, typer.Option("--format", help="auto, qemu or ftrace.")] = "auto",
+    trace_format: Annotated[
+        str, typer.Option("--trace-format", help="Format of the trace: auto, qemu or ftrace.")
+    ] = "auto",
     preset: Annotated[list[str] | None, typer.Option("--preset", "-p", help="Preset (repeatable).")] = None,
     vm_memory: Annotated[str | None, typer.Option(help="Guest RAM (default: inferred from the trace).")] = None,
+    host_memory: Annotated[
+        str | None, typer.Option(help="Host RAM (default: 4 x the guest's, at least 1G; give the run's to compare).")
+    ] = None,
     vcpus: Annotated[int, typer.Option(help="Guest vCPUs.")] = 4,
     lenient: Annotated[bool, typer.Option("--lenient", help="Skip and count bad lines instead of stopping.")] = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder.")] = Path("snpsim-out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("snpsim-out"),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the results of another run found in --out.")
+    ] = False,
     no_save: Annotated[bool, typer.Option("--no-save", help="Do not write results or the report.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
+    fmt: FormatOption = "table",
+    as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Replay a real conversion trace under one or more presets: what each policy would have done."""
-    from snpsim.traces import Format, TraceError, parse
+    from snpsim.results import Claim, file_digest, identity
+    from snpsim.traces import TraceError
+    from snpsim.traces.replay import plan_replay
+    from snpsim.units import parse_size
 
-    names = preset or ["upstream"]
+    flags = {
+        "vm_memory": "--vm-memory",
+        "vms[0].memory": "--vm-memory",
+        "vms[0].vcpus": "--vcpus",
+        "host_memory": "--host-memory",
+        "host.memory": "--host-memory",
+        "vms": "--host-memory",
+    }
     try:
-        for name in names:
-            if name not in presets:
-                raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
-        if fmt not in ("auto", "qemu", "ftrace"):
-            raise ConfigError("--format", f"expected auto, qemu or ftrace, got {fmt!r}")
+        output = _format(fmt, as_json)
+        names = _presets(preset) or ["upstream"]
+        if trace_format not in ("auto", "qemu", "ftrace"):
+            hint = " (the output format is --format)" if trace_format in FORMATS else ""
+            raise ConfigError("--trace-format", f"expected auto, qemu or ftrace, got {trace_format!r}{hint}")
         if not trace.is_file():
             raise ConfigError(str(trace), "no such trace file")
-        reader = parse(trace, cast(Format, fmt), lenient)  # fmt is one of FORMATS (checked above)
-        for _ in reader:  # validate the whole trace once before simulating (errors name file:line)
-            pass
-        jobs = {
-            name: Job(
-                snpsim.replay,
-                (trace, name),
-                {"format": fmt, "lenient": lenient, "vm_memory": vm_memory, "vcpus": vcpus},
+        vm_bytes = None if vm_memory is None else parse_size(vm_memory, "--vm-memory")
+        host_bytes = None if host_memory is None else parse_size(host_memory, "--host-memory")
+        options: dict[str, Any] = {"vm_memory": vm_bytes, "vcpus": vcpus, "host_memory": host_bytes}
+        with _flags(flags):  # the whole trace is checked, and the replay's scenario built, before simulating
+            plan = plan_replay(
+                trace,
+                names[0],
+                format=trace_format,
+                lenient=lenient,
+                vm_memory=vm_bytes,
+                vcpus=vcpus,
+                host_memory=host_bytes,
             )
-            for name in names
-        }
-        results = _run_all(jobs, out=None if no_save else out, quiet=quiet or as_json)
+        claim = None
+        if not no_save:
+            source = {"trace": trace.name, "sha256": file_digest(trace), "format": plan.format, "lenient": lenient}
+            ident = identity(plan.scenario, source)
+            claim = Claim.open(out, ident, overwrite=overwrite, command=_command(), field="--out")
     except (ConfigError, TraceError) as exc:
-        raise _fail(str(exc)) from None
-    _print_summaries(results, f"replay of {trace.name}", as_json)
-    stats = reader.stats
-    if not as_json and (stats.bad_lines or sum(stats.skipped_unknown.values())):
-        console.print(f"skipped: {stats.bad_lines} bad lines, {sum(stats.skipped_unknown.values())} unknown events")
+        raise _fail(exc) from None
+    jobs = {
+        name: Job(snpsim.replay, (trace, name), {"format": trace_format, "lenient": lenient, **options})
+        for name in names
+    }
+    stats = plan.stats
+    unknown = sum(stats.skipped_unknown.values())
+    trace_doc = {
+        "source": str(trace),
+        "format": plan.format,
+        "lines": stats.lines,
+        "conversions": stats.events,
+        "bad_lines": stats.bad_lines,
+        "skipped_unknown": dict(stats.skipped_unknown),
+        "clamped_timestamps": stats.clamped_timestamps,
+    }
+    notes = [f"skipped: {stats.bad_lines} bad lines, {unknown} unknown events"] if stats.bad_lines or unknown else []
+    try:
+        with _flags(flags):
+            title = f"replay of {trace.name}"
+            outcome = _simulate_and_report(jobs, claim, output, quiet, title, {"trace": trace_doc}, notes)
+    except (ConfigError, TraceError) as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(outcome.status)
+
+
+# -------------------------------------------------------------------------------------------------- report
 
 
 @app.command()
@@ -282,15 +556,26 @@ def report(
         Path | None, typer.Option("--output", "-o", help="HTML file (default RESULTS/report.html).")
     ] = None,
 ) -> None:
-    """Build the offline HTML report of a results folder (runs, or a sweep: plots across its axes)."""
+    """Build the offline HTML report of a results folder (runs, or a sweep - also one still running)."""
     from snpsim.report import build, build_sweep
+    from snpsim.results import REPORT, atomic_file, check_file
     from snpsim.sweeps import is_results
 
+    dest = output if output is not None else results / REPORT
     try:
-        path = build_sweep(results, output) if is_results(results) else build(results, output)
+        if not results.is_dir():
+            raise ConfigError(str(results), "no such results folder")
+        check_file(dest, "--output" if output is not None else str(results))
+        with atomic_file(dest, "--output") as tmp:
+            (build_sweep if is_results(results) else build)(results, tmp)
+    except OutputError as exc:
+        raise _fail(exc, EXIT_FAILED) from None
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    console.print(f"report: {path}")
+        raise _fail(exc) from None
+    _say(f"report: {dest}")
+
+
+# -------------------------------------------------------------------------------------------------- sweep
 
 
 @app.command()
@@ -314,18 +599,34 @@ def sweep(
         Path | None,
         typer.Option("--out", "-o", help="Results folder (default: the sweep's out, or sweep-out)."),
     ] = None,
+    point_timeout: Annotated[
+        str | None,
+        typer.Option("--point-timeout", help="Stop a point after this much computing (e.g. 10m); it fails."),
+    ] = None,
+    fmt: FormatOption = "table",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON line per committed point, then a summary line.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Run every point of a sweep on Dask into a crash-safe results store, and build its report."""
+    """Run every point of a sweep on Dask into a crash-safe results store, and build its report.
+
+    Exit status 1 if every point of the sweep failed."""
     from snpsim.report import build_sweep
+    from snpsim.results import REPORT, atomic_file
     from snpsim.sweeps import ProgressBar, run
 
-    listener: Any = _JsonLines() if as_json else ProgressBar(err_console, disable=quiet)
     try:
-        with listener:
+        output = _format(fmt, as_json)
+        limit = None if point_timeout is None else parse_duration(point_timeout, "--point-timeout") / 1e9
+        if limit is not None and limit <= 0:
+            raise ConfigError("--point-timeout", "must be longer than 0")
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    listener: Any = _JsonLines() if output == "json" else ProgressBar(_console(stderr=True), disable=quiet)
+    flags = {"out": "--out", "workers": "--workers", "scheduler": "--scheduler", "point_timeout": "--point-timeout"}
+    try:
+        with listener, _flags(flags):
             done = run(
                 sweep_file,
                 out=out,
@@ -334,29 +635,48 @@ def sweep(
                 resume=resume,
                 retry_failed=retry_failed,
                 listener=listener,
+                point_timeout=limit,
             )
-        path = build_sweep(done.out)
+    except OutputError as exc:
+        raise _fail(exc, EXIT_FAILED) from None
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
+    failure = None if done.write_error is None else f"--out: {done.write_error}"
+    path = None
+    if failure is None:
+        try:
+            with atomic_file(done.out / REPORT, "--out") as tmp:
+                build_sweep(done.out, tmp)
+            path = done.out / REPORT
+        except OutputError as exc:
+            failure = str(exc)
+    ok = int((done.frame["status"] == "ok").sum())
     stats = {
         "sweep": done.name,
         "out": str(done.out),
         "points": done.total,
         "ran": done.ran,
         "skipped": done.skipped,
-        "failed": int((done.frame["status"] != "ok").sum()),
+        "failed": len(done.frame) - ok,
         "run_id": done.run_id,
         "elapsed_s": round(done.elapsed_s, 3),
     }
-    if as_json:
+    if output == "json":
         _emit(stats)
-        return
-    _print_sweep(done.frame, done.name, done.axes)
-    console.print(
-        f"{done.total} points: {done.ran} run, {done.skipped} already done, {stats['failed']} failed "
-        f"({done.elapsed_s:.1f} s); results in {done.out}/, report: {path}",
-        highlight=False,
-    )
+    else:
+        _print_sweep(done.frame, done.name, done.axes, output)
+        where = f"results in {done.out}/" + (f", report: {path}" if path else "")
+        _say(
+            f"{done.total} points: {done.ran} run, {done.skipped} already done, {stats['failed']} failed "
+            f"({done.elapsed_s:.1f} s); {where}",
+            stderr=output != "table",
+        )
+    if failure is not None:
+        raise _fail(f"{failure} (the points committed so far are kept: continue with --resume)", EXIT_FAILED)
+    if len(done.frame) and not ok:
+        first = done.frame["error"].dropna()
+        why = f": {first.iloc[0]}" if len(first) else ""
+        raise _fail(f"every point of the sweep failed{why}", EXIT_FAILED)
 
 
 def _emit(doc: dict[str, Any]) -> None:
@@ -382,24 +702,26 @@ class _JsonLines:
 _SWEEP_COLUMNS = ("directmap_4k", "directmap_split_count", "waste_bytes", "host_crash_count", "guest_vc_count")
 
 
-def _print_sweep(frame: Any, name: str, axes: list[str]) -> None:
+def _print_sweep(frame: Any, name: str, axes: list[str], output: str) -> None:
     """Mean of the key metrics per value of the sweep's first axis, and the failed points."""
     first = axes[0]
     ok = frame[frame["status"] == "ok"]
-    table = Table(title=f"{name}: mean over {', '.join(a for a in axes[1:]) or 'points'}")
-    table.add_column(first, no_wrap=True)
-    table.add_column("points", justify="right")
-    for metric in _SWEEP_COLUMNS:
-        table.add_column(metric, justify="right")
+    values, cells = [], []
     for value, group in frame.groupby(first, sort=False):
         done = ok[ok[first] == value]
-        cells = [format_metric(m, float(done[m].mean())) if len(done) else "-" for m in _SWEEP_COLUMNS]
         failed = len(group) - len(done)
-        table.add_row(str(value), f"{len(group)}" + (f" ({failed} failed)" if failed else ""), *cells)
-    console.print(table)
+        means = [float(done[m].mean()) if len(done) else None for m in _SWEEP_COLUMNS]
+        values.append(str(value))
+        cells.append([f"{len(group)}" + (f" ({failed} failed)" if failed else ""), *means])
+    title = f"{name}: mean over {', '.join(a for a in axes[1:]) or 'points'}"
+    grid = column_metric_grid(title, first, values, ["points", *_SWEEP_COLUMNS], cells)
+    emit(_console(), grid, output, _write)
     for row in frame[frame["status"] != "ok"].head(10).to_dict("records"):
         label = " ".join(f"{a}={row[a]}" for a in axes)
-        console.print(f"failed: {label}: {row['error']}", highlight=False)
+        _say(f"failed: {label}: {row['error']}", stderr=output != "table")
+
+
+# -------------------------------------------------------------------------------------------------- limits
 
 
 @app.command()
@@ -412,24 +734,33 @@ def limits(
     workload: Annotated[str, typer.Option(help="Workload simulated for the observed figure.")] = "random-conversion",
     duration: Annotated[str, typer.Option(help="Simulated time of the observed run.")] = "3s",
     seed: Annotated[int, typer.Option(help="RNG seed.")] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    fmt: FormatOption = "table",
+    as_json: JsonOption = False,
 ) -> None:
     """The memory a VMM's cgroup needs for one guest under each preset: worst case and simulated peak."""
     from snpsim.limits import limits as compute
-    from snpsim.units import parse_duration, parse_size
+    from snpsim.limits import scenario
+    from snpsim.scenario import load, vm_memory
 
+    flags = {
+        "vms[0].memory": "--memory",
+        "vms[0].vcpus": "--vcpus",
+        "vms[0].workload": "--workload",
+        "duration": "--duration",
+        "seed": "--seed",
+    }
     try:
-        size = parse_size(memory, "--memory")
-        if size < (64 << 20) or size % (2 << 20):
-            raise ConfigError("--memory", "guest memory must be a multiple of 2M and at least 64M")
+        output = _format(fmt, as_json)
+        size = vm_memory(memory, "--memory")
         if vcpus < 1:
             raise ConfigError("--vcpus", "must be >= 1")
-        parse_duration(duration, "--duration")
-        names = preset or list(presets)
-        for name in names:
-            if name not in presets:
-                raise ConfigError("--preset", f"unknown preset {name!r} (presets: {', '.join(presets)})")
-        with _progress(quiet=as_json) as bars:
+        if parse_duration(duration, "--duration") <= 0:
+            raise ConfigError("--duration", "must be longer than 0")
+        names = _presets(preset) or list(presets)
+        with _flags(flags):  # every preset's scenario, before the progress bars and the first simulation
+            for name in names:
+                load(scenario(size, vcpus, name, workload=workload, duration=duration, seed=seed))
+        with _flags(flags), _progress(quiet=output != "table") as bars:
             tasks = {name: bars.add_task(name, total=1.0) for name in names}
             rows = compute(
                 size,
@@ -441,53 +772,48 @@ def limits(
                 progress=lambda name, f: bars.update(tasks[name], completed=f),
             )
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    if as_json:
-        console.print_json(json.dumps([r.as_dict() for r in rows]))
+        raise _fail(exc) from None
+    if output == "json":
+        _write(json.dumps([r.as_dict() for r in rows], indent=1) + "\n")
         return
-    table = Table(title=f"cgroup memory for a {format_bytes(size)}, {vcpus}-vCPU guest ({workload}, {duration})")
-    for col in (
+    columns = {
+        "worst case": "worst_case_bytes",
+        "= private": "worst_private_bytes",
+        "+ shared": "worst_shared_bytes",
+        "observed peak": "observed_peak_bytes",
+        "private": "observed_private_bytes",
+        "shared": "observed_shared_bytes",
+        "RMP (host)": "rmp_overhead_bytes",
+        "NPT (host)": "npt_overhead_bytes",
+    }
+    title = f"cgroup memory for a {format_bytes(size)}, {vcpus}-vCPU guest ({workload}, {duration})"
+    cells = [[getattr(r, f) for f in columns.values()] for r in rows]
+    grid = Grid(  # every column is bytes, whatever its header says
+        title,
         "preset",
-        "worst case",
-        "= private",
-        "+ shared",
-        "observed peak",
-        "private",
-        "shared",
-        "RMP (host)",
-        "NPT (host)",
-    ):
-        table.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
-    for r in rows:
-        table.add_row(
-            r.preset,
-            *(
-                format_bytes(v)
-                for v in (
-                    r.worst_case_bytes,
-                    r.worst_private_bytes,
-                    r.worst_shared_bytes,
-                    r.observed_peak_bytes,
-                    r.observed_private_bytes,
-                    r.observed_shared_bytes,
-                    r.rmp_overhead_bytes,
-                    r.npt_overhead_bytes,
-                )
-            ),
-        )
-    console.print(table)
+        [r.preset for r in rows],
+        list(columns),
+        cells,
+        lambda _r, _c, v: format_bytes(int(v)),
+        lambda _r, _c, v: format_compact("_bytes", v),
+    )
+    emit(_console(), grid, output, _write)
 
 
 @app.command("presets")
-def list_presets() -> None:
+def list_presets(fmt: FormatOption = "table", as_json: JsonOption = False) -> None:
     """Show the presets and their knob values."""
-    table = Table(title="snpsim presets")
-    table.add_column("knob", style="bold")
-    for name in presets:
-        table.add_column(name)
-    for knob in next(iter(presets.values())).as_dict():
-        table.add_row(knob, *(str(p.as_dict()[knob]).lower() for p in presets.values()))
-    console.print(table)
+    try:
+        output = _format(fmt, as_json)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    if output == "json":
+        _write(json.dumps({name: p.as_dict() for name, p in presets.items()}, indent=1) + "\n")
+        return
+    knobs = list(next(iter(presets.values())).as_dict())
+    cells = [[str(p.as_dict()[k]).lower() for p in presets.values()] for k in knobs]
+    grid = Grid("snpsim presets", "knob", knobs, list(presets), cells, lambda _r, _c, v: str(v), justify="left")
+    emit(_console(), grid, output, _write)
 
 
 def main() -> None:

@@ -66,6 +66,27 @@ def worst_case(policy: Policy, memory: int) -> tuple[int, int]:
     return memory, 0  # complementary: the total never exceeds the guest's RAM
 
 
+def scenario(
+    memory: int,
+    vcpus: int,
+    preset: str,
+    *,
+    workload: str = "random-conversion",
+    duration: str = "3s",
+    seed: int = 1,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The scenario simulated for the observed figure: the guest alone on a host of 4 x its RAM (at least 1G)."""
+    return {
+        "seed": seed,
+        "policy": preset,
+        "duration": duration,
+        "samples": 20,
+        "host": {"memory": max(4 * memory, 1 << 30)},
+        "vms": [{"memory": memory, "vcpus": vcpus, "workload": workload, "params": params or {}}],
+    }
+
+
 def limits(
     memory: int,
     vcpus: int,
@@ -78,21 +99,18 @@ def limits(
     progress: Callable[[str, float], None] | None = None,
 ) -> list[Limit]:
     """The analytic worst case and the simulated peak for each preset; ``progress(preset, fraction)`` follows
-    each simulation."""
+    each simulation. Every preset's scenario is validated before the first simulation."""
+    from snpsim.scenario import load
+
+    loaded = {
+        name: load(scenario(memory, vcpus, name, workload=workload, duration=duration, seed=seed, params=params))
+        for name in presets
+    }
     out = []
-    host_memory = max(4 * memory, 1 << 30)
-    for name in presets:
-        policy = snpsim.presets[name]
-        wp, ws = worst_case(policy, memory)
+    for name, sc in loaded.items():
+        wp, ws = worst_case(sc.policy, memory)
         result = snpsim.run(
-            {
-                "seed": seed,
-                "policy": name,
-                "duration": duration,
-                "samples": 20,
-                "host": {"memory": host_memory},
-                "vms": [{"memory": memory, "vcpus": vcpus, "workload": workload, "params": params or {}}],
-            },
+            sc,
             progress=None if progress is None else lambda f, name=name: progress(name, f),  # type: ignore[misc]
         )
         if progress is not None:

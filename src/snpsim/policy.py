@@ -485,3 +485,29 @@ def knobs_markdown() -> str:
         out += ["| value | what it does in the model | where |", "|---|---|---|"]
         out += [f"| `{_shown(v.value)}` | {v.does} | {v.where} |" for v in k.values]
     return "\n".join(out) + "\n"
+
+
+def policy_label(value: object, *, field: str = "policy") -> str:
+    """A short, readable and filesystem-safe name for a policy, for tables, result folders and reports.
+
+    A preset name stays itself; a policy equal to a preset is that preset's name; any other is the nearest preset
+    (its ``preset`` base if the table names one, else the preset differing in the fewest knobs, the first of them
+    in preset order) followed by the knobs that differ, in knob order: ``{"preset": "upm", "rmp_fault": "fixup"}``
+    -> ``"upm+rmp_fault=fixup"``. Only letters, digits and ``+=._-`` appear (presets and knob values are made of
+    those), so the label is also a folder name on Linux, macOS and Windows."""
+    policy = resolve_policy(value, field=field)
+    if isinstance(value, str):
+        return value
+    for name, preset in presets.items():
+        if preset == policy:
+            return name
+    knobs = policy.as_dict()
+
+    def differing(name: str) -> list[str]:
+        base = presets[name].as_dict()
+        return [k for k in knobs if knobs[k] != base[k]]
+
+    base_name = value.get("preset") if isinstance(value, Mapping) else None
+    if not isinstance(base_name, str) or base_name not in presets:
+        base_name = min(presets, key=lambda n: len(differing(n)))
+    return "+".join([base_name, *(f"{k}={str(knobs[k]).lower()}" for k in differing(base_name))])

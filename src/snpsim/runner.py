@@ -14,6 +14,7 @@ component does not change another's stream.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 import simpy
 
+from snpsim.errors import TimeLimitExceeded
 from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
 from snpsim.guest.executor import GuestLog, SnpGuest
 from snpsim.guest.workloads import WORKLOADS
@@ -102,8 +104,11 @@ class Simulation:
         progress: Callable[[float], None] | None = None,
         vm_events: dict[int, Iterable[Timed]] | None = None,
         record_conversions: bool = False,
+        time_limit_s: float | None = None,
     ) -> None:
         self.s = scenario
+        #: wall-clock seconds the run may take (None: no limit); see :meth:`_advance`
+        self.time_limit_s = time_limit_s
         #: guest events given from outside (a replayed trace) for the VM of that index, instead of its workload
         self.vm_events = vm_events or {}
         #: every conversion a guest asked for (time_ns, gfn, npages, to_private), when recording
@@ -281,6 +286,35 @@ class Simulation:
             index += 1
 
     # ------------------------------------------------------------------ run
+    #: SimPy steps between two looks at the clock when a time limit is set
+    _STEPS_PER_CHECK = 1024
+
+    def _advance(self, until: int | simpy.Event) -> None:
+        """``env.run(until=until)`` (a time or an event); with a time limit, the same events one ``step()`` at a
+        time - those before ``until`` (SimPy's ``until`` event is urgent, so events at that time itself never
+        run), or until the event is processed - looking at the clock every ``_STEPS_PER_CHECK`` steps, so that
+        even a run stuck at one simulated instant is stopped."""
+        env = self.env
+        if self.time_limit_s is None:
+            env.run(until=until)
+            return
+        deadline = time.monotonic() + self.time_limit_s
+        step, peek = env.step, env.peek
+
+        def more() -> bool:
+            if isinstance(until, simpy.Event):
+                return not until.processed and peek() < float("inf")
+            return peek() < until
+
+        while more():
+            for _ in range(self._STEPS_PER_CHECK):
+                if not more():
+                    break
+                step()
+            if time.monotonic() > deadline:
+                raise TimeLimitExceeded(self.time_limit_s, int(env.now))
+        env.run(until=until)
+
     def run(self) -> Result:
         #: what the host's uptime left before the VMs start (page cache, kernel memory)
         self.aging = age_host(self.host, self.s.page_cache, self.s.aging, self.s.seed)
@@ -295,9 +329,9 @@ class Simulation:
             body = writers.WRITERS[name](self.host, self.rng(f"writer/{name}"), **params)
             self.env.process(self._thread(self.host.account(f"kthread/{name}"), body))
         self.env.process(self._sampler())
-        self.env.run(until=self.s.duration_ns)
+        self._advance(self.s.duration_ns)
         if self.vm_events:  # a replay ends when the trace has been replayed, however long the host took
-            self.env.run(until=self.env.all_of(self._vm_done))
+            self._advance(self.env.all_of(self._vm_done))
         for vm in self.live.values():
             self._finish(vm)
         final = self.metrics()

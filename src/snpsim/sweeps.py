@@ -11,6 +11,7 @@ Sweep file (TOML; the same keys as a dict for :func:`snpsim.sweep`)::
     [sweep]                           # optional
     name = "presets x vCPUs"          # title of the report (default: the file's name)
     out = "sweep-out"                 # results folder, relative to the current directory (default sweep-out)
+    point_timeout = "30m"             # stop a point after this much computing: it fails (default: no limit)
     [axes]                            # dotted scenario paths -> lists of values; points = their Cartesian product
     policy = ["upm", "upstream"]      # a preset name or a table of knobs per value
     "vms.0.vcpus" = [1, 2, 4]         # a number segment indexes a list ([[vms]]); missing tables are created
@@ -20,7 +21,10 @@ Sweep file (TOML; the same keys as a dict for :func:`snpsim.sweep`)::
 A point is keyed by a content hash of its *fully resolved* scenario (:func:`scenario_hash`: sizes and durations
 parsed, defaults filled, policy knobs and guest assumptions resolved; the scenario's ``name`` is a label and is not
 hashed), so ``"1G"`` and ``"1024M"`` are the same point and a point's result depends only on its key. A point whose
-scenario is invalid, or whose simulation raises, is recorded as failed with its error; the sweep goes on.
+scenario is invalid, whose simulation raises, or that runs longer than ``point_timeout`` (wall-clock, checked by the
+simulation itself: :class:`snpsim.errors.TimeLimitExceeded`) is recorded as failed with its error; the sweep goes on.
+A policy given as a table of knobs appears in the results under its readable label
+(:func:`snpsim.policy.policy_label`: ``upm+rmp_fault=fixup``).
 
 Results store (only the driver process writes it; workers return results)::
 
@@ -35,6 +39,16 @@ place and fsynced, then its row is inserted in a DuckDB transaction. A point is 
 committed (a Parquet file without a row is rewritten), so a sweep killed at any moment (SIGKILL included) and run
 again with ``resume`` skips the committed points and loses or duplicates none. Resuming with a sweep that extends
 the stored one (more axis values) runs the new points; a store holding points outside the sweep is refused.
+A commit that fails (``ENOSPC``) removes its files, stops the sweep (the points committed so far stay, ``resume``
+continues) and is reported as :attr:`SweepRun.write_error` (:func:`snpsim.sweep` raises
+:class:`snpsim.results.OutputError`).
+
+One driver at a time writes a store (it holds ``OUT/.sweep.lock``, an exclusive ``flock``); others can read it while
+it runs (:func:`read`, ``snpsim report``): DuckDB lets one process open a file for writing *or* several for reading,
+so the driver keeps its connection only while points are committed in quick succession (closing it after
+``IDLE_CLOSE_S`` without a commit, and after ``MAX_HOLD_S`` in any case), and both sides retry a locked file for a
+while. A folder holding runs of
+``snpsim run`` (or anything else but a sweep) is refused as a sweep's ``out``.
 """
 
 from __future__ import annotations
@@ -42,12 +56,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import fcntl
 import hashlib
 import io
 import itertools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -59,14 +75,17 @@ import pandas as pd
 
 from snpsim.errors import ConfigError
 from snpsim.metrics import METRICS
+from snpsim.policy import policy_label
 from snpsim.scenario import Scenario, read_toml
 from snpsim.scenario import load as load_scenario
+from snpsim.units import parse_duration
 
 if TYPE_CHECKING:
     import duckdb
 
 STORE = "sweep.duckdb"
 POINTS = "points"
+LOCK = ".sweep.lock"
 DEFAULT_OUT = Path("sweep-out")
 #: Bumped when the hashed document changes shape, so old stores are never mistaken for new points.
 HASH_VERSION = 1
@@ -74,7 +93,7 @@ HASH_VERSION = 1
 REPLICATE_AXIS = "seed"
 
 _SWEEP_KEYS = {"base", "axes", "sweep"}
-_SECTION_KEYS = {"name", "out"}
+_SECTION_KEYS = {"name", "out", "point_timeout"}
 
 
 # -------------------------------------------------------------------------------------------------- definition
@@ -100,6 +119,8 @@ class Sweep:
     base: dict[str, Any]
     axes: dict[str, list[Any]]
     out: Path | None = None
+    #: wall-clock seconds a point may compute before it is stopped and recorded as failed (None: no limit)
+    point_timeout_s: float | None = None
 
     def definition(self) -> dict[str, Any]:
         """What the store keeps (JSON): enough to label, order and plot the points without the sweep file."""
@@ -171,6 +192,10 @@ def load(source: Mapping[str, Any] | str | Path) -> Sweep:
     out = section.get("out")
     if out is not None and not isinstance(out, str):
         raise ConfigError("sweep.out", f"expected a folder path, got {out!r}")
+    timeout = section.get("point_timeout")
+    timeout_s = None if timeout is None else parse_duration(timeout, "sweep.point_timeout") / 1e9
+    if timeout_s is not None and timeout_s <= 0:
+        raise ConfigError("sweep.point_timeout", "must be longer than 0")
 
     if "base" not in data:
         raise ConfigError("base", "missing: a [base] scenario table or base = 'scenario.toml'")
@@ -198,7 +223,7 @@ def load(source: Mapping[str, Any] | str | Path) -> Sweep:
     probe = copy.deepcopy(base)
     for path, values in axes.items():
         set_path(probe, path, values[0], field=f"axes.{path}")
-    return Sweep(name=name, base=base, axes=axes, out=None if out is None else Path(out))
+    return Sweep(name=name, base=base, axes=axes, out=None if out is None else Path(out), point_timeout_s=timeout_s)
 
 
 def set_path(doc: dict[str, Any], path: str, value: Any, *, field: str | None = None) -> None:
@@ -257,28 +282,37 @@ def expand(sweep: Sweep) -> list[Point]:
     return points
 
 
-def axis_value(value: Any) -> Any:
-    """An axis value as a table cell: scalars as written, tables and lists as compact JSON."""
-    return value if isinstance(value, str | int | float) else canonical_json(value)
+def axis_value(value: Any, path: str = "") -> Any:
+    """An axis value as a table cell: scalars as written, a ``policy`` table as its label
+    (:func:`~snpsim.policy.policy_label`, if it is a valid policy), other tables and lists as compact JSON."""
+    if isinstance(value, str | int | float):
+        return value
+    if path.rsplit(".", 1)[-1] == "policy" and isinstance(value, Mapping):
+        try:
+            return policy_label(value)
+        except ConfigError:
+            pass
+    return canonical_json(value)
 
 
 def label(axes: Mapping[str, Any]) -> str:
     """``policy=upm vms.0.vcpus=2``: a point's axis values in one line."""
-    return " ".join(f"{k}={axis_value(v)}" for k, v in axes.items())
+    return " ".join(f"{k}={axis_value(v, k)}" for k, v in axes.items())
 
 
 # -------------------------------------------------------------------------------------------------- worker
 
 
-def run_point(scenario: dict[str, Any]) -> dict[str, Any]:
+def run_point(scenario: dict[str, Any], time_limit_s: float | None = None) -> dict[str, Any]:
     """Run one point (on a Dask worker): ``summary``, ``timeline`` (Parquet bytes), ``error``, ``elapsed_s``.
 
-    Any exception of the simulation is returned as ``error`` ("Type: message"), never raised."""
+    Any exception of the simulation is returned as ``error`` ("Type: message"), never raised; so is running
+    longer than ``time_limit_s`` (``TimeLimitExceeded: stopped after ...``)."""
     import snpsim
 
     start = time.perf_counter()
     try:
-        result = snpsim.run(scenario)
+        result = snpsim.run(scenario, time_limit_s=time_limit_s)
         buf = io.BytesIO()
         result.timeline.to_parquet(buf, index=False)
         out: dict[str, Any] = {"summary": dict(result.summary), "timeline": buf.getvalue(), "error": None}
@@ -294,48 +328,107 @@ _COLUMNS = ("hash", "status", "error", "axes", "scenario", *METRICS, "elapsed_s"
 
 
 class Store:
-    """``OUT/sweep.duckdb`` and ``OUT/points/``: one writer (the driver), per-point atomic commits."""
+    """``OUT/sweep.duckdb`` and ``OUT/points/``: one writer (the driver), per-point atomic commits.
+
+    The DuckDB connection is opened when needed; a writer's is closed ``IDLE_CLOSE_S`` after its last use (so that
+    readers can open the file between bursts of commits), a reader's right after each read."""
+
+    #: Seconds a writer keeps its connection without using it, and at most in all (then it closes it after its
+    #: next use even if commits keep coming, so that a reader gets its turn).
+    IDLE_CLOSE_S = 0.5
+    MAX_HOLD_S = 2.0
+    #: Seconds a writer / a reader waits for a file another process has open before giving up.
+    WAIT_WRITER_S = 120.0
+    WAIT_READER_S = 30.0
 
     def __init__(self, out: Path, *, read_only: bool = False) -> None:
-        import duckdb
-
         self.out = Path(out)
         self.path = self.out / STORE
         self.points_dir = self.out / POINTS
+        self.read_only = read_only
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._depth = 0
+        self._opened = 0.0
         if read_only and not self.path.exists():
             raise ConfigError(str(self.out), f"no sweep results in this folder (expected {STORE})")
-        if not read_only:
-            self.points_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.con: duckdb.DuckDBPyConnection = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.Error as exc:
-            if "lock" in str(exc).lower():
-                raise ConfigError(str(self.path), "in use by another process (a sweep still running?)") from None
-            raise ConfigError(str(self.path), f"not a sweep store: {exc}") from None
-        if not read_only:
-            metrics = ", ".join(f"{m} BIGINT" for m in METRICS)
-            self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
-            self.con.execute(
+        if read_only:
+            return
+        self.points_dir.mkdir(parents=True, exist_ok=True)
+        metrics = ", ".join(f"{m} BIGINT" for m in METRICS)
+        with self._connection() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+            con.execute(
                 "CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY, started_at TIMESTAMP, "
                 "resume BOOLEAN, points INTEGER, skipped INTEGER, scheduler VARCHAR)"
             )
-            self.con.execute(
+            con.execute(
                 "CREATE TABLE IF NOT EXISTS points (hash VARCHAR PRIMARY KEY, status VARCHAR NOT NULL, "
                 f"error VARCHAR, axes VARCHAR NOT NULL, scenario VARCHAR NOT NULL, {metrics}, elapsed_s DOUBLE, "
                 "run_id INTEGER NOT NULL, finished_at TIMESTAMP)"
             )
-            for leftover in self.points_dir.glob(".*.tmp"):  # a temporary file of a killed run
-                leftover.unlink(missing_ok=True)
+        for leftover in self.points_dir.glob(".*.tmp"):  # a temporary file of a killed run
+            leftover.unlink(missing_ok=True)
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        deadline = time.monotonic() + (self.WAIT_READER_S if self.read_only else self.WAIT_WRITER_S)
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=self.read_only)
+            except duckdb.Error as exc:
+                if "lock" not in str(exc).lower():
+                    raise ConfigError(str(self.path), f"not a sweep store: {exc}") from None
+                if time.monotonic() > deadline:
+                    raise ConfigError(str(self.path), "in use by another process for too long") from None
+                time.sleep(0.05)
+
+    @contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The open connection (opened if needed); when the outermost use ends, a reader's is closed and a
+        writer's is closed after ``IDLE_CLOSE_S`` unless used again."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._con is None:
+                self._con = self._open()
+                self._opened = time.monotonic()
+            self._depth += 1
+            try:
+                yield self._con
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and (self.read_only or time.monotonic() - self._opened > self.MAX_HOLD_S):
+                    self._close()
+                elif self._depth == 0:
+                    self._timer = threading.Timer(self.IDLE_CLOSE_S, self._close)
+                    self._timer.daemon = True
+                    self._timer.start()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._con is not None and self._depth == 0:
+                self._con.close()
+                self._con = None
 
     def close(self) -> None:
-        self.con.close()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._close()
 
     def statuses(self) -> dict[str, str]:
         """Committed points: hash -> status."""
-        return dict(self.con.execute("SELECT hash, status FROM points").fetchall())
+        with self._connection() as con:
+            return dict(con.execute("SELECT hash, status FROM points").fetchall())
 
     def definition(self) -> dict[str, Any]:
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'definition'").fetchone()
+        with self._connection() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'definition'").fetchone()
         if row is None:
             raise ConfigError(str(self.path), "no sweep definition stored (the sweep never started)")
         data: dict[str, Any] = json.loads(row[0])
@@ -343,28 +436,29 @@ class Store:
 
     def begin_run(self, sweep: Sweep, *, resume: bool, points: int, skipped: int, scheduler: str) -> int:
         """Record this invocation and the sweep definition; returns the run id."""
-        with self._transaction():
-            (last,) = self.con.execute("SELECT coalesce(max(run_id), 0) FROM runs").fetchone() or (0,)
+        with self._transaction() as con:
+            (last,) = con.execute("SELECT coalesce(max(run_id), 0) FROM runs").fetchone() or (0,)
             run_id = int(last) + 1
-            self.con.execute(
+            con.execute(
                 "INSERT INTO runs VALUES (?, current_timestamp, ?, ?, ?, ?)",
                 [run_id, resume, points, skipped, scheduler],
             )
-            self.con.execute(
+            con.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('definition', ?)",
                 [json.dumps(sweep.definition(), default=_json_default)],  # not key-sorted: axes keep file order
             )
         return run_id
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            yield
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._connection() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     def timeline_path(self, key: str) -> Path:
         return self.points_dir / f"{key}.parquet"
@@ -376,11 +470,15 @@ class Store:
         error = outcome.get("error")
         summary = outcome.get("summary")
         status = "ok" if error is None and summary is not None else "failed"
+        path = self.timeline_path(point.hash)
         if status == "ok":
-            path = self.timeline_path(point.hash)
-            _atomic_write(path, outcome["timeline"])
-            _fsync(path)
-            _fsync(path.parent)
+            try:
+                _atomic_write(path, outcome["timeline"])
+                _fsync(path)
+                _fsync(path.parent)
+            except OSError:
+                path.unlink(missing_ok=True)
+                raise
         metrics = [None if summary is None else summary.get(m) for m in METRICS]
         row = [
             point.hash,
@@ -393,14 +491,22 @@ class Store:
             run_id,
         ]
         marks = ", ".join("?" * (len(_COLUMNS) - 1))
-        with self._transaction():
-            # INSERT OR REPLACE only ever replaces a failed point being retried: the key is the primary key.
-            self.con.execute(f"INSERT OR REPLACE INTO points VALUES ({marks}, current_timestamp)", row)
+        import duckdb
+
+        try:
+            with self._transaction() as con:
+                # INSERT OR REPLACE only ever replaces a failed point being retried: the key is the primary key.
+                con.execute(f"INSERT OR REPLACE INTO points VALUES ({marks}, current_timestamp)", row)
+        except duckdb.Error as exc:  # the row is not committed: its timeline goes too (resume runs it again)
+            if status == "ok":
+                path.unlink(missing_ok=True)
+            raise OSError(f"cannot commit the point to {self.path}: {exc}") from None
         return status
 
     def frame(self) -> pd.DataFrame:
         """Every committed point (store order): the stored columns, metrics as nullable integers."""
-        frame: pd.DataFrame = self.con.execute(f"SELECT {', '.join(_COLUMNS)} FROM points").df()
+        with self._connection() as con:
+            frame: pd.DataFrame = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM points").df()
         for metric in METRICS:
             frame[metric] = frame[metric].astype("Int64")
         return frame
@@ -423,7 +529,7 @@ def results_frame(definition: Mapping[str, Any], stored: pd.DataFrame) -> pd.Dat
     for row in stored.itertuples(index=False):
         point_axes = json.loads(cast(str, row.axes))
         order = tuple(rank[p].get(canonical_json(point_axes.get(p)), len(rank[p])) for p in axes)
-        records.append((order, row.hash, {p: axis_value(point_axes.get(p)) for p in axes}))
+        records.append((order, row.hash, {p: axis_value(point_axes.get(p), p) for p in axes}))
     records.sort(key=lambda r: r[0])
     by_hash = stored.set_index("hash")
     hashes = [h for _, h, _ in records]
@@ -441,11 +547,14 @@ def results_frame(definition: Mapping[str, Any], stored: pd.DataFrame) -> pd.Dat
 
 
 def read(out: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """A sweep results folder: (the stored definition, :func:`results_frame` of every committed point)."""
+    """A sweep results folder: (the stored definition, :func:`results_frame` of every committed point); works
+    while the sweep runs (its committed points so far)."""
     store = Store(Path(out), read_only=True)
     try:
-        definition = store.definition()
-        return definition, results_frame(definition, store.frame())
+        with store._connection():  # one connection for both reads: a consistent view
+            definition = store.definition()
+            frame = store.frame()
+        return definition, results_frame(definition, frame)
     finally:
         store.close()
 
@@ -480,6 +589,8 @@ class SweepRun:
     run_id: int
     elapsed_s: float
     frame: pd.DataFrame
+    #: why the sweep stopped early because the store could not be written (None: it did not)
+    write_error: str | None = None
 
 
 def default_workers() -> int:
@@ -524,6 +635,35 @@ def _client(scheduler: str | None, workers: int) -> Iterator[Any]:
             lg.setLevel(level)
 
 
+def _check_out(folder: Path) -> None:
+    """Refuse, before anything is written, a sweep ``out`` that cannot hold a sweep store."""
+    from snpsim.results import check_folder, is_run_folder
+
+    check_folder(folder, "out")
+    if is_run_folder(folder):
+        raise ConfigError("out", f"{folder} holds runs of 'snpsim run' or 'replay', not a sweep; choose another folder")
+    if folder.is_dir() and not (folder / STORE).exists():
+        # a sweep killed before its store existed leaves at most points/ (and the lock file)
+        others = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name != POINTS]
+        if others:
+            raise ConfigError("out", f"{folder} is not empty and holds no sweep; choose a new folder")
+
+
+@contextmanager
+def _writer_lock(folder: Path) -> Iterator[None]:
+    """The store's single-writer lock (``OUT/.sweep.lock``, exclusive ``flock``, released when the process ends)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError("out", f"{folder}: another sweep is running into this folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def run(
     sweep: Sweep | Mapping[str, Any] | str | Path,
     *,
@@ -533,59 +673,75 @@ def run(
     resume: bool = False,
     retry_failed: bool = False,
     listener: Listener | None = None,
+    point_timeout: float | None = None,
 ) -> SweepRun:
-    """Run a sweep into its results store (see the module docstring); returns what this invocation did."""
+    """Run a sweep into its results store (see the module docstring); returns what this invocation did.
+
+    ``point_timeout``: wall-clock seconds per point (default: the sweep file's ``point_timeout``, else none)."""
     loaded = sweep if isinstance(sweep, Sweep) else load(sweep)
     folder = Path(out) if out is not None else (loaded.out or DEFAULT_OUT)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError("workers", f"expected a number of worker processes >= 1, got {workers!r}")
     if workers is not None and scheduler is not None:
         raise ConfigError("workers", "the workers of a running scheduler are its own; give one or the other")
+    if point_timeout is not None and (
+        isinstance(point_timeout, bool) or not isinstance(point_timeout, int | float) or not point_timeout > 0
+    ):
+        raise ConfigError("point_timeout", f"expected a number of seconds > 0, got {point_timeout!r}")
+    limit = point_timeout if point_timeout is not None else loaded.point_timeout_s
     points = loaded.points()
     started = time.perf_counter()
-    store = Store(folder)
-    try:
-        committed = store.statuses()
-        if committed and not resume:
-            raise ConfigError(
-                str(folder),
-                f"already holds {len(committed)} points of a sweep; continue it with --resume (resume=True) "
-                "or choose another --out",
-            )
-        foreign = set(committed) - {p.hash for p in points}
-        if foreign:
-            raise ConfigError(
-                str(folder), f"holds {len(foreign)} points that are not in this sweep; choose another --out"
-            )
-        done = {h for h, s in committed.items() if s == "ok" or not retry_failed}
-        todo = [p for p in points if p.hash not in done]
-        runnable = [p for p in todo if p.error is None]
-        failed = sum(1 for h in done if committed[h] != "ok")
-        if listener is not None:
-            listener.start(len(points), len(done), failed)
-        ran = failed_now = 0
-        with ExitStack() as stack:
-            # Connect first: a scheduler that cannot be reached leaves the store as it was.
-            n = min(workers or default_workers(), len(runnable))
-            client = stack.enter_context(_client(scheduler, n)) if runnable else None
-            where = scheduler or "local"
-            run_id = store.begin_run(loaded, resume=resume, points=len(points), skipped=len(done), scheduler=where)
+    _check_out(folder)
+    with _writer_lock(folder):
+        store = Store(folder)
+        try:
+            committed = store.statuses()
+            if committed and not resume:
+                raise ConfigError(
+                    "out",
+                    f"{folder} already holds {len(committed)} points of a sweep; continue it with --resume "
+                    "(resume=True) or choose another --out",
+                )
+            foreign = set(committed) - {p.hash for p in points}
+            if foreign:
+                raise ConfigError(
+                    "out", f"{folder} holds {len(foreign)} points that are not in this sweep; choose another --out"
+                )
+            done = {h for h, s in committed.items() if s == "ok" or not retry_failed}
+            todo = [p for p in points if p.hash not in done]
+            runnable = [p for p in todo if p.error is None]
+            failed = sum(1 for h in done if committed[h] != "ok")
+            if listener is not None:
+                listener.start(len(points), len(done), failed)
+            ran = failed_now = 0
+            write_error: str | None = None
+            with ExitStack() as stack:
+                # Connect first: a scheduler that cannot be reached leaves the store as it was.
+                n = min(workers or default_workers(), len(runnable))
+                client = stack.enter_context(_client(scheduler, n)) if runnable else None
+                where = scheduler or "local"
+                run_id = store.begin_run(loaded, resume=resume, points=len(points), skipped=len(done), scheduler=where)
 
-            def record(point: Point, outcome: Mapping[str, Any]) -> None:
-                nonlocal ran, failed_now
-                status = store.commit(point, outcome, run_id)
-                ran += 1
-                failed_now += status != "ok"
-                if listener is not None:
-                    listener.point(point, status, None if status == "ok" else str(outcome.get("error")))
+                def record(point: Point, outcome: Mapping[str, Any]) -> bool:
+                    """Commit one point; False (stop the sweep) if the store cannot be written."""
+                    nonlocal ran, failed_now, write_error
+                    try:
+                        status = store.commit(point, outcome, run_id)
+                    except OSError as exc:
+                        write_error = f"cannot write to {folder}: {exc.strerror or exc}"
+                        return False
+                    ran += 1
+                    failed_now += status != "ok"
+                    if listener is not None:
+                        listener.point(point, status, None if status == "ok" else str(outcome.get("error")))
+                    return True
 
-            for point in (p for p in todo if p.error is not None):
-                record(point, {"error": point.error, "elapsed_s": 0.0})
-            if client is not None:
-                _execute(client, runnable, record)
-        frame = results_frame(loaded.definition(), store.frame())
-    finally:
-        store.close()
+                invalid = (p for p in todo if p.error is not None)
+                if all(record(point, {"error": point.error, "elapsed_s": 0.0}) for point in invalid) and client:
+                    _execute(client, runnable, record, limit)
+            frame = results_frame(loaded.definition(), store.frame())
+        finally:
+            store.close()
     return SweepRun(
         name=loaded.name,
         out=folder,
@@ -597,11 +753,18 @@ def run(
         run_id=run_id,
         elapsed_s=time.perf_counter() - started,
         frame=frame,
+        write_error=write_error,
     )
 
 
-def _execute(client: Any, points: list[Point], record: Callable[[Point, Mapping[str, Any]], None]) -> None:
-    """Submit every point, and record each as it completes (in this process: the only writer of the store)."""
+def _execute(
+    client: Any,
+    points: list[Point],
+    record: Callable[[Point, Mapping[str, Any]], bool],
+    time_limit_s: float | None,
+) -> None:
+    """Submit every point, and record each as it completes (in this process: the only writer of the store);
+    when ``record`` says stop, the points still running are cancelled."""
     import uuid
 
     from distributed import as_completed
@@ -609,13 +772,16 @@ def _execute(client: Any, points: list[Point], record: Callable[[Point, Mapping[
     token = uuid.uuid4().hex[:8]
     keys = [f"snpsim-point-{p.hash}-{token}" for p in points]
     by_key = dict(zip(keys, points, strict=True))
-    futures = client.map(run_point, [p.scenario for p in points], key=keys, pure=False)
+    scenarios = [p.scenario for p in points]
+    futures = client.map(run_point, scenarios, [time_limit_s] * len(points), key=keys, pure=False)
     for future, outcome in as_completed(futures, with_results=True, raise_errors=False):
         point = by_key.pop(future.key)
         if isinstance(outcome, BaseException):  # the task itself failed (worker lost, unpicklable, ...)
             outcome = {"error": f"{type(outcome).__name__}: {outcome}", "elapsed_s": None}
-        record(point, outcome)
         future.release()
+        if not record(point, outcome):
+            client.cancel(futures)
+            return
 
 
 class ProgressBar:
@@ -646,13 +812,15 @@ class ProgressBar:
         self._failed = 0
 
     def __enter__(self) -> ProgressBar:
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
+        if self._task is not None:
+            self._progress.__exit__(None, None, None)
 
     def start(self, total: int, done: int, failed: int) -> None:
+        """Show the bar (not before: a sweep refused before it starts prints only its error)."""
+        self._progress.__enter__()
         self._failed = failed
         self._task = self._progress.add_task("points", total=total, completed=done, failed=failed)
 

@@ -54,12 +54,12 @@ def test_presets_table_lists_every_preset() -> None:
 
 def test_config_json_is_deterministic_and_shows_the_policies_apart(tmp_path: Path) -> None:
     cfg = write(tmp_path, SMALL)
-    args = ["run", str(cfg), "--json", "-p", "fixup", "-p", "upstream", "-p", "upm-nosplit"]
+    args = ["run", str(cfg), "--json", "--no-save", "-p", "fixup", "-p", "upstream", "-p", "upm-nosplit"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, args)
-    assert first.output == again.output
-    data = json.loads(first.output)
+    assert first.stdout == again.stdout
+    data = json.loads(first.stdout)
     assert set(data) == {"fixup", "upstream", "upm-nosplit"}
     # fixup never touches the direct map; upstream splits it; upm-nosplit never splits anything to 4K: both keep
     # the boot-time 3 MiB at 4K of a 1 GiB server host (tests/test_e2e.py derives it)
@@ -68,14 +68,14 @@ def test_config_json_is_deterministic_and_shows_the_policies_apart(tmp_path: Pat
     assert data["upm-nosplit"]["directmap_4k"] == 3 << 20
     assert data["upstream"]["host_crash_count"] == 0
     # the default policy of the file is used when no preset is given
-    single = json.loads(runner.invoke(app, ["run", str(cfg), "--json"]).output)
+    single = json.loads(runner.invoke(app, ["run", str(cfg), "--json", "--out", str(tmp_path / "o")]).stdout)
     assert list(single) == ["upstream"]
     assert single["upstream"] == data["upstream"]
 
 
 def test_table_output(tmp_path: Path) -> None:
     cfg = write(tmp_path, SMALL)
-    result = runner.invoke(app, ["run", str(cfg), "-q"], env={"COLUMNS": "120"})
+    result = runner.invoke(app, ["run", str(cfg), "-q", "--no-save"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     assert "directmap_4k" in result.output and "upstream" in result.output
 
@@ -88,12 +88,24 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         (["run", str(tmp_path / "missing.toml")], "missing.toml"),
         (["run", str(tmp_path / "broken.toml")], "broken.toml"),
         (["run", "-p", "nope"], "--preset"),
-        (["run", "--duration", "soon"], "duration"),
+        (["run", "--duration", "soon"], "--duration"),
+        (["run", "--bogus"], "No such option: --bogus"),
+        (["run", "--seed", "x"], "--seed"),
+        (["replay"], "Missing argument"),
+        (["frobnicate"], "No such command"),
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output
         assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_version() -> None:
+    import snpsim
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"snpsim {snpsim.__version__}\n"
 
 
 def test_default_job_compares_every_preset_on_boot_and_churn_and_writes_a_report(tmp_path: Path) -> None:

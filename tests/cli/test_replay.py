@@ -55,7 +55,7 @@ def test_run_trace_out_then_replay_cli(tmp_path: Path) -> None:
     assert lines and all("kvm_" in line for line in lines)
     replayed = runner.invoke(app, ["replay", str(trace), "--json", "--no-save", "-p", "upm", "--vm-memory", "128M"])
     assert replayed.exit_code == 0, replayed.output
-    summary = json.loads(replayed.output)["upm"]
+    summary = json.loads(replayed.stdout)["upm"]
     converted = sum(line.count("shared_to_private") + line.count("private_to_shared") for line in lines)
     assert summary["psc_request_count"] >= 1
     assert converted == sum(1 for line in lines if "kvm_convert_memory" in line)
@@ -64,17 +64,69 @@ def test_run_trace_out_then_replay_cli(tmp_path: Path) -> None:
 def test_replay_bad_input_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.log"
     bad.write_text("kvm_convert_memory start 0x1000 size 0x1000 shared_to_private\nkvm_convert_memory start 0xZZ\n")
-    result = runner.invoke(app, ["replay", str(bad), "--format", "qemu", "--no-save"])
+    result = runner.invoke(app, ["replay", str(bad), "--trace-format", "qemu", "--no-save"])
     assert result.exit_code == 2
     assert "bad.log:2" in result.output
     assert "Traceback" not in result.output
-    lenient = runner.invoke(app, ["replay", str(bad), "--format", "qemu", "--no-save", "--lenient", "-q"])
+    lenient = runner.invoke(app, ["replay", str(bad), "--trace-format", "qemu", "--no-save", "--lenient", "-q"])
     assert lenient.exit_code == 0, lenient.output
     assert "1 bad lines" in lenient.output
+    # --lenient --json keeps the count, in the document's "trace" entry (stdout stays one JSON document)
+    as_json = runner.invoke(app, ["replay", str(bad), "--trace-format", "qemu", "--no-save", "--lenient", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)
+    assert doc["trace"]["bad_lines"] == 1 and doc["trace"]["conversions"] == 1 and "upstream" in doc
     for args, needle in (
         (["replay", str(tmp_path / "none.log")], "none.log"),
-        (["replay", str(bad), "--format", "xml"], "--format"),
+        (["replay", str(bad), "--trace-format", "xml"], "--trace-format"),
+        (["replay", str(bad), "--format", "qemu"], "--trace-format"),  # the output format: a hint, one line
         (["run", "--trace-format", "pcap", "--no-save"], "--trace-format"),
     ):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and needle in r.output, (args, r.output)
+        assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "no conversion in 0 lines"),
+        ("# only a comment\n\n", "no conversion in 2 lines"),
+        ("kvm_other_event foo\nkvm_run bar\n", "2 unknown events"),
+    ],
+)
+def test_a_trace_without_conversions_is_an_error_not_an_empty_replay(tmp_path: Path, text: str, why: str) -> None:
+    trace = tmp_path / "t.log"
+    trace.write_text(text)
+    for extra in ([], ["--lenient"]):
+        r = runner.invoke(app, ["replay", str(trace), "--trace-format", "qemu", "--no-save", *extra])
+        assert r.exit_code == 2, r.output
+        assert "nothing to replay" in r.output and why in r.output, r.output
+    with pytest.raises(ValueError, match="nothing to replay"):
+        snpsim.replay(trace, format="qemu")
+
+
+def test_all_junk_in_lenient_mode_is_an_error_with_the_count(tmp_path: Path) -> None:
+    trace = tmp_path / "junk.log"
+    trace.write_text("kvm_convert_memory start 0xZZ\nkvm_convert_memory oops\n")
+    r = runner.invoke(app, ["replay", str(trace), "--trace-format", "qemu", "--no-save", "--lenient"])
+    assert r.exit_code == 2 and "2 bad lines skipped" in r.output, r.output
+
+
+def test_host_memory_makes_an_export_replay_to_the_same_summary(tmp_path: Path) -> None:
+    """A replay on an 8 GiB host (not the default 4 x 4 GiB guest = 16 GiB), exported and replayed on the same
+    host, gives the same summary."""
+    args = ["replay", str(EXAMPLES / "qemu-boot.log"), "--host-memory", "8G", "--json", "-p", "upm"]
+    first = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)["upm"]
+    assert json.loads((tmp_path / "o" / "upm" / "summary.json").read_text())["scenario"]["host_memory"] == 8 << 30
+    exported = snpsim.replay(EXAMPLES / "qemu-boot.log", "upm", host_memory="8G", record_conversions=True)
+    out = tmp_path / "again.log"
+    write_qemu(exported.conversions or [], out)
+    args = ["replay", str(out), "--host-memory", "8G", "--vm-memory", "4G", "--no-save", "--json", "-p", "upm"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["upm"] == summary
+    bad = runner.invoke(app, ["replay", str(out), "--host-memory", "1G", "--vm-memory", "4G", "--no-save"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: --host-memory: "), bad.output

@@ -16,8 +16,9 @@ hole, not RAM. A conversion outside RAM (beyond the given size, in the hole, or 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from snpsim.errors import ConfigError
 from snpsim.guest.events import Conversion, Protocol, Timed
@@ -31,9 +32,20 @@ from snpsim.guest.linux import (
     LinuxGuestConfig,
 )
 from snpsim.traces.ftrace import MSR_PROTOCOL_ENTER
-from snpsim.traces.model import PAGE_SHIFT, TraceConversion, TraceError
+from snpsim.traces.model import PAGE_SHIFT, ParseStats, TraceConversion, TraceError
 
-__all__ = ["GuestTrace", "infer_memory_bytes", "ram_ranges", "to_guest_events"]
+if TYPE_CHECKING:
+    from snpsim.scenario import Scenario
+
+__all__ = [
+    "GuestTrace",
+    "ReplayPlan",
+    "describe_empty",
+    "infer_memory_bytes",
+    "plan_replay",
+    "ram_ranges",
+    "to_guest_events",
+]
 
 FOUR_GIB = 4 * GIB
 ALIGN = 2 * MIB
@@ -44,6 +56,15 @@ class GuestTrace(NamedTuple):
 
     memory_bytes: int
     events: list[Timed] | Iterator[Timed]
+
+
+def describe_empty(stats: ParseStats) -> str:
+    """Why a pass found no conversion: ``"no conversion in 12 lines (3 bad lines skipped, 2 unknown events)"``."""
+    unknown = sum(stats.skipped_unknown.values())
+    told = [f"{stats.bad_lines} bad lines skipped"] if stats.bad_lines else []
+    told += [f"{unknown} unknown events"] if unknown else []
+    told += [f"{sum(stats.informational.values())} events not replayed"] if stats.informational else []
+    return f"no conversion in {stats.lines} lines" + (f" ({', '.join(told)})" if told else "")
 
 
 def _round_up(n: int, align: int) -> int:
@@ -159,3 +180,65 @@ def to_guest_events(conversions: Iterable[TraceConversion], *, vm_memory: int | 
     except ConfigError as e:
         raise ConfigError("vm_memory", str(e)) from None
     return GuestTrace(vm_memory, _events(conversions, vm_memory, ram_ranges(vm_memory)))
+
+
+class ReplayPlan(NamedTuple):
+    """A trace ready to replay: the scenario (one idle VM the trace drives), its events (lazy), what the first pass
+    over the trace read, and the trace's format."""
+
+    scenario: Scenario
+    events: list[Timed] | Iterator[Timed]
+    stats: ParseStats
+    format: str
+
+
+def plan_replay(
+    trace: str | Path,
+    policy: str | Mapping[str, Any] = "upstream",
+    *,
+    format: str = "auto",
+    lenient: bool = False,
+    vm_memory: int | str | None = None,
+    vcpus: int = 4,
+    host_memory: int | str | None = None,
+    seed: int = 1,
+    samples: int = 100,
+) -> ReplayPlan:
+    """Check a trace and build the scenario of its replay (:func:`snpsim.replay`), without simulating.
+
+    Streaming, constant memory: one pass finds the time span (and counts what the trace holds), a pass sizes the
+    guest (or, with ``vm_memory``, checks every conversion against that guest's RAM), and the events read the file
+    again lazily. Raises TraceError for a bad
+    line or a trace without a single conversion, ConfigError (``vm_memory``, ``vms[0].vcpus``, ``host.memory``, ...)
+    for bad options."""
+    from snpsim.scenario import load
+    from snpsim.traces import Format, parse
+    from snpsim.units import parse_size
+
+    fmt = cast(Format, format)  # not checked here: parse raises its ValueError for anything but auto/qemu/ftrace
+    reader = parse(trace, fmt, lenient)
+    first = last = count = 0
+    for count, conv in enumerate(reader, 1):
+        first = conv.time_ns if count == 1 else first
+        last = conv.time_ns - first
+    stats = reader.stats
+    if count == 0:
+        raise TraceError(reader.source, 0, f"nothing to replay: {describe_empty(stats)}")
+    memory = infer_memory_bytes(reader) if vm_memory is None else parse_size(vm_memory, "vm_memory")
+    if vm_memory is not None:  # a given size is checked lazily, conversion by conversion: check them all now
+        for _ in to_guest_events(parse(trace, fmt, lenient), vm_memory=memory).events:
+            pass
+    guest = to_guest_events(parse(trace, fmt, lenient), vm_memory=memory)
+    host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
+    scenario = load(
+        {
+            "name": f"replay of {Path(trace).name}",
+            "seed": seed,
+            "policy": policy,
+            "duration": f"{last + 1_000_000}ns",
+            "samples": samples,
+            "host": {"memory": host},
+            "vms": [{"memory": guest.memory_bytes, "vcpus": vcpus, "workload": "idle"}],
+        }
+    )
+    return ReplayPlan(scenario, guest.events, stats, reader.format)
