@@ -14,6 +14,7 @@ on its own (``shared/reference/linux-snp-host.md`` §4-§5):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 from snpsim.arch import PAGE_SHIFT
 
@@ -71,3 +72,24 @@ class ShutdownExit:
 
 
 KvmExit = HypercallExit | MemoryFaultExit | ShutdownExit
+
+
+class SnpPageType(IntEnum):
+    """``KVM_SEV_SNP_PAGE_TYPE_*`` of ``struct kvm_sev_snp_launch_update`` (include/uapi/linux/kvm.h)."""
+
+    NORMAL = 1
+    ZERO = 3
+    UNMEASURED = 4
+    SECRETS = 5
+    CPUID = 6
+
+
+@dataclass(frozen=True, slots=True)
+class SnpLaunchUpdate:
+    """One ``KVM_SEV_SNP_LAUNCH_UPDATE`` (``struct kvm_sev_snp_launch_update``: ``gfn_start``, ``len``, ``type``):
+    ``npages`` 4K pages from ``gfn`` loaded into private guest_memfd memory before the guest runs
+    (``kvm_gmem_populate`` -> ``sev_gmem_post_populate``)."""
+
+    gfn: int
+    npages: int
+    type: SnpPageType = SnpPageType.NORMAL
