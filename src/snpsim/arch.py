@@ -276,13 +276,18 @@ class Touch:
 class Pvalidate:
     """The guest's PVALIDATE loop (``pvalidate_pages``) over ``npages`` pages from ``gfn`` in ``size`` steps.
 
-    Result: a :class:`PvalidateResult`: the loop stops at the first instruction that does not succeed (an RMP
-    #NPF is handled by the hypervisor and the instruction re-executed, as the hardware restarts it)."""
+    ``retry_4k``: a 2M step that fails with FAIL_SIZEMISMATCH (4K RMP entries) is retried as 512 4K PVALIDATEs
+    and the loop goes on, as Linux's ``pvalidate_pages`` does ("if (rc == PVALIDATE_FAIL_SIZEMISMATCH && size ==
+    RMP_PG_SIZE_2M) ... pvalidate_4k_page"); the retries touch pages no other step touches, so they run after the
+    2M steps, together. Result: a :class:`PvalidateResult`: the loop stops at the first instruction that does not
+    succeed (an RMP #NPF is handled by the hypervisor and the instruction re-executed, as the hardware restarts
+    it)."""
 
     gfn: int
     npages: int
     size: PageSize
     validate: bool
+    retry_4k: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,7 +144,7 @@ class SnpGuest:
         step = size.npages
         end = gfn + npages
         while gfn < end:
-            result: PvalidateResult = yield Pvalidate(gfn, end - gfn, size, validate)
+            result: PvalidateResult = yield Pvalidate(gfn, end - gfn, size, validate, size == PageSize.SIZE_2M)
             if result.status == RmpStatus.SUCCESS:
                 return
             at = gfn + result.done

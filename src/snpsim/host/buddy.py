@@ -151,6 +151,8 @@ class _Zone:
     def blocks_at_least(self, order: int, mt: int | None = None) -> int:
         """How many ``order`` blocks the free blocks of order >= ``order`` (of one type, or all) hold."""
         if mt is None:
+            if order == 0:
+                return self.free_pages  # every free page is an order-0 block
             return sum(self.nr_free(o) << (o - order) for o in range(order, MAX_PAGE_ORDER + 1))
         return sum(self.free[o][mt].count << (o - order) for o in range(order, MAX_PAGE_ORDER + 1))
 

@@ -184,8 +184,9 @@ class Compactor:
                 return True
         return False
 
-    def _migrate(self, src: int, dst: int, path: str) -> None:
-        """``migrate_pages`` of one page: copy ``src`` to the isolated free page ``dst`` and free ``src``."""
+    def _migrate(self, src: int, dst: int, path: str, *, free_source: bool = True) -> None:
+        """``migrate_pages`` of one page: copy ``src`` to the isolated free page ``dst`` and free ``src`` (to the
+        allocator, or, ``free_source`` false, into a range being taken whole)."""
         host = self.host
         owner = host.frames.get(src)
         host.frames.set_range(dst, 1, owner)
@@ -196,7 +197,8 @@ class Compactor:
             del host.lru[src]
             host.lru[dst] = None
         host.frames.set_range(src, 1, Owner.FREE)
-        host.buddy.free(src, 0, check_free=False)  # it was tagged in use
+        if free_source:
+            host.buddy.free(src, 0, check_free=False)  # it was tagged in use
         host.compaction_migrated += 1
 
     # ------------------------------------------------------------------ alloc_contig_pages
@@ -230,14 +232,5 @@ class Compactor:
             buddy.free_bulk(isolated, 0, check_free=False)
             return False
         for src, dst in zip(sources.tolist(), dsts.tolist(), strict=True):
-            owner = host.frames.get(src)
-            host.frames.set_range(dst, 1, owner)
-            host.kernel_read(src, PATH_CONTIG)
-            host.kernel_write(dst, PATH_CONTIG)
-            host.charge("page_copy", host.costs.page_clear_ns)
-            if src in host.lru:
-                del host.lru[src]
-                host.lru[dst] = None
-            host.frames.set_range(src, 1, Owner.FREE)
-            host.compaction_migrated += 1
+            self._migrate(src, dst, PATH_CONTIG, free_source=False)
         return True

@@ -89,7 +89,7 @@ class KvmVcpu:
             elif isinstance(instr, Pvalidate):
                 try:
                     done, status, changed = vm.pvalidate(
-                        instr.gfn + self._done, instr.npages - self._done, instr.size, instr.validate
+                        instr.gfn + self._done, instr.npages - self._done, instr.size, instr.validate, instr.retry_4k
                     )
                 except MemoryFault as fault:
                     self._done += fault.done

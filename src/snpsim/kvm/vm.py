@@ -352,17 +352,22 @@ class KvmVm:
             self.npt.zap(gfn, 1)
 
     # ------------------------------------------------------------------ PVALIDATE (from KVM_RUN)
-    def pvalidate(self, gfn: int, npages: int, size: PageSize, validate: bool) -> tuple[int, RmpStatus, int]:
+    def pvalidate(
+        self, gfn: int, npages: int, size: PageSize, validate: bool, retry_4k: bool = False
+    ) -> tuple[int, RmpStatus, int]:
         """The guest's PVALIDATEs over ``[gfn, gfn+npages)`` in ``size`` steps, in order: (pages done, status of
         the instruction that stopped the loop, pages whose Validated bit changed). PVALIDATE is a private
         access: a page with a shared attribute is a memory fault first. An RMP #NPF (a 4K PVALIDATE on a 2M
         entry: SIZEM) is resolved by KVM with PSMASH and the instruction re-executed; a 2M PVALIDATE on 4K
-        entries stops with FAIL_SIZEMISMATCH, for the guest to retry at 4K."""
+        entries stops with FAIL_SIZEMISMATCH, for the guest to retry at 4K (``retry_4k``: the guest's loop
+        retries each such step as 512 4K PVALIDATEs, done after the 2M steps, together: the same outcome)."""
         mismatch = self._check_kind(gfn, npages, True)
         if mismatch is not None:  # the instructions before it first, then the exit
             step = size.npages
             head = (mismatch - gfn) // step * step
-            done, status, changed = self.pvalidate(gfn, head, size, validate) if head else (0, RmpStatus.SUCCESS, 0)
+            done, status, changed = (
+                self.pvalidate(gfn, head, size, validate, retry_4k) if head else (0, RmpStatus.SUCCESS, 0)
+            )
             if status != RmpStatus.SUCCESS:
                 return done, status, changed
             raise MemoryFault(mismatch, True, head, changed)
@@ -371,11 +376,21 @@ class KvmVm:
         if size != PageSize.SIZE_2M:
             return self._pvalidate_4k(gfn, npages, validate)
         changed = 0
+        retry: list[int] = []
         for g in range(gfn, gfn + npages, PAGES_PER_2M):
             status, cf = self._pvalidate_one(g, PageSize.SIZE_2M, validate)
+            if status == RmpStatus.FAIL_SIZEMISMATCH and retry_4k:
+                retry.append(g)
+                continue
             if status != RmpStatus.SUCCESS:
                 return g - gfn, status, changed
             changed += 0 if cf else PAGES_PER_2M
+        heads = np.asarray(retry, dtype=np.int64)
+        for lo, n in zip(*_runs_of_blocks(heads), strict=True):  # contiguous retried blocks: one 4K loop each
+            done, status, small = self._pvalidate_4k(lo, n, validate)
+            changed += small
+            if status != RmpStatus.SUCCESS:
+                return lo - gfn + done, status, changed
         return npages, RmpStatus.SUCCESS, changed
 
     def _pvalidate_4k(self, gfn: int, npages: int, validate: bool) -> tuple[int, RmpStatus, int]:
@@ -429,3 +444,12 @@ class KvmVm:
         elif self.shared is not None:
             mapped = self.shared.pfn.present()
             gmem_invalidate(self.host, self.shared.pfn[np.flatnonzero(mapped & self.attrs.private)])
+
+
+def _runs_of_blocks(heads: IntArray) -> tuple[list[int], list[int]]:
+    """The ascending 2M-block heads ``heads`` as runs of adjacent blocks: (first gfn, pages) of each."""
+    if not heads.size:
+        return [], []
+    starts = run_starts(heads - np.arange(heads.size, dtype=np.int64) * PAGES_PER_2M)
+    counts = np.diff(np.append(starts, heads.size))
+    return heads[starts].tolist(), (counts * PAGES_PER_2M).tolist()
