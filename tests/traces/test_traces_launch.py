@@ -417,3 +417,20 @@ def test_replay_json_and_table_count_unknown_events_by_name(tmp_path: Path) -> N
     empty.write_text("kvm_run_exit cpu_index 0, reason 3\n" * 2)
     bad = runner.invoke(app, ["replay", str(empty), "--no-save"])
     assert bad.exit_code == 2 and "2 unknown events: kvm_run_exit 2" in bad.output
+
+
+def test_ftrace_launch_window_ends_at_the_first_vcpu_event() -> None:
+    # a trace whose launch finish is missing: once a vCPU runs (kvm_entry), attribute changes are the guest's again
+    text = (
+        fline(
+            "10.000000", "tracing_mark_write", "kvm_sev_snp_launch_update src 0x1 gpa 0x800000 len 0x1000 (Zero page)"
+        )
+        + fline("10.000001", "kvm_vm_set_mem_attributes", "0x00000000000800 -- 0x00000000000801 [0x8]")
+        + fline("10.000002", "kvm_entry", "vcpu 0, rip 0xfffffff0")
+        + fline("10.000003", "kvm_vm_set_mem_attributes", "0x00000000000809 -- 0x0000000000080a [0x0]")
+    )
+    stats = ParseStats()
+    assert [(c.gfn, c.npages, c.to_private) for c in parse_ftrace(io.StringIO(text), stats=stats)] == [
+        (0x809, 1, False)
+    ]
+    assert stats.informational == {"<launch set-up attributes>": 1}

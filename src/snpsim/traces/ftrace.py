@@ -50,8 +50,10 @@ then invisible). Decided by a look-ahead over the whole text before parsing.
 set-everything-private calls (guest-workloads.md §1, QPRIV) and the private marking before each launch update
 (``KVM_SEV_SNP_LAUNCH_UPDATE`` requires it). When the trace shows the launch (the markers above),
 ``kvm_vm_set_mem_attributes`` lines between a launch start or update and the launch finish are the VMM's set-up,
-not guest conversions: they are counted as :data:`LAUNCH_SETUP` and not replayed. Without launch markers they
-cannot be told apart and are replayed like any other line (to private: mostly no-ops, RAM starts private).
+not guest conversions: they are counted as :data:`LAUNCH_SETUP` and not replayed. The window also ends at the first
+other kernel event (a vCPU runs only after the launch finish), so a trace cut before the finish loses nothing.
+Without launch markers they cannot be told apart and are replayed like any other line (to private: mostly no-ops,
+RAM starts private).
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ class _FtraceParser:
         ts = _ns(m.group("sec"), m.group("frac"))
         fields = m.group("fields")
         secondary = True
+        if self.launch.in_launch and name != SET_MEM_ATTRIBUTES and name != MARKER:
+            self.launch.in_launch = False  # a vCPU event: the guest runs, so the launch is over
         if name == SET_MEM_ATTRIBUTES:
             tag = _TAG.match(fields)
             start, end, attributes = _T_ATTRS.parse(fields[tag.end() :] if tag is not None else fields)
