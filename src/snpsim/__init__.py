@@ -37,7 +37,8 @@ def run(
 ) -> Result:
     """Simulate a scenario (a dict, a TOML path or a loaded :class:`~snpsim.scenario.Scenario`).
 
-    ``record_conversions``: keep every ``kvm_convert_memory`` in ``Result.conversions`` (for trace export).
+    ``record_conversions``: keep every ``kvm_convert_memory`` in ``Result.conversions`` and the first VM's launch
+    updates in ``Result.launch`` (for trace export).
     ``time_limit_s``: stop with :class:`snpsim.errors.TimeLimitExceeded` after that many wall-clock seconds.
     Invalid scenarios raise :class:`ConfigError` before anything is simulated."""
     from snpsim.runner import Simulation
@@ -69,7 +70,9 @@ def replay(
     """Replay a QEMU or ftrace conversion trace under a policy: what would that policy have done to the host.
 
     The trace's conversions drive the guest -> vmm -> kvm -> host -> hw layers at their timestamps (relative to
-    the first one); the VM's RAM is ``vm_memory`` or inferred from the highest converted address. Bad traces
+    the first one); its launch updates (QEMU's ``kvm_sev_snp_launch_update``) are the VM's launch (without any, the
+    guest image's default launch); the VM's RAM is ``vm_memory``, else the trace's guest_memfd sizes, else inferred
+    from the highest converted address. ``record_conversions`` also keeps the launch in ``Result.launch``. Bad traces
     raise :class:`snpsim.traces.TraceError` (a ``ValueError``) naming file and line, and so does a trace without
     a single conversion (empty, or every line skipped with ``lenient``).
     """
@@ -87,8 +90,13 @@ def replay(
         seed=seed,
         samples=samples,
     )
-    scenario, events = plan.scenario, plan.events
-    sim = Simulation(scenario, progress=progress, vm_events={0: events}, record_conversions=record_conversions)
+    sim = Simulation(
+        plan.scenario,
+        progress=progress,
+        vm_events={0: plan.events},
+        record_conversions=record_conversions,
+        vm_launch={0: plan.launch} if plan.launch else None,
+    )
     return sim.run()
 
 

@@ -249,8 +249,8 @@ def run(
     }
     outcome = _simulate_and_report(jobs, claim, output, quiet, first.name or (str(config) if config else "snpsim"))
     if trace_out is not None:
-        conversions = next(iter(outcome.results.values())).conversions or []
-        _write_trace(conversions, trace_out, trace_format, outcome)
+        recorded = next(iter(outcome.results.values()))
+        _write_trace(recorded, trace_out, trace_format, outcome)
     raise typer.Exit(outcome.status)
 
 
@@ -422,13 +422,20 @@ def _run_parallel(
     return {label: done[label] for label in jobs}
 
 
-def _write_trace(conversions: list[tuple[int, int, int, bool]], path: Path, fmt: str, outcome: Outcome) -> None:
+def _write_trace(recorded: Any, path: Path, fmt: str, outcome: Outcome) -> None:
+    """The first run's conversions and its first VM's launch (and, in QEMU format, its RAM) as a trace."""
     from snpsim.results import atomic_file
     from snpsim.traces import write_ftrace, write_qemu
 
+    conversions = recorded.conversions or []
+    launch = recorded.launch or []
     try:
         with atomic_file(path, "--trace-out") as tmp:
-            (write_qemu if fmt == "qemu" else write_ftrace)(conversions, tmp)
+            if fmt == "qemu":
+                memory = recorded.vms[0].memory if recorded.vms else None
+                write_qemu(conversions, tmp, launch=launch, memory_bytes=memory)
+            else:
+                write_ftrace(conversions, tmp, launch=launch)
     except OutputError as exc:
         _say(f"{exc} (partial files were removed)", error=True)
         outcome.failures.append(str(exc))
@@ -532,11 +539,21 @@ def replay(
         "format": plan.format,
         "lines": stats.lines,
         "conversions": stats.events,
+        "launch_updates": len(stats.launch),
+        "launch_pages": stats.launch_pages,
+        "guest_memfd_bytes": [g.size for g in stats.guest_memfds],
+        "vm_memory": plan.scenario.vms[0].memory,
+        "vm_memory_from": plan.memory_from,
         "bad_lines": stats.bad_lines,
-        "skipped_unknown": dict(stats.skipped_unknown),
+        "skipped_unknown": dict(stats.skipped_unknown.most_common()),
         "clamped_timestamps": stats.clamped_timestamps,
     }
-    notes = [f"skipped: {stats.bad_lines} bad lines, {unknown} unknown events"] if stats.bad_lines or unknown else []
+    notes = []
+    if stats.launch:
+        notes.append(f"launch: {len(stats.launch)} updates, {stats.launch_pages} pages")
+    if stats.bad_lines or unknown:
+        told = f" ({stats.unknown_summary()})" if unknown else ""
+        notes.append(f"skipped: {stats.bad_lines} bad lines, {unknown} unknown events{told}")
     try:
         with _flags(flags):
             title = f"replay of {trace.name}"

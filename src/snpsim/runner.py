@@ -10,13 +10,18 @@ events of one vCPU are sequential, and threads overlap. A sampler records the me
 the timeline. All randomness comes from one ``numpy`` generator per component, keyed by the component's name and
 the scenario seed (:meth:`Simulation.rng`), so a scenario and its seed give identical results and enabling one
 component does not change another's stream.
+
+A replayed trace (:func:`snpsim.replay`) gives a VM its events (``Simulation(vm_events={index: events})``, instead of
+its workload) and, if the trace has them, its launch updates (``vm_launch={index: updates}``, handed to
+``Qemu(launch=...)``; other VMs keep the guest image's default launch). A replay lasts until its VMs have replayed
+the whole trace, their creation included.
 """
 
 from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +38,7 @@ from snpsim.host import HostKernel, writers
 from snpsim.host.aging import age_host
 from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.host.cpu import CpuAccount
+from snpsim.kvm.uapi import SnpLaunchUpdate
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
 from snpsim.vmm.qemu import Qemu
@@ -83,6 +89,8 @@ class Result:
     thread_cpu_ns: dict[str, int] = field(default_factory=dict)
     #: the host memory picture (:mod:`snpsim.host.blockmap`) after boot (first sample), mid-run and at the end
     hostmaps: list[HostMap] = field(default_factory=list)
+    #: the first VM's launch updates (``Qemu.launch``), if the run recorded conversions and QEMU held an explicit list
+    launch: list[SnpLaunchUpdate] | None = None
 
 
 @dataclass
@@ -105,12 +113,17 @@ class Simulation:
         vm_events: dict[int, Iterable[Timed]] | None = None,
         record_conversions: bool = False,
         time_limit_s: float | None = None,
+        vm_launch: dict[int, Sequence[SnpLaunchUpdate]] | None = None,
     ) -> None:
         self.s = scenario
         #: wall-clock seconds the run may take (None: no limit); see :meth:`_advance`
         self.time_limit_s = time_limit_s
         #: guest events given from outside (a replayed trace) for the VM of that index, instead of its workload
         self.vm_events = vm_events or {}
+        #: launch updates given from outside (a replayed trace's) for the VM of that index (None: the image default)
+        self.vm_launch = vm_launch or {}
+        #: the first VM's launch updates as QEMU held them, when recording (for trace export)
+        self.launch: list[SnpLaunchUpdate] | None = None
         #: every conversion a guest asked for (time_ns, gfn, npages, to_private), when recording
         self.conversions: list[tuple[int, int, int, bool]] | None = [] if record_conversions else None
         self.env = simpy.Environment()
@@ -135,8 +148,8 @@ class Simulation:
         self.hostmaps: list[HostMap] = []
         self._next_asid = 1
         self._progress = progress
-        #: each VM's "all its vCPU threads are done" event
-        self._vm_done: list[simpy.Event] = []
+        #: the VM processes of the VMs a replayed trace drives (a replay ends when they have)
+        self._replayed: list[simpy.Event] = []
 
     def rng(self, name: str) -> np.random.Generator:
         """The random stream of the component ``name`` (e.g. ``"writer/ksm"``), from the scenario seed."""
@@ -195,17 +208,25 @@ class Simulation:
         record = VmRecord(f"vm{index}", asid, spec.memory, spec.vcpus, spec.workload, t0)
         self.records.append(record)
         main = self.host.account(f"vm{index}/qemu")
-        qemu = self._run_on(main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters))
+        launch = self.vm_launch.get(index)
+        qemu = self._run_on(
+            main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters, launch=launch)
+        )
+        if self.conversions is not None and index == 0:
+            self.launch = qemu.launch
         guest = SnpGuest(int(ram.size))
         if self.conversions is not None:
             guest.log.requests = []
         self._logs.append(guest.log)
+        self._origins.append(t0)
+        origin = len(self._origins) - 1
         vm = _VmState(record, qemu, guest, [main], failed=env.event())
         self.live[asid] = vm
         setup = main.take()
         if setup:
             yield env.timeout(setup)  # VM creation: the memslot, guest_memfd, all of RAM set private
-        self._origins.append(int(env.now) if index in self.vm_events else t0)
+        if index in self.vm_events:
+            self._origins[origin] = int(env.now)
         end = self.s.duration_ns if lifetime_ns is None else min(self.s.duration_ns, t0 + lifetime_ns)
         events = self.vm_events.get(index)
         if events is None:
@@ -220,7 +241,6 @@ class Simulation:
             cpu = qemu.create_vcpu(v, program)
             threads.append(env.process(self._thread(account, qemu.kvm_cpu_exec(cpu), vm)))
         done = env.all_of(threads)
-        self._vm_done.append(done)
         waits: list[simpy.Event] = [done, vm.failed]  # type: ignore[list-item]
         if lifetime_ns is not None:
             waits.append(env.timeout(max(0, end - int(env.now))))
@@ -321,7 +341,9 @@ class Simulation:
         index = 0
         for spec in self.s.vms:
             for _ in range(spec.count):
-                self.env.process(self._vm(spec, index, spec.start_ns, spec.lifetime_ns))
+                proc = self.env.process(self._vm(spec, index, spec.start_ns, spec.lifetime_ns))
+                if index in self.vm_events:
+                    self._replayed.append(proc)
                 index += 1
         if self.s.churn is not None:
             self.env.process(self._churn())
@@ -330,8 +352,9 @@ class Simulation:
             self.env.process(self._thread(self.host.account(f"kthread/{name}"), body))
         self.env.process(self._sampler())
         self._advance(self.s.duration_ns)
-        if self.vm_events:  # a replay ends when the trace has been replayed, however long the host took
-            self._advance(self.env.all_of(self._vm_done))
+        if self._replayed:  # a replay ends when the trace has been replayed, however long the host took (the VM's
+            # creation included: a trace shorter than QEMU's set-up is still replayed whole)
+            self._advance(self.env.all_of(self._replayed))
         for vm in self.live.values():
             self._finish(vm)
         final = self.metrics()
@@ -365,6 +388,7 @@ class Simulation:
             dict(sorted(by_op.items())),
             threads,
             self.hostmaps,
+            self.launch,
         )
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import snpsim
 from snpsim.cli import app
+from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
 from snpsim.traces import write_ftrace, write_qemu
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "traces"
@@ -18,11 +19,20 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("trace", ["qemu-boot.log", "ftrace-boot.txt"])
 def test_replay_examples_hand_counts(trace: str) -> None:
-    # examples/traces/README: 29 conversions, 65,945 pages made shared and 5 made private, a 4 GiB guest
-    r = snpsim.replay(EXAMPLES / trace, "upstream")
+    # examples/traces/README: 29 conversions, 65,945 pages made shared and 5 made private, a 4 GiB guest; the launch:
+    # the 4 MiB OVMF image at 0xffc00000 (1024 pages), 0x11000 bytes of zero pages at 0x800000 (17), the secrets
+    # and CPUID pages (1 each) and 0xd000 bytes of zero pages at 0x813000 (13)
+    r = snpsim.replay(EXAMPLES / trace, "upstream", record_conversions=True)
     assert r.summary["to_shared_count"] == 65945
     assert r.summary["to_private_count"] == 5
     assert r.vms[0].memory == 4 << 30
+    assert r.launch == [
+        SnpLaunchUpdate(0xFFC00, 1024, SnpPageType.NORMAL),
+        SnpLaunchUpdate(0x800, 17, SnpPageType.ZERO),
+        SnpLaunchUpdate(0x811, 1, SnpPageType.SECRETS),
+        SnpLaunchUpdate(0x812, 1, SnpPageType.CPUID),
+        SnpLaunchUpdate(0x813, 13, SnpPageType.ZERO),
+    ]
 
 
 @pytest.mark.parametrize("writer", [write_qemu, write_ftrace])
@@ -31,9 +41,10 @@ def test_export_of_a_replay_replays_to_the_same_summary(tmp_path: Path, writer: 
     first = snpsim.replay(EXAMPLES / "qemu-boot.log", policy, record_conversions=True)
     assert first.conversions is not None and len(first.conversions) == 29
     out = tmp_path / "again.trace"
-    writer(first.conversions, out)  # type: ignore[operator]
+    writer(first.conversions, out, launch=first.launch)  # type: ignore[operator]
     second = snpsim.replay(out, policy, vm_memory="4G", record_conversions=True)
     assert second.summary == first.summary
+    assert second.launch == first.launch and first.launch is not None and len(first.launch) == 5
     # the same requests in the same order; the trace formats keep microseconds (QEMU "%zu.%06zu", ftrace
     # "%5lu.%06lu"), so a request the host delayed by a fraction of a microsecond is read back earlier and the
     # host's backlog behind it shifts by as much: the times agree to within a few microseconds
@@ -123,10 +134,21 @@ def test_host_memory_makes_an_export_replay_to_the_same_summary(tmp_path: Path) 
     assert json.loads((tmp_path / "o" / "upm" / "summary.json").read_text())["scenario"]["host_memory"] == 8 << 30
     exported = snpsim.replay(EXAMPLES / "qemu-boot.log", "upm", host_memory="8G", record_conversions=True)
     out = tmp_path / "again.log"
-    write_qemu(exported.conversions or [], out)
-    args = ["replay", str(out), "--host-memory", "8G", "--vm-memory", "4G", "--no-save", "--json", "-p", "upm"]
+    # with the guest RAM written as QEMU's guest_memfd warning, the replay of the export needs no --vm-memory
+    write_qemu(exported.conversions or [], out, launch=exported.launch or [], memory_bytes=exported.vms[0].memory)
+    args = ["replay", str(out), "--host-memory", "8G", "--no-save", "--json", "-p", "upm"]
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["upm"] == summary
     bad = runner.invoke(app, ["replay", str(out), "--host-memory", "1G", "--vm-memory", "4G", "--no-save"])
     assert bad.exit_code == 2 and bad.output.startswith("error: --host-memory: "), bad.output
+
+
+def test_a_trace_shorter_than_the_vm_set_up_is_replayed_whole(tmp_path: Path) -> None:
+    # one conversion: the scenario lasts 1 ms (the trace's span + 1 ms) but QEMU's set-up of a 64 MiB guest takes
+    # simulated time too; the replay still waits for the VM, so its single page is converted (and recorded)
+    trace = tmp_path / "one.log"
+    trace.write_text("kvm_convert_memory start 0x809000 size 0x1000 private_to_shared\n")
+    r = snpsim.replay(trace, "upstream", record_conversions=True)
+    assert r.summary["to_shared_count"] == 1
+    assert r.conversions is not None and [c[1:] for c in r.conversions] == [(0x809, 1, False)]

@@ -241,7 +241,9 @@ def test_a_report_or_trace_that_cannot_be_written_leaves_nothing_half_written(
     result = runner.invoke(app, ["report", str(out), "-o", str(elsewhere)])
     assert result.exit_code == 1 and not elsewhere.exists() and list(elsewhere.parent.iterdir()) == []
     monkeypatch.undo()
-    monkeypatch.setattr("snpsim.traces.write_qemu", lambda conversions, path: (Path(path).write_text("half"), enospc()))
+    monkeypatch.setattr(
+        "snpsim.traces.write_qemu", lambda conversions, path, **_: (Path(path).write_text("half"), enospc())
+    )
     trace = tmp_path / "t.log"
     result = runner.invoke(app, ["run", str(scenario_file(tmp_path)), "-q", "--no-save", "--trace-out", str(trace)])
     assert result.exit_code == 1 and "error: --trace-out: cannot write" in result.output

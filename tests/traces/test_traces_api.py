@@ -51,6 +51,19 @@ EXPECTED = (
 )
 
 
+#: The launch of the example boot (examples/traces/README): (gpa, size, page type, line in qemu-boot.log). The OVMF
+#: image, 4 MiB at 4 GiB - 4 MiB = 0xffc00000 (its second line, the remaining 2 MiB at 0xffe00000, is a continuation:
+#: same end 0x100000000); then OVMF's SEV metadata: 0x11000 bytes of pre-validated SEC memory, the secrets and CPUID
+#: pages, 0xd000 more bytes. Pages: 1024 + 17 + 1 + 1 + 13 = 1056.
+EXPECTED_LAUNCH = [
+    (0xFFC00000, 0x400000, "NORMAL", 12),
+    (0x800000, 0x11000, "ZERO", 14),
+    (0x811000, 0x1000, "SECRETS", 15),
+    (0x812000, 0x1000, "CPUID", 16),
+    (0x813000, 0xD000, "ZERO", 17),
+]
+
+
 def ranges(convs: list[TraceConversion]) -> list[tuple[int, int, bool]]:
     return [(c.gpa, c.size, c.to_private) for c in convs]
 
@@ -71,20 +84,30 @@ def test_qemu_example() -> None:
     assert ranges(convs) == EXPECTED
     st = reader.stats
     assert (st.events, st.to_shared, st.to_private, st.pages) == (29, 26, 3, 65950)
-    assert st.lines == 90 and st.bad_lines == 0
+    # 2 header comments + the launch section (3 comments, start, 2 guest_memfd warnings, 3 kvm_set_user_memory,
+    # 6 launch updates, finish, 1 comment = 17 lines) + the 88 lines of the boot
+    assert st.lines == 2 + 17 + 88 and st.bad_lines == 0
     # 27 explicit conversions each logged as kvm_hc_map_gpa_range first; 2 implicit ones as kvm_memory_fault;
-    # every exit preceded by kvm_run_exit (not a conversion event: unknown to the parser).
+    # every exit preceded by kvm_run_exit (not a conversion event: unknown to the parser), and so is QEMU's
+    # kvm_set_user_memory of the 3 memslots; the launch start and finish; the second line of the OVMF image's
+    # update is its continuation (KVM populated half of it).
     assert st.informational == {
         "kvm_hc_map_gpa_range": 27,
         "kvm_memory_fault": 2,
         "<qemu message>": 1,
         "<memory fault warning>": 1,
+        "kvm_sev_snp_launch_start": 1,
+        "kvm_sev_snp_launch_finish": 1,
+        "<launch update continued>": 1,
     }
-    assert st.skipped_unknown == {"kvm_run_exit": 29}
+    assert st.skipped_unknown == {"kvm_run_exit": 29, "kvm_set_user_memory": 3}
     assert not st.secondary_used
     assert convs[0].time_ns == 1_718_000_000_000_003_000  # 4330@1718000000.000003
     assert convs[-1].time_ns == 1_718_000_002_502_038_000  # the warning line takes the previous timestamp
-    assert convs[-1].line == 90
+    assert convs[-1].line == 107
+    assert st.first_time_ns == 1_717_999_996_000_000_000  # 4321@1717999996.000000: the launch start
+    assert [(u.gpa, u.size, u.page_type.name, u.line) for u in st.launch] == EXPECTED_LAUNCH
+    assert [(g.fd, g.size, g.flags, g.line) for g in st.guest_memfds] == [(12, 4 * GIB, 0, 7), (14, 4 << 20, 0, 8)]
 
 
 def test_ftrace_example() -> None:
@@ -93,8 +116,15 @@ def test_ftrace_example() -> None:
     assert reader.format == "ftrace"
     assert ranges(convs) == EXPECTED
     st = reader.stats
-    assert (st.events, st.to_shared, st.to_private, st.pages, st.lines) == (29, 26, 3, 65950, 195)
+    # 12 header lines + the launch (start, 3 memslot attributes, 5 update attributes, 6 updates, finish = 16 lines)
+    # + the 183 event lines of the boot
+    assert (st.events, st.to_shared, st.to_private, st.pages, st.lines) == (29, 26, 3, 65950, 12 + 16 + 183)
     assert st.informational == {
+        # QEMU's kvm_set_memory_attributes_private() of the 3 memslots and before each of the 5 launch updates
+        "<launch set-up attributes>": 3 + 5,
+        "kvm_sev_snp_launch_start": 1,
+        "kvm_sev_snp_launch_finish": 1,
+        "<launch update continued>": 1,
         "kvm_exit": 30,  # one per conversion + the RMP #NPF
         "kvm_userspace_exit": 29,
         "kvm_vmgexit_enter": 19,  # GHCB PSCs: 2 SWIOTLB + 6 pools + 7 vrings + 2 attestation + 2 frees
@@ -107,7 +137,9 @@ def test_ftrace_example() -> None:
         "kvm_hypercall": 1,
     }
     assert st.skipped_unknown == {"kvm_entry": 29}
-    assert (st.first_time_ns, st.last_time_ns) == (5_123_000_000_000, 5_125_502_050_000)
+    assert (st.first_time_ns, st.last_time_ns) == (5_119_000_000_000, 5_125_502_050_000)
+    assert [(u.gpa, u.size, u.page_type.name) for u in st.launch] == [e[:3] for e in EXPECTED_LAUNCH]
+    assert st.guest_memfds == []  # QEMU's warnings go to stderr, not to the trace
 
 
 def test_qemu_example_secondary_events_give_the_same_conversions(tmp_path: Path) -> None:
@@ -117,7 +149,12 @@ def test_qemu_example_secondary_events_give_the_same_conversions(tmp_path: Path)
     reader = parse(tmp_path / "q.log")
     assert ranges(list(reader)) == EXPECTED
     assert reader.stats.secondary_used
-    assert reader.stats.informational == {"<qemu message>": 1}
+    assert reader.stats.informational == {
+        "<qemu message>": 1,
+        "kvm_sev_snp_launch_start": 1,
+        "kvm_sev_snp_launch_finish": 1,
+        "<launch update continued>": 1,
+    }
 
 
 def test_ftrace_example_without_set_mem_attributes_sees_only_msr_pscs(tmp_path: Path) -> None:
@@ -198,8 +235,9 @@ def test_reader_is_lazy_and_stats_grow_while_iterating() -> None:
     reader = parse(FTRACE_EXAMPLE)
     it = iter(reader)
     first = next(it)
-    # 12 header lines; kvm_exit, MSR PSC enter + exit, kvm_userspace_exit; then kvm_vm_set_mem_attributes
-    assert first.line == 17 and reader.stats.events == 1
+    # 12 header lines; the 16 launch lines; kvm_exit, MSR PSC enter + exit, kvm_userspace_exit; then
+    # kvm_vm_set_mem_attributes
+    assert first.line == 12 + 16 + 5 and reader.stats.events == 1
     assert sum(1 for _ in it) == 28 and reader.stats.events == 29
 
 

@@ -117,7 +117,9 @@ def test_warning_with_timestamped_embedded_event() -> None:
     assert c.time_ns == 9_000_002_000
 
 
-def test_warning_alone_and_other_messages_are_informational() -> None:
+def test_warning_alone_is_an_implicit_conversion_other_messages_informational() -> None:
+    # without kvm_convert_memory / kvm_memory_fault in the trace, the memory fault warning is the only record of the
+    # KVM_EXIT_MEMORY_FAULT: flags 0x0 = not KVM_MEMORY_EXIT_FLAG_PRIVATE -> to shared
     stats = ParseStats()
     convs = q(
         "qemu-system-x86_64: warning: memory fault: GPA 0xc0000 size 0x1000 flags 0x0\n"
@@ -125,9 +127,10 @@ def test_warning_alone_and_other_messages_are_informational() -> None:
         "qemu-system-x86_64: -accel kvm: could not access KVM kernel module\n",
         stats=stats,
     )
-    assert convs == []
-    assert stats.informational == {"<memory fault warning>": 1, "<qemu message>": 2}
-    assert stats.bad_lines == 0
+    assert ranges(convs) == [(0xC0000, 0x1000, False)]
+    assert convs[0].event == "<memory fault warning>" and convs[0].line == 1
+    assert stats.informational == {"<qemu message>": 2}
+    assert stats.secondary_used and stats.bad_lines == 0
 
 
 def test_iso_timestamp_and_program_context_prefix() -> None:

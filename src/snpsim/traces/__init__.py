@@ -4,16 +4,19 @@ Reads the two text traces a KVM host gives (``shared/reference/guest-workloads.m
 backend output of ``kvm_convert_memory`` / ``kvm_memory_fault`` / ``kvm_hc_map_gpa_range``
 (:mod:`snpsim.traces.qemu`), and the kernel's ftrace / ``trace-cmd report`` text of ``kvm_vm_set_mem_attributes``,
 ``kvm_vmgexit_msr_protocol_enter``, ``kvm_hypercall`` and related KVM events (:mod:`snpsim.traces.ftrace`). Both
-become a stream of :class:`TraceConversion`; :func:`to_guest_events` turns that into the guest layer's
-``Timed(Conversion)`` events (:mod:`snpsim.traces.replay`), and :mod:`snpsim.traces.export` writes conversions back
-out in either format.
+become a stream of :class:`TraceConversion`; the guest's launch (QEMU's ``kvm_sev_snp_launch_*`` events and its
+guest_memfd warnings, :mod:`snpsim.traces.launch`) is kept in the pass's :class:`ParseStats` (``launch``,
+``guest_memfds``). :func:`to_guest_events` turns both into the guest layer's ``Timed(Conversion)`` events and the
+``SnpLaunchUpdate`` list QEMU hands to KVM (:mod:`snpsim.traces.replay`), and :mod:`snpsim.traces.export` writes
+conversions and a launch back out in either format.
 
 Usage::
 
     reader = snpsim.traces.parse("boot.log")          # format="auto" | "qemu" | "ftrace", lenient=False
     conversions = list(reader)                         # or iterate lazily: constant memory
-    reader.format, reader.stats.events, reader.stats.skipped_unknown
+    reader.format, reader.stats.events, reader.stats.skipped_unknown, reader.stats.launch
     memory_bytes, events = snpsim.traces.to_guest_events(conversions)
+    guest = snpsim.traces.to_guest_events(reader)      # guest.memory_bytes, .events, .launch, .memory_from
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ from snpsim.traces._common import (
 )
 from snpsim.traces.export import write_ftrace, write_qemu
 from snpsim.traces.ftrace import parse_ftrace
-from snpsim.traces.model import MAX_GPA, PAGE_SIZE, ParseStats, TraceConversion, TraceError
+from snpsim.traces.model import (
+    MAX_GPA,
+    PAGE_SIZE,
+    ParseStats,
+    TraceConversion,
+    TraceError,
+    TraceGuestMemfd,
+    TraceLaunchUpdate,
+)
 from snpsim.traces.qemu import parse_qemu
 from snpsim.traces.replay import GuestTrace, infer_memory_bytes, to_guest_events
 
@@ -47,6 +58,8 @@ __all__ = [
     "ParseStats",
     "TraceConversion",
     "TraceError",
+    "TraceGuestMemfd",
+    "TraceLaunchUpdate",
     "TraceReader",
     "detect_format",
     "infer_memory_bytes",
@@ -116,7 +129,8 @@ def _detect_open(f: IO[str], name: str, lenient: bool) -> str:
 
 
 class TraceReader:
-    """An iterable of the :class:`TraceConversion` in one trace; ``stats`` describes the last pass.
+    """An iterable of the :class:`TraceConversion` in one trace; ``stats`` describes the last pass (its launch
+    records included).
 
     Each iteration is one streaming pass (constant memory) and starts with fresh ``stats``, complete once the pass
     ends (or up to the error that ended it). A path can be iterated again; an open file only once (a second pass

@@ -73,11 +73,19 @@ def open_source(src: Source) -> Iterator[IO[str]]:
         yield tmp
 
 
-def any_line_contains(f: IO[str], marker: str) -> bool:
-    """Whether a non-comment line of ``f`` contains ``marker``; ``f`` is left where it was."""
+def lines_containing(f: IO[str], *markers: str) -> set[str]:
+    """The ``markers`` some non-comment line of ``f`` contains (one pass, stopping once all are found); ``f`` is left
+    where it was."""
     pos = f.tell()
+    found: set[str] = set()
     try:
-        return any(marker in line and not line.lstrip().startswith("#") for line in f)
+        for line in f:
+            for marker in markers:
+                if marker not in found and marker in line and not line.lstrip().startswith("#"):
+                    found.add(marker)
+            if len(found) == len(markers):
+                break
+        return found
     finally:
         f.seek(pos)
 
@@ -132,13 +140,17 @@ def check_range(event: str, gpa: int, size: int) -> None:
 #: Value kinds of a field template, as the C printf conversions that produce them:
 #: Decimal runs are bounded (30 digits) so that no conversion hits Python's int-from-string digit limit.
 #: ``0xh`` = ``0x%llx`` / ``0x%" PRIx64``; ``h`` = ``%llx`` (bare hex); ``#h`` = ``%#016llx`` (``0x``-prefixed,
-#: but C prints a plain ``0`` run for zero); ``u`` = ``%u``; ``d`` = ``%d``; ``w`` = ``%s`` without spaces.
+#: but C prints a plain ``0`` run for zero); ``u`` = ``%u``; ``d`` = ``%d``; ``n`` = a number printed either way,
+#: ``0x``-prefixed hex or decimal (messages whose format is not known exactly); ``p`` = glibc's ``%p``
+#: (``0x``-prefixed hex, ``(nil)`` for NULL; kept as text); ``w`` = ``%s`` without spaces.
 _KINDS: dict[str, str] = {
     "0xh": r"0[xX][0-9a-fA-F]+",
     "h": r"[0-9a-fA-F]+",
     "#h": r"0[xX][0-9a-fA-F]+|0+",
     "u": r"[0-9]{1,30}",
     "d": r"-?[0-9]{1,30}",
+    "n": r"0[xX][0-9a-fA-F]+|[0-9]{1,30}",
+    "p": r"0[xX][0-9a-fA-F]+|\(nil\)",
     "w": r"\S+",
 }
 _PLACEHOLDER = re.compile(r"\{(\w+):([#\w]+)\}")
@@ -153,9 +165,9 @@ _HEX_KINDS = frozenset({"0xh", "h", "#h"})
 
 
 def _convert(kind: str, name: str, event: str, token: str) -> int | str:
-    if kind == "w":
+    if kind in ("w", "p"):
         return token
-    if kind in _HEX_KINDS:
+    if kind in _HEX_KINDS or (kind == "n" and token[1:2] in ("x", "X")):
         v = int(token, 16)  # accepts the 0x prefix
         if v > U64_MAX:
             raise BadLine(f"bad {name} {quote(token)} in {event} (more than 64 bits)")
@@ -202,7 +214,7 @@ class Template:
         rx.append(pat)
 
     def parse(self, text: str) -> tuple[Any, ...]:
-        """The field values in placeholder order: ints for numeric kinds, str for ``w``."""
+        """The field values in placeholder order: ints for numeric kinds, str for ``w`` and ``p``."""
         m = self._rx.fullmatch(text)
         if m is None:
             values = self._diagnose(text.strip())

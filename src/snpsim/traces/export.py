@@ -20,6 +20,17 @@ events describe each conversion:
 
 Parsing the output gives the input back (times truncated to the format's resolution: 1 us, or 1 ns for
 ``write_ftrace(..., ns=True)`` as ``trace-cmd report -t`` prints).
+
+``launch``: the VM's ``SnpLaunchUpdate`` list (e.g. ``Result.launch``), written before the first conversion, at its
+time, as QEMU's ``sev_snp_launch_finish()`` traces it (:mod:`snpsim.traces.launch`): ``kvm_sev_snp_launch_start``,
+one ``kvm_sev_snp_launch_update`` per update, ``kvm_sev_snp_launch_finish``; in ftrace text as
+``tracing_mark_write:`` lines of QEMU's ``ftrace`` trace backend (KVM has no launch tracepoint), in ``"full"`` mode
+each preceded by the ``kvm_vm_set_mem_attributes`` of QEMU's ``kvm_set_memory_attributes_private()``. Values QEMU
+would print that the model does not have are made up: ``policy 0x30000`` (QEMU's ``DEFAULT_SEV_SNP_POLICY``),
+``gosvw`` / ``id_block`` / ... ``(null)`` (unset options), ``src`` = ``0x7f0000000000 + gpa`` (the RAM block's host
+address is not modelled). ``memory_bytes`` (QEMU only): the guest RAM, written as the guest_memfd warning
+``kvm_create_gmemfd: created memfd: ...`` so that a replay reads the guest size back. Parsing gives the launch back
+(``ParseStats.launch``).
 """
 
 from __future__ import annotations
@@ -29,9 +40,20 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import IO, Literal
 
+from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
+from snpsim.traces.launch import GMEMFD, LAUNCH_FINISH, LAUNCH_START, LAUNCH_UPDATE, PAGE_TYPES
 from snpsim.traces.model import MAX_GPA, PAGE_SHIFT
 
 __all__ = ["ExportEvent", "write_ftrace", "write_qemu"]
+
+#: ``snp_page_type_to_str()``: the name QEMU prints for each page type.
+_TYPE_NAMES = {t: name for name, t in PAGE_TYPES.items()}
+#: ``DEFAULT_SEV_SNP_POLICY`` (QEMU target/i386/sev.c): SMT allowed, reserved bit 17 set.
+_SNP_POLICY = 0x30000
+#: A made-up host address of the guest RAM block (``src`` of the launch updates).
+_SRC_BASE = 0x7F00_0000_0000
+#: QEMU's main thread (it issues the launch ioctls).
+_QEMU_COMM = "qemu-system-x86"
 
 #: ``(time_ns, gfn, npages, to_private)``
 ExportEvent = tuple[int, int, int, bool]
@@ -69,6 +91,38 @@ def _checked(events: Iterable[ExportEvent]) -> Iterator[ExportEvent]:
         yield t, gfn, npages, bool(to_private)
 
 
+def _checked_launch(launch: Iterable[SnpLaunchUpdate]) -> list[SnpLaunchUpdate]:
+    out = list(launch)
+    for i, u in enumerate(out):
+        if not isinstance(u, SnpLaunchUpdate) or not isinstance(u.type, SnpPageType):
+            raise ValueError(f"launch update {i}: expected an SnpLaunchUpdate with an SnpPageType, got {u!r}")
+        if u.gfn < 0 or u.npages <= 0 or (u.gfn + u.npages) << PAGE_SHIFT > MAX_GPA:
+            raise ValueError(f"launch update {i}: bad range gfn {u.gfn:#x} npages {u.npages}")
+    return out
+
+
+def _launch_lines(launch: list[SnpLaunchUpdate]) -> Iterator[tuple[str, int, int]]:
+    """``(QEMU event text, gpa, size)`` of the launch: start (size 0), one line per update, finish (size 0)."""
+    yield f"{LAUNCH_START} policy 0x{_SNP_POLICY:x} gosvw (null)", 0, 0
+    for u in launch:
+        gpa, size = u.gfn << PAGE_SHIFT, u.npages << PAGE_SHIFT
+        name = _TYPE_NAMES[u.type]
+        yield f"{LAUNCH_UPDATE} src 0x{_SRC_BASE + gpa:x} gpa 0x{gpa:x} len 0x{size:x} ({name} page)", gpa, size
+    yield f"{LAUNCH_FINISH} id_block (null) id_auth (null) host_data (null)", 0, 0
+
+
+def _with_launch(events: Iterable[ExportEvent], launch: list[SnpLaunchUpdate]) -> Iterator[ExportEvent | int]:
+    """The checked events, preceded (when there is a launch) by the time the launch is written at: the first
+    event's time, or 0 without events."""
+    it = _checked(events)
+    first = next(it, None)
+    if launch:
+        yield first[0] if first is not None else 0
+    if first is not None:
+        yield first
+        yield from it
+
+
 @contextlib.contextmanager
 def _output(file: str | os.PathLike[str] | IO[str]) -> Iterator[IO[str]]:
     if isinstance(file, (str, os.PathLike)):
@@ -90,17 +144,44 @@ def write_qemu(
     mode: Mode = "full",
     pid: int = 4321,
     timestamps: bool = True,
+    launch: Iterable[SnpLaunchUpdate] = (),
+    memory_bytes: int | None = None,
 ) -> int:
     """Write ``events`` as a QEMU log-backend trace; returns the number of lines written.
 
     ``pid``: the thread id in the ``PID@SEC.USEC:`` prefix; ``timestamps=False`` omits the prefix (as QEMU
     without ``-msg timestamp=on`` on older versions; times are then lost). Times are truncated to microseconds.
+    ``launch`` / ``memory_bytes``: the VM's launch and guest RAM (module docstring).
     """
     _mode(mode)
+    updates = _checked_launch(launch)
+    if memory_bytes is not None and (isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int)):
+        raise ValueError(f"memory_bytes must be an int, got {memory_bytes!r}")
+    if memory_bytes is not None and (memory_bytes <= 0 or memory_bytes % (1 << PAGE_SHIFT)):
+        raise ValueError(f"memory_bytes must be a multiple of 4K > 0, got {memory_bytes}")
     n = 0
+
+    def stamp(t: int) -> str:
+        return f"{pid}@{t // 1_000_000_000}.{t // 1000 % 1_000_000:06d}:" if timestamps else ""
+
     with _output(file) as f:
-        for t, gfn, npages, to_private in _checked(events):
-            prefix = f"{pid}@{t // 1_000_000_000}.{t // 1000 % 1_000_000:06d}:" if timestamps else ""
+        if memory_bytes is not None and not updates:
+            f.write(f"qemu-system-x86_64: warning: {GMEMFD}: created memfd: 10, size: 0x{memory_bytes:x}, flags: 0x0\n")
+            n += 1
+        for ev in _with_launch(events, updates):
+            if isinstance(ev, int):  # the launch, at this time
+                for i, (text, _gpa, _size) in enumerate(_launch_lines(updates)):
+                    if i == 1 and memory_bytes is not None:  # QEMU creates the RAM blocks after the launch start
+                        f.write(
+                            f"qemu-system-x86_64: warning: {GMEMFD}: created memfd: 10, size: 0x{memory_bytes:x}, "
+                            "flags: 0x0\n"
+                        )
+                        n += 1
+                    f.write(f"{stamp(ev)}{text}\n")
+                    n += 1
+                continue
+            t, gfn, npages, to_private = ev
+            prefix = stamp(t)
             gpa, size = gfn << PAGE_SHIFT, npages << PAGE_SHIFT
             if mode != "authoritative":
                 attrs = 0x10 if to_private else 0
@@ -130,24 +211,43 @@ def write_ftrace(
     vcpu: int = 0,
     header: bool = True,
     ns: bool = False,
+    launch: Iterable[SnpLaunchUpdate] = (),
+    qemu_pid: int = 4321,
 ) -> int:
     """Write ``events`` as ``/sys/kernel/tracing/trace`` text; returns the number of event lines written.
 
     ``comm``/``pid``/``cpu``: the task and host CPU columns (QEMU's vCPU thread); ``vcpu``: the guest vCPU in the
     event fields. ``header``: the ``nop`` tracer header (the entry count in it is left as 0 when ``events`` is not
     a sized collection). ``ns``: 9 fraction digits instead of 6 (times are otherwise truncated to microseconds).
+    ``launch``: the VM's launch (module docstring), written by QEMU's main thread (``qemu-system-x86``, ``qemu_pid``).
     """
     _mode(mode)
+    updates = _checked_launch(launch)
     n = 0
+
+    def stamp(t: int) -> str:
+        sec = t // 1_000_000_000
+        frac = f"{t % 1_000_000_000:09d}" if ns else f"{t // 1000 % 1_000_000:06d}"
+        return f"{sec:5d}.{frac}: "
+
     with _output(file) as f:
         if header:
             total = len(events) if hasattr(events, "__len__") else 0  # type: ignore[arg-type]
             f.write(_FTRACE_HEADER.format(n=total, cpus=max(cpu + 1, 1)))
         task = f"{comm:>16}-{pid:<7} [{cpu:03d}] ....."
-        for t, gfn, npages, to_private in _checked(events):
-            sec = t // 1_000_000_000
-            frac = f"{t % 1_000_000_000:09d}" if ns else f"{t // 1000 % 1_000_000:06d}"
-            pre = f"{task} {sec:5d}.{frac}: "
+        main = f"{_QEMU_COMM:>16}-{qemu_pid:<7} [{cpu:03d}] ....."
+        for ev in _with_launch(events, updates):
+            if isinstance(ev, int):  # the launch, at this time: QEMU's trace_marker writes and KVM's attributes
+                for text, gpa, size in _launch_lines(updates):
+                    if size and mode == "full":  # kvm_set_memory_attributes_private() before each update
+                        start, end = _c_alt_hex016(gpa >> PAGE_SHIFT), _c_alt_hex016((gpa + size) >> PAGE_SHIFT)
+                        f.write(f"{main} {stamp(ev)}kvm_vm_set_mem_attributes: {start} -- {end} [0x8]\n")
+                        n += 1
+                    f.write(f"{main} {stamp(ev)}tracing_mark_write: {text}\n")
+                    n += 1
+                continue
+            t, gfn, npages, to_private = ev
+            pre = f"{task} {stamp(t)}"
             lines: list[str] = []
             if npages == 1 and mode != "authoritative":
                 op = 1 if to_private else 2

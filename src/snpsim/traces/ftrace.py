@@ -31,6 +31,12 @@ ns. Events (format strings from the tracepoints):
 * informational, counted by name: ``kvm_rmp_fault``, ``kvm_page_fault``, ``kvm_mmu_spte_requested``,
   ``kvm_tdp_mmu_spte_changed``, ``kvm_vmgexit_enter``, ``kvm_vmgexit_exit``, ``kvm_vmgexit_msr_protocol_exit``,
   ``kvm_userspace_exit``, ``kvm_exit`` (their fields vary across kernels and are not checked);
+* ``tracing_mark_write`` (text written to ``trace_marker``): QEMU built with the ``ftrace`` trace backend writes each
+  of its trace events there as ``"NAME " fmt`` (``scripts/tracetool/backend/ftrace.py``). The SNP launch events
+  (``kvm_sev_snp_launch_start`` / ``_update`` / ``_finish``, :mod:`snpsim.traces.launch`) are read as in a QEMU
+  trace: this is the only way the launch reaches an ftrace trace, since KVM has no tracepoint for it. QEMU's
+  conversion events there are informational (the kernel's tracepoints are authoritative); other marker text is
+  counted as an unknown ``tracing_mark_write``;
 * any other event: skipped and counted by name in ``ParseStats.skipped_unknown``.
 
 **Duplicates.** One MSR-protocol PSC shows up as ``kvm_vmgexit_msr_protocol_enter`` and, after the exit to QEMU,
@@ -40,8 +46,14 @@ replayed and MSR PSCs / ``kvm_hypercall`` are counted as informational. A trace 
 replays the MSR PSCs and ``kvm_hypercall`` nr 0xc instead (``ParseStats.secondary_used``; GHCB-protocol PSCs are
 then invisible). Decided by a look-ahead over the whole text before parsing.
 
-Caveat: if tracing started before QEMU created the VM's memslots, the trace begins with QEMU's initial
-set-everything-private calls (guest-workloads.md §1, QPRIV); they are replayed like any other line.
+**Launch set-up.** If tracing started before QEMU created the VM's memslots, the trace begins with QEMU's initial
+set-everything-private calls (guest-workloads.md §1, QPRIV) and the private marking before each launch update
+(``KVM_SEV_SNP_LAUNCH_UPDATE`` requires it). When the trace shows the launch (the markers above),
+``kvm_vm_set_mem_attributes`` lines between a launch start or update and the launch finish are the VMM's set-up,
+not guest conversions: they are counted as :data:`LAUNCH_SETUP` and not replayed. The window also ends at the first
+other kernel event (a vCPU runs only after the launch finish), so a trace cut before the finish loses nothing.
+Without launch markers they cannot be told apart and are replayed like any other line (to private: mostly no-ops,
+RAM starts private).
 """
 
 from __future__ import annotations
@@ -55,15 +67,16 @@ from snpsim.traces._common import (
     Clock,
     Source,
     Template,
-    any_line_contains,
     check_range,
     ensure_text,
+    lines_containing,
     open_source,
     quote,
     run_lines,
     seconds_to_ns,
     source_name,
 )
+from snpsim.traces.launch import LAUNCH_EVENTS, LaunchState
 from snpsim.traces.model import PAGE_SHIFT, ParseStats, TraceConversion
 
 __all__ = [
@@ -105,6 +118,11 @@ INFORMATIONAL = frozenset(
     }
 )
 LOST_EVENTS = "<lost events>"
+#: ``trace_marker`` writes (QEMU's ``ftrace`` trace backend) and the QEMU conversion events they may carry.
+MARKER = "tracing_mark_write"
+QEMU_CONVERSION_EVENTS = frozenset({"kvm_convert_memory", "kvm_memory_fault", "kvm_hc_map_gpa_range"})
+#: Informational counter name of attribute changes made by the VMM while it launches the guest.
+LAUNCH_SETUP = "<launch set-up attributes>"
 
 _T_ATTRS = Template(SET_MEM_ATTRIBUTES, "{start:#h} -- {end:#h} [0x{attributes:h}]")
 _T_MSR = Template(MSR_PROTOCOL_ENTER, "vcpu {vcpu:u}, ghcb_gpa {ghcb_gpa:h}")
@@ -118,6 +136,7 @@ _EVENT_LINE = re.compile(
 _HEADER = re.compile(r"cpus=[0-9]+|version[ \t]*=[ \t]*\S+|CPU[ \t]*[0-9]+ is empty", re.ASCII)
 _LOST = re.compile(r"CPU:[0-9]+ \[LOST [0-9]+ EVENTS\]", re.ASCII)
 _TAG = re.compile(r"[ \t]*\S+[ \t]+(?=\S+[ \t]+--[ \t])", re.ASCII)
+_MARKED_EVENT = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)(?:[ \t]+(.*?))?[ \t]*", re.ASCII | re.DOTALL)
 
 
 def _ns(sec: str, frac: str | None) -> int:
@@ -130,6 +149,7 @@ class _FtraceParser:
         self.stats = stats
         self.use_secondary = use_secondary
         self.clock = Clock(stats, lenient)
+        self.launch = LaunchState(source, stats, self.clock)
 
     def line(self, raw: str, lineno: int) -> TraceConversion | None:
         m = _EVENT_LINE.fullmatch(raw.rstrip("\r\n"))
@@ -145,6 +165,8 @@ class _FtraceParser:
         ts = _ns(m.group("sec"), m.group("frac"))
         fields = m.group("fields")
         secondary = True
+        if self.launch.in_launch and name != SET_MEM_ATTRIBUTES and name != MARKER:
+            self.launch.in_launch = False  # a vCPU event: the guest runs, so the launch is over
         if name == SET_MEM_ATTRIBUTES:
             tag = _TAG.match(fields)
             start, end, attributes = _T_ATTRS.parse(fields[tag.end() :] if tag is not None else fields)
@@ -153,6 +175,10 @@ class _FtraceParser:
             gpa, size = start << PAGE_SHIFT, (end - start) << PAGE_SHIFT
             to_private = bool(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE)
             secondary = False
+            if self.launch.in_launch:  # QEMU's kvm_set_memory_attributes_private() while it launches the guest
+                check_range(name, gpa, size)
+                self.info(LAUNCH_SETUP, ts, lineno)
+                return None
         elif name == MSR_PROTOCOL_ENTER:
             _vcpu, val = _T_MSR.parse(fields)
             if val & GHCB_MSR_INFO_MASK != GHCB_MSR_PSC_REQ:
@@ -178,6 +204,9 @@ class _FtraceParser:
         elif name in INFORMATIONAL:
             self.info(name, ts, lineno)
             return None
+        elif name == MARKER:
+            self.marker(fields, ts, lineno)
+            return None
         else:
             self.clock.time(ts, lineno)
             self.stats.unknown(name)
@@ -188,6 +217,20 @@ class _FtraceParser:
             self.stats.informational[name] += 1
             return None
         return TraceConversion(t, gpa, size, to_private, self.source, lineno, name)
+
+    def marker(self, text: str, ts: int, lineno: int) -> None:
+        """A ``trace_marker`` write: QEMU's ``ftrace`` trace backend writes ``"NAME " fmt``. The launch events are
+        kept as in a QEMU trace; QEMU's conversion events are informational (the kernel's tracepoints in the same
+        trace are authoritative); any other text is an unknown ``tracing_mark_write``."""
+        m = _MARKED_EVENT.fullmatch(text)
+        name = m.group(1) if m is not None else ""
+        if name in LAUNCH_EVENTS and m is not None:
+            self.launch.event(name, m.group(2) or "", ts, lineno)
+        elif name in QEMU_CONVERSION_EVENTS:
+            self.info(name, ts, lineno)
+        else:
+            self.clock.time(ts, lineno)
+            self.stats.unknown(MARKER)
 
     def info(self, name: str, ts: int, lineno: int) -> None:
         self.clock.time(ts, lineno)
@@ -200,7 +243,7 @@ def parse_open(
     """Parse an already-open seekable text file (see :func:`parse_ftrace`)."""
     stats = stats if stats is not None else ParseStats()
     stats.source, stats.format = source, "ftrace"
-    use_secondary = not any_line_contains(f, f" {SET_MEM_ATTRIBUTES}:")
+    use_secondary = not lines_containing(f, f" {SET_MEM_ATTRIBUTES}:")
     stats.secondary_used = use_secondary
     parser = _FtraceParser(source, stats, lenient, use_secondary)
     yield from run_lines(f, parser.line, source, lenient, stats)

@@ -3,7 +3,9 @@
 A :class:`TraceConversion` is one private<->shared conversion of a guest-physical range as the host saw it: a QEMU
 ``kvm_convert_memory`` trace event (QEMU ``accel/kvm/trace-events``), a kernel ``kvm_vm_set_mem_attributes``
 tracepoint (``include/trace/events/kvm.h``), or one of the secondary events the parsers fall back to
-(``shared/reference/guest-workloads.md`` §1, §4). :class:`ParseStats` counts what a parser read, and
+(``shared/reference/guest-workloads.md`` §1, §4). A :class:`TraceLaunchUpdate` is one ``KVM_SEV_SNP_LAUNCH_UPDATE``
+QEMU issued before the guest ran, and a :class:`TraceGuestMemfd` one guest_memfd QEMU created
+(:mod:`snpsim.traces.launch`). :class:`ParseStats` counts what a parser read and keeps the launch records, and
 :class:`TraceError` names the file and line of anything it could not accept.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+
+from snpsim.kvm.uapi import SnpPageType
 
 #: Guest pages are 4 KiB (``TARGET_PAGE_SIZE`` on x86; every range in a valid trace is a multiple).
 PAGE_SHIFT = 12
@@ -54,6 +58,41 @@ class TraceConversion:
         return self.size >> PAGE_SHIFT
 
 
+@dataclass(frozen=True, slots=True)
+class TraceLaunchUpdate:
+    """One ``KVM_SEV_SNP_LAUNCH_UPDATE`` as QEMU traced it (``kvm_sev_snp_launch_update``, QEMU
+    ``target/i386/sev.c`` ``sev_snp_launch_update()``): ``size`` bytes from ``gpa`` loaded into private guest_memfd
+    memory as ``page_type`` before the guest runs. ``time_ns``/``source``/``line`` as for :class:`TraceConversion`.
+    ``gpa``/``size`` are 4K-aligned, ``size > 0``, ``gpa + size <= 2**52``."""
+
+    time_ns: int
+    gpa: int
+    size: int
+    page_type: SnpPageType
+    source: str
+    line: int
+
+    @property
+    def gfn(self) -> int:
+        return self.gpa >> PAGE_SHIFT
+
+    @property
+    def npages(self) -> int:
+        return self.size >> PAGE_SHIFT
+
+
+@dataclass(frozen=True, slots=True)
+class TraceGuestMemfd:
+    """One guest_memfd QEMU created for a RAM block (``KVM_CREATE_GUEST_MEMFD``, QEMU ``kvm_create_guest_memfd()``):
+    file descriptor ``fd``, ``size`` bytes (the RAM block's size), ``flags``; ``source``/``line`` locate it."""
+
+    fd: int
+    size: int
+    flags: int
+    source: str
+    line: int
+
+
 class TraceError(ValueError):
     """A trace line the parser cannot accept; ``str()`` is ``"file:line: reason"``.
 
@@ -86,6 +125,8 @@ class ParseStats:
     ``clamped_timestamps``: lenient mode only: timestamps that went backwards and were clamped to the previous one.
     ``first_time_ns``/``last_time_ns``: first and last timestamp of the lines accepted (None if there were none).
     ``secondary_used``: whether secondary events were replayed (the trace had no authoritative event).
+    ``launch``: the launch updates read, in file order (continuation lines of a partly processed update are not
+    repeated here: they are counted in ``informational``); ``guest_memfds``: the guest_memfds QEMU reported creating.
     """
 
     source: str = ""
@@ -103,6 +144,17 @@ class ParseStats:
     first_time_ns: int | None = None
     last_time_ns: int | None = None
     secondary_used: bool = False
+    launch: list[TraceLaunchUpdate] = field(default_factory=list)
+    guest_memfds: list[TraceGuestMemfd] = field(default_factory=list)
+
+    @property
+    def launch_pages(self) -> int:
+        """4K pages the launch updates load."""
+        return sum(u.npages for u in self.launch)
+
+    def unknown_summary(self) -> str:
+        """The unknown events by name, most frequent first: ``"kvm_run_exit 29, kvm_set_user_memory 3"``."""
+        return ", ".join(f"{name} {n}" for name, n in self.skipped_unknown.most_common())
 
     def add(self, conv: TraceConversion) -> None:
         self.events += 1

@@ -1,8 +1,8 @@
-"""Parser for QEMU trace output of guest memory conversions (the ``log`` trace backend).
+"""Parser for QEMU trace output of guest memory conversions and of the guest's launch (the ``log`` trace backend).
 
 Models the text QEMU writes with ``-trace kvm_convert_memory -trace kvm_memory_fault -trace
-kvm_hc_map_gpa_range`` (``-D file`` or stderr), from the format strings in QEMU ``accel/kvm/trace-events`` and
-``target/i386/kvm/trace-events`` (``shared/reference/guest-workloads.md`` §1, §4)::
+kvm_hc_map_gpa_range -trace 'kvm_sev_snp_launch_*'`` (``-D file`` or stderr), from the format strings in QEMU
+``accel/kvm/trace-events`` and ``target/i386/kvm/trace-events`` (``shared/reference/guest-workloads.md`` §1, §4)::
 
     kvm_convert_memory(uint64_t start, uint64_t size, const char *msg)  "start 0x%" PRIx64 " size 0x%" PRIx64 " %s"
     kvm_memory_fault(uint64_t start, uint64_t size, uint64_t flags)     "start 0x%" PRIx64 " size 0x%" PRIx64
@@ -10,6 +10,9 @@ kvm_hc_map_gpa_range`` (``-D file`` or stderr), from the format strings in QEMU 
     kvm_hc_map_gpa_range(uint64_t gpa, uint64_t size, uint64_t attributes, uint64_t flags)
                                                 "gpa 0x%" PRIx64 " size 0x%" PRIx64 " attributes 0x%" PRIx64
                                                 " flags 0x%" PRIx64
+
+and the launch events of ``target/i386/trace-events`` (``kvm_sev_snp_launch_start`` / ``_update`` / ``_finish``;
+their formats, and what the launch records mean, are in :mod:`snpsim.traces.launch`).
 
 Line forms accepted:
 
@@ -19,31 +22,37 @@ Line forms accepted:
   ``"%d@%zu.%06zu:"``, thread id and ``gettimeofday()``; blanks after the colon are tolerated);
 * ``YYYY-MM-DDTHH:MM:SS.ffffffZ `` in front of any line: the ISO-8601 context of newer QEMU message output
   (``-msg timestamp=on``) [I: best effort], taken as the line's time;
-* ``qemu-system-x86_64: warning: memory fault: GPA 0x4000000 size 0x1000 flags 0x8 kvm_convert_memory start
-  0x4000000 size 0x1000 shared_to_private``: the real log line quoted in the reference (KAL24), a QEMU
-  warning and a trace event on one line; the trace event after it is parsed as any other, the warning itself is
-  informational. ``PROGRAM: ...`` / ``PROGRAM(ctx): ...`` lines (QEMU's error_report/warn_report output) are
-  counted as informational messages, unless what follows the prefix is one of the three events;
+* two warnings of QEMU development trees (not in upstream QEMU: it traces ``kvm_memory_fault`` instead), with or
+  without the ``qemu-system-x86_64: warning: `` prefix: ``memory fault: GPA 0x4000000 size 0x1000 flags 0x8``
+  (KVM_EXIT_MEMORY_FAULT; the real log line quoted in the reference, KAL24, has a trace event after it on the
+  same line, which is parsed as any other) and ``kvm_create_gmemfd: created memfd: N, size: S, flags: F`` (a
+  guest_memfd of ``S`` bytes, kept in ``ParseStats.guest_memfds``). Other ``PROGRAM: ...`` /
+  ``PROGRAM(ctx): ...`` lines (QEMU's error_report/warn_report output) are counted as informational messages,
+  unless what follows the prefix is one of the known events;
 * other ``name args`` lines are trace events this parser does not know (``kvm_run_exit ...``): skipped and
   counted by name; blank lines and ``#`` comment lines (our extension, for annotated example files) are ignored.
 
 Meaning (QEMU ``kvm_convert_memory()``, ``kvm_handle_hc_map_gpa_range()``, ``kvm_cpu_exec()``):
 
 * ``kvm_convert_memory``: the conversion QEMU performs (KVM_SET_MEMORY_ATTRIBUTES + discard/punch-hole);
-* ``kvm_memory_fault``: KVM_EXIT_MEMORY_FAULT, an implicit conversion; ``flags & 0x8``
-  (KVM_MEMORY_EXIT_FLAG_PRIVATE) = to private, else to shared;
+* ``kvm_memory_fault`` and the memory fault warning: KVM_EXIT_MEMORY_FAULT, an implicit conversion;
+  ``flags & 0x8`` (KVM_MEMORY_EXIT_FLAG_PRIVATE) = to private, else to shared;
 * ``kvm_hc_map_gpa_range``: KVM_EXIT_HYPERCALL with nr KVM_HC_MAP_GPA_RANGE; ``size`` is already in bytes
   (``args[1] * TARGET_PAGE_SIZE``) and ``attributes`` is the raw ``args[2]``, so to private iff
   ``attributes & 0x10`` (KVM_MAP_GPA_RANGE_ENCRYPTED = ENC_STAT(1) = 1 << 4; QEMU passes exactly
   ``attributes & KVM_MAP_GPA_RANGE_ENCRYPTED`` to kvm_convert_memory). Bits 0-1 are the PAGE_SZ hint and are
-  ignored; bit 3 (0x8, the value of KVM_MEMORY_ATTRIBUTE_PRIVATE) does *not* mean private here.
+  ignored; bit 3 (0x8, the value of KVM_MEMORY_ATTRIBUTE_PRIVATE) does *not* mean private here;
+* ``kvm_sev_snp_launch_update``: kept in ``ParseStats.launch`` (a :class:`~snpsim.traces.model.TraceLaunchUpdate`),
+  never a conversion; launch start and finish are informational.
 
-**Duplicates.** QEMU traces one conversion up to twice: ``kvm_hc_map_gpa_range`` or ``kvm_memory_fault`` (the exit)
-and then ``kvm_convert_memory`` (the conversion it causes). ``kvm_convert_memory`` is authoritative: if the trace
-contains any ``kvm_convert_memory`` line, only those are replayed and the other two are counted in
-``ParseStats.informational``. Only a trace without any ``kvm_convert_memory`` line (the event was not enabled)
-replays ``kvm_hc_map_gpa_range`` and ``kvm_memory_fault`` instead (``ParseStats.secondary_used``). The decision is
-made by a look-ahead over the whole text before parsing (a substring search, stopping at the first hit).
+**Duplicates.** QEMU reports one conversion up to three times: ``kvm_hc_map_gpa_range`` or ``kvm_memory_fault`` /
+the memory fault warning (the exit) and then ``kvm_convert_memory`` (the conversion it causes).
+``kvm_convert_memory`` is authoritative: if the trace contains any ``kvm_convert_memory`` line, only those are
+replayed and the others are counted in ``ParseStats.informational``. Only a trace without any
+``kvm_convert_memory`` line (the event was not enabled) replays ``kvm_hc_map_gpa_range`` and the implicit
+conversions instead (``ParseStats.secondary_used``): ``kvm_memory_fault`` if the trace has it, else the memory
+fault warnings. The decision is made by a look-ahead over the whole text before parsing (a substring search,
+stopping once both events were seen).
 
 **Time.** A line's time is its timestamp (``PID@SEC.USEC:`` or ISO prefix) in ns. A line without one takes the
 previous timestamp; before the first timestamp (and in traces without any) it is ``line number *
@@ -65,15 +74,16 @@ from snpsim.traces._common import (
     Clock,
     Source,
     Template,
-    any_line_contains,
     check_range,
     ensure_text,
+    lines_containing,
     open_source,
     quote,
     run_lines,
     seconds_to_ns,
     source_name,
 )
+from snpsim.traces.launch import LAUNCH_EVENTS, LaunchState, match_gmemfd
 from snpsim.traces.model import ParseStats, TraceConversion
 
 __all__ = [
@@ -103,7 +113,8 @@ FAULT_WARNING = "<memory fault warning>"
 _T_CONVERT = Template(CONVERT, "start {start:0xh} size {size:0xh} {msg:w}")
 _T_FAULT = Template(MEMORY_FAULT, "start {start:0xh} size {size:0xh} flags {flags:0xh}")
 _T_HC = Template(HC_MAP_GPA_RANGE, "gpa {gpa:0xh} size {size:0xh} attributes {attributes:0xh} flags {flags:0xh}")
-_KNOWN = frozenset({CONVERT, MEMORY_FAULT, HC_MAP_GPA_RANGE})
+_T_FAULT_WARNING = Template("memory fault warning", "GPA {gpa:0xh} size {size:0xh} flags {flags:0xh}")
+_KNOWN = frozenset({CONVERT, MEMORY_FAULT, HC_MAP_GPA_RANGE, *LAUNCH_EVENTS})
 
 _PIDTS = re.compile(r"([0-9]+)@([0-9]{1,30})\.([0-9]{1,30}):[ \t]*", re.ASCII)
 _ISO = re.compile(
@@ -117,9 +128,9 @@ _FAST = re.compile(
     r"(?:([0-9]+)@([0-9]{1,30})\.([0-9]{1,30}):[ \t]*)?([A-Za-z_][A-Za-z0-9_]*)(?:[ \t]+(.*))?", re.ASCII | re.DOTALL
 )
 _SEVERITY = re.compile(r"(?:warning|error|info|note):[ \t]+", re.ASCII | re.IGNORECASE)
-_FAULT_WARNING = re.compile(
-    r"memory fault: GPA (\S+) size (\S+) flags (\S+)(?:[ \t]+(.*))?", re.ASCII | re.IGNORECASE | re.DOTALL
-)
+_FAULT_WARNING = re.compile(r"(?i:memory fault):[ \t]*(.*)", re.ASCII | re.DOTALL)
+#: Whitespace-separated tokens of the memory fault warning's fields (``GPA x size y flags z``).
+_FAULT_FIELDS = 6
 
 
 def _iso_ns(m: re.Match[str]) -> int:
@@ -143,18 +154,23 @@ def _iso_ns(m: re.Match[str]) -> int:
 class _QemuParser:
     """State of one pass: the clock, the duplicate policy and the counters."""
 
-    def __init__(self, source: str, stats: ParseStats, lenient: bool, use_secondary: bool, spacing: int) -> None:
+    def __init__(
+        self, source: str, stats: ParseStats, lenient: bool, use_secondary: bool, use_warnings: bool, spacing: int
+    ) -> None:
         self.source = source
         self.stats = stats
         self.use_secondary = use_secondary
+        #: replay memory fault warnings (only when neither kvm_convert_memory nor kvm_memory_fault is traced)
+        self.use_warnings = use_warnings
         self.clock = Clock(stats, lenient, spacing)
+        self.launch = LaunchState(source, stats, self.clock)
 
     def line(self, raw: str, lineno: int) -> TraceConversion | None:
         line = raw.strip()
         if not line or line[0] == "#":
             return None
         m = _FAST.fullmatch(line)
-        if m is not None:  # the common case: [PID@SEC.USEC:]name fields
+        if m is not None and m.group(4) != "memory":  # the common case: [PID@SEC.USEC:]name fields
             sec = m.group(2)
             ts = seconds_to_ns(sec, m.group(3)) if sec is not None else None
             return self.event(m.group(4), m.group(5) or "", ts, lineno)
@@ -172,7 +188,10 @@ class _QemuParser:
         if m is not None:
             ts = seconds_to_ns(m.group(2), m.group(3))
             pos = m.end()
-        else:
+        handled, conv = self.warning(line[pos:], ts, lineno)  # a warning without the "PROGRAM: warning: " prefix
+        if handled:
+            return conv
+        if m is None:
             m = _PROG.match(line, pos)
             if m is not None:
                 if m.group(1) in _KNOWN:
@@ -184,20 +203,12 @@ class _QemuParser:
         return self.event(m.group(1), m.group(2) or "", ts, lineno)
 
     def message(self, text: str, ts: int | None, lineno: int) -> TraceConversion | None:
-        """A ``PROGRAM: ...`` line: a memory-fault warning (maybe with an event after it), an event, or a message."""
+        """A ``PROGRAM: ...`` line: a known warning (maybe with an event after it), an event, or a message."""
         m = _SEVERITY.match(text)
         if m is not None:
             text = text[m.end() :]
-        w = _FAULT_WARNING.match(text)
-        if w is not None:
-            rest = (w.group(4) or "").strip()
-            if rest:
-                conv = self.embedded(rest, ts, lineno)
-            else:
-                conv = None
-                if ts is not None:
-                    self.clock.time(ts, lineno)
-            self.stats.informational[FAULT_WARNING] += 1
+        handled, conv = self.warning(text, ts, lineno)
+        if handled:
             return conv
         e = _EVENT.fullmatch(text)
         if (e is not None and e.group(1) in _KNOWN) or _PIDTS.match(text) is not None:
@@ -206,6 +217,37 @@ class _QemuParser:
             self.clock.time(ts, lineno)
         self.stats.informational[MESSAGE] += 1
         return None
+
+    def warning(self, text: str, ts: int | None, lineno: int) -> tuple[bool, TraceConversion | None]:
+        """``(True, conversion or None)`` for a memory fault or guest_memfd warning, else ``(False, None)``."""
+        w = _FAULT_WARNING.match(text)
+        if w is not None:
+            return True, self.fault_warning(w.group(1), ts, lineno)
+        created = match_gmemfd(text)
+        if created is not None:
+            self.launch.gmemfd(created, ts, lineno)
+            return True, None
+        return False, None
+
+    def fault_warning(self, text: str, ts: int | None, lineno: int) -> TraceConversion | None:
+        """``GPA x size y flags z [event]``: QEMU's KVM_EXIT_MEMORY_FAULT warning, maybe with an event after it.
+
+        A secondary conversion (``flags & 0x8`` = to private): replayed only when the trace has neither
+        ``kvm_convert_memory`` nor ``kvm_memory_fault`` (which would carry the same fault), and never when the event
+        after it on the same line is replayed (one conversion per line)."""
+        tokens = text.split(None, _FAULT_FIELDS)
+        gpa, size, flags = _T_FAULT_WARNING.parse(" ".join(tokens[:_FAULT_FIELDS]))
+        check_range("memory fault warning", gpa, size)
+        conv = self.embedded(tokens[_FAULT_FIELDS], ts, lineno) if len(tokens) > _FAULT_FIELDS else None
+        if conv is not None or not self.use_warnings:
+            if conv is None and ts is not None:  # its own timestamp still has to keep the order
+                self.clock.time(ts, lineno)
+            self.stats.informational[FAULT_WARNING] += 1
+            return conv
+        t = self.clock.time(ts, lineno)
+        return TraceConversion(
+            t, gpa, size, bool(flags & KVM_MEMORY_EXIT_FLAG_PRIVATE), self.source, lineno, FAULT_WARNING
+        )
 
     def embedded(self, text: str, ts: int | None, lineno: int) -> TraceConversion | None:
         m = _PIDTS.match(text)
@@ -237,6 +279,9 @@ class _QemuParser:
         elif name == HC_MAP_GPA_RANGE:
             gpa, size, attributes, _flags = _T_HC.parse(fields)
             to_private = bool(attributes & KVM_MAP_GPA_RANGE_ENCRYPTED)
+        elif name in LAUNCH_EVENTS:
+            self.launch.event(name, fields, ts, lineno)
+            return None
         else:
             self.clock.time(ts, lineno)
             self.stats.unknown(name)
@@ -260,9 +305,10 @@ def parse_open(
     """Parse an already-open seekable text file (see :func:`parse_qemu`)."""
     stats = stats if stats is not None else ParseStats()
     stats.source, stats.format = source, "qemu"
-    use_secondary = not any_line_contains(f, CONVERT + " ")
+    use_secondary = not lines_containing(f, CONVERT + " ")  # stops at the first hit
     stats.secondary_used = use_secondary
-    parser = _QemuParser(source, stats, lenient, use_secondary, line_spacing_ns)
+    use_warnings = use_secondary and not lines_containing(f, MEMORY_FAULT + " ")
+    parser = _QemuParser(source, stats, lenient, use_secondary, use_warnings, line_spacing_ns)
     yield from run_lines(f, parser.line, source, lenient, stats)
 
 

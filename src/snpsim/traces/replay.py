@@ -7,16 +7,29 @@ conversions read from ``kvm_vmgexit_msr_protocol_enter`` (the guest used the GHC
 request; amd-snp-arch.md §9) and ``Protocol.GHCB`` for everything else. ``huge_ok=True``: the trace does not say
 whether the guest addressed the range through its direct map; 2M PSC entries are allowed where aligned.
 
-The guest's RAM size is given or inferred so that :class:`snpsim.guest.linux.LinuxGuestConfig` accepts it and
-its RAM map covers every converted range. That map is QEMU q35's (``pc_q35_init``): all RAM below 4 GiB if the
-guest has less than 2.75 GiB, else 2 GiB below 4 GiB and the rest from 4 GiB; ``[lowmem, 4 GiB)`` is the PCI
-hole, not RAM. A conversion outside RAM (beyond the given size, in the hole, or needing more than the model's
-16 TiB) is a :class:`TraceError` naming the trace line. Independent of the runner.
+The trace's launch (:mod:`snpsim.traces.launch`) becomes the ``SnpLaunchUpdate`` list QEMU hands to KVM before the
+guest runs (``GuestTrace.launch``; :func:`snpsim.replay` passes it as ``Simulation(vm_launch=...)``; a trace
+without launch updates leaves the launch to the guest image's default). Launch times are not replayed: the launch
+is part of the VM's set-up, which the simulation performs itself before the first conversion's time.
+
+The guest's RAM size is given, or read from the trace's guest_memfds (the sum of the RAM blocks' sizes; blocks of at
+most :data:`FIRMWARE_MAX_BYTES` are firmware), or inferred from the highest converted address, so that
+:class:`snpsim.guest.linux.LinuxGuestConfig` accepts it and its RAM map covers every converted range. That map is
+QEMU q35's (``pc_q35_init``): all RAM below 4 GiB if the guest has less than 2.75 GiB, else 2 GiB below 4 GiB and
+the rest from 4 GiB; ``[lowmem, 4 GiB)`` is the PCI hole, not RAM. A conversion outside RAM (beyond the size, in the
+hole, or needing more than the model's 16 TiB) is a :class:`TraceError` naming the trace line; so is a launch
+update outside RAM and outside the BIOS window below 4 GiB, or one overlapping another. Independent of the runner.
+
+Simplifications: a guest_memfd of at most 16 MiB is taken as firmware and one larger as RAM [I] (OVMF images are
+1-4 MiB and QEMU's ``pc.rom`` 128 KiB; a NUMA guest with a node of 16 MiB or less would be read 16 MiB small per
+such node); the RAM sum is rounded up to 2 MiB and raised to the model's 64 MiB minimum (guest RAM only grows).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -31,17 +44,28 @@ from snpsim.guest.linux import (
     Q35_LOWMEM_THRESHOLD,
     LinuxGuestConfig,
 )
+from snpsim.kvm.uapi import SnpLaunchUpdate
 from snpsim.traces.ftrace import MSR_PROTOCOL_ENTER
-from snpsim.traces.model import PAGE_SHIFT, ParseStats, TraceConversion, TraceError
+from snpsim.traces.model import (
+    PAGE_SHIFT,
+    ParseStats,
+    TraceConversion,
+    TraceError,
+    TraceGuestMemfd,
+    TraceLaunchUpdate,
+)
 
 if TYPE_CHECKING:
     from snpsim.scenario import Scenario
 
 __all__ = [
+    "FIRMWARE_MAX_BYTES",
     "GuestTrace",
     "ReplayPlan",
     "describe_empty",
+    "guest_memfd_ram",
     "infer_memory_bytes",
+    "launch_updates",
     "plan_replay",
     "ram_ranges",
     "to_guest_events",
@@ -49,21 +73,41 @@ __all__ = [
 
 FOUR_GIB = 4 * GIB
 ALIGN = 2 * MIB
+#: guest_memfds up to this size are firmware RAM blocks, not guest RAM [I]: QEMU's BIOS block (``pc.bios``, the
+#: OVMF image: 1-4 MiB builds) and option-ROM block (``pc.rom``, 128 KiB); the model's guests have at least 64 MiB.
+FIRMWARE_MAX_BYTES = 16 * MIB
+#: Where launch updates may load firmware outside guest RAM: QEMU maps the BIOS at ``[4 GiB - size, 4 GiB)``
+#: (``x86_bios_rom_init()``; ``x86_firmware_configure(gpa, ...)`` -> ``sev_encrypt_flash(gpa, ...)``), here for any
+#: BIOS up to :data:`FIRMWARE_MAX_BYTES`.
+FIRMWARE_WINDOW = (FOUR_GIB - FIRMWARE_MAX_BYTES, FOUR_GIB)
 
 
-class GuestTrace(NamedTuple):
-    """``memory_bytes`` for ``LinuxGuestConfig`` and the replayable events (``mem, events = to_guest_events(...)``)."""
+@dataclass(frozen=True)
+class GuestTrace:
+    """A trace ready for the guest layer. Unpacks as ``memory_bytes, events = to_guest_events(...)``.
+
+    ``memory_bytes``: the guest RAM for ``LinuxGuestConfig``; ``events``: the replayable events; ``launch``: the
+    launch updates for ``Qemu(launch=...)`` (empty: the trace had none); ``memory_from``: where ``memory_bytes``
+    came from: ``"given"``, ``"guest_memfd"`` or ``"conversions"``.
+    """
 
     memory_bytes: int
     events: list[Timed] | Iterator[Timed]
+    launch: list[SnpLaunchUpdate] = field(default_factory=list)
+    memory_from: str = "conversions"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.memory_bytes, self.events))
 
 
 def describe_empty(stats: ParseStats) -> str:
-    """Why a pass found no conversion: ``"no conversion in 12 lines (3 bad lines skipped, 2 unknown events)"``."""
+    """Why a pass found no conversion: ``"no conversion in 12 lines (3 bad lines skipped, 2 unknown events:
+    kvm_run_exit 2)"``."""
     unknown = sum(stats.skipped_unknown.values())
     told = [f"{stats.bad_lines} bad lines skipped"] if stats.bad_lines else []
-    told += [f"{unknown} unknown events"] if unknown else []
+    told += [f"{unknown} unknown events: {stats.unknown_summary()}"] if unknown else []
     told += [f"{sum(stats.informational.values())} events not replayed"] if stats.informational else []
+    told += [f"{len(stats.launch)} launch updates"] if stats.launch else []
     return f"no conversion in {stats.lines} lines" + (f" ({', '.join(told)})" if told else "")
 
 
@@ -77,9 +121,13 @@ def ram_ranges(memory_bytes: int) -> list[tuple[int, int]]:
     return [(gfn << PAGE_SHIFT, (gfn + n) << PAGE_SHIFT) for gfn, n in cfg.ram_ranges()]
 
 
+def _within(gpa: int, size: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    end = gpa + size
+    return any(lo <= gpa and end <= hi for lo, hi in ranges)
+
+
 def _in_ram(conv: TraceConversion, ranges: list[tuple[int, int]]) -> bool:
-    end = conv.gpa + conv.size
-    return any(lo <= conv.gpa and end <= hi for lo, hi in ranges)
+    return _within(conv.gpa, conv.size, ranges)
 
 
 def _outside(conv: TraceConversion, memory_bytes: int, ranges: list[tuple[int, int]], why: str) -> TraceError:
@@ -91,15 +139,52 @@ def _outside(conv: TraceConversion, memory_bytes: int, ranges: list[tuple[int, i
     )
 
 
-def infer_memory_bytes(conversions: Iterable[TraceConversion]) -> int:
-    """The smallest valid guest RAM size (2 MiB multiple, >= 64 MiB) whose q35 RAM map holds every conversion.
+def guest_memfd_ram(guest_memfds: Iterable[TraceGuestMemfd]) -> tuple[int, TraceGuestMemfd] | None:
+    """Guest RAM from the guest_memfds QEMU created: ``(memory_bytes, the last RAM guest_memfd)``, or None if none is
+    RAM.
 
-    Conversions below 4 GiB only: their highest end rounded up to 2 MiB. Any at or above 4 GiB: 2 GiB low RAM plus
-    their highest end above 4 GiB (rounded up), and at least 2.75 GiB (the smallest q35 guest with RAM above
-    4 GiB). Raises TraceError for a conversion no q35 guest has as RAM (in or across the PCI hole, or beyond 16 TiB).
-    Streams: one pass finds the size; a second pass (when ``conversions`` can be iterated again, e.g. a list or a
-    reader over a file) checks every conversion against the RAM map, so memory stays constant.
+    RAM blocks are the guest_memfds larger than :data:`FIRMWARE_MAX_BYTES` (the others are the firmware's
+    ``pc.bios`` / ``pc.rom``); ``memory_bytes`` is the sum of their sizes rounded up to 2 MiB and at least 64 MiB.
+    Raises TraceError (at the last RAM guest_memfd) if the sum exceeds the model's 16 TiB.
     """
+    total = 0
+    last: TraceGuestMemfd | None = None
+    for g in guest_memfds:
+        if g.size > FIRMWARE_MAX_BYTES:
+            total += g.size
+            last = g
+    if last is None:
+        return None
+    mem = max(_round_up(total, ALIGN), MIN_MEMORY_BYTES)
+    if mem > MAX_MEMORY_BYTES:
+        raise TraceError(
+            last.source,
+            last.line,
+            f"the guest_memfds hold {total} bytes of guest RAM, more than the model's {MAX_MEMORY_BYTES} (16 TiB)",
+        )
+    return mem, last
+
+
+def infer_memory_bytes(conversions: Iterable[TraceConversion], *, guest_memfds: Iterable[TraceGuestMemfd] = ()) -> int:
+    """The guest RAM size of a trace: from its guest_memfds (:func:`guest_memfd_ram`) when it has a RAM one, else
+    the smallest valid size (2 MiB multiple, >= 64 MiB) whose q35 RAM map holds every conversion.
+
+    From the conversions: below 4 GiB only, their highest end rounded up to 2 MiB; any at or above 4 GiB, 2 GiB low
+    RAM plus their highest end above 4 GiB (rounded up), and at least 2.75 GiB (the smallest q35 guest with RAM above
+    4 GiB). Raises TraceError for a conversion no q35 guest has as RAM (in or across the PCI hole, or beyond 16 TiB)
+    or, with the size from the guest_memfds, outside that guest's RAM. Streams: one pass finds the size; a second
+    pass (when ``conversions`` can be iterated again, e.g. a list or a reader over a file) checks every conversion
+    against the RAM map, so memory stays constant.
+    """
+    from_gmem = guest_memfd_ram(guest_memfds)
+    if from_gmem is not None:
+        mem, where = from_gmem
+        if not isinstance(conversions, Iterator):
+            ranges = ram_ranges(mem)
+            for c in conversions:
+                if not _in_ram(c, ranges):
+                    raise _outside(c, mem, ranges, f" (its size from the guest_memfd at {where.source}:{where.line})")
+        return mem
     top_low: TraceConversion | None = None
     top_high: TraceConversion | None = None
     for c in conversions:
@@ -160,36 +245,94 @@ def _events(
         )
 
 
-def to_guest_events(conversions: Iterable[TraceConversion], *, vm_memory: int | None = None) -> GuestTrace:
-    """Replay ``conversions`` as guest events: ``(memory_bytes, events)``.
+def launch_updates(updates: Iterable[TraceLaunchUpdate], memory_bytes: int) -> list[SnpLaunchUpdate]:
+    """The trace's launch updates as QEMU hands them to KVM (``struct kvm_sev_snp_launch_update``), in trace order.
 
-    ``vm_memory=None``: the RAM size is inferred (:func:`infer_memory_bytes`); the conversions are read once
-    into memory and ``events`` is a list. ``vm_memory`` given: it must be a valid ``LinuxGuestConfig.memory_bytes``
-    (ConfigError otherwise); ``events`` is then a lazy iterator (constant memory) that raises TraceError when it
-    reaches a conversion outside that guest's RAM. Times are relative to the first conversion and must not go
-    backwards (the parsers guarantee this).
+    Each must lie in the guest's RAM (a ``memory_bytes`` q35 guest) or in the BIOS window below 4 GiB
+    (:data:`FIRMWARE_WINDOW`: the firmware's own guest_memfd, outside guest RAM), and no two may overlap
+    (``kvm_gmem_populate()`` refuses a page it has already prepared with -EEXIST, so a real launch never repeats
+    one; a partly processed update's continuation lines are already folded by the parser). Raises TraceError naming
+    the line otherwise.
+    """
+    ranges = ram_ranges(memory_bytes)
+    out: list[SnpLaunchUpdate] = []
+    kept: list[TraceLaunchUpdate] = []
+    for u in updates:
+        if not (_within(u.gpa, u.size, ranges) or _within(u.gpa, u.size, (FIRMWARE_WINDOW,))):
+            ram = ", ".join(f"[{lo:#x}, {hi:#x})" for lo, hi in ranges)
+            lo, hi = FIRMWARE_WINDOW
+            raise TraceError(
+                u.source,
+                u.line,
+                f"launch update {u.gpa:#x}+{u.size:#x} is neither guest RAM of a {memory_bytes} byte q35 guest "
+                f"(RAM {ram}) nor firmware (the BIOS window [{lo:#x}, {hi:#x}))",
+            )
+        kept.append(u)
+        out.append(SnpLaunchUpdate(u.gfn, u.npages, u.page_type))
+    by_gpa = sorted(kept, key=lambda u: u.gpa)
+    for a, b in itertools.pairwise(by_gpa):
+        if b.gpa < a.gpa + a.size:
+            later, earlier = (b, a) if b.line > a.line else (a, b)
+            raise TraceError(
+                later.source,
+                later.line,
+                f"launch update {later.gpa:#x}+{later.size:#x} overlaps the one at line {earlier.line} "
+                f"({earlier.gpa:#x}+{earlier.size:#x}): KVM cannot populate a page twice",
+            )
+    return out
+
+
+def to_guest_events(
+    conversions: Iterable[TraceConversion],
+    *,
+    vm_memory: int | None = None,
+    launch: Iterable[TraceLaunchUpdate] | None = None,
+    guest_memfds: Iterable[TraceGuestMemfd] | None = None,
+) -> GuestTrace:
+    """Replay ``conversions`` as guest events: ``GuestTrace(memory_bytes, events, launch, memory_from)``.
+
+    ``vm_memory=None``: the conversions are read once into memory and ``events`` is a list; the RAM size comes from
+    the guest_memfds, else from the conversions (:func:`infer_memory_bytes`). ``vm_memory`` given: it must be a
+    valid ``LinuxGuestConfig.memory_bytes`` (ConfigError otherwise); ``events`` is then a lazy iterator (constant
+    memory) that raises TraceError when it reaches a conversion outside that guest's RAM. Times are relative to the
+    first conversion and must not go backwards (the parsers guarantee this).
+
+    ``launch`` / ``guest_memfds``: the trace's launch records (``reader.stats.launch`` / ``.guest_memfds`` after a
+    pass). Left None, they are taken from ``conversions`` when it is a :class:`~snpsim.traces.TraceReader` and
+    ``vm_memory`` is None (its pass has then ended); otherwise there are none. ``launch`` is checked against the
+    guest's RAM (:func:`launch_updates`).
     """
     if vm_memory is None:
         convs = list(conversions)
-        mem = infer_memory_bytes(convs)
-        return GuestTrace(mem, list(_events(convs, mem, None)))
+        stats = getattr(conversions, "stats", None)  # a TraceReader's stats describe the pass just made
+        if isinstance(stats, ParseStats):
+            launch = stats.launch if launch is None else launch
+            guest_memfds = stats.guest_memfds if guest_memfds is None else guest_memfds
+        gmems = list(guest_memfds or ())
+        mem = infer_memory_bytes(convs, guest_memfds=gmems)
+        source = "guest_memfd" if guest_memfd_ram(gmems) is not None else "conversions"
+        return GuestTrace(mem, list(_events(convs, mem, None)), launch_updates(launch or (), mem), source)
     if isinstance(vm_memory, bool) or not isinstance(vm_memory, int):
         raise ConfigError("vm_memory", f"expected a size in bytes, got {vm_memory!r}")
     try:
         LinuxGuestConfig(vm_memory, 1).validate()
     except ConfigError as e:
         raise ConfigError("vm_memory", str(e)) from None
-    return GuestTrace(vm_memory, _events(conversions, vm_memory, ram_ranges(vm_memory)))
+    updates = launch_updates(launch or (), vm_memory)
+    return GuestTrace(vm_memory, _events(conversions, vm_memory, ram_ranges(vm_memory)), updates, "given")
 
 
 class ReplayPlan(NamedTuple):
     """A trace ready to replay: the scenario (one idle VM the trace drives), its events (lazy), what the first pass
-    over the trace read, and the trace's format."""
+    over the trace read, the trace's format, the VM's launch updates (empty: the trace had none, the guest image's
+    default launch applies) and where the guest RAM size came from (``GuestTrace.memory_from``)."""
 
     scenario: Scenario
     events: list[Timed] | Iterator[Timed]
     stats: ParseStats
     format: str
+    launch: list[SnpLaunchUpdate]
+    memory_from: str
 
 
 def plan_replay(
@@ -206,11 +349,11 @@ def plan_replay(
 ) -> ReplayPlan:
     """Check a trace and build the scenario of its replay (:func:`snpsim.replay`), without simulating.
 
-    Streaming, constant memory: one pass finds the time span (and counts what the trace holds), a pass sizes the
-    guest (or, with ``vm_memory``, checks every conversion against that guest's RAM), and the events read the file
-    again lazily. Raises TraceError for a bad
-    line or a trace without a single conversion, ConfigError (``vm_memory``, ``vms[0].vcpus``, ``host.memory``, ...)
-    for bad options."""
+    Streaming, constant memory: one pass finds the time span (and counts what the trace holds, keeping its launch
+    records), a pass sizes the guest (from the guest_memfds when the trace has them, else from the conversions) or,
+    with ``vm_memory``, checks every conversion against that guest's RAM, and the events read the file again
+    lazily. Raises TraceError for a bad line, a trace without a single conversion or a launch update outside the
+    guest, ConfigError (``vm_memory``, ``vms[0].vcpus``, ``host.memory``, ...) for bad options."""
     from snpsim.scenario import load
     from snpsim.traces import Format, parse
     from snpsim.units import parse_size
@@ -224,11 +367,15 @@ def plan_replay(
     stats = reader.stats
     if count == 0:
         raise TraceError(reader.source, 0, f"nothing to replay: {describe_empty(stats)}")
-    memory = infer_memory_bytes(reader) if vm_memory is None else parse_size(vm_memory, "vm_memory")
-    if vm_memory is not None:  # a given size is checked lazily, conversion by conversion: check them all now
+    if vm_memory is None:
+        memory = infer_memory_bytes(reader, guest_memfds=stats.guest_memfds)
+        memory_from = "guest_memfd" if guest_memfd_ram(stats.guest_memfds) is not None else "conversions"
+    else:
+        memory, memory_from = parse_size(vm_memory, "vm_memory"), "given"
+        # a given size is checked lazily, conversion by conversion: check them all now
         for _ in to_guest_events(parse(trace, fmt, lenient), vm_memory=memory).events:
             pass
-    guest = to_guest_events(parse(trace, fmt, lenient), vm_memory=memory)
+    guest = to_guest_events(parse(trace, fmt, lenient), vm_memory=memory, launch=stats.launch)
     host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
     scenario = load(
         {
@@ -241,4 +388,4 @@ def plan_replay(
             "vms": [{"memory": guest.memory_bytes, "vcpus": vcpus, "workload": "idle"}],
         }
     )
-    return ReplayPlan(scenario, guest.events, stats, reader.format)
+    return ReplayPlan(scenario, guest.events, stats, reader.format, guest.launch, memory_from)

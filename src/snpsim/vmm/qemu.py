@@ -25,7 +25,7 @@ Each ioctl and syscall costs ``ioctl_ns`` plus its work, charged to the calling 
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +34,7 @@ from snpsim.arch import PAGE_SHIFT, PAGE_SIZE
 from snpsim.host import HostKernel, Owner
 from snpsim.host.mm import UserMemory
 from snpsim.kvm.gmem import GuestMemfd
-from snpsim.kvm.uapi import HypercallExit, KvmExit, MemoryFaultExit
+from snpsim.kvm.uapi import HypercallExit, KvmExit, MemoryFaultExit, SnpLaunchUpdate
 from snpsim.kvm.vcpu import GuestProgram, KvmVcpu
 from snpsim.kvm.vm import KvmVm
 from snpsim.metrics import Counters
@@ -54,8 +54,12 @@ class Qemu:
         *,
         asid: int,
         counters: Counters,
+        launch: Sequence[SnpLaunchUpdate] | None = None,
     ) -> None:
         self.host = host
+        #: the ``KVM_SEV_SNP_LAUNCH_UPDATE``s of this VM's launch (``sev_snp_launch_finish()``), e.g. a replayed
+        #: trace's; None: the guest image's default launch
+        self.launch: list[SnpLaunchUpdate] | None = None if launch is None else list(launch)
         self.policy = policy
         self.ram = ram
         self.counters = counters
