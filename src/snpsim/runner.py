@@ -35,7 +35,7 @@ from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.host.cpu import CpuAccount
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
-from snpsim.vmm.qemu import Qemu
+from snpsim.vmm.qemu import Qemu, QemuExit
 
 Process = Generator[simpy.Event, Any, None]
 
@@ -44,7 +44,9 @@ Process = Generator[simpy.Event, Any, None]
 class VmRecord:
     """What happened to one VM. Times are simulated ns; ``boot_ns`` is from the VM's creation until its guest has
     booted (None if it never did), ``conversion_ns_p50`` ... the latency of its guest's conversions (each from
-    the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads."""
+    the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads. ``oom``: the host
+    could not back it at a fault and QEMU was killed; ``exit_error``: QEMU could not create it (a hugetlbfs
+    reservation that cannot be had) and exited at once, with this message."""
 
     name: str
     asid: int
@@ -64,6 +66,7 @@ class VmRecord:
     conversion_ns_p99: float | None = None
     conversion_ns_max: int | None = None
     cpu_ns: int = 0
+    exit_error: str | None = None
 
 
 @dataclass
@@ -123,6 +126,8 @@ class Simulation:
             zero_on_alloc=scenario.zero_on_alloc,
             clock=lambda: self.env.now,
             memory_map=memory_map,
+            transparent_hugepage=scenario.transparent_hugepage,
+            hugepages=scenario.hugepages,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}
@@ -195,7 +200,13 @@ class Simulation:
         record = VmRecord(f"vm{index}", asid, spec.memory, spec.vcpus, spec.workload, t0)
         self.records.append(record)
         main = self.host.account(f"vm{index}/qemu")
-        qemu = self._run_on(main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters))
+        try:
+            qemu = self._run_on(main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters))
+        except QemuExit as e:  # the RAM block's mmap failed: QEMU exits before any vCPU runs
+            record.exit_error = str(e)
+            record.end_ns = t0
+            record.cpu_ns = main.total_ns
+            return
         guest = SnpGuest(int(ram.size))
         if self.conversions is not None:
             guest.log.requests = []
