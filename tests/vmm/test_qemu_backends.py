@@ -10,10 +10,14 @@ share=true,prealloc=false``): shmem, ``shmem_enabled`` never by default; memory-
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import snpsim
+from snpsim.cli import app
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel
 from snpsim.limits import limits
@@ -113,3 +117,15 @@ def test_limits_show_the_hugetlb_reservation() -> None:
     (row,) = limits(128 << 20, 1, ["hugetlb"], workload="idle", duration="50ms")
     assert row.observed_shared_bytes == 128 << 20
     assert row.worst_shared_bytes == 128 << 20 and row.worst_case_bytes == 2 * (128 << 20)
+
+
+def test_the_cli_warns_of_a_vm_that_never_started(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        'seed = 1\nduration = "10ms"\npolicy = "hugetlb"\n[host]\nmemory = "1G"\n[host.hugepages]\n"2m" = 100\n'
+        '[[vms]]\nmemory = "256M"\nworkload = "idle"\n'
+    )
+    result = CliRunner().invoke(app, ["run", str(cfg), "--no-save", "-q"])
+    assert result.exit_code == 1, result.output  # a warning a script must not miss
+    said = "hugetlb: vm0 (256 MiB at 0ns) never started: qemu-system-x86_64: -object memory-backend-file"
+    assert said in result.output
