@@ -23,8 +23,9 @@ K4 = 4096
         (presets["fixup"], G, 0),  # pre-UPM: one copy, converted in place
         # 2M folios: one private page per folio pins 2 MiB while 511 of its 512 pages are shared
         (presets["upm-nosplit"], G, G - (G // (2 << 20)) * K4),
-        # hugetlb-2m shared: one shared page per 2M allocates a huge page that is never freed; 511 stay private
-        (presets["hugetlb"], G - (G // (2 << 20)) * K4, G),
+        # hugetlb-2m shared: the hugetlbfs mmap reserves the whole RAM block (hugetlb_reserve_pages), G; every
+        # page can also be private, G
+        (presets["hugetlb"], G, G),
         (
             Policy(
                 private_backing="gmem",
@@ -61,9 +62,9 @@ K4 = 4096
                 directmap_restore="never",
                 rmp_fault="oops",
             ),
+            G - (G // (2 << 20)) * K4,
             G,
-            0,
-        ),  # THP is split and discarded
+        ),  # THP: one shared page per 2M faults in a THP mapping all 512 (do_huge_pmd_anonymous_page); 511 private
     ],
 )
 def test_worst_case(policy: Policy, private: int, shared: int) -> None:

@@ -320,9 +320,18 @@ def _simulate_and_report(
 
 
 def _oom_lines(results: dict[str, Any]) -> list[str]:
-    """One warning per preset under which the host could not back a VM (QEMU killed)."""
+    """One warning per preset under which the host could not back a VM (QEMU killed), and one per preset under
+    which QEMU could not create a VM (its RAM block's hugetlb pages could not be reserved)."""
     lines = []
     for label, r in results.items():
+        refused = [v for v in r.vms if v.exit_error]
+        if refused:
+            first = refused[0]
+            more = f" ({len(refused) - 1} more VMs likewise)" if len(refused) > 1 else ""
+            lines.append(
+                f"{label}: {first.name} ({format_bytes(first.memory)} at {format_duration(first.start_ns)}) "
+                f"never started: {first.exit_error}{more}"
+            )
         killed = [v for v in r.vms if v.oom]
         if killed:
             shown = ", ".join(

@@ -7,11 +7,13 @@ operators' reports of double allocation (guest-workloads.md §6). Two answers pe
 - the *analytic worst case* from the knobs alone, for any guest behaviour:
   private and shared copies are complementary (total = guest RAM) only when every conversion frees the copy it
   leaves behind: pre-UPM single-copy memory, or guest_memfd with 4K folios, ``discard_on_convert`` and a shared
-  backing that can be discarded (not hugetlb). Otherwise a page can hold both copies: without discard everything
-  can be doubled (2 x RAM); with 2M/1G folios one private 4K page pins its whole folio while the other pages are
-  shared (RAM + RAM x (n-1)/n for folios of n pages: "each shared 4K page can pin a 2 MiB private folio"); with
-  hugetlb shared memory, one shared 4K page allocates a whole huge page that is never discarded while the other
-  pages stay private (RAM x (n-1)/n + RAM);
+  backing of 4K pages (memory-backend-memfd; not hugetlb, not THP). Otherwise a page can hold both copies:
+  without discard everything can be doubled (2 x RAM); with 2M/1G folios one private 4K page pins its whole folio
+  while the other pages are shared (RAM + RAM x (n-1)/n for folios of n pages: "each shared 4K page can pin a
+  2 MiB private folio"); with hugetlb shared memory, the hugetlbfs ``mmap`` reserves the whole RAM block at VM
+  creation (``hugetlb_reserve_pages``) and the private copies come on top (RAM + RAM); with THP shared memory
+  (memory-backend-ram), one shared 4K page faults in a whole 2 MiB THP that maps the other 511 pages too, while
+  they stay private (RAM x (n-1)/n + RAM: the deferred split shrinker frees only unmapped pages);
 - the *observed* peak of private + shared backing in a simulation of the workload.
 
 Both come with the breakdown and the host overhead a cgroup does not see but the host pays: the RMP's 16 bytes
@@ -58,7 +60,10 @@ def worst_case(policy: Policy, memory: int) -> tuple[int, int]:
     if not policy.discard_on_convert:
         return memory, memory
     if hugetlb:
-        # one shared page per huge page allocates it for good; the rest of it stays private
+        # the whole RAM block is reserved at mmap, whatever the guest shares; every page can be private too
+        return memory, memory
+    if policy.shared_backing == "thp":
+        # one shared page per 2M faults in a THP mapping all 512 pages; the other 511 stay private
         return memory - memory // shared_page * PAGE_SIZE, memory
     if folio > PAGE_SIZE:
         # one private page per folio keeps the folio; the rest of it is shared

@@ -3,7 +3,10 @@
 Bytes unless named ``_count`` (or, for the two ``/proc/vmstat`` events ``direct_map_level2_splits`` /
 ``direct_map_level3_splits``, named as vmstat names them: counts). ``directmap_4k`` / ``_2m`` / ``_1g`` are
 ``/proc/meminfo``'s ``DirectMap*`` (entries at each level, present or not: they always sum to the direct-mapped
-memory) and ``directmap_split_count`` is the sum of the two vmstat split events. Host-level values come from
+memory) and ``directmap_split_count`` is the sum of the two vmstat split events. ``thp_deferred_split_bytes`` is
+the memory partly unmapped THPs hold on the deferred split queue (allocated, mapped by nobody), and
+``thp_split_page_count`` vmstat's ``thp_split_page``: THPs the deferred split shrinker split
+(:mod:`snpsim.host.vmscan`). Host-level values come from
 :meth:`snpsim.host.HostKernel.metrics`; VM-level values are summed over the VMs alive at the time of the sample
 (counters over all VMs ever run).
 """
@@ -25,6 +28,8 @@ METRICS: tuple[str, ...] = (
     "host_rmp_fault_count",
     "host_notpresent_fault_count",
     "host_crash_count",
+    "thp_deferred_split_bytes",
+    "thp_split_page_count",
     "guest_vc_count",
     "npf_count",
     "npt_4k",

@@ -13,7 +13,8 @@ of today, whatever the kernel's design; the pre-UPM presets never exit to QEMU o
 
 Behaviours that no knob decides are consequences of one, stated in the value's text: hugetlb shared memory is
 never discarded (QEMU ``kvm_convert_memory`` skips the discard when the RAM block's page size is not the host's),
-THP falls back to 4K pages when no 2M page is free (``do_huge_pmd_anonymous_page``), and pre-UPM RMPUPDATEs are
+THP falls back to 4K pages when no 2M page is free (``do_huge_pmd_anonymous_page``) and a partly discarded THP is
+kept whole until reclaim splits it (``deferred_split_scan``), and pre-UPM RMPUPDATEs are
 issued by KVM's in-kernel Page State Change handler (SNP v5 ``__snp_handle_page_state_change``), never by the VMM.
 """
 
@@ -121,36 +122,53 @@ class Policy:
     )
     shared_backing: str = knob(
         "4k",
-        "The page size of the VMM's RAM block: the shared pages with `gmem`, all of guest RAM with `vmm`. Its "
-        "host mapping level caps the shared NPT mapping.",
-        "QEMU system/physmem.c (RAM block backends), guest-workloads.md §1, §6",
+        "The VMM's guest RAM backend, named by the pages it gets from the host: the shared pages with `gmem`, all of "
+        "guest RAM with `vmm`. QEMU's `ram_block_add` madvises every RAM block `MADV_HUGEPAGE`; what that yields "
+        "depends on the backend and on the host's `transparent_hugepage` (scenario `host.transparent_hugepage`). The "
+        "host mapping level caps the shared NPT mapping. Preset values: AMD's SNP launch script for guest_memfd "
+        "hosts uses memory-backend-memfd (`4k`); pre-UPM it used QEMU's default RAM (`-m`: memory-backend-ram, `thp` "
+        "on a THP-enabled host), but the pre-UPM presets keep DESIGN.md's `4k`.",
+        "QEMU system/physmem.c ram_block_add() (QEMU_MADV_HUGEPAGE), ram_block_discard_range(), file_ram_alloc(); "
+        "AMDESE/AMDSEV launch-qemu.sh (snp-latest: '-object memory-backend-memfd,id=ram1,size=${MEM}M,share=true,"
+        "prealloc=false'; sev-snp-devel: '-m ${MEM}M'); mm/huge_memory.c, mm/hugetlb.c; guest-workloads.md §1, §6",
         (
             _v(
                 "4k",
-                "Anonymous 4K pages, allocated on first touch, freed exactly by a discard.",
+                "`-object memory-backend-memfd` (shmem; its THP follows `shmem_enabled`, default never; also "
+                "memory-backend-ram on a host with THP disabled): 4K pages allocated on first touch, freed exactly "
+                "by a discard (`fallocate(PUNCH_HOLE)` + `MADV_DONTNEED`).",
                 "`src/snpsim/host/mm.py`",
             ),
             _v(
                 "thp",
-                "Transparent huge pages. A 2M page when the whole aligned 2M range is RAM, untouched, and a 2M "
-                "block can be allocated; otherwise (a consequence, not a knob) the range falls back to 4K pages "
-                "as `do_huge_pmd_anonymous_page` does. A discard covering part of a THP splits it first "
-                "(`split_huge_pmd`) and frees only the covered 4K pages.",
-                "`src/snpsim/host/mm.py`",
+                "`-object memory-backend-ram` (QEMU's default for `-m`: anonymous memory, madvised "
+                "`MADV_HUGEPAGE`) on a host whose `transparent_hugepage` is `always` or `madvise`. A fault takes a "
+                "2M THP, mapping all 512 pages, when the whole aligned 2M range is RAM, untouched, and a 2M block can "
+                "be had (with compaction and reclaim); otherwise (a consequence, not a knob) 4K pages, as "
+                "`do_huge_pmd_anonymous_page` falls back; with `transparent_hugepage = never`, always 4K. A discard "
+                "(`MADV_DONTNEED`) of a whole THP frees it; of part of one only splits the PMD (`__split_huge_pmd`): "
+                "the THP stays allocated on the host's deferred split queue until reclaim runs the shrinker "
+                "(`deferred_split_scan`: kswapd below the low watermark, direct reclaim, drop_caches), which frees "
+                "its unmapped pages (metric `thp_deferred_split_bytes`).",
+                "`src/snpsim/host/mm.py`, `src/snpsim/host/vmscan.py`",
             ),
             _v(
                 "hugetlb-2m",
-                "hugetlbfs 2 MiB pages, from the host's hugetlb pool (`HostKernel.hugetlb_reserve`, "
-                "`nr_hugepages`) or, when the pool is empty, surplus pages from the allocator (movable order-9 "
-                "blocks, with compaction) on first touch; none to be had = the VMM gets SIGBUS (out of memory). "
-                "Never discarded: a consequence of QEMU's `kvm_convert_memory`, which "
-                "skips `ram_block_discard_range` when the RAM block's page size is not the host page size.",
-                "`src/snpsim/host/mm.py`, `src/snpsim/vmm/qemu.py`",
+                "`-object memory-backend-file,mem-path=/dev/hugepages` (hugetlbfs, 2 MiB pages). The RAM block's "
+                "`mmap` reserves all its huge pages (`hugetlb_reserve_pages`): from the host's pool "
+                "(`host.hugepages`) or, without one, as surplus pages gathered from the allocator then (movable "
+                "order-9 blocks, with compaction); a reservation that cannot be had makes QEMU exit at creation "
+                "('unable to map backing store for guest RAM'; `VmRecord.exit_error`). The reservation counts in "
+                "`shared_bytes` from the start; faults take reserved pages. Never discarded: a consequence of "
+                "QEMU's `kvm_convert_memory`, which skips `ram_block_discard_range` when the RAM block's page size "
+                "is not the host page size.",
+                "`src/snpsim/host/mm.py`, `src/snpsim/host/kernel.py` (`hugetlb_reserve_pages`), "
+                "`src/snpsim/vmm/qemu.py`",
             ),
             _v(
                 "hugetlb-1g",
-                "The same with 1 GiB pages (`alloc_contig_pages`, as `alloc_gigantic_folio` without CMA) and 1G "
-                "shared NPT mappings.",
+                "The same with 1 GiB pages (`mem-path=/dev/hugepages1G`; surplus 1G pages by `alloc_contig_pages`, "
+                "as `alloc_gigantic_folio` without CMA) and 1G shared NPT mappings.",
                 "same",
             ),
         ),

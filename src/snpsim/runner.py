@@ -41,7 +41,7 @@ from snpsim.host.cpu import CpuAccount
 from snpsim.kvm.uapi import SnpLaunchUpdate
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
-from snpsim.vmm.qemu import Qemu
+from snpsim.vmm.qemu import Qemu, QemuExit
 
 Process = Generator[simpy.Event, Any, None]
 
@@ -50,7 +50,9 @@ Process = Generator[simpy.Event, Any, None]
 class VmRecord:
     """What happened to one VM. Times are simulated ns; ``boot_ns`` is from the VM's creation until its guest has
     booted (None if it never did), ``conversion_ns_p50`` ... the latency of its guest's conversions (each from
-    the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads."""
+    the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads. ``oom``: the host
+    could not back it at a fault and QEMU was killed; ``exit_error``: QEMU could not create it (a hugetlbfs
+    reservation that cannot be had) and exited at once, with this message."""
 
     name: str
     asid: int
@@ -70,6 +72,7 @@ class VmRecord:
     conversion_ns_p99: float | None = None
     conversion_ns_max: int | None = None
     cpu_ns: int = 0
+    exit_error: str | None = None
 
 
 @dataclass
@@ -136,6 +139,8 @@ class Simulation:
             zero_on_alloc=scenario.zero_on_alloc,
             clock=lambda: self.env.now,
             memory_map=memory_map,
+            transparent_hugepage=scenario.transparent_hugepage,
+            hugepages=scenario.hugepages,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}
@@ -209,9 +214,15 @@ class Simulation:
         self.records.append(record)
         main = self.host.account(f"vm{index}/qemu")
         launch = self.vm_launch.get(index)
-        qemu = self._run_on(
-            main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters, launch=launch)
-        )
+        try:
+            qemu = self._run_on(
+                main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters, launch=launch)
+            )
+        except QemuExit as e:  # the RAM block's mmap failed: QEMU exits before any vCPU runs
+            record.exit_error = str(e)
+            record.end_ns = t0
+            record.cpu_ns = main.total_ns
+            return
         if self.conversions is not None and index == 0:
             self.launch = qemu.launch
         guest = SnpGuest(int(ram.size))

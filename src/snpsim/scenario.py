@@ -17,6 +17,11 @@ The schema (``shared/DESIGN.md``; every field but ``vms`` has a default)::
                                   # if low RAM holds it there, else the top of low RAM)
     directmap_max_level = "1g"    # 1g | 2m | 4k: the largest direct-map mapping the kernel uses
     zero_on_alloc = true          # the allocator zeroes pages through the direct map
+    transparent_hugepage = "always"   # always | madvise | never: /sys/kernel/mm/transparent_hugepage/enabled
+                                  # (Kconfig default always); QEMU madvises guest RAM MADV_HUGEPAGE, so
+                                  # shared_backing = "thp" gets THPs with always or madvise, 4K pages with never
+    hugepages = {"2m" = 512}      # optional: the persistent hugetlb pool allocated at boot (hugepages=N per size,
+                                  # 2m | 1g), no overcommit; absent: each hugetlbfs mmap gathers surplus pages
     page_cache = 0.0              # share of host memory held by page cache when VMs start; > 0 ages the host
                                   # first (see [host.aging]), so guest and host frames may share 2M ranges
     [host.aging]                  # how the host was used before the VMs start (snpsim.host.aging)
@@ -144,12 +149,17 @@ _HOST = {
     "writers",
     "page_cache",
     "aging",
+    "transparent_hugepage",
+    "hugepages",
 }
 _LAYOUTS = ("server", "flat")
 _VM = {"memory", "vcpus", "workload", "count", "start", "lifetime", "guest", "params"}
 _CHURN = {"interval", "lifetime", "memory", "vcpus", "workload", "max_vms", "guest", "params"}
 _WRITERS = {"page_zeroing", "compaction", "ksm", "hibernation"}
 _LEVELS = {"1g": PageSize.SIZE_1G, "2m": PageSize.SIZE_2M, "4k": PageSize.SIZE_4K}
+_THP_MODES = ("always", "madvise", "never")
+#: hugetlb page sizes of ``host.hugepages`` and their buddy orders
+_HUGEPAGE_ORDERS = {"2m": 9, "1g": 18}
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,9 @@ class Scenario:
     host_layout: str = "server"
     pci_hole: int = DEFAULT_PCI_HOLE
     rmp_base: int | None = None
+    #: ``host.transparent_hugepage`` and ``host.hugepages`` (huge page order -> pool pages; None: no pool)
+    transparent_hugepage: str = "always"
+    hugepages: dict[int, int] | None = None
 
     def memory_map(self) -> HostMemoryMap:
         """The host's e820 map (:mod:`snpsim.host.e820`) from ``host.memory`` and ``host.layout``."""
@@ -311,6 +324,10 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
     if isinstance(page_cache, bool) or not isinstance(page_cache, int | float) or not 0 <= page_cache < 1:
         raise ConfigError("host.page_cache", f"expected a fraction in [0, 1), got {page_cache!r}")
     aging = AgingSpec.from_dict(host.get("aging", {}), float(page_cache))
+    thp = host.get("transparent_hugepage", "always")
+    if not isinstance(thp, str) or thp not in _THP_MODES:
+        raise ConfigError("host.transparent_hugepage", f"expected one of {', '.join(_THP_MODES)}, got {thp!r}")
+    hugepages = _hugepages(host["hugepages"], ram_bytes) if "hugepages" in host else None
     writers = _table(host.get("writers", {}), "host.writers")
     _unknown(writers, _WRITERS, "host.writers")
     writer_cfg = {k: _writer(k, v) for k, v in writers.items()}
@@ -351,7 +368,21 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         pci_hole=pci_hole,
         rmp_base=rmp_base,
         aging=aging,
+        transparent_hugepage=thp,
+        hugepages=hugepages,
     )
+
+
+def _hugepages(value: object, ram_bytes: int) -> dict[int, int]:
+    """``host.hugepages``: pool pages per huge page size, at most what the host's RAM holds."""
+    table = _table(value, "host.hugepages")
+    _unknown(table, set(_HUGEPAGE_ORDERS), "host.hugepages")
+    out = {}
+    for size, count in table.items():
+        order = _HUGEPAGE_ORDERS[size]
+        most = ram_bytes >> (PAGE_SHIFT + order)
+        out[order] = _int(count, f"host.hugepages.{size}", 0, most)
+    return out
 
 
 def _fits(size: int, where: str, ram_bytes: int, policy: Policy) -> None:

@@ -91,6 +91,13 @@ def config_error(doc: dict[str, Any]) -> snpsim.ConfigError:
         # guest_memfd of HugeTLB pages takes whole pages only (EINVAL); QEMU: memory >= the hugetlb page size
         ("policy", {"preset": "upstream", "private_granularity": "1g"}, "vms[0].memory", "1 GiB private pages"),
         ("policy", {"preset": "upstream", "shared_backing": "hugetlb-1g"}, "vms[0].memory", "smaller than one"),
+        # /sys/kernel/mm/transparent_hugepage/enabled takes always, madvise or never
+        ("host.transparent_hugepage", "yes", "host.transparent_hugepage", "expected one of always, madvise, never"),
+        # hugepages= per size (2m, 1g), at most what the host's RAM holds: 1G of RAM less reservations < 512 x 2M
+        ("host.hugepages", {"4m": 1}, "host.hugepages.4m", "unknown field"),
+        ("host.hugepages", {"2m": -1}, "host.hugepages.2m", "must be in [0"),
+        ("host.hugepages", {"2m": 512}, "host.hugepages.2m", "must be in [0"),
+        ("host.hugepages", "many", "host.hugepages", "expected a table"),
     ],
 )
 def test_scenario_mistakes_name_their_field(path: str, value: Any, field: str, says: str) -> None:

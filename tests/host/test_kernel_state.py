@@ -13,6 +13,9 @@ Invariants (issues 2 and 12; linux-snp-host.md §3, §9, amd-snp-arch.md §7):
 - the allocator (issue 12): the buddy free lists are consistent (``BuddyAllocator.check_invariants``: aligned,
   disjoint, coalesced, each on its pageblock's migratetype list) and the frame table's FREE tags are exactly the
   buddy's free frames; compaction keeps every movable page (it moves them) and moves nothing else.
+- hugetlb (mm/hugetlb.c): reservations never exceed the pool's free pages (``hugetlb_reserve_pages`` gathers
+  surplus pages or fails whole), the frames tagged as the pool are exactly its free pages, the surplus pages are at
+  most the pool's free and faulted pages, and unreserving everything after freeing every page leaves no pool.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class HostMachine(RuleBasedStateMachine):
         self.unit = self.policy.private_page_bytes // 4096
         #: blocks allocated for owners compaction never moves (page cache is left to it, untracked)
         self.allocated: list[tuple[int, int]] = []
+        #: hugetlb pages reserved and not faulted, and faulted pages
+        self.hugetlb_resv = 0
+        self.hugetlb_pages: list[int] = []
 
     def _unit_ok(self, pfn: int) -> bool:
         # With 2M+ private granularity, guest memory comes in whole aligned folios: keep the 4K tail out.
@@ -122,13 +128,14 @@ class HostMachine(RuleBasedStateMachine):
     @rule(
         pfn=PFNS,
         n=st.integers(1, 700),
-        owner=st.sampled_from([o for o in Owner if o not in (Owner.FREE, Owner.RESERVED)]),
+        owner=st.sampled_from([o for o in Owner if o not in (Owner.FREE, Owner.RESERVED, Owner.HUGETLB_POOL)]),
     )
     def tag(self, pfn: int, n: int, owner: Owner) -> None:
         """Give allocated frames another owner (the memory picture's recount must follow); free frames stay the
-        allocator's, e820 holes and the RMP stay reserved."""
+        allocator's, e820 holes and the RMP stay reserved, free hugetlb pool pages the pool's."""
         tags = self.h.frames.tags(pfn, min(n, NFRAMES - pfn))
-        for k in np.flatnonzero((tags != Owner.RESERVED) & (tags != Owner.FREE)).tolist():
+        keep = (tags == Owner.RESERVED) | (tags == Owner.FREE) | (tags == Owner.HUGETLB_POOL)
+        for k in np.flatnonzero(~keep).tolist():
             self.h.frames.set_range(pfn + k, 1, owner)
 
     @invariant()
@@ -191,6 +198,49 @@ class HostMachine(RuleBasedStateMachine):
         for b in chosen:
             self.allocated.remove(b)
         self.h.free_bulk(np.array([p for p, _ in chosen], dtype=np.int64), order)
+
+    @rule(count=st.integers(0, 24))
+    def hugetlb_mmap(self, count: int) -> None:
+        """A hugetlbfs mmap: its reservation is had whole or not at all."""
+        h = self.h
+        resv, free = h.hugetlb_reserved(9), h.hugetlb_pool_free(9)
+        if h.hugetlb_reserve_pages(9, count):
+            self.hugetlb_resv += count
+            assert h.hugetlb_reserved(9) == resv + count
+        else:
+            assert (h.hugetlb_reserved(9), h.hugetlb_pool_free(9)) == (resv, free)
+
+    @precondition(lambda self: self.hugetlb_resv > 0)
+    @rule()
+    def hugetlb_fault(self) -> None:
+        pfn = self.h.alloc(9, Owner.VMM_SHARED, hugetlb=True, reserved=True, zero=False)
+        assert pfn is not None  # a reservation guarantees the fault
+        self.hugetlb_resv -= 1
+        self.hugetlb_pages.append(pfn)
+
+    @precondition(lambda self: self.hugetlb_pages)
+    @rule(data=st.data())
+    def hugetlb_free(self, data: st.DataObject) -> None:
+        pfn = data.draw(st.sampled_from(self.hugetlb_pages))
+        self.hugetlb_pages.remove(pfn)
+        self.h.free(pfn, 9)
+
+    @precondition(lambda self: self.hugetlb_resv > 0)
+    @rule(data=st.data())
+    def hugetlb_munmap(self, data: st.DataObject) -> None:
+        n = data.draw(st.integers(1, self.hugetlb_resv))
+        self.hugetlb_resv -= n
+        self.h.hugetlb_unreserve_pages(9, n)
+
+    @invariant()
+    def hugetlb_accounting(self) -> None:
+        h = self.h
+        pool = h.hugetlb_pool_free(9)
+        assert h.hugetlb_reserved(9) == self.hugetlb_resv <= pool
+        assert h.frames.count(Owner.HUGETLB_POOL) == pool * 512
+        assert 0 <= h.hugetlb_surplus(9) <= pool + len(self.hugetlb_pages)
+        if not self.hugetlb_resv and not self.hugetlb_pages:
+            assert pool == h.hugetlb_surplus(9) == 0  # no pool at boot: every page was gathered as surplus
 
     @rule()
     def compact(self) -> None:

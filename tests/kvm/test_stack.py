@@ -93,14 +93,21 @@ def test_partial_to_shared_keeps_the_2m_folio_and_costs_waste() -> None:
 
 
 def test_hugetlb_shared_page_costs_a_2m_page_and_is_never_discarded() -> None:
-    _, vmm, guest, _ = stack("hugetlb")
+    host, vmm, guest, _ = stack("hugetlb")
+    # the hugetlbfs mmap reserved the whole 64 MiB RAM block (hugetlb_reserve_pages): 32 huge pages, held from now
+    ram = GUEST_PAGES * K4
+    assert host.hugetlb_reserved(9) == 32 and vmm.shared_bytes() == ram
     guest.execute(Conversion(512, 512, True, Protocol.GHCB, huge_ok=True))
     guest.execute(Conversion(600, 1, False, Protocol.GHCB))
     guest.execute(Access(600, 1, private=False))
-    assert vmm.shared_bytes() == M2
-    assert vmm.private_bytes() + vmm.shared_bytes() - vmm.guest_bytes() == M2
+    # the shared fault takes one reserved 2M page: 31 stay reserved, the host's memory for the block is unchanged
+    assert host.hugetlb_reserved(9) == 31 and vmm.memory.allocated_pages == 512
+    assert vmm.shared_bytes() == ram
+    # guest_bytes: 511 private pages of the 2M folio + the one shared page; the rest of the reservation is waste
+    assert vmm.guest_bytes() == M2
+    assert vmm.private_bytes() + vmm.shared_bytes() - vmm.guest_bytes() == ram
     guest.execute(Conversion(600, 1, True, Protocol.GHCB))  # back to private: hugetlb is not discarded
-    assert vmm.shared_bytes() == M2
+    assert vmm.memory.allocated_pages == 512 and vmm.shared_bytes() == ram
 
 
 def test_4k_backing_discards_shared_copy_on_to_private() -> None:

@@ -17,9 +17,16 @@ Invariants, checked after every step (sources: amd-snp-arch.md §7-§8, linux-sn
 2. guest integrity: for each gfn the guest validated (and did not convert since) the frame it validated on is
    tracked; a private access to it either finds the same frame still assigned to the VM's ASID, validated, with
    gpa == gfn << 12, or the access raises #VC (``guest_vc_count`` grows by at least the number of such pages).
-3. accounting: private/shared/guest bytes equal a recount from the arrays; waste >= 0; guest_bytes <= RAM;
-   4K/4K with discard: waste == 0; frame owner tags agree with the backing arrays; every assigned RMP entry
-   belongs to the live VM's private backing (no private frame leaks to the host).
+3. accounting: private/shared/guest bytes equal a recount from the arrays (shared bytes include the pages partly
+   unmapped THPs hold on the deferred split queue and the hugetlb pages reserved at mmap); waste >= 0;
+   guest_bytes <= RAM; 4K/4K with discard: waste == 0; frame owner tags agree with the backing arrays (held THP
+   pages included, hugetlb pool pages tagged as the pool); every assigned RMP entry belongs to the live VM's
+   private backing (no private frame leaks to the host).
+3b. THP deferred split (mm/huge_memory.c): a PTE-mapped THP on the queue has at least one page still mapped at its
+   gfn and at least one unmapped (a folio with none mapped is freed at once), is not PMD-mapped, is queued on the
+   host, and the host's held count is the mapping's; reclaim (``drop_caches``) frees exactly the held pages and
+   empties the queue. hugetlb: the host's reserved pages are the mapping's unfaulted reservation, and the pool's
+   free pages cover them.
 4. NPT: a mapped gfn's attribute equals the mapping's private flag and the mapped frame is the gfn's current
    backing frame; a 2M mapping is one aligned, contiguous, attribute-uniform block; a private 2M mapping points
    at an assigned 2M RMP entry; with ``rmp_fault = oops`` every private mapping's frame is assigned; the NPT byte
@@ -329,9 +336,20 @@ class StackMachine(RuleBasedStateMachine):
         self.host.free(pfn, self.user.pop(pfn))
 
     @rule()
+    def reclaim(self) -> None:
+        """Memory pressure: the deferred split shrinker runs (``echo 2 > /proc/sys/vm/drop_caches``)."""
+        mem, host = self.vmm.memory, self.host
+        held, free0 = mem.held_pages, host.buddy.free_frames
+        assert host.drop_caches() == held
+        assert host.buddy.free_frames == free0 + held
+        assert mem.held_pages == host.thp_held_pages == 0 and not mem.partial and len(host.deferred_split) == 0
+
+    @rule()
     def destroy_and_recreate(self) -> None:
         host = self.host
         self.vmm.destroy()
+        assert host.thp_held_pages == 0 and len(host.deferred_split) == 0
+        assert host.hugetlb_reserved(9) == host.hugetlb_reserved(18) == 0
         assert host.rmp.assigned_count() == 0, "assigned RMP entries survive VM destroy"
         user_frames = sum(1 << o for o in self.user.values())
         assert host.buddy.used_frames == user_frames, "guest frames leaked by VM destroy"
@@ -358,16 +376,18 @@ class StackMachine(RuleBasedStateMachine):
         priv = kvm.attrs.private
         shared_ok = mem.pfn[:] >= 0
         assert mem.allocated_pages == int(np.count_nonzero(shared_ok))
+        self._check_deferred_split()
+        extra = mem.held_pages + mem.reserved_units * mem.unit  # held by queued THPs, reserved hugetlb pages
         if gm is not None:
             nfolios = int(np.count_nonzero(gm.folio_pfn[:] >= 0))
             assert gm.allocated_folios == nfolios
             private_ok = self._private_frames() >= 0
             assert vmm.private_bytes() == nfolios * gm.folio_pages * K4
-            assert vmm.shared_bytes() == int(np.count_nonzero(shared_ok)) * K4
+            assert vmm.shared_bytes() == (int(np.count_nonzero(shared_ok)) + extra) * K4
             guest = int(np.count_nonzero(np.where(priv, private_ok, shared_ok) & self.ram)) * K4
         else:
             assert vmm.private_bytes() == int(np.count_nonzero(shared_ok & priv)) * K4
-            assert vmm.shared_bytes() == int(np.count_nonzero(shared_ok & ~priv)) * K4
+            assert vmm.shared_bytes() == (int(np.count_nonzero(shared_ok & ~priv)) + extra) * K4
             guest = int(np.count_nonzero(shared_ok & self.ram)) * K4
         assert vmm.guest_bytes() == guest
         waste = vmm.private_bytes() + vmm.shared_bytes() - vmm.guest_bytes()
@@ -376,13 +396,30 @@ class StackMachine(RuleBasedStateMachine):
         if self.four_k and self.policy.discard_on_convert:
             assert waste == 0, f"{self.name}: {waste} bytes of waste with 4K/4K discard"
 
+    def _check_deferred_split(self) -> None:
+        """Invariant 3b."""
+        mem, host = self.vmm.memory, self.host
+        held = 0
+        for u, head in mem.partial.items():
+            lo = u * mem.unit
+            mapped = mem.pfn[lo : lo + mem.unit] == head + np.arange(mem.unit)
+            assert mapped.any() and not mapped.all(), f"{self.name}: THP at unit {u} queued with {mapped.sum()} mapped"
+            assert not mem.huge[u] and host.deferred_split.queued(mem, u)
+            held += int(np.count_nonzero(~mapped))
+        assert mem.held_pages == held == host.thp_held_pages == mem.held_frames().size
+        assert len(host.deferred_split) == len(mem.partial)
+        if mem.hugetlb:
+            assert host.hugetlb_reserved(mem.order) == mem.reserved_units <= host.hugetlb_pool_free(mem.order)
+
     def _check_frames(self, assigned: np.ndarray) -> None:
         """Invariants 3 (owner tags, no leaked private frame) and 5 (buddy == tags)."""
         host, mem = self.host, self.vmm.memory
         gframes = np.sort(self._gmem_frames())
-        vframes = np.sort(mem.pfn[:][mem.pfn[:] >= 0])
+        vframes = np.sort(np.concatenate([mem.pfn[:][mem.pfn[:] >= 0], mem.held_frames()]))
         uframes = self._user_frames()
-        every = np.concatenate([gframes, vframes, uframes])
+        pool = host.frames.find((Owner.HUGETLB_POOL,), 0, HOST_FRAMES, HOST_FRAMES)  # free pool pages
+        assert pool.size == sum(host.hugetlb_pool_free(o) << o for o in (9, 18))
+        every = np.concatenate([gframes, vframes, uframes, pool])
         assert np.unique(every).size == every.size, "a frame has two owners"
         find = host.frames.find
         tagged = find(tuple(o for o in Owner if o != Owner.FREE), 0, HOST_FRAMES, HOST_FRAMES)

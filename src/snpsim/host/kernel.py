@@ -19,7 +19,9 @@ Models these pieces of Linux (``shared/reference/linux-snp-host.md``):
   direct map): every frame handed out is written once by the kernel, which is the common way an RMP #PF
   would hit a hypervisor-owned page that shares a 2M direct-map mapping with a private page. Who asks for which
   migratetype is :data:`snpsim.host.frames.ALLOCATION`; the allocator is :mod:`snpsim.host.buddy`, compaction and
-  ``alloc_contig_pages`` are :mod:`snpsim.host.compaction`, hugetlb pools (``mm/hugetlb.c``) are here.
+  ``alloc_contig_pages`` are :mod:`snpsim.host.compaction`, hugetlb pools and reservations (``mm/hugetlb.c``) are
+  here, and reclaim's slab shrinking with the THP deferred split queue is :mod:`snpsim.host.vmscan` (kswapd below
+  the low watermark, direct reclaim when an allocation fails).
 
 Hardware checks are those of :class:`snpsim.hw.rmp.Rmp`: a write through a 2M or 1G mapping faults if any 4K
 page of the enclosing 2M range is assigned (amd-snp-arch.md §7).
@@ -28,7 +30,7 @@ page of the enclosing 2M range is assigned (amd-snp-arch.md §7).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +43,7 @@ from snpsim.host.directmap import NOT_PRESENT, DirectMap
 from snpsim.host.e820 import HostMemoryMap, flat_memory_map
 from snpsim.host.frames import ALLOCATION, LRU_OWNERS, FrameTable, Owner
 from snpsim.host.svm import GuestMode
+from snpsim.host.vmscan import DeferredSplitQueue, low_watermark_pages
 from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
@@ -68,7 +71,12 @@ class HostKernel:
     ``[0, nframes)`` RAM, as unit tests use); with a map, ``nframes`` must be its ``max_pfn``. The direct map is
     built on its memblock memory (``init_mem_mapping()``), the allocator gets its RAM ranges, the frames outside
     them are tagged :attr:`Owner.RESERVED`, and the RMP covers ``memory_map.rmp_pages`` (``[0, max_pfn)`` and the
-    table itself). ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``). Every operation
+    table itself). ``transparent_hugepage`` is ``/sys/kernel/mm/transparent_hugepage/enabled`` (``always``, the
+    Kconfig default ``TRANSPARENT_HUGEPAGE_ALWAYS``, ``madvise`` or ``never``); ``hugepages`` maps a huge page
+    order to the persistent pool allocated at boot (``hugepagesz=... hugepages=N``; then no size may overcommit,
+    ``nr_overcommit_hugepages`` = 0 as Linux's default), or is None: no pool, and every hugetlbfs reservation
+    gathers surplus pages (the model's assumption of an operator who sized ``nr_overcommit_hugepages`` for the
+    guests). ``clock`` returns the current simulated time in ns (the SimPy environment's ``now``). Every operation
     charges its cost-model time to the thread running it (:attr:`cpu`, a :class:`~snpsim.host.cpu.CpuAccount` the
     engine switches as threads run); ``busy_ns`` is the total over all threads.
     """
@@ -83,6 +91,8 @@ class HostKernel:
         zero_on_alloc: bool = True,
         clock: Callable[[], float] | None = None,
         memory_map: HostMemoryMap | None = None,
+        transparent_hugepage: str = "always",
+        hugepages: Mapping[int, int] | None = None,
     ) -> None:
         self.nframes = int(nframes)
         if memory_map is not None and memory_map.max_pfn != self.nframes:
@@ -121,9 +131,26 @@ class HostKernel:
         #: pages moved by compaction (direct or kcompactd) and by alloc_contig_range
         self.compaction_migrated = 0
         self.compactor = Compactor(self)
-        #: hugetlb: free pool pages by order; pages handed out -> True if from the pool (False: surplus)
+        #: ``transparent_hugepage/enabled``; THP faults need ``always`` or ``madvise`` (QEMU madvises guest RAM)
+        if transparent_hugepage not in THP_MODES:
+            raise ValueError(f"transparent_hugepage {transparent_hugepage!r} is not one of {', '.join(THP_MODES)}")
+        self.transparent_hugepage = transparent_hugepage
+        #: the THP deferred split queue, and the pages its THPs hold unmapped (kept by their mappings)
+        self.deferred_split = DeferredSplitQueue()
+        self.thp_held_pages = 0
+        #: kswapd wakes when free memory falls below this (mm/page_alloc.c, mm/khugepaged.c)
+        self.low_wmark_pages = low_watermark_pages(self.buddy, thp=self.thp_enabled)
+        #: reclaim passes that ran the shrinkers (kswapd wake-ups, direct reclaims, drop_caches)
+        self.reclaim_count = 0
+        #: hugetlb (mm/hugetlb.c ``struct hstate``), per order: free pool pages, reserved pages
+        #: (``resv_huge_pages``), surplus pages (``surplus_huge_pages``) and the overcommit limit (None: unlimited)
         self._hugetlb_pool: dict[int, set[int]] = {}
-        self._hugetlb_used: dict[int, bool] = {}
+        self._hugetlb_used: set[int] = set()
+        self._hugetlb_resv: dict[int, int] = {}
+        self._hugetlb_surplus: dict[int, int] = {}
+        self._hugetlb_overcommit: int | None = None if hugepages is None else 0
+        for order, count in sorted((hugepages or {}).items()):
+            self.hugetlb_reserve(order, count)  # hugepages= on the command line: allocated at boot
         self._removal_pages = (
             self.policy.private_page_bytes >> PAGE_SHIFT if self.policy.directmap == "unmap-nosplit" else 1
         )
@@ -148,6 +175,8 @@ class HostKernel:
             "host_rmp_fault_count": self.host_rmp_fault_count,
             "host_notpresent_fault_count": self.host_notpresent_fault_count,
             "host_crash_count": self.host_crash_count,
+            "thp_deferred_split_bytes": self.thp_held_pages << PAGE_SHIFT,
+            "thp_split_page_count": self.deferred_split.split_count,
         }
 
     # ------------------------------------------------------------------ CPU time (host.cpu)
@@ -189,21 +218,31 @@ class HostKernel:
         return int(np.count_nonzero(LRU_OWNERS[self.frames.tags(pfn, npages)]))
 
     def alloc(
-        self, order: int, owner: Owner, *, zero: bool | None = None, path: str = "", hugetlb: bool = False
+        self,
+        order: int,
+        owner: Owner,
+        *,
+        zero: bool | None = None,
+        path: str = "",
+        hugetlb: bool = False,
+        reserved: bool = False,
     ) -> int | None:
         """Allocate a 2^order block for ``owner`` (its migratetype from :data:`~snpsim.host.frames.ALLOCATION`); zero
         it through the direct map (``kernel_init_pages``).
 
         A high-order request that finds no free block tries direct compaction first (:meth:`compact`); an order
         above ``MAX_PAGE_ORDER`` is a contiguous range (``alloc_contig_pages``). ``hugetlb``: a huge page from the
-        hugetlb pool of that order (:meth:`hugetlb_reserve`), or a surplus page from the allocator when the pool is
-        empty (``alloc_surplus_hugetlb_folio``)."""
-        pfn = self._hugetlb_alloc(order) if hugetlb else self._alloc_pages(order, owner)
+        hugetlb pool of that order (:meth:`hugetlb_reserve`): with ``reserved``, one the caller reserved
+        (:meth:`hugetlb_reserve_pages`), else an unreserved pool page or a surplus page from the allocator
+        (``alloc_surplus_hugetlb_folio``). An allocation that leaves free memory below the low watermark wakes
+        kswapd (:meth:`wakeup_kswapd`)."""
+        pfn = self._hugetlb_alloc(order, reserved) if hugetlb else self._alloc_pages(order, owner)
         if pfn is None:
             return None
         self.frames.set_range(pfn, 1 << order, owner)
         if self.zero_on_alloc if zero is None else zero:
             self.kernel_write_range(np.arange(pfn, pfn + (1 << order), dtype=np.int64), path or PATH_ZERO)
+        self._check_watermark()
         return pfn
 
     def _alloc_pages(self, order: int, owner: Owner) -> int | None:
@@ -213,20 +252,27 @@ class HostKernel:
         pfn = self.buddy.alloc(order, mt)
         if pfn is None and order > 0 and self.compact(order, mt):
             pfn = self.buddy.alloc(order, mt)
+        if pfn is None and self.direct_reclaim():
+            pfn = self.buddy.alloc(order, mt)
+            if pfn is None and order > 0 and self.compact(order, mt):
+                pfn = self.buddy.alloc(order, mt)
         return pfn
 
     def alloc_bulk(self, order: int, count: int, owner: Owner, *, zero: bool | None = None) -> IntArray | None:
         """``count`` blocks of 2^order (all or nothing), each zeroed like :meth:`alloc`."""
         mt = ALLOCATION[owner].migratetype
         pfns = None if order > MAX_PAGE_ORDER else self.buddy.alloc_bulk(order, count, mt)
+        if pfns is None and order == 0 and self.direct_reclaim():
+            pfns = self.buddy.alloc_bulk(order, count, mt)
         if pfns is None and order > 0:
-            pfns = self._alloc_compacting(order, count, owner)
+            pfns = self._alloc_compacting(order, count, owner)  # each block with compaction, then reclaim
         if pfns is None:
             return None
         frames = _expand(pfns, order)
         self.frames.set_many(frames, owner)
         if self.zero_on_alloc if zero is None else zero:
             self.kernel_write_range(frames, PATH_ZERO)
+        self._check_watermark()
         return pfns
 
     def _alloc_compacting(self, order: int, count: int, owner: Owner) -> IntArray | None:
@@ -249,6 +295,46 @@ class HostKernel:
         movable pages from the bottom of each zone to free pages at its top until a free block of ``order`` could
         be allocated for ``migratetype``; True if one can."""
         return self.compactor.direct(order, migratetype)
+
+    # ------------------------------------------------------------------ reclaim (mm/vmscan.c, snpsim.host.vmscan)
+    @property
+    def thp_enabled(self) -> bool:
+        """``hugepage_flags_enabled()`` for QEMU's madvised RAM: ``enabled`` is ``always`` or ``madvise``."""
+        return self.transparent_hugepage != "never"
+
+    def shrink_slab(self) -> int:
+        """One reclaim pass's ``shrink_slab()``: the deferred split shrinker (``deferred_split_scan``) splits every
+        queued THP, each split costing a TLB flush (``split_folio`` unmaps and remaps the folio); returns the pages
+        freed."""
+        self.reclaim_count += 1
+        splits = len(self.deferred_split)
+        freed = self.deferred_split.scan()
+        if splits:
+            self.charge("thp_split", splits * self.costs.tlb_flush_ns, splits)
+        return freed
+
+    def _check_watermark(self) -> None:
+        """After an allocation: below the low watermark with THPs queued, kswapd runs (nothing else to reclaim)."""
+        if len(self.deferred_split) and self.buddy.free_frames < self.low_wmark_pages:
+            self.wakeup_kswapd()
+
+    def direct_reclaim(self) -> bool:
+        """``__alloc_pages_direct_reclaim``: an allocation failed; True if shrinking freed anything to retry on."""
+        return bool(len(self.deferred_split)) and self.shrink_slab() > 0
+
+    def wakeup_kswapd(self) -> int:
+        """``wakeup_kswapd`` → ``balance_pgdat``: free memory fell below the low watermark; kswapd shrinks slab (on
+        its own CPU account, synchronously here). Returns the pages freed."""
+        caller = self.cpu
+        self.cpu = self.account("kthread/kswapd0")
+        try:
+            return self.shrink_slab()
+        finally:
+            self.cpu = caller
+
+    def drop_caches(self) -> int:
+        """``echo 2 > /proc/sys/vm/drop_caches`` (``drop_slab``): run the shrinkers now; returns the pages freed."""
+        return self.shrink_slab()
 
     def free(self, pfn: int, order: int) -> None:
         """Free one block; ValueError for a double free (its first or last frame is tagged free)."""
@@ -305,9 +391,11 @@ class HostKernel:
         return added
 
     def hugetlb_release(self, order: int, count: int | None = None) -> int:
-        """Shrink the pool: free up to ``count`` (default: all) unused huge pages of ``order``, highest first."""
+        """Shrink the pool: free up to ``count`` (default: all) unused, unreserved huge pages of ``order``, highest
+        first (``set_max_huge_pages`` never goes below the reserved pages)."""
         pool = self._hugetlb_pool.get(order, set())
-        victims = sorted(pool, reverse=True)[: len(pool) if count is None else max(0, count)]
+        spare = max(0, len(pool) - self._hugetlb_resv.get(order, 0))
+        victims = sorted(pool, reverse=True)[: spare if count is None else min(spare, max(0, count))]
         for pfn in victims:
             pool.remove(pfn)
             self._free_pages(np.array([pfn], dtype=np.int64), order)
@@ -315,29 +403,95 @@ class HostKernel:
         return len(victims)
 
     def hugetlb_pool_free(self, order: int) -> int:
-        """Unused pages in the pool of ``order`` (``free_hugepages``)."""
+        """Unused pages in the pool of ``order`` (``free_hugepages``, reserved ones included)."""
         return len(self._hugetlb_pool.get(order, ()))
 
-    def _hugetlb_alloc(self, order: int) -> int | None:
-        pool = self._hugetlb_pool.get(order)
-        if pool:
+    def hugetlb_reserved(self, order: int) -> int:
+        """Reserved, not yet faulted pages of ``order`` (``resv_hugepages``)."""
+        return self._hugetlb_resv.get(order, 0)
+
+    def hugetlb_surplus(self, order: int) -> int:
+        """Surplus pages of ``order`` (``surplus_hugepages``)."""
+        return self._hugetlb_surplus.get(order, 0)
+
+    def hugetlb_reserve_pages(self, order: int, count: int) -> bool:
+        """``hugetlb_reserve_pages`` at a hugetlbfs ``mmap``: reserve ``count`` pages of ``order`` so the mapping's
+        faults cannot fail. ``hugetlb_acct_memory`` → ``gather_surplus_pages``: when the pool's free pages do not
+        cover the reservations, the missing ones are allocated now as surplus pages (within
+        ``nr_overcommit_hugepages``); if they cannot be had, nothing is reserved and the ``mmap`` fails with
+        ENOMEM (False)."""
+        pool = self._hugetlb_pool.setdefault(order, set())
+        resv = self._hugetlb_resv.get(order, 0)
+        needed = resv + count - len(pool)
+        surplus = self._hugetlb_surplus.get(order, 0)
+        if needed > 0:
+            limit = self._hugetlb_overcommit
+            if limit is not None and surplus + needed > limit:
+                return False
+            got: list[int] = []
+            for _ in range(needed):
+                pfn = self._alloc_pages(order, Owner.HUGETLB_POOL)
+                if pfn is None:
+                    for p in got:  # give back what was gathered
+                        self._free_pages(np.array([p], dtype=np.int64), order)
+                        self.frames.set_range(p, 1 << order, Owner.FREE)
+                    return False
+                self.frames.set_range(pfn, 1 << order, Owner.HUGETLB_POOL)
+                got.append(pfn)
+            pool.update(got)
+            self._hugetlb_surplus[order] = surplus + needed
+        self._hugetlb_resv[order] = resv + count
+        return True
+
+    def hugetlb_unreserve_pages(self, order: int, count: int) -> None:
+        """``hugetlb_unreserve_pages`` (the file is truncated or evicted): drop ``count`` unused reservations and
+        free as many surplus pages from the pool (``return_unused_surplus_pages``), highest first."""
+        if count <= 0:
+            return
+        self._hugetlb_resv[order] = self._hugetlb_resv.get(order, 0) - count
+        pool = self._hugetlb_pool.get(order, set())
+        n = min(count, self._hugetlb_surplus.get(order, 0), len(pool))
+        for pfn in sorted(pool, reverse=True)[:n]:
+            pool.remove(pfn)
+            self._free_pages(np.array([pfn], dtype=np.int64), order)
+            self.frames.set_range(pfn, 1 << order, Owner.FREE)
+        self._hugetlb_surplus[order] = self._hugetlb_surplus.get(order, 0) - n
+
+    def _hugetlb_alloc(self, order: int, reserved: bool) -> int | None:
+        """``alloc_hugetlb_folio``: a reserved fault dequeues a pool page; an unreserved one takes a free page the
+        reservations leave, else a surplus page from the allocator within the overcommit limit."""
+        pool = self._hugetlb_pool.setdefault(order, set())
+        resv = self._hugetlb_resv.get(order, 0)
+        if reserved:
+            if resv <= 0 or not pool:
+                raise ValueError(f"no hugetlb reservation of order {order} to fault from")
+            self._hugetlb_resv[order] = resv - 1
+        if reserved or len(pool) > resv:
             head = min(pool)  # dequeue_hugetlb_folio_node_exact: the model takes the lowest
             pool.remove(head)
-            self._hugetlb_used[head] = True
+            self._hugetlb_used.add(head)
             return head
+        surplus = self._hugetlb_surplus.get(order, 0)
+        if self._hugetlb_overcommit is not None and surplus >= self._hugetlb_overcommit:
+            return None
         pfn = self._alloc_pages(order, Owner.HUGETLB_POOL)
         if pfn is not None:
-            self._hugetlb_used[pfn] = False  # a surplus page: back to the allocator when freed
+            self._hugetlb_used.add(pfn)
+            self._hugetlb_surplus[order] = surplus + 1
         return pfn
 
     def _hugetlb_free(self, pfn: int, order: int) -> None:
-        """``free_huge_folio``: a pool page goes back to the pool, a surplus page to the buddy allocator."""
-        if self._hugetlb_used.pop(pfn):
-            self._hugetlb_pool.setdefault(order, set()).add(pfn)
-            self.frames.set_range(pfn, 1 << order, Owner.HUGETLB_POOL)
-        else:
+        """``free_huge_folio``: while the hstate has surplus pages the folio goes back to the buddy allocator
+        (``surplus_huge_pages--``), else to the pool."""
+        self._hugetlb_used.remove(pfn)
+        surplus = self._hugetlb_surplus.get(order, 0)
+        if surplus:
+            self._hugetlb_surplus[order] = surplus - 1
             self._free_pages(np.array([pfn], dtype=np.int64), order)
             self.frames.set_range(pfn, 1 << order, Owner.FREE)
+        else:
+            self._hugetlb_pool.setdefault(order, set()).add(pfn)
+            self.frames.set_range(pfn, 1 << order, Owner.HUGETLB_POOL)
 
     # ------------------------------------------------------------------ RMP updates (arch/x86/virt/svm/sev.c)
     def rmp_make_private(self, pfn: int, gpa: int, level: PageSize, asid: int, *, immutable: bool = False) -> RmpStatus:
@@ -609,6 +763,8 @@ class HostKernel:
 
 
 PATH_ZERO = "mm/page_alloc.c:kernel_init_pages"
+#: ``/sys/kernel/mm/transparent_hugepage/enabled`` values
+THP_MODES = ("always", "madvise", "never")
 
 
 def _expand(pfns: IntArray, order: int) -> IntArray:

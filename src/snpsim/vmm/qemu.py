@@ -4,7 +4,9 @@ Models QEMU ``accel/kvm/kvm-all.c`` and ``target/i386/kvm/kvm.c`` (``shared/refe
 ``linux-snp-host.md`` §5). The VMM drives KVM only through its ioctls and the guest_memfd file:
 
 - at creation: the RAM block (host memory mapped by the VMM, :class:`snpsim.host.mm.UserMemory`, of the policy's
-  ``shared_backing``), ``KVM_CREATE_GUEST_MEMFD`` with UPM, the memslot (``KVM_SET_USER_MEMORY_REGION2``), and all
+  ``shared_backing``: memory-backend-memfd, memory-backend-ram with THP, or memory-backend-file on hugetlbfs,
+  whose ``mmap`` reserves the whole block's huge pages; when they cannot be had QEMU exits, :class:`QemuExit`),
+  ``KVM_CREATE_GUEST_MEMFD`` with UPM, the memslot (``KVM_SET_USER_MEMORY_REGION2``), and all
   RAM set private (QEMU patch 20240320083945.991426-16, "QPRIV");
 - one thread per vCPU running :meth:`Qemu.kvm_cpu_exec`, QEMU's loop: ``KVM_RUN``, then dispatch the exit
   (``kvm_arch_handle_exit``): ``KVM_EXIT_HYPERCALL`` with ``KVM_HC_MAP_GPA_RANGE`` is
@@ -32,7 +34,7 @@ import numpy.typing as npt
 
 from snpsim.arch import PAGE_SHIFT, PAGE_SIZE
 from snpsim.host import HostKernel, Owner
-from snpsim.host.mm import UserMemory
+from snpsim.host.mm import MmapError, UserMemory
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.uapi import HypercallExit, KvmExit, MemoryFaultExit, SnpLaunchUpdate
 from snpsim.kvm.vcpu import GuestProgram, KvmVcpu
@@ -41,6 +43,19 @@ from snpsim.metrics import Counters
 from snpsim.pfnmap import CHUNK_SHIFT
 from snpsim.policy import Policy
 from snpsim.segments import bool_runs
+
+#: The ``-object`` QEMU creates for each ``shared_backing`` (the guest RAM's backend; hugetlbfs mounted at
+#: /dev/hugepages, and /dev/hugepages1G for 1 GiB pages, as distributions mount them).
+BACKEND_OBJECT = {
+    "4k": "memory-backend-memfd,id=ram1,share=true,prealloc=false",
+    "thp": "memory-backend-ram,id=ram1",
+    "hugetlb-2m": "memory-backend-file,id=ram1,mem-path=/dev/hugepages,share=true",
+    "hugetlb-1g": "memory-backend-file,id=ram1,mem-path=/dev/hugepages1G,share=true",
+}
+
+
+class QemuExit(RuntimeError):
+    """QEMU failed to create the VM and exited (the message QEMU prints)."""
 
 
 class Qemu:
@@ -66,7 +81,14 @@ class Qemu:
         self.gmem_backed = policy.private_backing == "gmem"
         owner = Owner.VMM_SHARED if self.gmem_backed else Owner.VMM_PRIVATE
         #: the guest RAM block: host memory mapped by this process
-        self.memory = UserMemory(host, ram, policy.shared_backing, owner, register=not self.gmem_backed)
+        try:
+            self.memory = UserMemory(host, ram, policy.shared_backing, owner, register=not self.gmem_backed)
+        except MmapError as e:  # file_ram_alloc(): qemu_ram_mmap() failed
+            obj = BACKEND_OBJECT[policy.shared_backing]
+            raise QemuExit(
+                f"qemu-system-x86_64: -object {obj},size={int(ram.sum()) << PAGE_SHIFT}: unable to map backing store "
+                f"for guest RAM: {e.strerror} ({e.why})"
+            ) from None
         #: QEMU discards shared memory only when its RAM block has the host's page size (not hugetlb)
         self.discard_shared = self.memory.page_size == PAGE_SIZE
         self.kvm = KvmVm(host, policy, int(ram.size), asid=asid, counters=counters)
@@ -77,6 +99,7 @@ class Qemu:
         self.peak_private_bytes = 0
         self.peak_shared_bytes = 0
         self.peak_total_bytes = 0
+        self._account()  # what the RAM block holds from its creation (a hugetlbfs reservation)
         if self.gmem_backed:
             for lo, n, is_ram in bool_runs(ram):
                 if is_ram:
@@ -139,7 +162,7 @@ class Qemu:
     def shared_bytes(self) -> int:
         if self.gmem is not None:
             return self.memory.bytes
-        return (self.memory.allocated_pages - self._private_vmm_pages()) << PAGE_SHIFT
+        return (self.memory.total_pages - self._private_vmm_pages()) << PAGE_SHIFT
 
     def _private_vmm_pages(self) -> int:
         total = 0
