@@ -800,6 +800,145 @@ def limits(
     emit(_console(), grid, output, _write)
 
 
+# -------------------------------------------------------------------------------------------------- calibrate
+
+
+@app.command()
+def calibrate(
+    measurements: Annotated[
+        Path, typer.Argument(help="CSV of measured metrics, one scenario per row (see docs/calibrate.md).")
+    ],
+    costs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--costs",
+            "-c",
+            help="Costs to fit, comma-separated or repeated (default: those the measurements are sensitive to "
+            "and can tell apart).",
+        ),
+    ] = None,
+    start: Annotated[
+        Path | None, typer.Option("--start", help="A TOML file whose [costs] table to start from (default: defaults).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The [costs] TOML to write; the plot goes next to it, as .png.")
+    ] = Path("calibration.toml"),
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Simulation processes (default: one per CPU).")
+    ] = None,
+    fmt: FormatOption = "table",
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fit the cost model to metrics measured on SNP hardware: fitted costs, residuals, a plot, a [costs] table.
+
+    Each row of the CSV is a scenario (guest size, vCPUs, preset, lazy or eager acceptance, or a scenario file)
+    and the value measured for a metric (default: boot_time_ns). Every cost stays inside its declared range."""
+    from snpsim.calibrate import calibrate as fit
+    from snpsim.calibrate import costs_toml, plot, read_measurements
+    from snpsim.hw.costs import CostModel
+    from snpsim.results import atomic_file, check_file
+    from snpsim.scenario import read_toml
+
+    try:
+        output = _format(fmt, as_json)
+        names = [n.strip() for item in costs or [] for n in item.split(",") if n.strip()] or None
+        if costs is not None and not names:
+            raise ConfigError("--costs", "expected cost names, e.g. page_clear_ns,rmpupdate_ns")
+        first = CostModel()
+        if start is not None:
+            first = CostModel.from_mapping(read_toml(start).get("costs", {}), field=f"{start}: costs")
+        if workers is not None and workers < 1:
+            raise ConfigError("--workers", "must be >= 1")
+        plot_path = out.with_suffix(".png")
+        check_file(out, "--out")
+        check_file(plot_path, "--out")
+        rows = read_measurements(measurements)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    machine = output != "table"
+    with Progress(
+        TextColumn("simulations"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+        disable=quiet or machine,
+    ) as bar:
+        task = bar.add_task("simulations", total=0)
+        try:
+            cal = fit(
+                rows,
+                costs=names,
+                start=first,
+                workers=workers or min(len(rows), os.cpu_count() or 1),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except ConfigError as exc:
+            raise _fail(exc) from None
+    failures = []
+    try:
+        with atomic_file(out, "--out") as tmp:
+            tmp.write_text(costs_toml(cal, measurements.name))
+        with atomic_file(plot_path, "--out") as tmp:
+            plot(cal, tmp)
+    except OutputError as exc:
+        failures.append(str(exc))
+    if output == "json":
+        _write(json.dumps({**cal.as_dict(), "out": str(out), "plot": str(plot_path)}, indent=1) + "\n")
+    else:
+        _print_calibration(cal, output)
+    for note in cal.notes:
+        _say(f"note: {note}", stderr=machine)
+    if not failures:
+        _say(f"costs written to {out} ([costs] table for scenarios), plot: {plot_path}", stderr=machine)
+    for failure in failures:
+        _say(f"{failure} (partial files were removed)", error=True)
+    raise typer.Exit(EXIT_FAILED if failures else 0)
+
+
+def _compact_ns(ns: int) -> str:
+    """1000 -> '1k', 500000 -> '500k', 250 -> '250' (a cost's range, in ns)."""
+    return f"{ns // 1000}k" if ns >= 1000 and ns % 1000 == 0 else f"{ns:,}"
+
+
+def _print_calibration(cal: Any, output: str) -> None:
+    """The costs (start, fitted, standard error, range, what happened) and the measurements' residuals."""
+    from snpsim.calibrate import format_value
+
+    def number(_r: str, _c: str, v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:,.3g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+    fits = cal.fitted
+    cells = [[f.start, f.fitted, f.stderr, f"{_compact_ns(f.lo)}..{_compact_ns(f.hi)}", f.status] for f in fits]
+    columns = ["start ns", "fitted ns", "+- ns", "range ns", "status"]
+    emit(_console(), Grid("calibrated costs", "cost", [f.name for f in fits], columns, cells, number), output, _write)
+    relative = all(r.stddev is None for r in cal.rows)
+    names = [r.name for r in cal.rows]
+    labels = [n if names.count(n) == 1 else f"{n} (line {r.line})" for n, r in zip(names, cal.rows, strict=True)]
+    by_label = dict(zip(labels, cal.rows, strict=True))
+
+    def cell(r: str, c: str, v: Any) -> str:
+        row = by_label[r]
+        if c == "residual":
+            return f"{v * 100:+.3g}%" if relative else f"{v:+.3g} sd"
+        return str(v) if isinstance(v, str) else format_value(row.metric, v)
+
+    rows = [[r.metric, r.measured, r.start, r.fitted, r.residual] for r in cal.rows]
+    title = f"measurements: rms residual {cal.rms * (100 if relative else 1):.3g}{'%' if relative else ' sd'}"
+    grid = Grid(
+        title,
+        "measurement",
+        labels,
+        ["metric", "measured", "start", "fitted", "residual"],
+        rows,
+        cell,
+    )
+    emit(_console(), grid, output, _write)
+
+
 @app.command("presets")
 def list_presets(fmt: FormatOption = "table", as_json: JsonOption = False) -> None:
     """Show the presets and their knob values."""

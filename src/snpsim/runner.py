@@ -14,8 +14,10 @@ component does not change another's stream.
 
 from __future__ import annotations
 
+import functools
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +46,13 @@ Process = Generator[simpy.Event, Any, None]
 class VmRecord:
     """What happened to one VM. Times are simulated ns; ``boot_ns`` is from the VM's creation until its guest has
     booted (None if it never did), ``conversion_ns_p50`` ... the latency of its guest's conversions (each from
-    the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads."""
+    the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads.
+
+    ``boot_ops``: how many times each operation was charged on the boot's critical path - QEMU's main thread
+    creating the VM, then vCPU 0 (the boot CPU runs every boot event, :func:`snpsim.guest.events.by_vcpu`) until
+    the guest logged its boot. Nothing else delays that path, so ``boot_ns`` is the guest's own compute time (the
+    boot schedule's gaps) plus the sum over these operations of count x cost: linear in the costs
+    (:func:`snpsim.hw.costs.counts_by_cost`, :mod:`snpsim.calibrate`)."""
 
     name: str
     asid: int
@@ -64,6 +72,7 @@ class VmRecord:
     conversion_ns_p99: float | None = None
     conversion_ns_max: int | None = None
     cpu_ns: int = 0
+    boot_ops: dict[str, int] | None = None
 
 
 @dataclass
@@ -105,8 +114,11 @@ class Simulation:
         vm_events: dict[int, Iterable[Timed]] | None = None,
         record_conversions: bool = False,
         time_limit_s: float | None = None,
+        stop_after_boot: int | None = None,
     ) -> None:
         self.s = scenario
+        #: end the run once the guest of this VM (in creation order) has booted (calibration needs no more)
+        self.stop_after_boot = stop_after_boot
         #: wall-clock seconds the run may take (None: no limit); see :meth:`_advance`
         self.time_limit_s = time_limit_s
         #: guest events given from outside (a replayed trace) for the VM of that index, instead of its workload
@@ -137,6 +149,7 @@ class Simulation:
         self._progress = progress
         #: each VM's "all its vCPU threads are done" event
         self._vm_done: list[simpy.Event] = []
+        self._booted: simpy.Event = self.env.event()
 
     def rng(self, name: str) -> np.random.Generator:
         """The random stream of the component ``name`` (e.g. ``"writer/ksm"``), from the scenario seed."""
@@ -214,6 +227,8 @@ class Simulation:
         for v, stream in enumerate(by_vcpu(events, spec.vcpus)):
             account = self.host.account(f"vm{index}/vcpu{v}")
             vm.accounts.append(account)
+            if v == 0:
+                guest.log.on_boot = functools.partial(self._on_boot, len(self.records) - 1, main, account)
             # a replayed trace's times count from when its vCPUs start (the trace begins after QEMU's set-up)
             absolute = index in self.vm_events
             program = guest.program(stream, _clock(env, account, int(env.now) if absolute else t0), absolute=absolute)
@@ -237,6 +252,15 @@ class Simulation:
                 yield env.timeout(teardown)
             record.end_ns = int(env.now)
             record.cpu_ns = sum(a.total_ns for a in vm.accounts)
+
+    def _on_boot(self, index: int, main: CpuAccount, boot_cpu: CpuAccount) -> None:
+        """The guest of VM ``index`` (creation order) logged its boot: ``VmRecord.boot_ops`` are the operations
+        QEMU's main thread and the boot vCPU were charged so far."""
+        ops = Counter(main.count_by_op)
+        ops.update(boot_cpu.count_by_op)
+        self.records[index].boot_ops = dict(sorted(ops.items()))
+        if index == self.stop_after_boot and not self._booted.triggered:
+            self._booted.succeed()
 
     def _finish(self, vm: _VmState) -> None:
         """Copy what the VM's guest and VMM observed into its record."""
@@ -329,7 +353,10 @@ class Simulation:
             body = writers.WRITERS[name](self.host, self.rng(f"writer/{name}"), **params)
             self.env.process(self._thread(self.host.account(f"kthread/{name}"), body))
         self.env.process(self._sampler())
-        self._advance(self.s.duration_ns)
+        if self.stop_after_boot is None:
+            self._advance(self.s.duration_ns)
+        else:
+            self._advance(self.env.any_of([self.env.timeout(self.s.duration_ns), self._booted]))
         if self.vm_events:  # a replay ends when the trace has been replayed, however long the host took
             self._advance(self.env.all_of(self._vm_done))
         for vm in self.live.values():
