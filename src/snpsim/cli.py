@@ -32,7 +32,7 @@ from typer.core import TyperGroup
 import snpsim
 from snpsim.errors import ConfigError
 from snpsim.metrics import METRICS
-from snpsim.policy import policy_label, presets
+from snpsim.policy import KNOBS, PRESETS, policy_label, presets
 from snpsim.results import OutputError
 from snpsim.scenario import DEFAULT_SCENARIO
 from snpsim.tables import FORMATS, Grid, column_metric_grid, emit, metric_grid
@@ -132,6 +132,9 @@ def _root(
         raise typer.Exit(0)
 
 
+#: The presets, for the help of every --preset option (generated from snpsim.policy's declarations).
+_PRESET_NAMES = f"Presets: {', '.join(presets)} ('snpsim presets' shows their knobs)."
+
 FormatOption = Annotated[
     str, typer.Option("--format", "-f", help=f"Output: {', '.join(FORMATS)} (table: fits the terminal).")
 ]
@@ -180,7 +183,7 @@ def run(
             "--preset",
             "-p",
             help="Run under this preset (repeatable). Default: the scenario's policy, "
-            "or every preset for the built-in scenario.",
+            f"or every preset for the built-in scenario. {_PRESET_NAMES}",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
@@ -463,7 +466,9 @@ def replay(
     trace_format: Annotated[
         str, typer.Option("--trace-format", help="Format of the trace: auto, qemu or ftrace.")
     ] = "auto",
-    preset: Annotated[list[str] | None, typer.Option("--preset", "-p", help="Preset (repeatable).")] = None,
+    preset: Annotated[
+        list[str] | None, typer.Option("--preset", "-p", help=f"Preset (repeatable; default upstream). {_PRESET_NAMES}")
+    ] = None,
     vm_memory: Annotated[str | None, typer.Option(help="Guest RAM (default: inferred from the trace).")] = None,
     host_memory: Annotated[
         str | None, typer.Option(help="Host RAM (default: 4 x the guest's, at least 1G; give the run's to compare).")
@@ -729,7 +734,7 @@ def limits(
     memory: Annotated[str, typer.Option(help="Guest RAM, e.g. 64G.")] = "4G",
     vcpus: Annotated[int, typer.Option(help="Guest vCPUs.")] = 4,
     preset: Annotated[
-        list[str] | None, typer.Option("--preset", "-p", help="Preset (repeatable; default all).")
+        list[str] | None, typer.Option("--preset", "-p", help=f"Preset (repeatable; default all). {_PRESET_NAMES}")
     ] = None,
     workload: Annotated[str, typer.Option(help="Workload simulated for the observed figure.")] = "random-conversion",
     duration: Annotated[str, typer.Option(help="Simulated time of the observed run.")] = "3s",
@@ -940,19 +945,71 @@ def _print_calibration(cal: Any, output: str) -> None:
 
 
 @app.command("presets")
-def list_presets(fmt: FormatOption = "table", as_json: JsonOption = False) -> None:
-    """Show the presets and their knob values."""
+def list_presets(
+    knob: Annotated[
+        str | None,
+        typer.Argument(help=f"A knob to explain, value by value: {', '.join(KNOBS)}.", show_default=False),
+    ] = None,
+    fmt: FormatOption = "table",
+    as_json: JsonOption = False,
+) -> None:
+    """Show the presets and their knob values, or what each value of one knob does (from the knob declarations
+    in snpsim.policy; docs/knobs.md is generated from the same)."""
     try:
         output = _format(fmt, as_json)
+        if knob is not None and knob not in KNOBS:
+            raise ConfigError(str(knob), f"unknown knob (knobs: {', '.join(KNOBS)})")
     except ConfigError as exc:
         raise _fail(exc) from None
+    if knob is not None:
+        _explain_knob(KNOBS[knob], output)
+        return
     if output == "json":
         _write(json.dumps({name: p.as_dict() for name, p in presets.items()}, indent=1) + "\n")
         return
-    knobs = list(next(iter(presets.values())).as_dict())
+    knobs = list(KNOBS)
     cells = [[str(p.as_dict()[k]).lower() for p in presets.values()] for k in knobs]
     grid = Grid("snpsim presets", "knob", knobs, list(presets), cells, lambda _r, _c, v: str(v), justify="left")
     emit(_console(), grid, output, _write)
+    if output == "table":
+        for p in PRESETS:
+            _say(f"{p.name}: {p.option} ({p.source})")
+        _say("What each value of a knob does: snpsim presets KNOB.")
+
+
+def _explain_knob(k: Any, output: str) -> None:
+    """One knob: its meaning, default and source, then each value: what it does, where, and which presets use it."""
+    users = {v.value: [name for name, p in presets.items() if getattr(p, k.name) == v.value] for v in k.values}
+
+    def shown(value: Any) -> str:
+        return str(value).lower()
+
+    if output == "json":
+        doc = {
+            "knob": k.name,
+            "meaning": k.meaning,
+            "default": k.default,
+            "source": k.source,
+            "values": [
+                {"value": v.value, "does": v.does, "where": v.where, "presets": users[v.value]} for v in k.values
+            ],
+        }
+        _write(json.dumps(doc, indent=1) + "\n")
+        return
+    if output in ("csv", "markdown"):
+        rows = [shown(v.value) for v in k.values]
+        cells = [[", ".join(users[v.value]), v.does, v.where] for v in k.values]
+        grid = Grid(
+            k.name, "value", rows, ["presets", "does", "where"], cells, lambda _r, _c, v: str(v), justify="left"
+        )
+        emit(_console(), grid, output, _write)
+        return
+    _say(f"{k.name}: {k.meaning}")
+    _say(f"default: {shown(k.default)}; source: {k.source}")
+    for v in k.values:
+        who = ", ".join(users[v.value]) or "no preset"
+        _say("")
+        _say(f"{shown(v.value)} ({who}): {v.does}" + (f" [{v.where}]" if v.where else ""))
 
 
 def main() -> None:
