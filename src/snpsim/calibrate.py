@@ -26,7 +26,14 @@ How, and why it is fast:
    guest_memfd attributes) and both acceptance modes separate more costs.
 3. **Fit the linear model** with bounded least squares on the residuals ``(model - measured) / scale``, where
    the scale is the row's ``stddev`` if given, else the measured value (relative errors: a 64 GiB boot does not
-   outweigh a 1 GiB one). Costs are whole ns: the fit is rounded.
+   outweigh a 1 GiB one). Costs are whole ns: the fit is rounded. With boot times the fit has one more unknown,
+   the **boot offset**, a constant added to every simulated boot (in ``OFFSET_RANGE``): the model's guest computes
+   for a fixed ~1 s of boot phases (``snpsim.guest.linux.BOOT_PHASES_NS``, an assumption) and does not run the
+   firmware's or the kernel's own code, SNP_LAUNCH measurement or device set-up, which a real boot spends time
+   on whatever the memory costs; without the offset the costs would be bent to explain that time. It is
+   reported (``Calibration.boot_offset``), not written into the ``[costs]`` table (it is no cost of the model),
+   and ``offset=False`` (``--no-offset``) fits the costs alone. A cost every measured boot pays about equally
+   often (the ~600 VMGEXITs of any boot) moves with the offset and is kept.
 4. **Verify by simulation**: every scenario runs again with the fitted costs. If a simulation differs from the
    linear model's prediction (more than one VM on the host, where who pays a shared cost depends on timing; or a
    finite-difference metric), the model is linearised again at the new point and the fit repeated (Gauss-Newton),
@@ -54,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.errors import ConfigError
+from snpsim.guest.linux import BOOT_END_NS
 from snpsim.hw.costs import COSTS, CostModel, counts_by_cost
 from snpsim.metrics import METRICS
 from snpsim.policy import presets
@@ -71,6 +79,11 @@ POORLY_DETERMINED = 0.5
 MAX_ITERATIONS = 5
 #: Finite-difference step: this share of the cost (at least 1 ns).
 FD_STEP = 0.1
+#: The boot offset (module docstring): a constant added to every simulated boot time, fitted with the costs.
+OFFSET = "boot_offset_ns"
+#: Its range: the model's whole guest compute less (a real boot's own work is faster than the model's fixed
+#: phases) up to 10 minutes more (firmware, launch measurement, a slow kernel).
+OFFSET_RANGE = (-BOOT_END_NS, 600 * 10**9)
 
 #: The columns of a measurements CSV, and what each one is (docs/calibrate.md).
 COLUMNS: dict[str, str] = {
@@ -464,6 +477,8 @@ class Calibration:
     #: the largest difference between a verifying simulation and the linear model's prediction (residual units)
     linear_error: float
     notes: list[str] = field(default_factory=list)
+    #: the boot offset (module docstring; None when not fitted): what the measured boots spend beyond the model's
+    boot_offset: FittedCost | None = None
 
     @property
     def rms(self) -> float:
@@ -486,6 +501,7 @@ class Calibration:
             "simulations": self.simulations,
             "linear_error": self.linear_error,
             "notes": self.notes,
+            "boot_offset": None if self.boot_offset is None else dataclasses.asdict(self.boot_offset),
         }
 
 
@@ -550,16 +566,26 @@ def _simulate_rows(
 
 
 def _choose(
-    jac: npt.NDArray[np.float64], scale: npt.NDArray[np.float64], names: Sequence[str], explicit: bool
+    jac: npt.NDArray[np.float64],
+    scale: npt.NDArray[np.float64],
+    names: Sequence[str],
+    explicit: bool,
+    forced: npt.NDArray[np.float64] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The costs to fit (module docstring, step 2) and why each other one is not: ``{name: status}``."""
+    """The costs to fit (module docstring, step 2) and why each other one is not: ``{name: status}``.
+    ``forced``: the derivative column of a parameter fitted in any case (the boot offset), spanned first."""
     ranges = np.array([COSTS[n].hi - COSTS[n].lo for n in names], dtype=float)
     scaled = jac / scale[:, None]
     sensitivity = np.abs(scaled).max(axis=0) * ranges if len(scale) else np.zeros(len(names))
     threshold = 0.0 if explicit else SENSITIVITY
     why: dict[str, str] = {}
     order = sorted(range(len(names)), key=lambda j: -sensitivity[j])
+    columns: list[tuple[str, npt.NDArray[np.float64]]] = []  # (name, unit column) of what is fitted
     basis: list[npt.NDArray[np.float64]] = []
+    if forced is not None and np.any(forced):
+        col = forced / scale / np.linalg.norm(forced / scale)
+        columns.append((OFFSET, col))
+        basis.append(col)
     kept: list[int] = []
     for j in order:
         if sensitivity[j] <= threshold:
@@ -569,10 +595,11 @@ def _choose(
         rest = col - sum((b @ col) * b for b in basis) if basis else col
         if np.linalg.norm(rest) >= IDENTIFIABLE:
             kept.append(j)
+            columns.append((names[j], col))
             basis.append(rest / np.linalg.norm(rest))
         else:
-            partner = max(kept, key=lambda k: abs(col @ (scaled[:, k] / np.linalg.norm(scaled[:, k]))))
-            why[names[j]] = f"moves with {names[partner]}"
+            partner = max(columns, key=lambda c: abs(col @ c[1]))[0]
+            why[names[j]] = f"moves with {'the boot offset' if partner == OFFSET else partner}"
     return [names[j] for j in sorted(kept)], why
 
 
@@ -582,13 +609,12 @@ def _solve(
     x0: npt.NDArray[np.float64],
     measured: npt.NDArray[np.float64],
     scale: npt.NDArray[np.float64],
-    names: Sequence[str],
+    lo: npt.NDArray[np.float64],
+    hi: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float64]:
     """Bounded least squares on the linear model ``values + jac (x - x0)`` (module docstring, step 3)."""
     from scipy.optimize import least_squares
 
-    lo = np.array([COSTS[n].lo for n in names], dtype=float)
-    hi = np.array([COSTS[n].hi for n in names], dtype=float)
     a = jac / scale[:, None]
 
     def residuals(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -597,7 +623,15 @@ def _solve(
 
     start = np.clip(x0, lo, hi)
     fit = least_squares(
-        residuals, start, jac=lambda _x: a, bounds=(lo, hi), method="trf", x_scale="jac", ftol=1e-12, xtol=1e-12
+        residuals,
+        start,
+        jac=lambda _x: a,
+        bounds=(lo, hi),
+        method="trf",
+        x_scale="jac",
+        ftol=1e-15,
+        xtol=1e-15,
+        gtol=1e-15,
     )
     return np.asarray(fit.x, dtype=float)
 
@@ -623,12 +657,13 @@ def calibrate(
     *,
     costs: Sequence[str] | None = None,
     start: CostModel | None = None,
+    offset: bool = True,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:
     """Fit the costs to ``measurements`` (module docstring). ``costs``: the names to fit (default: chosen),
-    ``start``: the cost model to start from (default: the defaults), ``workers``: simulation processes,
-    ``progress(done, total)``: called as simulations finish."""
+    ``start``: the cost model to start from (default: the defaults), ``offset``: fit the boot offset too (for
+    boot-time rows), ``workers``: simulation processes, ``progress(done, total)``: called as simulations finish."""
     if not measurements:
         raise ConfigError("measurements", "no measurements")
     for name in costs or ():
@@ -637,58 +672,69 @@ def calibrate(
     if costs is not None and len(set(costs)) != len(costs):
         raise ConfigError("--costs", "a cost is listed twice")
     rows = list(measurements)
-    x = (start or CostModel()).as_dict()
+    first = (start or CostModel()).as_dict()
+    x = dict(first)
     candidates = list(costs) if costs else list(COSTS)
     measured = np.array([m.value for m in rows], dtype=float)
     scale = np.array([m.scale for m in rows], dtype=float)
+    boots = np.array([boot_vm(m.metric) is not None for m in rows])
+    mask = boots.astype(float) if offset and boots.any() else None
+    off = 0
     with _runner(workers, progress) as runner:
         values, jac = _linearise(runner, rows, x, candidates)
         start_values = values.copy()
-        chosen, why = _choose(jac, scale, candidates, explicit=costs is not None)
-        if not chosen:
+        chosen, why = _choose(jac, scale, candidates, explicit=costs is not None, forced=mask)
+        if not chosen and mask is None:
             raise ConfigError(
                 "measurements",
                 "no cost moves these measurements enough to be fitted"
                 + (f" (of {', '.join(candidates)})" if costs else " (is the metric a count?)"),
             )
-        sel = [candidates.index(n) for n in chosen]
-        jac = jac[:, sel]
-        fd = np.array([boot_vm(m.metric) is None for m in rows])
+        jac = jac[:, [candidates.index(n) for n in chosen]]
+        lo = np.array([COSTS[n].lo for n in chosen] + ([OFFSET_RANGE[0]] if mask is not None else []), dtype=float)
+        hi = np.array([COSTS[n].hi for n in chosen] + ([OFFSET_RANGE[1]] if mask is not None else []), dtype=float)
+
+        def full(j: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            return j if mask is None else np.column_stack([j, mask])
+
+        fd = np.array([not b for b in boots])
         iterations, error = 0, math.inf
         for iterations in range(1, MAX_ITERATIONS + 1):  # noqa: B007 - the count is reported
-            x0 = np.array([x[n] for n in chosen], dtype=float)
-            fitted = _solve(values, jac, x0, measured, scale, chosen)
-            lo = np.array([COSTS[n].lo for n in chosen])
-            hi = np.array([COSTS[n].hi for n in chosen])
-            new = {**x, **{n: int(v) for n, v in zip(chosen, np.clip(np.rint(fitted), lo, hi), strict=True)}}
-            predicted = values + jac @ (np.array([new[n] for n in chosen]) - x0)
+            model = values + (off * mask if mask is not None else 0.0)
+            x0 = np.array([x[n] for n in chosen] + ([off] if mask is not None else []), dtype=float)
+            fitted = np.clip(np.rint(_solve(model, full(jac), x0, measured, scale, lo, hi)), lo, hi)
+            new = {**x, **{n: int(v) for n, v in zip(chosen, fitted, strict=False)}}
+            new_off = int(fitted[-1]) if mask is not None else 0
+            predicted = model + full(jac) @ (fitted - x0)
             values, counted = _simulate_rows(runner, rows, new, chosen)  # verify
-            error = float(np.max(np.abs(values - predicted) / scale))
-            moved = max(abs(new[n] - x[n]) / max(1, x[n]) for n in chosen)
-            x = new
+            error = float(np.max(np.abs(values + (new_off * mask if mask is not None else 0.0) - predicted) / scale))
+            moved = max([abs(new[n] - x[n]) / max(1, x[n]) for n in chosen] + [abs(new_off - off) / 1e6])
+            x, off = new, new_off
             jac = np.where(fd[:, None], jac, counted)  # the finite differences of the last linearisation
             if error <= 1e-9 or moved < 1e-3:
                 break
             if fd.any():
                 values, jac = _linearise(runner, rows, x, chosen, known=(values, jac))
         simulations = runner.total
-    res = (values - measured) / scale
+    model = values + (off * mask if mask is not None else 0.0)
+    res = (model - measured) / scale
     known = all(m.stddev is not None for m in rows)
-    errors = _stderr(jac, scale, res, known)
+    errors = _stderr(full(jac), scale, res, known)
     fits = []
-    for n in COSTS:
+    for k, n in enumerate(chosen):
         spec = COSTS[n]
-        start_value = (start or CostModel()).as_dict()[n]
-        if n in chosen:
-            k = chosen.index(n)
-            at_bound = x[n] in (spec.lo, spec.hi)
-            stderr = None if errors is None or at_bound else float(errors[k])
-            fits.append(
-                FittedCost(n, start_value, x[n], spec.lo, spec.hi, stderr, "at bound" if at_bound else "fitted")
-            )
-        else:
-            status = why.get(n, "not asked")
-            fits.append(FittedCost(n, start_value, x[n], spec.lo, spec.hi, None, status))
+        at_bound = x[n] in (spec.lo, spec.hi)
+        stderr = None if errors is None or at_bound else float(errors[k])
+        fits.append(FittedCost(n, first[n], x[n], spec.lo, spec.hi, stderr, "at bound" if at_bound else "fitted"))
+    for n in COSTS:
+        if n not in chosen:
+            fits.append(FittedCost(n, first[n], x[n], COSTS[n].lo, COSTS[n].hi, None, why.get(n, "not asked")))
+    fits.sort(key=lambda f: list(COSTS).index(f.name))
+    boot_offset = None
+    if mask is not None:
+        at_bound = off in OFFSET_RANGE
+        stderr = None if errors is None or at_bound else float(errors[-1])
+        boot_offset = FittedCost(OFFSET, 0, off, *OFFSET_RANGE, stderr, "at bound" if at_bound else "fitted")
     notes = []
     if error > 1e-9:
         notes.append(
@@ -710,9 +756,9 @@ def calibrate(
         )
     row_fits = [
         RowFit(m.line, m.name, m.metric, m.value, m.stddev, float(s), float(v))
-        for m, s, v in zip(rows, start_values, values, strict=True)
+        for m, s, v in zip(rows, start_values, model, strict=True)
     ]
-    return Calibration(CostModel(**x), fits, row_fits, iterations, simulations, error, notes)
+    return Calibration(CostModel(**x), fits, row_fits, iterations, simulations, error, notes, boot_offset)
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -725,8 +771,15 @@ def costs_toml(cal: Calibration, source: str) -> str:
         f"# snpsim calibrate {source}: {len(cal.rows)} measurements, {fitted} costs fitted, "
         f"rms residual {cal.rms:.4g} (was {cal.start_rms:.4g} with the start costs).",
         "# Use it as a scenario's [costs] table (paste it, or start a scenario file with it).",
-        "[costs]",
     ]
+    b = cal.boot_offset
+    if b is not None:
+        err = f" +- {format_duration(round(b.stderr))}" if b.stderr is not None else ""
+        lines.append(
+            f"# Boot offset {'+' if b.fitted >= 0 else '-'}{format_duration(abs(b.fitted))}{err}: the measured boots "
+            "spend that much beyond the simulated ones (guest code the model does not run); not a cost, not set here."
+        )
+    lines.append("[costs]")
     width = max(len(f.name) for f in cal.fitted) + len(str(max(f.fitted for f in cal.fitted)))
     for f in cal.fitted:
         entry = f"{f.name} = {f.fitted}"

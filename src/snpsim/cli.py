@@ -831,6 +831,13 @@ def calibrate(
     workers: Annotated[
         int | None, typer.Option("--workers", "-w", help="Simulation processes (default: one per CPU).")
     ] = None,
+    offset: Annotated[
+        bool,
+        typer.Option(
+            "--offset/--no-offset",
+            help="Fit a constant boot offset too: the time a real boot spends in code the model does not run.",
+        ),
+    ] = True,
     fmt: FormatOption = "table",
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -876,6 +883,7 @@ def calibrate(
                 rows,
                 costs=names,
                 start=first,
+                offset=offset,
                 workers=workers or min(len(rows), os.cpu_count() or 1),
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
@@ -893,6 +901,15 @@ def calibrate(
         _write(json.dumps({**cal.as_dict(), "out": str(out), "plot": str(plot_path)}, indent=1) + "\n")
     else:
         _print_calibration(cal, output)
+    b = cal.boot_offset
+    if b is not None and output != "json":
+        err = f" +- {format_duration(round(b.stderr))}" if b.stderr is not None else ""
+        sign = "+" if b.fitted >= 0 else "-"
+        _say(
+            f"boot offset: {sign}{format_duration(abs(b.fitted))}{err} (the measured boots spend that much beyond "
+            "the simulated ones: guest code the model does not run)",
+            stderr=machine,
+        )
     for note in cal.notes:
         _say(f"note: {note}", stderr=machine)
     if not failures:

@@ -123,7 +123,8 @@ def test_a_guest_that_does_not_boot_in_time_is_named(tmp_path: Path) -> None:
 def test_calibrate_writes_costs_and_plot(tmp_path: Path) -> None:
     """Three boots the model made with page_clear_ns = 1500, rmpupdate_ns = 2500, set_attributes_page_ns = 300:
     upstream (one RMPUPDATE, 4K PVALIDATE and page clear per page), hugetlb (2M RMP entries: few RMPUPDATEs) and
-    unmap (pre-UPM: no memory attributes) pay them in independent proportions, so three rows fix three costs."""
+    unmap (pre-UPM: no memory attributes) pay them in independent proportions, so three rows fix three costs
+    (and no boot offset: --no-offset, a fourth unknown, would need a fourth row)."""
     truth = {"page_clear_ns": 1500, "rmpupdate_ns": 2500, "set_attributes_page_ns": 300}
     lines = ["name,memory,preset,value"]
     for preset in ("upstream", "hugetlb", "unmap"):
@@ -137,13 +138,14 @@ def test_calibrate_writes_costs_and_plot(tmp_path: Path) -> None:
         lines.append(f"{preset},1G,{preset},{snpsim.run(doc).summary['boot_time_ns']}ns")
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out" / "cal.toml"
-    args = ["calibrate", str(tmp_path / "m.csv"), "-o", str(out), "-w", "1", "--costs", ",".join(truth), "--json"]
+    args = ["calibrate", str(tmp_path / "m.csv"), "-o", str(out), "-w", "1", "--no-offset", "-c", ",".join(truth)]
+    args.append("--json")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert {k: doc["costs"][k] for k in truth} == truth
     assert [m["name"] for m in doc["measurements"]] == ["upstream", "hugetlb", "unmap"]
-    assert doc["rms"] < 1e-9 and doc["plot"] == str(out.with_suffix(".png"))
+    assert doc["rms"] < 1e-9 and doc["plot"] == str(out.with_suffix(".png")) and doc["boot_offset"] is None
     table = tomllib.loads(out.read_text())["costs"]
     assert set(table) == set(COSTS) and CostModel.from_mapping(table) == CostModel(**doc["costs"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
