@@ -17,7 +17,8 @@ How, and why it is fast:
    per cost. For any other metric the derivatives *are* a finite-difference pass: one more run per cost, each
    cost moved by 10 % (at least 1 ns), inside its range.
 2. **Choose the costs** (unless told which): those the measurements are *sensitive* to - moving the cost across
-   its range moves some measurement by at least ``SENSITIVITY`` (1 %) of its scale - and, of those, the ones the
+   its range moves some measurement by at least what it resolves: one standard deviation where the row gives one,
+   else ``SENSITIVITY`` (1 %) of the measured value - and, of those, the ones the
    measurements can tell apart: greedily in order of sensitivity, a cost is kept when its column of derivatives
    has at least ``IDENTIFIABLE`` (5 %) of its length outside the span of the columns kept before it. A cost that
    every measurement pays together with another (each accepted 4K page costs one RMPUPDATE, one PVALIDATE and one
@@ -68,7 +69,8 @@ from snpsim.policy import presets
 from snpsim.scenario import Scenario, load, read_toml
 from snpsim.units import format_bytes, format_duration, parse_duration, parse_size
 
-#: A cost is a candidate when moving it across its range moves some measurement by this share of its scale.
+#: A cost is a candidate when moving it across its range moves some measurement by this share of its value (or,
+#: for a row with a stddev, by one standard deviation).
 SENSITIVITY = 0.01
 #: A candidate is fitted when this share of its (normalised) derivative column lies outside the span of the
 #: columns of the costs fitted before it.
@@ -135,6 +137,13 @@ class Measurement:
     metric: str
     value: float
     stddev: float | None = None
+    #: the CSV it was read from (for messages)
+    source: str = ""
+
+    @property
+    def where(self) -> str:
+        """The row in messages: ``boot.csv line 3 (big-eager)``."""
+        return f"{self.source + ' ' if self.source else ''}line {self.line} ({self.name})"
 
     @property
     def scale(self) -> float:
@@ -207,6 +216,35 @@ def _int(text: str, where: str, lo: int) -> int:
     return value
 
 
+def boot_scenario(
+    memory: str | int,
+    vcpus: int = 1,
+    preset: str = "upstream",
+    lazy_accept: bool = True,
+    host_memory: str | int | None = None,
+) -> dict[str, Any]:
+    """A boot-only scenario: one Linux guest that boots and then idles (``linux-boot`` without idle touches) on a
+    host of ``host_memory`` (default: twice the guest's RAM, at least 8G), for up to an hour of simulated time.
+    What a measurements row without a scenario file stands for (docs/calibrate.md), and the runs of the boot-time
+    table (benchmarks/boot_time.py, docs/boot-time.md)."""
+    guest = parse_size(memory, "memory")
+    return {
+        "duration": "1h",
+        "samples": 2,
+        "policy": preset,
+        "host": {"memory": host_memory if host_memory is not None else max(MIN_HOST_BYTES, 2 * guest)},
+        "vms": [
+            {
+                "memory": memory,
+                "vcpus": vcpus,
+                "workload": "linux-boot",
+                "params": {"touch_rate_per_s": 0},
+                "guest": {"lazy_accept": lazy_accept},
+            }
+        ],
+    }
+
+
 def _scenario(cells: Mapping[str, str], base_dir: Path, where: Callable[[str], str]) -> dict[str, Any]:
     """The scenario dict of one row: its scenario file (or the boot-only default) with the columns applied."""
     if cells.get("scenario"):
@@ -226,10 +264,10 @@ def _scenario(cells: Mapping[str, str], base_dir: Path, where: Callable[[str], s
     else:
         if not cells.get("memory"):
             raise ConfigError(where("memory"), "missing: the guest's RAM, e.g. 16G (or a scenario file)")
-        data = {
-            "duration": "1h",
-            "vms": [{"memory": "", "vcpus": 1, "workload": "linux-boot", "params": {"touch_rate_per_s": 0}}],
-        }
+        try:
+            data = boot_scenario(cells["memory"])
+        except ConfigError as exc:
+            raise ConfigError(where("memory"), exc.message) from None
     vm = data["vms"][0]
     if cells.get("memory"):
         vm["memory"] = cells["memory"]
@@ -335,7 +373,7 @@ def read_measurements(path: str | Path) -> list[Measurement]:
             raise ConfigError(where("value"), "a measured 0 needs a stddev column (residuals are relative to it)")
         if value < 0:
             raise ConfigError(where("value"), f"must be >= 0, got {row['value']!r}")
-        out.append(Measurement(line, row.get("name") or f"line {line}", scenario, metric, value, stddev))
+        out.append(Measurement(line, row.get("name") or f"line {line}", scenario, metric, value, stddev, str(path)))
     if not out:
         raise ConfigError(str(path), "no measurements (only a header)")
     return out
@@ -544,7 +582,7 @@ def _linearise(
         for j, n in enumerate(names):
             s = next(samples)
             if s.value is None:
-                raise ConfigError(f"line {rows[i].line} ({rows[i].name})", s.problem or "no value")
+                raise ConfigError(rows[i].where, s.problem or "no value")
             jac[i, j] = (s.value - values[i]) / steps[n] if steps[n] else 0.0
     return values, jac
 
@@ -558,7 +596,7 @@ def _simulate_rows(
     jac = np.zeros((len(rows), len(names)))
     for i, (m, s) in enumerate(zip(rows, samples, strict=True)):
         if s.value is None:
-            raise ConfigError(f"line {m.line} ({m.name})", s.problem or "no value")
+            raise ConfigError(m.where, s.problem or "no value")
         values[i] = s.value
         if s.counts is not None:
             jac[i] = [s.counts[n] for n in names]
@@ -571,13 +609,18 @@ def _choose(
     names: Sequence[str],
     explicit: bool,
     forced: npt.NDArray[np.float64] | None = None,
+    resolution: npt.NDArray[np.float64] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The costs to fit (module docstring, step 2) and why each other one is not: ``{name: status}``.
-    ``forced``: the derivative column of a parameter fitted in any case (the boot offset), spanned first."""
+    ``forced``: the derivative column of a parameter fitted in any case (the boot offset), spanned first;
+    ``resolution``: the smallest change each row resolves, in residual units (default: 1)."""
     ranges = np.array([COSTS[n].hi - COSTS[n].lo for n in names], dtype=float)
     scaled = jac / scale[:, None]
-    sensitivity = np.abs(scaled).max(axis=0) * ranges if len(scale) else np.zeros(len(names))
-    threshold = 0.0 if explicit else SENSITIVITY
+    # how far each cost moves each row across its range, in units of what the row can resolve: one standard
+    # deviation where given, else SENSITIVITY of the measured value
+    per_row = np.ones(len(scale)) if resolution is None else resolution
+    sensitivity = (np.abs(scaled) / per_row[:, None]).max(axis=0) * ranges if len(scale) else np.zeros(len(names))
+    threshold = 0.0 if explicit else 1.0
     why: dict[str, str] = {}
     order = sorted(range(len(names)), key=lambda j: -sensitivity[j])
     columns: list[tuple[str, npt.NDArray[np.float64]]] = []  # (name, unit column) of what is fitted
@@ -597,8 +640,10 @@ def _choose(
             kept.append(j)
             columns.append((names[j], col))
             basis.append(rest / np.linalg.norm(rest))
-        else:
-            partner = max(columns, key=lambda c: abs(col @ c[1]))[0]
+        else:  # the fitted column that carries most of it
+            span = np.column_stack([c[1] for c in columns])
+            coef = np.linalg.lstsq(span, col, rcond=None)[0]
+            partner = columns[int(np.argmax(np.abs(coef)))][0]
             why[names[j]] = f"moves with {'the boot offset' if partner == OFFSET else partner}"
     return [names[j] for j in sorted(kept)], why
 
@@ -683,7 +728,8 @@ def calibrate(
     with _runner(workers, progress) as runner:
         values, jac = _linearise(runner, rows, x, candidates)
         start_values = values.copy()
-        chosen, why = _choose(jac, scale, candidates, explicit=costs is not None, forced=mask)
+        resolution = np.array([1.0 if m.stddev is not None else SENSITIVITY for m in rows])
+        chosen, why = _choose(jac, scale, candidates, explicit=costs is not None, forced=mask, resolution=resolution)
         if not chosen and mask is None:
             raise ConfigError(
                 "measurements",

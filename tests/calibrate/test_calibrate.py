@@ -200,13 +200,26 @@ def test_choose_drops_a_cost_paid_only_together_with_another() -> None:
             [1e5, 1e5, 5e5, 1.0],
         ]
     )
-    scale = np.full(3, 1e9)
+    scale = np.full(3, 1e9)  # relative residuals of 1 s boots: each row resolves SENSITIVITY (1 %) of it
     # sensitivity = max |J| x range / scale: rmpupdate 2e5 x 9900 / 1e9 = 1.98, pvalidate_4k 2e5 x 4950 / 1e9 = 0.99
     # (so rmpupdate comes first and keeps the shared direction), psmash 1 x 19900 / 1e9 = 2e-5 < SENSITIVITY
     assert 1 * (COSTS["psmash_ns"].hi - COSTS["psmash_ns"].lo) / 1e9 < SENSITIVITY
-    chosen, why = _choose(jac, scale, names, explicit=False)
+    chosen, why = _choose(jac, scale, names, explicit=False, resolution=np.full(3, SENSITIVITY))
     assert chosen == ["rmpupdate_ns", "page_clear_ns"]
     assert why == {"pvalidate_4k_ns": "moves with rmpupdate_ns", "psmash_ns": "insensitive"}
+
+
+def test_choose_needs_a_row_to_resolve_the_cost() -> None:
+    """With a stddev a row resolves one standard deviation: a cost whose whole range moves no row by that much is
+    insensitive. page_clear moves the first row by 3e5 x 3,750 ns = 1.125 s across its range; rmpupdate moves the
+    second by 2e3 x 9,900 ns = 19.8 ms at most: under a 30 ms stddev, but above 1 % of a 0.5 s boot (5 ms)."""
+    names = ["page_clear_ns", "rmpupdate_ns"]
+    jac = np.array([[3e5, 1e3], [1e5, 2e3]])
+    sd = np.full(2, 3e7)
+    chosen, why = _choose(jac, sd, names, explicit=False, resolution=np.ones(2))
+    assert (chosen, why) == (["page_clear_ns"], {"rmpupdate_ns": "insensitive"})
+    boot = np.full(2, 5e8)
+    assert _choose(jac, boot, names, explicit=False, resolution=np.full(2, SENSITIVITY)) == (names, {})
 
 
 def test_choose_keeps_a_cost_just_outside_the_span() -> None:

@@ -117,7 +117,7 @@ def test_a_guest_that_does_not_boot_in_time_is_named(tmp_path: Path) -> None:
     path.write_text("name,memory,duration,value\nshort,1G,100ms,2.5s\n")  # a boot takes more than 1 s of phases
     result = runner.invoke(app, ["calibrate", str(path), "-q", "-w", "1", "-o", str(tmp_path / "c.toml")])
     assert result.exit_code == 2
-    assert result.output.startswith("error: line 2 (short): the guest did not finish booting within the duration")
+    assert result.output.startswith(f"error: {path} line 2 (short): the guest did not finish booting within")
 
 
 def test_calibrate_writes_costs_and_plot(tmp_path: Path) -> None:
