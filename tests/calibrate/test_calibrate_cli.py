@@ -166,3 +166,13 @@ def _one_vm(preset: str) -> dict[str, object]:
         "host": {"memory": "8G"},
         "vms": [{"memory": "1G", "workload": "linux-boot", "params": {"touch_rate_per_s": 0}}],
     }
+
+
+def test_the_documented_example_reads() -> None:
+    """docs/calibrate.md's example: nine 4-vCPU boots with a 1 % stddev column."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "calibrate" / "boot-times.csv"
+    rows = read_measurements(path)
+    assert len(rows) == 9 and all(m.metric == "boot_time_ns" and m.stddev is not None for m in rows)
+    assert all(m.scenario.vms[0].vcpus == 4 for m in rows)
+    assert {m.scenario.policy for m in rows} == {snpsim.presets[p] for p in ("upstream", "hugetlb", "unmap")}
+    assert all(m.stddev == pytest.approx(0.01 * m.value, rel=0.01) for m in rows if m.stddev is not None)
