@@ -810,6 +810,13 @@ def calibrate(
 # ------------------------------------------------------------------------------------------------ outputs
 
 
+def read_costs(path: str | Path | None) -> CostModel:
+    """The cost model of a TOML file's ``[costs]`` table (an earlier calibration, a scenario), or the defaults."""
+    if path is None:
+        return CostModel()
+    return CostModel.from_mapping(read_toml(path).get("costs", {}), field=f"{path}: costs")
+
+
 def costs_toml(cal: Calibration, source: str) -> str:
     """The ``[costs]`` table of a scenario: every cost, the fitted ones marked (with standard error and range)."""
     fitted = sum(1 for f in cal.fitted if f.status in ("fitted", "at bound"))

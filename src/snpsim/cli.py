@@ -847,19 +847,15 @@ def calibrate(
     Each row of the CSV is a scenario (guest size, vCPUs, preset, lazy or eager acceptance, or a scenario file)
     and the value measured for a metric (default: boot_time_ns). Every cost stays inside its declared range."""
     from snpsim.calibrate import calibrate as fit
-    from snpsim.calibrate import costs_toml, plot, read_measurements
-    from snpsim.hw.costs import CostModel
+    from snpsim.calibrate import costs_toml, plot, read_costs, read_measurements
     from snpsim.results import atomic_file, check_file
-    from snpsim.scenario import read_toml
 
     try:
         output = _format(fmt, as_json)
         names = [n.strip() for item in costs or [] for n in item.split(",") if n.strip()] or None
         if costs is not None and not names:
             raise ConfigError("--costs", "expected cost names, e.g. page_clear_ns,rmpupdate_ns")
-        first = CostModel()
-        if start is not None:
-            first = CostModel.from_mapping(read_toml(start).get("costs", {}), field=f"{start}: costs")
+        first = read_costs(start)
         if workers is not None and workers < 1:
             raise ConfigError("--workers", "must be >= 1")
         plot_path = out.with_suffix(".png")
@@ -990,8 +986,13 @@ def list_presets(
     emit(_console(), grid, output, _write)
     if output == "table":
         for p in PRESETS:
-            _say(f"{p.name}: {p.option} ({p.source})")
-        _say("What each value of a knob does: snpsim presets KNOB.")
+            _paragraph(f"{p.name}: {p.option} ({p.source})")
+        _paragraph("What each value of a knob does: snpsim presets KNOB.")
+
+
+def _paragraph(text: str) -> None:
+    """Plain text wrapped at spaces to the terminal's width (never markup, never cut)."""
+    _console().print(Text(text), overflow="fold")
 
 
 def _explain_knob(k: Any, output: str) -> None:
@@ -1021,12 +1022,12 @@ def _explain_knob(k: Any, output: str) -> None:
         )
         emit(_console(), grid, output, _write)
         return
-    _say(f"{k.name}: {k.meaning}")
-    _say(f"default: {shown(k.default)}; source: {k.source}")
+    _paragraph(f"{k.name}: {k.meaning}")
+    _paragraph(f"default: {shown(k.default)}; source: {k.source}")
     for v in k.values:
         who = ", ".join(users[v.value]) or "no preset"
-        _say("")
-        _say(f"{shown(v.value)} ({who}): {v.does}" + (f" [{v.where}]" if v.where else ""))
+        _paragraph("")
+        _paragraph(f"{shown(v.value)} ({who}): {v.does}" + (f" [{v.where}]" if v.where else ""))
 
 
 def main() -> None:

@@ -26,10 +26,12 @@ def test_presets_knob_explains_every_value(knob: str) -> None:
     result = runner.invoke(app, ["presets", knob], env=WIDE)
     assert result.exit_code == 0, result.output
     k = KNOBS[knob]
-    assert result.output.startswith(f"{knob}: {k.meaning}")
+    text = " ".join(result.output.split())  # wrapped to the terminal
+    assert text.startswith(" ".join(f"{knob}: {k.meaning}".split()))
     for v in k.values:
         who = ", ".join(users(knob, v.value)) or "no preset"
-        assert f"\n{str(v.value).lower()} ({who}): {v.does}" in result.output
+        assert " ".join(f"{str(v.value).lower()} ({who}): {v.does}".split()) in text
+    assert max(len(line) for line in result.output.splitlines()) <= 250
 
 
 def test_presets_knob_json_is_the_declaration() -> None:
@@ -55,8 +57,9 @@ def test_presets_knob_csv_has_one_row_per_value() -> None:
 def test_presets_table_names_every_presets_option() -> None:
     result = runner.invoke(app, ["presets"], env=WIDE)
     assert result.exit_code == 0
+    text = " ".join(result.output.split())  # wrapped to the terminal
     for p in PRESETS:
-        assert f"{p.name}: {p.option} ({p.source})" in result.output
+        assert f"{p.name}: {p.option} ({p.source})" in text
     for knob in KNOBS:
         assert knob in result.output
 
