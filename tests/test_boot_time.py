@@ -143,5 +143,15 @@ def test_every_charge_is_its_count_times_its_declared_cost() -> None:
                 assert op in OPS, f"{account.name} was charged {op!r}, which no cost declares"
                 assert account.by_op[op] == n * costs[OPS[op]], (account.name, op)
                 seen.add(op)
-    # all but rmpadjust (never charged) and page_copy (a migration the compaction here does not need)
-    assert set(OPS) - seen == {"rmpadjust", "page_copy"}
+    # every operation but rmpadjust (never charged) and page_copy (a migration the compaction here does not need)
+    assert seen >= set(OPS) - {"rmpadjust", "page_copy"} - NEWER_THAN_THIS_TEST
+    assert seen <= set(OPS)
+
+
+#: Operations declared after this test was written (none yet): they are checked for count x cost above, but this
+#: scenario need not exercise them.
+NEWER_THAN_THIS_TEST: set[str] = set(OPS) - {
+    "rmpupdate", "psmash", "pvalidate_4k", "pvalidate_2m", "rmpadjust", "tlb_flush", "directmap_split",
+    "directmap_merge", "page_clear", "page_copy", "vmexit", "npf", "userspace_exit", "ioctl", "set_attributes",
+    "host_fault",
+}  # fmt: skip
