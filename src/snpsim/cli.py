@@ -32,7 +32,7 @@ from typer.core import TyperGroup
 import snpsim
 from snpsim.errors import ConfigError
 from snpsim.metrics import METRICS
-from snpsim.policy import policy_label, presets
+from snpsim.policy import KNOBS, PRESETS, policy_label, presets
 from snpsim.results import OutputError
 from snpsim.scenario import DEFAULT_SCENARIO
 from snpsim.tables import FORMATS, Grid, column_metric_grid, emit, metric_grid
@@ -132,6 +132,9 @@ def _root(
         raise typer.Exit(0)
 
 
+#: The presets, for the help of every --preset option (generated from snpsim.policy's declarations).
+_PRESET_NAMES = f"Presets: {', '.join(presets)} ('snpsim presets' shows their knobs)."
+
 FormatOption = Annotated[
     str, typer.Option("--format", "-f", help=f"Output: {', '.join(FORMATS)} (table: fits the terminal).")
 ]
@@ -180,7 +183,7 @@ def run(
             "--preset",
             "-p",
             help="Run under this preset (repeatable). Default: the scenario's policy, "
-            "or every preset for the built-in scenario.",
+            f"or every preset for the built-in scenario. {_PRESET_NAMES}",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
@@ -479,7 +482,9 @@ def replay(
     trace_format: Annotated[
         str, typer.Option("--trace-format", help="Format of the trace: auto, qemu or ftrace.")
     ] = "auto",
-    preset: Annotated[list[str] | None, typer.Option("--preset", "-p", help="Preset (repeatable).")] = None,
+    preset: Annotated[
+        list[str] | None, typer.Option("--preset", "-p", help=f"Preset (repeatable; default upstream). {_PRESET_NAMES}")
+    ] = None,
     vm_memory: Annotated[str | None, typer.Option(help="Guest RAM (default: inferred from the trace).")] = None,
     host_memory: Annotated[
         str | None, typer.Option(help="Host RAM (default: 4 x the guest's, at least 1G; give the run's to compare).")
@@ -755,7 +760,7 @@ def limits(
     memory: Annotated[str, typer.Option(help="Guest RAM, e.g. 64G.")] = "4G",
     vcpus: Annotated[int, typer.Option(help="Guest vCPUs.")] = 4,
     preset: Annotated[
-        list[str] | None, typer.Option("--preset", "-p", help="Preset (repeatable; default all).")
+        list[str] | None, typer.Option("--preset", "-p", help=f"Preset (repeatable; default all). {_PRESET_NAMES}")
     ] = None,
     workload: Annotated[str, typer.Option(help="Workload simulated for the observed figure.")] = "random-conversion",
     duration: Annotated[str, typer.Option(help="Simulated time of the observed run.")] = "3s",
@@ -826,20 +831,229 @@ def limits(
     emit(_console(), grid, output, _write)
 
 
-@app.command("presets")
-def list_presets(fmt: FormatOption = "table", as_json: JsonOption = False) -> None:
-    """Show the presets and their knob values."""
+# -------------------------------------------------------------------------------------------------- calibrate
+
+
+@app.command()
+def calibrate(
+    measurements: Annotated[
+        Path, typer.Argument(help="CSV of measured metrics, one scenario per row (see docs/calibrate.md).")
+    ],
+    costs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--costs",
+            "-c",
+            help="Costs to fit, comma-separated or repeated (default: those the measurements are sensitive to "
+            "and can tell apart).",
+        ),
+    ] = None,
+    start: Annotated[
+        Path | None, typer.Option("--start", help="A TOML file whose [costs] table to start from (default: defaults).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The [costs] TOML to write; the plot goes next to it, as .png.")
+    ] = Path("calibration.toml"),
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Simulation processes (default: one per CPU).")
+    ] = None,
+    offset: Annotated[
+        bool,
+        typer.Option(
+            "--offset/--no-offset",
+            help="Fit a constant boot offset too: the time a real boot spends in code the model does not run.",
+        ),
+    ] = True,
+    fmt: FormatOption = "table",
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fit the cost model to metrics measured on SNP hardware: fitted costs, residuals, a plot, a [costs] table.
+
+    Each row of the CSV is a scenario (guest size, vCPUs, preset, lazy or eager acceptance, or a scenario file)
+    and the value measured for a metric (default: boot_time_ns). Every cost stays inside its declared range."""
+    from snpsim.calibrate import calibrate as fit
+    from snpsim.calibrate import costs_toml, plot, read_costs, read_measurements
+    from snpsim.results import atomic_file, check_file
+
     try:
         output = _format(fmt, as_json)
+        names = [n.strip() for item in costs or [] for n in item.split(",") if n.strip()] or None
+        if costs is not None and not names:
+            raise ConfigError("--costs", "expected cost names, e.g. page_clear_ns,rmpupdate_ns")
+        first = read_costs(start)
+        if workers is not None and workers < 1:
+            raise ConfigError("--workers", "must be >= 1")
+        plot_path = out.with_suffix(".png")
+        check_file(out, "--out")
+        check_file(plot_path, "--out")
+        rows = read_measurements(measurements)
     except ConfigError as exc:
         raise _fail(exc) from None
+    machine = output != "table"
+    with Progress(
+        TextColumn("simulations"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+        disable=quiet or machine,
+    ) as bar:
+        task = bar.add_task("simulations", total=0)
+        try:
+            cal = fit(
+                rows,
+                costs=names,
+                start=first,
+                offset=offset,
+                workers=workers or min(len(rows), os.cpu_count() or 1),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except ConfigError as exc:
+            raise _fail(exc) from None
+    failures = []
+    try:
+        with atomic_file(out, "--out") as tmp:
+            tmp.write_text(costs_toml(cal, measurements.name))
+        with atomic_file(plot_path, "--out") as tmp:
+            plot(cal, tmp)
+    except OutputError as exc:
+        failures.append(str(exc))
+    if output == "json":
+        _write(json.dumps({**cal.as_dict(), "out": str(out), "plot": str(plot_path)}, indent=1) + "\n")
+    else:
+        _print_calibration(cal, output)
+    b = cal.boot_offset
+    if b is not None and output != "json":
+        err = f" +- {format_duration(round(b.stderr))}" if b.stderr is not None else ""
+        sign = "+" if b.fitted >= 0 else "-"
+        _say(
+            f"boot offset: {sign}{format_duration(abs(b.fitted))}{err} (the measured boots spend that much beyond "
+            "the simulated ones: guest code the model does not run)",
+            stderr=machine,
+        )
+    for note in cal.notes:
+        _say(f"note: {note}", stderr=machine)
+    if not failures:
+        _say(f"costs written to {out} ([costs] table for scenarios), plot: {plot_path}", stderr=machine)
+    for failure in failures:
+        _say(f"{failure} (partial files were removed)", error=True)
+    raise typer.Exit(EXIT_FAILED if failures else 0)
+
+
+def _compact_ns(ns: int) -> str:
+    """1000 -> '1k', 500000 -> '500k', 250 -> '250' (a cost's range, in ns)."""
+    return f"{ns // 1000}k" if ns >= 1000 and ns % 1000 == 0 else f"{ns:,}"
+
+
+def _print_calibration(cal: Any, output: str) -> None:
+    """The costs (start, fitted, standard error, range, what happened) and the measurements' residuals."""
+    from snpsim.calibrate import format_value
+
+    def number(_r: str, _c: str, v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:,.3g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+    fits = cal.fitted
+    cells = [[f.start, f.fitted, f.stderr, f"{_compact_ns(f.lo)}..{_compact_ns(f.hi)}", f.status] for f in fits]
+    columns = ["start ns", "fitted ns", "+- ns", "range ns", "status"]
+    emit(_console(), Grid("calibrated costs", "cost", [f.name for f in fits], columns, cells, number), output, _write)
+    relative = all(r.stddev is None for r in cal.rows)
+    names = [r.name for r in cal.rows]
+    labels = [n if names.count(n) == 1 else f"{n} (line {r.line})" for n, r in zip(names, cal.rows, strict=True)]
+    by_label = dict(zip(labels, cal.rows, strict=True))
+
+    def cell(r: str, c: str, v: Any) -> str:
+        row = by_label[r]
+        if c == "residual":
+            return f"{v * 100:+.3g}%" if relative else f"{v:+.3g} sd"
+        return str(v) if isinstance(v, str) else format_value(row.metric, v)
+
+    rows = [[r.metric, r.measured, r.start, r.fitted, r.residual] for r in cal.rows]
+    title = f"measurements: rms residual {cal.rms * (100 if relative else 1):.3g}{'%' if relative else ' sd'}"
+    grid = Grid(
+        title,
+        "measurement",
+        labels,
+        ["metric", "measured", "start", "fitted", "residual"],
+        rows,
+        cell,
+    )
+    emit(_console(), grid, output, _write)
+
+
+@app.command("presets")
+def list_presets(
+    knob: Annotated[
+        str | None,
+        typer.Argument(help=f"A knob to explain, value by value: {', '.join(KNOBS)}.", show_default=False),
+    ] = None,
+    fmt: FormatOption = "table",
+    as_json: JsonOption = False,
+) -> None:
+    """Show the presets and their knob values, or what each value of one knob does (from the knob declarations
+    in snpsim.policy; docs/knobs.md is generated from the same)."""
+    try:
+        output = _format(fmt, as_json)
+        if knob is not None and knob not in KNOBS:
+            raise ConfigError(str(knob), f"unknown knob (knobs: {', '.join(KNOBS)})")
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    if knob is not None:
+        _explain_knob(KNOBS[knob], output)
+        return
     if output == "json":
         _write(json.dumps({name: p.as_dict() for name, p in presets.items()}, indent=1) + "\n")
         return
-    knobs = list(next(iter(presets.values())).as_dict())
+    knobs = list(KNOBS)
     cells = [[str(p.as_dict()[k]).lower() for p in presets.values()] for k in knobs]
     grid = Grid("snpsim presets", "knob", knobs, list(presets), cells, lambda _r, _c, v: str(v), justify="left")
     emit(_console(), grid, output, _write)
+    if output == "table":
+        for p in PRESETS:
+            _paragraph(f"{p.name}: {p.option} ({p.source})")
+        _paragraph("What each value of a knob does: snpsim presets KNOB.")
+
+
+def _paragraph(text: str) -> None:
+    """Plain text wrapped at spaces to the terminal's width (never markup, never cut)."""
+    _console().print(Text(text), overflow="fold")
+
+
+def _explain_knob(k: Any, output: str) -> None:
+    """One knob: its meaning, default and source, then each value: what it does, where, and which presets use it."""
+    users = {v.value: [name for name, p in presets.items() if getattr(p, k.name) == v.value] for v in k.values}
+
+    def shown(value: Any) -> str:
+        return str(value).lower()
+
+    if output == "json":
+        doc = {
+            "knob": k.name,
+            "meaning": k.meaning,
+            "default": k.default,
+            "source": k.source,
+            "values": [
+                {"value": v.value, "does": v.does, "where": v.where, "presets": users[v.value]} for v in k.values
+            ],
+        }
+        _write(json.dumps(doc, indent=1) + "\n")
+        return
+    if output in ("csv", "markdown"):
+        rows = [shown(v.value) for v in k.values]
+        cells = [[", ".join(users[v.value]), v.does, v.where] for v in k.values]
+        grid = Grid(
+            k.name, "value", rows, ["presets", "does", "where"], cells, lambda _r, _c, v: str(v), justify="left"
+        )
+        emit(_console(), grid, output, _write)
+        return
+    _paragraph(f"{k.name}: {k.meaning}")
+    _paragraph(f"default: {shown(k.default)}; source: {k.source}")
+    for v in k.values:
+        who = ", ".join(users[v.value]) or "no preset"
+        _paragraph("")
+        _paragraph(f"{shown(v.value)} ({who}): {v.does}" + (f" [{v.where}]" if v.where else ""))
 
 
 def main() -> None:

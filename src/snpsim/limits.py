@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import snpsim
-from snpsim.hw.types import PAGE_SIZE
+from snpsim.arch import PAGE_SIZE
 from snpsim.policy import GRANULE_BYTES, Policy
 
 RMP_ENTRY_BYTES = 16

@@ -19,8 +19,10 @@ the whole trace, their creation included.
 
 from __future__ import annotations
 
+import functools
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +54,13 @@ class VmRecord:
     booted (None if it never did), ``conversion_ns_p50`` ... the latency of its guest's conversions (each from
     the guest's request until its last PVALIDATE), ``cpu_ns`` the host CPU time of its threads. ``oom``: the host
     could not back it at a fault and QEMU was killed; ``exit_error``: QEMU could not create it (a hugetlbfs
-    reservation that cannot be had) and exited at once, with this message."""
+    reservation that cannot be had) and exited at once, with this message.
+
+    ``boot_ops``: how many times each operation was charged on the boot's critical path - QEMU's main thread
+    creating the VM, then vCPU 0 (the boot CPU runs every boot event, :func:`snpsim.guest.events.by_vcpu`) until
+    the guest logged its boot. Nothing else delays that path, so ``boot_ns`` is the guest's own compute time (the
+    boot schedule's gaps) plus the sum over these operations of count x cost: linear in the costs
+    (:func:`snpsim.hw.costs.counts_by_cost`, :mod:`snpsim.calibrate`)."""
 
     name: str
     asid: int
@@ -73,6 +81,7 @@ class VmRecord:
     conversion_ns_max: int | None = None
     cpu_ns: int = 0
     exit_error: str | None = None
+    boot_ops: dict[str, int] | None = None
 
 
 @dataclass
@@ -117,8 +126,11 @@ class Simulation:
         record_conversions: bool = False,
         time_limit_s: float | None = None,
         vm_launch: dict[int, Sequence[SnpLaunchUpdate]] | None = None,
+        stop_after_boot: int | None = None,
     ) -> None:
         self.s = scenario
+        #: end the run once the guest of this VM (in creation order) has booted (calibration needs no more)
+        self.stop_after_boot = stop_after_boot
         #: wall-clock seconds the run may take (None: no limit); see :meth:`_advance`
         self.time_limit_s = time_limit_s
         #: guest events given from outside (a replayed trace) for the VM of that index, instead of its workload
@@ -155,6 +167,7 @@ class Simulation:
         self._progress = progress
         #: the VM processes of the VMs a replayed trace drives (a replay ends when they have)
         self._replayed: list[simpy.Event] = []
+        self._booted: simpy.Event = self.env.event()
 
     def rng(self, name: str) -> np.random.Generator:
         """The random stream of the component ``name`` (e.g. ``"writer/ksm"``), from the scenario seed."""
@@ -246,6 +259,8 @@ class Simulation:
         for v, stream in enumerate(by_vcpu(events, spec.vcpus)):
             account = self.host.account(f"vm{index}/vcpu{v}")
             vm.accounts.append(account)
+            if v == 0:
+                guest.log.on_boot = functools.partial(self._on_boot, len(self.records) - 1, main, account)
             # a replayed trace's times count from when its vCPUs start (the trace begins after QEMU's set-up)
             absolute = index in self.vm_events
             program = guest.program(stream, _clock(env, account, int(env.now) if absolute else t0), absolute=absolute)
@@ -268,6 +283,15 @@ class Simulation:
                 yield env.timeout(teardown)
             record.end_ns = int(env.now)
             record.cpu_ns = sum(a.total_ns for a in vm.accounts)
+
+    def _on_boot(self, index: int, main: CpuAccount, boot_cpu: CpuAccount) -> None:
+        """The guest of VM ``index`` (creation order) logged its boot: ``VmRecord.boot_ops`` are the operations
+        QEMU's main thread and the boot vCPU were charged so far."""
+        ops = Counter(main.count_by_op)
+        ops.update(boot_cpu.count_by_op)
+        self.records[index].boot_ops = dict(sorted(ops.items()))
+        if index == self.stop_after_boot and not self._booted.triggered:
+            self._booted.succeed()
 
     def _finish(self, vm: _VmState) -> None:
         """Copy what the VM's guest and VMM observed into its record."""
@@ -362,7 +386,10 @@ class Simulation:
             body = writers.WRITERS[name](self.host, self.rng(f"writer/{name}"), **params)
             self.env.process(self._thread(self.host.account(f"kthread/{name}"), body))
         self.env.process(self._sampler())
-        self._advance(self.s.duration_ns)
+        if self.stop_after_boot is None:
+            self._advance(self.s.duration_ns)
+        else:
+            self._advance(self.env.any_of([self.env.timeout(self.s.duration_ns), self._booted]))
         if self._replayed:  # a replay ends when the trace has been replayed, however long the host took (the VM's
             # creation included: a trace shorter than QEMU's set-up is still replayed whole)
             self._advance(self.env.all_of(self._replayed))

@@ -84,12 +84,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snpsim.arch import PAGE_SHIFT, PageSize
 from snpsim.errors import ConfigError
 from snpsim.guest.linux import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, LinuxGuestConfig
 from snpsim.host.aging import AgingSpec
 from snpsim.host.e820 import DEFAULT_PCI_HOLE, HostMemoryMap, flat_memory_map, server_memory_map
 from snpsim.hw.costs import CostModel
-from snpsim.hw.types import PAGE_SHIFT, PageSize
 from snpsim.params import check as check_param
 from snpsim.params import parameters
 from snpsim.policy import Policy, resolve_policy

@@ -35,6 +35,10 @@ Invariants, checked after every step (sources: amd-snp-arch.md §7-§8, linux-sn
    tagged non-FREE. After VM destroy: nothing assigned, nothing leaked, everything present in the direct map, and
    with a ``directmap_restore`` point the direct map is merged back to 1G.
 6. guest_bytes is conserved by a conversion of a fully backed range plus touching it (4K/4K policies).
+7. host CPU time (what ``snpsim calibrate`` relies on): every operation a thread was charged is declared by a cost
+   (``snpsim.hw.costs.OPS``) and cost exactly count x that cost; the counts agree with what happened: one
+   ``rmpupdate`` / ``psmash`` charge per RMP entry the hardware updated / smashed, one ``vmexit`` per PSC request,
+   one ``userspace_exit`` per exit to the VMM.
 
 Model bugs found by this machine (regression tests at the end): (A) a #VC on a page under a 2M RMP entry escaped
 as ``NestedPageFault``; (B) PVALIDATE on a gfn whose attribute is shared mapped guest_memfd into the NPT against the
@@ -61,6 +65,7 @@ from hypothesis.stateful import (
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel, Owner
 from snpsim.hw import PageSize
+from snpsim.hw.costs import OPS
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED
 from snpsim.metrics import Counters
@@ -369,6 +374,22 @@ class StackMachine(RuleBasedStateMachine):
         self._check_frames(assigned)
         self._check_npt(assigned)
         self._check_direct_map(assigned)
+        self._check_costs()
+
+    def _check_costs(self) -> None:
+        """Invariant 7."""
+        costs = self.host.costs.as_dict()
+        counts: dict[str, int] = {}
+        for account in self.host.accounts.values():
+            for op, n in account.count_by_op.items():
+                assert op in OPS, f"{account.name} charged {op!r}, which no cost declares"
+                assert account.by_op[op] == n * costs[OPS[op]], (account.name, op, n, account.by_op[op])
+                counts[op] = counts.get(op, 0) + n
+        rmp, c = self.host.rmp, self.counters
+        assert counts.get("rmpupdate", 0) == rmp.rmpupdate_count
+        assert counts.get("psmash", 0) == rmp.psmash_count
+        assert counts.get("vmexit", 0) == c.psc_request_count
+        assert counts.get("userspace_exit", 0) == c.vmm_exit_count
 
     def _check_accounting(self) -> None:
         """Invariant 3 (bytes)."""

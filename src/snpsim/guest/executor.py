@@ -52,11 +52,13 @@ Program = Any  # Generator[Instruction, Any, None]; kept loose for the delegatio
 @dataclass
 class GuestLog:
     """What the guest logs with its own clock: when it finished booting, how long each conversion took, and
-    (``requests`` not None) each conversion it asked for: (time_ns, gfn, npages, to_private)."""
+    (``requests`` not None) each conversion it asked for: (time_ns, gfn, npages, to_private). ``on_boot`` is
+    called at the instant the boot is logged (the engine notes what the boot cost the host up to then)."""
 
     booted_ns: int | None = None
     conversion_ns: list[int] = field(default_factory=list)
     requests: list[tuple[int, int, int, bool]] | None = None
+    on_boot: Callable[[], None] | None = None
 
 
 class SnpGuest:
@@ -90,6 +92,8 @@ class SnpGuest:
             elif isinstance(event, Booted):
                 if self.log.booted_ns is None:
                     self.log.booted_ns = clock()
+                    if self.log.on_boot is not None:
+                        self.log.on_boot()
             elif isinstance(event, Rebooting):
                 pass
             else:

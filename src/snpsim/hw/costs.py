@@ -12,14 +12,18 @@ labelled *assumptions*: an order of magnitude with its reasoning, and a plausibl
 hardware. The one default derived from a measurement is ``page_clear_ns`` (``measurements.md``: QEMU's
 single-threaded first-touch preallocation of 2M pages, 256 GB in 2 min 11 s, about 2 GB/s per thread).
 
-Each cost is declared once, as a field of :class:`CostModel` with its default, range and source; :data:`COSTS`
-is read from those fields by the docs and the calibration.
+Each cost is declared once, as a field of :class:`CostModel` with its default, range, source and the operations
+charged at it (the ``op`` names of ``HostKernel.charge``: ``rmpupdate_ns`` is charged as ``rmpupdate``,
+``page_clear_ns`` as ``page_clear`` and ``page_copy``); :data:`COSTS` and :data:`OPS` are read from those fields by
+the docs and the calibration. Every charge of ``count`` operations costs ``count`` times its cost, so the time a
+thread is charged is linear in the costs: :func:`counts_by_cost` turns a thread's operation counts into the
+number of times each cost was paid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from snpsim.errors import ConfigError
@@ -33,11 +37,14 @@ class CostSpec:
     lo: int
     hi: int
     source: str
+    #: the operations charged at this cost (``HostKernel.charge(op, ...)``); default: the name without ``_ns``
+    ops: tuple[str, ...] = ()
 
 
-def cost(default: int, lo: int, hi: int, source: str) -> Any:
-    """A :class:`CostModel` field: its default, plausible range and source."""
-    return field(default=default, metadata={"spec": CostSpec(default, lo, hi, source)})
+def cost(default: int, lo: int, hi: int, source: str, ops: tuple[str, ...] = ()) -> Any:
+    """A :class:`CostModel` field: its default, plausible range, source and (if not its name without ``_ns``)
+    the operations charged at it."""
+    return field(default=default, metadata={"spec": CostSpec(default, lo, hi, source, ops)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,7 @@ class CostModel:
         "measured [D]: QEMU -mem-prealloc of 2M hugepages, 256 GB in 2m11s on one thread (measurements.md) = "
         "~2 GB/s of first-touch clearing per thread = ~2 us per 4 KiB; clear_page at full memory bandwidth "
         "(~16 GB/s) bounds it below",
+        ops=("page_clear", "page_copy"),  # clearing a page, and copying one when compaction migrates it
     )
     vmexit_ns: int = cost(
         1_500,
@@ -124,6 +132,7 @@ class CostModel:
         2_000,
         "assumption: one xarray store per 4K page in kvm_vm_set_mem_attributes (AMDSEV issue 225: setting a large "
         "guest private 'will take a long time'; measurements.md, no number)",
+        ops=("set_attributes",),
     )
     host_fault_ns: int = cost(2_000, 500, 20_000, "assumption: a kernel #PF entry, handling and return")
 
@@ -145,7 +154,23 @@ class CostModel:
         return cls(**dict(data))
 
 
-#: Every cost, declared once (as the fields of :class:`CostModel`): name -> default, range, source.
-COSTS: dict[str, CostSpec] = {f.name: f.metadata["spec"] for f in fields(CostModel)}
+def _spec(f: Any) -> CostSpec:
+    spec: CostSpec = f.metadata["spec"]
+    return spec if spec.ops else replace(spec, ops=(f.name.removesuffix("_ns"),))
+
+
+#: Every cost, declared once (as the fields of :class:`CostModel`): name -> default, range, source, operations.
+COSTS: dict[str, CostSpec] = {f.name: _spec(f) for f in fields(CostModel)}
 #: Where each default comes from.
 SOURCES: dict[str, str] = {name: spec.source for name, spec in COSTS.items()}
+#: The cost each charged operation pays: ``{"rmpupdate": "rmpupdate_ns", "page_copy": "page_clear_ns", ...}``.
+OPS: dict[str, str] = {op: name for name, spec in COSTS.items() for op in spec.ops}
+
+
+def counts_by_cost(op_counts: Mapping[str, int]) -> dict[str, int]:
+    """How many times each cost was paid, from operation counts (``CpuAccount.count_by_op``); an operation no
+    cost declares raises KeyError (every ``charge`` must name one of :data:`OPS`)."""
+    out = dict.fromkeys(COSTS, 0)
+    for op, n in op_counts.items():
+        out[OPS[op]] += n
+    return out
