@@ -81,6 +81,7 @@ class CostModel:
         500,
         50_000,
         "assumption: the global TLB shootdown (IPIs to every CPU) after a direct-map change (cpa_flush)",
+        ops=("tlb_flush", "thp_split"),  # a THP split by the shrinker unmaps and remaps its folio: one flush
     )
     directmap_split_ns: int = cost(
         10_000,
