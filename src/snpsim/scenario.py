@@ -118,7 +118,7 @@ DEFAULT_SCENARIO: dict[str, Any] = {
     "samples": 48,
     "policy": "upstream",
     "host": {
-        "memory": "4G",
+        "memory": "8G",
         "page_cache": 0.2,
         "writers": {
             "page_zeroing": {"interval": "1m", "batch": 256, "resident_pages": 8192},

@@ -64,9 +64,9 @@ def test_identical_series_are_grouped_in_order() -> None:
 
 def test_header_rows_of_the_default_scenario() -> None:
     rows = dict(scenario_rows(scenario_doc(load(DEFAULT_SCENARIO)), default_costs=None))
-    # DEFAULT_SCENARIO: host memory 4G, page_cache 0.2; directmap_max_level and zero_on_alloc default (1g, true)
+    # DEFAULT_SCENARIO: host memory 8G, page_cache 0.2; directmap_max_level and zero_on_alloc default (1g, true)
     assert (
-        rows["host"] == "4 GiB RAM, 20% page cache when the VMs start, direct map up to 1G, pages zeroed on allocation"
+        rows["host"] == "8 GiB RAM, 20% page cache when the VMs start, direct map up to 1G, pages zeroed on allocation"
     )
     # writers: page_zeroing interval 1m batch 256 resident_pages 8192; compaction and ksm every 10m
     assert rows["kernel writers"] == (
