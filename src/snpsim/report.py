@@ -237,7 +237,19 @@ def _guest(vm: dict[str, Any]) -> str:
     return text + f", {when}, " + (f"living {format_time(life)}" if life else "for the whole run")
 
 
-_HOST_KEYS = {"host_memory", "page_cache", "directmap_max_level", "zero_on_alloc", "layout"}
+_HOST_KEYS = {
+    "host_memory",
+    "page_cache",
+    "directmap_max_level",
+    "zero_on_alloc",
+    "layout",
+    "host_layout",
+    "pci_hole",
+    "rmp_base",
+    "transparent_hugepage",
+    "hugepages",
+    "aging",
+}
 _SHOWN_KEYS = _HOST_KEYS | {"name", "writers", "vms", "churn", "duration_ns", "samples", "seed", "policy", "costs"}
 _LEVEL_NAMES = {0: "4K", 1: "2M", 2: "1G"}
 
@@ -256,8 +268,26 @@ def scenario_rows(scenario: dict[str, Any], *, default_costs: dict[str, Any] | N
         host.append(f"direct map up to {_LEVEL_NAMES.get(level, level)}")
     if "zero_on_alloc" in scenario:
         host.append("pages zeroed on allocation" if scenario["zero_on_alloc"] else "pages not zeroed on allocation")
+    layout = scenario.get("host_layout")
+    if layout:
+        hole = scenario.get("pci_hole")
+        text = f"{layout} e820 layout" + (f" (PCI hole from {_size(hole)} to 4 GiB)" if hole and layout != "flat" else "")
+        host.append(text + (f", RMP table at {_size(scenario['rmp_base'])}" if scenario.get("rmp_base") else ""))
+    if scenario.get("transparent_hugepage"):
+        host.append(f"THP {scenario['transparent_hugepage']}")
+    if "hugepages" in scenario:
+        pools = scenario["hugepages"] or {}
+        host.append(
+            "hugetlb pool "
+            + ", ".join(f"{n:,} x {_size(4096 << int(order))}" for order, n in sorted(pools.items()))
+            if pools
+            else "no boot-time hugetlb pool"
+        )
     if host:
         rows.append(("host", ", ".join(host)))
+    aging = scenario.get("aging")
+    if isinstance(aging, dict):
+        rows.append(("host aging", _aging(aging)))
     if "writers" in scenario:
         writers = scenario["writers"] or {}
         rows.append(("kernel writers", "; ".join(_writer(n, p) for n, p in sorted(writers.items())) or "none"))
@@ -293,6 +323,23 @@ def scenario_rows(scenario: dict[str, Any], *, default_costs: dict[str, Any] | N
         rows.append(("costs (changed)", ", ".join(shown)))
     rows += [(k, json.dumps(v)) for k, v in sorted(scenario.items()) if k not in _SHOWN_KEYS]
     return rows
+
+
+def _aging(aging: dict[str, Any]) -> str:
+    """``[host.aging]`` (``snpsim.host.aging.AgingSpec``) in words."""
+    mode = aging.get("mode", "churn")
+    if mode != "churn":
+        return str(mode)
+    parts = [f"churn for {format_time(aging.get('uptime_ns', 0))} of uptime"]
+    if "epoch_ns" in aging:
+        parts.append(f"epochs of {format_time(aging['epoch_ns'])}")
+    if "peak" in aging:
+        parts.append(f"peak use {float(aging['peak']):.0%}")
+    rates = [(k, aging[k]) for k in ("turnover", "kernel_turnover") if k in aging]
+    parts += [f"{k.replace('_', ' ')} {float(v):.1%}/h" for k, v in rates]
+    shares = [(k, aging[k]) for k in ("unmovable", "reclaimable") if k in aging]
+    parts += [f"{k} {float(v):.1%} of RAM" for k, v in shares]
+    return ", ".join(parts)
 
 
 def _default_costs() -> dict[str, Any]:
