@@ -271,15 +271,16 @@ def scenario_rows(scenario: dict[str, Any], *, default_costs: dict[str, Any] | N
     layout = scenario.get("host_layout")
     if layout:
         hole = scenario.get("pci_hole")
-        text = f"{layout} e820 layout" + (f" (PCI hole from {_size(hole)} to 4 GiB)" if hole and layout != "flat" else "")
+        text = f"{layout} e820 layout"
+        if hole and layout != "flat":
+            text += f" (PCI hole from {_size(hole)} to 4 GiB)"
         host.append(text + (f", RMP table at {_size(scenario['rmp_base'])}" if scenario.get("rmp_base") else ""))
     if scenario.get("transparent_hugepage"):
         host.append(f"THP {scenario['transparent_hugepage']}")
     if "hugepages" in scenario:
         pools = scenario["hugepages"] or {}
         host.append(
-            "hugetlb pool "
-            + ", ".join(f"{n:,} x {_size(4096 << int(order))}" for order, n in sorted(pools.items()))
+            "hugetlb pool " + ", ".join(f"{n:,} x {_size(4096 << int(order))}" for order, n in sorted(pools.items()))
             if pools
             else "no boot-time hugetlb pool"
         )

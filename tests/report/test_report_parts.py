@@ -66,8 +66,8 @@ def test_header_rows_of_the_default_scenario() -> None:
     rows = dict(scenario_rows(scenario_doc(load(DEFAULT_SCENARIO)), default_costs=None))
     # DEFAULT_SCENARIO: host memory 8G, page_cache 0.2; directmap_max_level and zero_on_alloc default (1g, true)
     assert (
-        rows["host"] == "8 GiB RAM, 20% page cache when the VMs start, direct map up to 1G, pages zeroed on allocation, "
-        "server e820 layout (PCI hole from 2 GiB to 4 GiB), THP always, no boot-time hugetlb pool"
+        rows["host"] == "8 GiB RAM, 20% page cache when the VMs start, direct map up to 1G, pages zeroed on "
+        "allocation, server e820 layout (PCI hole from 2 GiB to 4 GiB), THP always, no boot-time hugetlb pool"
     )
     # AgingSpec defaults (src/snpsim/host/aging.py): uptime 24 h, epoch 4 h, peak 0.6, turnover 0.05, unmovable
     # 0.01, reclaimable 0.015, kernel_turnover 0.02
