@@ -868,7 +868,7 @@ def calibrate(
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Fit the cost model to metrics measured on SNP hardware: fitted costs, residuals, a plot, a [costs] table.
+    """Fit the cost model to metrics measured on SNP hardware: fitted costs, residuals, a plot, a \\[costs] table.
 
     Each row of the CSV is a scenario (guest size, vCPUs, preset, lazy or eager acceptance, or a scenario file)
     and the value measured for a metric (default: boot_time_ns). Every cost stays inside its declared range."""

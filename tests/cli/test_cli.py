@@ -45,6 +45,25 @@ def test_help_and_no_args() -> None:
     assert "run" in result.output
 
 
+def test_help_shows_bracketed_words() -> None:
+    # rich takes "[costs]" in a help text as markup and drops it unless escaped (issue 16: "rich markup eats
+    # bracketed words"); every bracketed word of every command's docstring must reach the help output
+    import re
+
+    import typer.main
+
+    group = typer.main.get_group(app)
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "400"}).output
+    for name, command in group.commands.items():
+        words = re.findall(r"\\?\[([a-z_.-]+)\]", command.help or "")
+        shown = runner.invoke(app, [name, "--help"], env={"COLUMNS": "400"}).output
+        for word in words:
+            assert f"[{word}]" in shown, (name, word)
+        first = (command.help or "").split(".")[0]
+        if any(f"[{w}]" in first for w in words):
+            assert all(f"[{w}]" in top for w in words if f"[{w}]" in first), name
+
+
 def test_presets_table_lists_every_preset() -> None:
     result = runner.invoke(app, ["presets"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
