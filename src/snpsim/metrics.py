@@ -28,6 +28,7 @@ METRICS: tuple[str, ...] = (
     "host_rmp_fault_count",
     "host_notpresent_fault_count",
     "host_crash_count",
+    "snp_host_bytes",
     "thp_deferred_split_bytes",
     "thp_split_page_count",
     "guest_vc_count",

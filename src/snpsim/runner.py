@@ -19,6 +19,7 @@ the whole trace, their creation included.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import zlib
@@ -35,14 +36,16 @@ import simpy
 from snpsim.errors import TimeLimitExceeded
 from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
 from snpsim.guest.executor import GuestLog, SnpGuest
+from snpsim.guest.linux import LinuxGuestConfig, launch_image
 from snpsim.guest.workloads import WORKLOADS
 from snpsim.host import HostKernel, writers
 from snpsim.host.aging import age_host
 from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.host.cpu import CpuAccount
-from snpsim.kvm.uapi import SnpLaunchUpdate
+from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
+from snpsim.segments import bool_runs
 from snpsim.vmm.qemu import Qemu, QemuExit
 
 Process = Generator[simpy.Event, Any, None]
@@ -222,23 +225,28 @@ class Simulation:
         self._next_asid += 1
         cfg = spec.guest_config()
         ram = self._ram_mask(cfg.end_gfn, tuple(cfg.ram_ranges()))
+        given = self.vm_launch.get(index)
+        launch = list(given) if given is not None else default_launch(cfg)
+        cfg = dataclasses.replace(cfg, launch_validated=launch_ram_ranges(launch, ram))
         t0 = int(env.now)
         record = VmRecord(f"vm{index}", asid, spec.memory, spec.vcpus, spec.workload, t0)
         self.records.append(record)
         main = self.host.account(f"vm{index}/qemu")
-        launch = self.vm_launch.get(index)
         try:
             qemu = self._run_on(
                 main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters, launch=launch)
             )
-        except QemuExit as e:  # the RAM block's mmap failed: QEMU exits before any vCPU runs
-            record.exit_error = str(e)
+            self._run_on(main, lambda: _launch(qemu, spec.vcpus))
+        except (QemuExit, MemoryError) as e:  # the RAM block's mmap or the launch failed: QEMU exits
+            record.exit_error = str(e) if isinstance(e, QemuExit) else f"qemu-system-x86_64: SNP launch failed: {e}"
             record.end_ns = t0
             record.cpu_ns = main.total_ns
             return
         if self.conversions is not None and index == 0:
-            self.launch = qemu.launch
+            self.launch = None if given is None else list(given)
         guest = SnpGuest(int(ram.size))
+        for g, n in cfg.launch_validated:  # the launch validated them (Guest-Valid): the guest knows
+            guest.validated[g : g + n] = True
         if self.conversions is not None:
             guest.log.requests = []
         self._logs.append(guest.log)
@@ -372,6 +380,7 @@ class Simulation:
 
     def run(self) -> Result:
         #: what the host's uptime left before the VMs start (page cache, kernel memory)
+        self.host.snp_init()  # at boot (the ccp driver's SNP init), before the uptime's page cache
         self.aging = age_host(self.host, self.s.page_cache, self.s.aging, self.s.seed)
         index = 0
         for spec in self.s.vms:
@@ -463,6 +472,32 @@ def host_thread(
     rest = account.take()
     if rest:
         yield env.timeout(rest)
+
+
+def default_launch(cfg: LinuxGuestConfig) -> list[SnpLaunchUpdate]:
+    """The launch updates of the default guest image (:func:`snpsim.guest.linux.launch_image`: the OVMF flash and
+    its SEV metadata sections) as QEMU issues them."""
+    return [SnpLaunchUpdate(g, n, SnpPageType[kind.upper()]) for g, n, kind in launch_image(cfg)]
+
+
+def launch_ram_ranges(launch: Iterable[SnpLaunchUpdate], ram: npt.NDArray[np.bool_]) -> tuple[tuple[int, int], ...]:
+    """The ``(gfn, npages)`` pieces of the launch updates that are guest RAM (the rest is the firmware's block)."""
+    out: list[tuple[int, int]] = []
+    for u in launch:
+        lo, hi = min(u.gfn, ram.size), min(u.gfn + u.npages, ram.size)
+        for start, n, is_ram in bool_runs(ram[lo:hi]):
+            if is_ram:
+                out.append((lo + start, n))
+    return tuple(sorted(out))
+
+
+def _launch(qemu: Qemu, vcpus: int) -> None:
+    """QEMU's machine init and machine-done for SNP: ``KVM_CREATE_VCPU`` of every vCPU (KVM allocates each VMSA),
+    then ``sev_snp_launch_finish()`` (the launch updates and ``KVM_SEV_SNP_LAUNCH_FINISH``), before any vCPU
+    runs."""
+    for v in range(vcpus):
+        qemu.kvm.sev_es_vcpu_create(v)
+    qemu.sev_snp_launch_finish()
 
 
 def _clock(env: simpy.Environment, account: CpuAccount, origin: int) -> Callable[[], int]:

@@ -151,6 +151,40 @@ PAGES_PER_2M = 512
 PAGES_PER_1G = 512 * 512
 #: First GFN above the 32-bit PCI hole: high RAM starts here (q35).
 FOUR_GIB_GFN = (4 * GIB) >> PAGE_SHIFT
+
+#: The launch image of the default guest: what QEMU's ``sev_snp_launch_finish()`` hands to
+#: ``KVM_SEV_SNP_LAUNCH_UPDATE`` before the guest runs, as ``(gpa, bytes, page type)`` with the page type named as
+#: QEMU's ``snp_page_type_to_str()`` (``Normal``, ``Zero``, ``Secrets``, ``Cpuid``). Source: edk2
+#: ``OvmfPkg/ResetVector/X64/OvmfSevMetadata.asm`` (the SEV metadata sections QEMU's
+#: ``snp_populate_metadata_pages()`` turns into updates: ``SNP_SEC_MEM`` -> Zero, ``SNP_SECRETS`` -> Secrets,
+#: ``CPUID`` -> Cpuid) over the MEMFD layout of ``OvmfPkg/OvmfPkgX64.fdf`` (``MEMFD_BASE_ADDRESS`` 0x800000: SEC
+#: page tables 0x6000, lock box, guided-extract table, GHCB page table, then the 2-page SEC GHCB (not in the
+#: metadata: SEC makes it shared), the work area, the secrets and CPUID pages, and the SEC/PEI temporary RAM up
+#: to ``PcdOvmfPeiMemFvBase`` 0x820000). [I] The offsets are those of the fdf as we read it (edk2-stable2024xx);
+#: an SVSM calling-area page and the kernel-hashes table (``kernel-hashes=on`` only) are left out.
+OVMF_SEV_METADATA: tuple[tuple[int, int, str], ...] = (
+    (0x800000, 0x9000, "Zero"),  # SNP_SEC_MEM 1: SEC page tables .. GHCB page table
+    (0x80B000, 0x1000, "Zero"),  # SNP_SEC_MEM 2: the OVMF work area
+    (0x80C000, 0x1000, "Secrets"),  # SNP_SECRETS: PcdOvmfSnpSecretsBase
+    (0x80D000, 0x1000, "Cpuid"),  # CPUID: PcdOvmfCpuidBase
+    (0x80E000, 0x12000, "Zero"),  # SNP_SEC_MEM 3: up to PcdOvmfPeiMemFvBase (SEC/PEI temporary RAM)
+)
+#: [I] The OVMF image QEMU maps at ``[4 GiB - size, 4 GiB)`` (``x86_bios_rom_init``) and encrypts whole
+#: (``x86_firmware_configure`` -> ``sev_encrypt_flash``: Normal pages, measured): edk2's default ``FD_SIZE_4MB``
+#: build of OvmfPkg/AmdSev (one image, no separate varstore).
+OVMF_IMAGE_BYTES = 4 * MIB
+
+
+def launch_image(cfg: LinuxGuestConfig) -> list[tuple[int, int, str]]:
+    """The default launch of a guest (``(gfn, npages, page type)`` in QEMU's order: the flash first, then the
+    metadata sections, :data:`OVMF_SEV_METADATA`). Every section lies in low RAM for any valid ``cfg`` (at least
+    64 MiB)."""
+    out = [((FOUR_GIB_GFN - (OVMF_IMAGE_BYTES >> PAGE_SHIFT)), OVMF_IMAGE_BYTES >> PAGE_SHIFT, "Normal")]
+    out += [(gpa >> PAGE_SHIFT, size >> PAGE_SHIFT, kind) for gpa, size, kind in OVMF_SEV_METADATA]
+    assert all(g + n <= cfg.lowmem_pages for g, n, _ in out[1:])
+    return out
+
+
 #: q35: guests with at least this much RAM get only 2 GiB below 4 GiB (``pc_q35_init``).
 Q35_LOWMEM_THRESHOLD = 0xB000_0000
 Q35_LOWMEM_LARGE = 0x8000_0000
@@ -285,6 +319,11 @@ class LinuxGuestConfig:
     #: shared in DXE, touched by the boot loader's DMA, re-encrypted at ExitBootServices. False: a firmware
     #: without it.
     ovmf_iommu_reserved_pool: bool = True
+    #: RAM ranges ``(gfn, npages)`` the launch made private and validated (``KVM_SEV_SNP_LAUNCH_UPDATE``: OVMF's SEV
+    #: metadata sections, :func:`launch_image`, or a replayed trace's updates): OVMF's pre-validation skips them
+    #: (edk2 ``PeiSnpSystemRamValidate.c`` ``DetectPreValidatedOverLap`` / ``mPreValidatedRange``: "the range
+    #: is already validated by the hypervisor"), and the guest starts with them validated.
+    launch_validated: tuple[tuple[int, int], ...] = ()
     #: virtio-net virtqueues (rx, tx, ctrl; one queue pair unless ``mq``) (row #8b).
     net_queues: int = 3
     #: virtio-blk virtqueues; None = one per vCPU (QEMU virtio-blk-pci ``num-queues`` auto) (row #8b).
@@ -381,6 +420,15 @@ class LinuxGuestConfig:
         ):
             need_bool(name)
         need_bool("accept_guard_unit")
+        for r in self.launch_validated:
+            if (
+                not isinstance(r, tuple)
+                or len(r) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+                or r[0] < 0
+                or r[1] <= 0
+            ):
+                raise ConfigError("launch_validated", f"expected (gfn, npages) pairs, got {r!r}")
         need_int("bss_decrypted_used_pages", 1, BSS_DECRYPTED_PAGES)
         need_int("percpu_decrypted_pages", 0, 64)
         static = need_int("percpu_static_bytes", PAGE_SIZE, 64 * MIB)
@@ -915,6 +963,21 @@ class _Events:
         self.conv(gfn, 1, False, what, Protocol.MSR)
 
 
+def _gaps(lo: int, hi: int, taken: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(gfn, npages)`` pieces of ``[lo, hi)`` outside the ``(gfn, npages)`` ranges ``taken``."""
+    out: list[tuple[int, int]] = []
+    at = lo
+    for g, n in sorted(taken):
+        if g + n <= at or g >= hi:
+            continue
+        if g > at:
+            out.append((at, g - at))
+        at = max(at, g + n)
+    if at < hi:
+        out.append((at, hi - at))
+    return out
+
+
 def boot_events(cfg: LinuxGuestConfig, *, start_ns: int = 0, firmware: bool = True) -> list[Timed]:
     """The guest's boot sequence as timed events, in order (module docstring; guest-workloads.md §2 rows inline).
 
@@ -933,7 +996,8 @@ def boot_events(cfg: LinuxGuestConfig, *, start_ns: int = 0, firmware: bool = Tr
         # left unaccepted (BZ3937 unaccepted resource HOBs) (§2 OVMF notes, row #13). Without pre-validation the
         # kernel/EFI stub accepts low RAM first (boot_accepts of the firmware phase below 4 GiB).
         if cfg.ovmf_prevalidate_below_4g:
-            ev.ovmf(0, low, True, "ovmf-prevalidate", huge_ok=True)
+            for lo, n in _gaps(0, low, cfg.launch_validated):
+                ev.ovmf(lo, n, True, "ovmf-prevalidate", huge_ok=True)
         else:
             for a in lay.boot_accepts:
                 if a.phase == "firmware" and a.gfn < FOUR_GIB_GFN:

@@ -151,6 +151,12 @@ class HostKernel:
         self._hugetlb_overcommit: int | None = None if hugepages is None else 0
         for order, count in sorted((hugepages or {}).items()):
             self.hugetlb_reserve(order, count)  # hugepages= on the command line: allocated at boot
+        #: host-kernel pages assigned in the RMP (VMSAs, SNP context, guest-request, firmware pages): pfn -> what
+        self.snp_pages: dict[int, str] = {}
+        #: pages whose reclaim failed, leaked as snp_leak_pages() does (never freed)
+        self.snp_leaked: list[int] = []
+        #: the SEV-ES TMR given to the firmware at SNP init (:meth:`snp_init`), None before
+        self.snp_tmr: int | None = None
         self._removal_pages = (
             self.policy.private_page_bytes >> PAGE_SHIFT if self.policy.directmap == "unmap-nosplit" else 1
         )
@@ -175,6 +181,7 @@ class HostKernel:
             "host_rmp_fault_count": self.host_rmp_fault_count,
             "host_notpresent_fault_count": self.host_notpresent_fault_count,
             "host_crash_count": self.host_crash_count,
+            "snp_host_bytes": len(self.snp_pages) << PAGE_SHIFT,
             "thp_deferred_split_bytes": self.thp_held_pages << PAGE_SHIFT,
             "thp_split_page_count": self.deferred_split.split_count,
         }
@@ -494,24 +501,29 @@ class HostKernel:
             self.frames.set_range(pfn, 1 << order, Owner.HUGETLB_POOL)
 
     # ------------------------------------------------------------------ RMP updates (arch/x86/virt/svm/sev.c)
-    def rmp_make_private(self, pfn: int, gpa: int, level: PageSize, asid: int, *, immutable: bool = False) -> RmpStatus:
-        """``rmp_make_private()``: adjust the direct map per policy, then RMPUPDATE to guest-owned."""
+    def rmp_make_private(
+        self, pfn: int, gpa: int, level: PageSize, asid: int, *, immutable: bool = False, kernel: bool = False
+    ) -> RmpStatus:
+        """``rmp_make_private()``: adjust the direct map per policy, then RMPUPDATE to guest-owned. ``kernel``: the
+        page is host-kernel memory (a VMSA, a firmware page: :meth:`snp_make_kernel_page_private`), whose 2M
+        neighbours are other kernel objects (see :meth:`_directmap_before_private`)."""
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
-        self._directmap_before_private(pfn, level)
+        self._directmap_before_private(pfn, level, kernel=kernel)
         self._charge_directmap(s0, m0)
         self.charge("rmpupdate", self.costs.rmpupdate_ns)
         return self.rmp.rmpupdate(
             pfn << PAGE_SHIFT, assigned=True, page_size=level, gpa=gpa, asid=asid, immutable=immutable
         )
 
-    def rmp_make_shared(self, pfn: int, level: PageSize) -> RmpStatus:
-        """``rmp_make_shared()``: RMPUPDATE to hypervisor-owned, then give the pages back to the direct map."""
+    def rmp_make_shared(self, pfn: int, level: PageSize, *, kernel: bool = False) -> RmpStatus:
+        """``rmp_make_shared()``: RMPUPDATE to hypervisor-owned, then give the pages back to the direct map
+        (``kernel``: as for :meth:`rmp_make_private`)."""
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
         if self.policy.directmap == "split" or self.policy.directmap == "bulk":
             self._split_for(pfn, level)  # upstream adjust_direct_map() runs on every rmpupdate
         self.charge("rmpupdate", self.costs.rmpupdate_ns)
         status = self.rmp.rmpupdate(pfn << PAGE_SHIFT, assigned=False, page_size=level)
-        if status == RmpStatus.SUCCESS:
+        if status == RmpStatus.SUCCESS and not (kernel and self.policy.directmap == "unmap-nosplit"):
             self._directmap_after_shared(pfn, level)
         self._charge_directmap(s0, m0)
         return status
@@ -525,7 +537,7 @@ class HostKernel:
         """4K ``rmp_make_shared`` over a contiguous range (vectorised)."""
         return self.rmp_make_shared_pfns(np.arange(pfn, pfn + npages, dtype=np.int64))
 
-    def rmp_make_private_pfns(self, pfns: IntArray, gfns: IntArray, asid: int) -> IntArray:
+    def rmp_make_private_pfns(self, pfns: IntArray, gfns: IntArray, asid: int, *, immutable: bool = False) -> IntArray:
         """4K ``rmp_make_private`` of distinct frames ``pfns`` bound to ``gfns`` (vectorised, any order)."""
         if pfns.size == 0:
             return np.zeros(0, dtype=np.int64)
@@ -544,7 +556,7 @@ class HostKernel:
                 self._remove_block(block * self._removal_pages)
         self._charge_directmap(s0, m0)
         self.charge("rmpupdate", int(pfns.size) * self.costs.rmpupdate_ns, int(pfns.size))
-        return self.rmp.rmpupdate_pfns(pfns, gfns, assigned=True, asid=asid)
+        return self.rmp.rmpupdate_pfns(pfns, gfns, assigned=True, asid=asid, immutable=immutable)
 
     def rmp_make_shared_pfns(self, pfns: IntArray) -> IntArray:
         """4K ``rmp_make_shared`` of distinct frames (vectorised, any order)."""
@@ -600,8 +612,15 @@ class HostKernel:
             for idx in range(lo // PAGES_PER_2M, (hi - 1) // PAGES_PER_2M + 1):
                 self.directmap.restore_2m(idx)
 
-    def _directmap_before_private(self, pfn: int, level: PageSize) -> None:
+    def _directmap_before_private(self, pfn: int, level: PageSize, *, kernel: bool = False) -> None:
+        """The policy's direct-map change before an RMPUPDATE to assigned. ``unmap-nosplit`` on a host-kernel 4K
+        page (``kernel``): the 2M (or folio-sized) block around it holds other kernel objects, so it can be neither
+        removed whole nor left mapped at 2M (every kernel write to a neighbour would take an RMP #PF); the page's
+        2M mapping is split to 4K as upstream's ``adjust_direct_map()`` does and the page stays mapped (the knob's
+        no-split rule is about guest_memfd memory, which it allocates in whole blocks)."""
         dm = self.policy.directmap
+        if kernel and dm == "unmap-nosplit":
+            dm = "split"
         if dm in ("split", "bulk"):
             self._split_for(pfn, level)
         elif dm == "unmap":
@@ -623,6 +642,94 @@ class HostKernel:
                 self.directmap.restore_range(pfn // PAGES_PER_2M * PAGES_PER_2M, PAGES_PER_2M)
         elif dm == "unmap-nosplit":
             self._restore_block_if_clean(pfn)
+
+    # ------------------------------------------------------------------ host SNP pages (VMSAs, firmware pages)
+    def snp_safe_alloc_page(self) -> int | None:
+        """``snp_safe_alloc_page_node()`` (arch/x86/kvm/svm/sev.c): "Allocate one extra page, choose a page which
+        is not 2MB-aligned, and free the other" (the erratum: an RMP violation #PF "if a hugepage (2MB or 1GB)
+        collides with the RMP entry of a 2MB-aligned VMCB, VMSA, or AVIC backing page"): an order-1 UNMOVABLE
+        kernel allocation (``GFP_KERNEL_ACCOUNT | __GFP_ZERO``), ``split_page(p, 1)``, and ``__free_page`` of the
+        2M-aligned page if the pair starts on one, else of the second page."""
+        pfn = self.alloc(1, Owner.KERNEL, path="arch/x86/kvm/svm/sev.c:snp_safe_alloc_page_node")
+        if pfn is None:
+            return None
+        if pfn % PAGES_PER_2M == 0:  # IS_ALIGNED(pfn, PTRS_PER_PMD): __free_page(p++)
+            self.free(pfn, 0)
+            return pfn + 1
+        self.free(pfn + 1, 0)
+        return pfn
+
+    def snp_make_kernel_page_private(self, pfn: int, gpa: int, asid: int, what: str) -> RmpStatus:
+        """``rmp_make_private(pfn, gpa, PG_LEVEL_4K, asid, true)`` of a host-kernel page (a VMSA:
+        ``snp_launch_update_vmsa``; ``asid`` 0: ``rmp_mark_pages_firmware``), through the same direct-map path as
+        guest_memfd pages (:meth:`rmp_make_private`); the page counts in ``snp_host_bytes`` while assigned."""
+        status = self.rmp_make_private(pfn, gpa, PageSize.SIZE_4K, asid, immutable=True, kernel=True)
+        if status == RmpStatus.SUCCESS:
+            self.snp_pages[pfn] = what
+        return status
+
+    def snp_alloc_firmware_pages(self, order: int, what: str) -> int | None:
+        """``__snp_alloc_firmware_pages(gfp, order, locked)`` (drivers/crypto/ccp/sev-dev.c): ``alloc_pages``
+        (UNMOVABLE kernel memory), then ``rmp_mark_pages_firmware()``: "rmp_make_private(pfn, 0, PG_LEVEL_4K, 0,
+        true)" for each 4K page (the Firmware state: assigned, ASID 0, immutable)."""
+        pfn = self.alloc(order, Owner.KERNEL, path="drivers/crypto/ccp/sev-dev.c:__snp_alloc_firmware_pages")
+        if pfn is None:
+            return None
+        for p in range(pfn, pfn + (1 << order)):
+            if self.snp_make_kernel_page_private(p, 0, 0, what) != RmpStatus.SUCCESS:
+                raise RuntimeError(f"rmp_mark_pages_firmware failed on pfn {p:#x}")
+        return pfn
+
+    def snp_launch_update(self, pfns: IntArray, *, vmsa: bool = False) -> int:
+        """``SEV_CMD_SNP_LAUNCH_UPDATE`` (``sev_issue_cmd``) of Pre-Guest 4K pages: each measured by the AMD-SP
+        and made Guest-Valid (:meth:`snpsim.hw.rmp.Rmp.fw_launch_update`), ``snp_launch_update_ns`` per page;
+        returns the pages that failed."""
+        n = int(pfns.size)
+        if n:
+            self.charge("snp_launch_update", n * self.costs.snp_launch_update_ns, n)
+        return sum(self.rmp.fw_launch_update(int(p) << PAGE_SHIFT, vmsa=vmsa) != RmpStatus.SUCCESS for p in pfns)
+
+    def snp_reclaim_pages(self, pfn: int, npages: int, *, firmware: bool = True) -> bool:
+        """``snp_reclaim_pages()`` (drivers/crypto/ccp/sev-dev.c) of host-kernel SNP pages: ``SNP_PAGE_RECLAIM`` of
+        each (``firmware``; a guest-owned VMSA needs none: ``sev_free_vcpu`` calls ``kvm_rmp_make_shared``
+        directly), then ``rmp_make_shared(pfn, PG_LEVEL_4K)``. A page that fails is leaked (``snp_leak_pages``:
+        "no longer safe to release it back to the system") and False returned."""
+        ok = True
+        for p in range(pfn, pfn + npages):
+            if firmware:
+                self.charge("snp_page_reclaim", self.costs.snp_page_reclaim_ns)
+                if self.rmp.fw_page_reclaim(p << PAGE_SHIFT) != RmpStatus.SUCCESS:
+                    self.snp_leaked.append(p)
+                    ok = False
+                    continue
+            if self.rmp_make_shared(p, PageSize.SIZE_4K, kernel=True) != RmpStatus.SUCCESS:
+                self.snp_leaked.append(p)
+                ok = False
+                continue
+            self.snp_pages.pop(p, None)
+        return ok
+
+    def snp_free_firmware_pages(self, pfn: int, order: int) -> None:
+        """``__snp_free_firmware_pages()``: reclaim, then ``__free_pages`` (nothing freed if the reclaim failed)."""
+        if self.snp_reclaim_pages(pfn, 1 << order):
+            self.free(pfn, order)
+
+    def snp_free_vmsa(self, pfn: int) -> None:
+        """``sev_free_vcpu()``: "the VMSA was marked in the RMP table as a guest-owned page. Transition the page to
+        hypervisor state before releasing it back to the system" (``kvm_rmp_make_shared``), then ``__free_page``;
+        a VMSA never made private (the launch did not finish) is freed directly."""
+        if pfn in self.snp_pages and not self.snp_reclaim_pages(pfn, 1, firmware=False):
+            return
+        self.free(pfn, 0)
+
+    def snp_init(self) -> None:
+        """SNP platform init (``__sev_snp_init_locked`` then ``__sev_platform_init_handle_tmr``,
+        drivers/crypto/ccp/sev-dev.c): with SNP initialised the SEV-ES TMR is allocated as firmware pages, 2 MiB
+        ("SNP_TMR_SIZE", 2M-aligned: an order-9 ``__snp_alloc_firmware_pages``). [I] The SNP_INIT_EX HV-Fixed
+        ranges (``snp_filter_reserved_mem_regions``: e820-reserved memory) are not RAM the allocator manages and
+        are left out; the init-ex NV buffer (only with ``init_ex_path``) too."""
+        if self.snp_tmr is None:
+            self.snp_tmr = self.snp_alloc_firmware_pages(SNP_TMR_ORDER, "sev-es-tmr")
 
     # ------------------------------------------------------------------ SNP exports KVM calls (arch/x86/virt/svm/sev.c)
     def psmash(self, pfn: int) -> RmpStatus:
@@ -741,6 +848,17 @@ class HostKernel:
         else:
             head = pfn // PAGES_PER_2M * PAGES_PER_2M
             victims = self.rmp.assigned_pages(head, PAGES_PER_2M)
+            if any(int(v) in self.snp_pages for v in victims):
+                # [I-model] a host-kernel SNP page (VMSA, firmware page) cannot be made shared by the host (it is
+                # immutable, or the guest's running VMSA): the handler splits the mapping to 4K and retries, so
+                # only writes to the page itself would still fault
+                s0, m0 = self.directmap.split_count, self.directmap.merge_count
+                self.directmap.set_4k(pfn)
+                self._charge_directmap(s0, m0)
+                if self.rmp.assigned_size(pfn) is None:
+                    return True  # the retried write through the 4K mapping passes the check
+                level = PageSize.SIZE_4K
+                victims = np.array([pfn], dtype=np.int64)
         for v in victims.tolist():
             entry = self.rmp.rmpread(v << PAGE_SHIFT)
             if not entry.assigned:
@@ -763,6 +881,8 @@ class HostKernel:
 
 
 PATH_ZERO = "mm/page_alloc.c:kernel_init_pages"
+#: ``SNP_TMR_SIZE`` (2 MiB, drivers/crypto/ccp/sev-dev.c) as a page order
+SNP_TMR_ORDER = 9
 #: ``/sys/kernel/mm/transparent_hugepage/enabled`` values
 THP_MODES = ("always", "madvise", "never")
 

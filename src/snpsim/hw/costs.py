@@ -136,6 +136,21 @@ class CostModel:
         ops=("set_attributes",),
     )
     host_fault_ns: int = cost(2_000, 500, 20_000, "assumption: a kernel #PF entry, handling and return")
+    snp_launch_update_ns: int = cost(
+        20_000,
+        2_000,
+        200_000,
+        "assumption: one SNP_LAUNCH_UPDATE page in the AMD-SP (sev_issue_cmd mailbox round trip plus the firmware "
+        "measuring the 4K page into the launch digest, SNP ABI 56860 §8.17); no published latency. Charged per page "
+        "for kvm_gmem_populate's launch ranges and each vCPU's VMSA (snp_launch_update_vmsa)",
+    )
+    snp_page_reclaim_ns: int = cost(
+        5_000,
+        500,
+        100_000,
+        "assumption: one SNP_PAGE_RECLAIM firmware command (snp_reclaim_pages, drivers/crypto/ccp/sev-dev.c), a "
+        "mailbox round trip without measurement",
+    )
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1220,6 +1220,40 @@ class Rmp:
                 seg.flags[sl] &= ~np.uint8(F_VMSA)
         return RmpStatus.SUCCESS
 
+    # ------------------------------------------------------------------ AMD-SP page transitions (SNP firmware)
+    def fw_launch_update(self, spa: int, *, vmsa: bool = False) -> RmpStatus:
+        """``SNP_LAUNCH_UPDATE`` of one 4K page by the AMD-SP (SNP firmware ABI 56860 §8.17; amd-snp-arch.md §2):
+        the page must be Pre-Guest (assigned to a guest ASID, immutable, 4K: KVM's ``rmp_make_private(pfn, gpa,
+        PG_LEVEL_4K, asid, true)`` before the command); it becomes Guest-Valid (Validated=1, Immutable=0), with
+        the VMSA bit for a ``KVM_SEV_SNP_PAGE_TYPE_VMSA`` page. [I] Immutable is cleared: KVM releases populated
+        pages with a plain RMPUPDATE (``sev_gmem_invalidate`` / ``sev_free_vcpu``'s ``kvm_rmp_make_shared``) and
+        only a failed update needs the firmware's reclaim (``sev_gmem_post_populate``: ``snp_page_reclaim`` of the
+        failing PFN only). Another state: FAIL_INPUT (the firmware's INVALID_PAGE_STATE)."""
+        pfn = spa >> PAGE_SHIFT
+        seg = self._seg(pfn) if 0 <= pfn < self.npages and not spa & _PAGE_MASK else None
+        if seg is None:
+            return _FAIL_INPUT
+        i = pfn & _SEG_MASK
+        if int(seg.flags[i]) & _F_OWNER != F_ASSIGNED | F_IMMUTABLE or seg.asid[i] == 0:
+            return _FAIL_INPUT
+        seg.flags[i] = F_ASSIGNED | F_VALIDATED | (F_VMSA if vmsa else 0)
+        return _SUCCESS
+
+    def fw_page_reclaim(self, spa: int) -> RmpStatus:
+        """``SNP_PAGE_RECLAIM`` of one 4K page by the AMD-SP: a Firmware page (assigned, ASID 0, immutable:
+        ``rmp_mark_pages_firmware``; a context page after ``SNP_DECOMMISSION``) becomes Reclaim (assigned, ASID 0,
+        mutable, amd-snp-arch.md §2 [I]), which the host's RMPUPDATE can then make hypervisor-owned
+        (``snp_reclaim_pages`` → ``rmp_make_shared``). Another state: FAIL_INPUT (INVALID_PAGE_STATE)."""
+        pfn = spa >> PAGE_SHIFT
+        seg = self._seg(pfn) if 0 <= pfn < self.npages and not spa & _PAGE_MASK else None
+        if seg is None:
+            return _FAIL_INPUT
+        i = pfn & _SEG_MASK
+        if int(seg.flags[i]) & _F_OWNER != F_ASSIGNED | F_IMMUTABLE or seg.asid[i] != 0:
+            return _FAIL_INPUT
+        seg.flags[i] = F_ASSIGNED
+        return _SUCCESS
+
     # ------------------------------------------------------------------ hardware access checks
     def check_host_write(self, spa: int, mapping_size: PageSize | int) -> None:
         """RMP check of a host data write through a mapping of ``mapping_size`` (APM Table 15-39).

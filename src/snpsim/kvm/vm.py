@@ -39,7 +39,8 @@ from snpsim.arch import (
     RmpStatus,
     VmmCommunicationException,
 )
-from snpsim.host import HostKernel
+from snpsim.host import HostKernel, Owner
+from snpsim.host.directmap import NOT_PRESENT
 from snpsim.host.mm import UserMemory
 from snpsim.kvm.attributes import MemoryAttributes
 from snpsim.kvm.gmem import GuestMemfd
@@ -48,6 +49,9 @@ from snpsim.kvm.sev import gmem_invalidate, gmem_prepare
 from snpsim.metrics import Counters
 from snpsim.policy import Policy
 from snpsim.segments import SCALAR_MAX, bool_runs, run_starts
+
+#: ``INITIAL_VMSA_GPA`` (arch/x86/kvm/svm/sev.c): the GPA KVM binds every VMSA to at launch ("0xFFFFFFFFF000")
+INITIAL_VMSA_GPA = 0xFFFFFFFFF000
 
 #: Vectorised re-checks of a guest access's remaining pages before the rest goes page by page.
 _MAX_RECHECKS = 8
@@ -80,6 +84,19 @@ class KvmVm:
         self.ram: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self.shared: UserMemory | None = None
         self.gmem: GuestMemfd | None = None
+        #: host-kernel SNP pages of this VM (``struct kvm_sev_info``): the SNP context (``snp_context``), the
+        #: guest-request page (``guest_req_buf``, an ordinary kernel page) and response page (``guest_resp_buf``,
+        #: a firmware page); set by :meth:`snp_launch_start`
+        self.snp_context: int | None = None
+        self.guest_req_buf: int | None = None
+        self.guest_resp_buf: int | None = None
+        #: each vCPU's VMSA page (``svm->sev_es.vmsa``, :meth:`sev_es_vcpu_create`), by vCPU index
+        self.vmsas: dict[int, int] = {}
+        #: the firmware's RAM block outside guest RAM (QEMU's ``pc.bios``, its own guest_memfd): gfn -> pfn
+        self.bios_pages: dict[int, int] = {}
+        #: pages populated by the launch (``kvm_gmem_populate``), and whether ``KVM_SEV_SNP_LAUNCH_FINISH`` ran
+        self.launch_pages = 0
+        self.launched = False
 
     # ------------------------------------------------------------------ ioctls (the VMM calls these)
     def create_guest_memfd(self, folio_pages: int) -> GuestMemfd:
@@ -427,6 +444,124 @@ class KvmVm:
         raise RuntimeError(f"PVALIDATE at gfn {gfn:#x} keeps faulting")  # pragma: no cover - model bug
 
     # ------------------------------------------------------------------ accounting
+    # ------------------------------------------------------------------ SNP launch (arch/x86/kvm/svm/sev.c)
+    def snp_launch_start(self) -> None:
+        """``KVM_SEV_SNP_LAUNCH_START`` → ``snp_launch_start()``: ``snp_context_create()`` allocates the guest
+        context as a firmware page ("context = snp_alloc_firmware_page(GFP_KERNEL_ACCOUNT)", then
+        SEV_CMD_SNP_GCTX_CREATE), and ``snp_guest_req_init()`` the guest-request buffers: the request page an
+        ordinary ``alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)``, the response page
+        ``snp_alloc_firmware_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)``."""
+        host = self.host
+        self.host.charge("ioctl", host.costs.ioctl_ns)
+        self.snp_context = host.snp_alloc_firmware_pages(0, "snp-context")
+        self.guest_req_buf = host.alloc(0, Owner.KERNEL, path="arch/x86/kvm/svm/sev.c:snp_guest_req_init")
+        self.guest_resp_buf = host.snp_alloc_firmware_pages(0, "guest-resp")
+        if self.snp_context is None or self.guest_req_buf is None or self.guest_resp_buf is None:
+            raise MemoryError("host out of memory")
+
+    def sev_es_vcpu_create(self, index: int) -> int:
+        """``sev_vcpu_create()``: the vCPU's VMSA, "vmsa_page = snp_safe_alloc_page()" (hypervisor-owned until the
+        launch finishes)."""
+        pfn = self.vmsas.get(index)
+        if pfn is None:
+            got = self.host.snp_safe_alloc_page()
+            if got is None:
+                raise MemoryError("host out of memory")
+            pfn = self.vmsas[index] = got
+        return pfn
+
+    def snp_launch_update(self, gfn: int, npages: int, page_type: int, *, copy: bool) -> int:
+        """``KVM_SEV_SNP_LAUNCH_UPDATE`` → ``snp_launch_update()`` → ``kvm_gmem_populate()`` (virt/kvm/
+        guest_memfd.c: the range must be PRIVATE; each folio is taken from guest_memfd and handed to
+        ``sev_gmem_post_populate()``). Per 4K page: the source copied in through the direct map (``copy``:
+        ``copy_from_user(vaddr, src + i * PAGE_SIZE, PAGE_SIZE)`` for every type but ZERO), then
+        ``rmp_make_private(pfn + i, gfn << PAGE_SHIFT, PG_LEVEL_4K, sev->asid, true)`` and SEV_CMD_SNP_LAUNCH_UPDATE
+        (the page measured, Guest-Valid). Gfns outside guest RAM are the firmware's own RAM block (``pc.bios``).
+        Pre-UPM (SNP v5 ``snp_launch_update``): the VMM's pinned pages, RMPUPDATEd in place. Returns the pages
+        populated (``kvm_gmem_populate`` refuses an already-prepared page with -EEXIST: skipped)."""
+        host = self.host
+        host.charge("ioctl", host.costs.ioctl_ns)
+        gfns = np.arange(gfn, gfn + npages, dtype=np.int64)
+        in_ram = (gfns < self.npages) & self.ram[np.minimum(gfns, self.npages - 1)] if self.ram.size else gfns < 0
+        pfns = np.full(npages, -1, dtype=np.int64)
+        for start, n, ram in bool_runs(in_ram):
+            if ram:
+                got = self._launch_backing(gfn + start, n)
+            else:
+                got = self._bios_backing(gfns[start : start + n])
+            if got is None:
+                raise MemoryError("host out of memory")
+            pfns[start : start + n] = got
+        fresh = ~host.rmp_assigned(pfns)
+        gfns, pfns = gfns[fresh], pfns[fresh]
+        if not pfns.size:
+            return 0
+        if copy:
+            # kmap_local_pfn() is the direct map on x86-64; a page an earlier update's no-split removal took out
+            # of it (unmap-nosplit removes the whole folio) is written through a temporary mapping [I-model]
+            mapped = host.directmap.levels_of(pfns) != NOT_PRESENT
+            host.kernel_write_range(pfns[mapped], "arch/x86/kvm/svm/sev.c:sev_gmem_post_populate")
+            unmapped = int(np.count_nonzero(~mapped))
+            if unmapped:
+                host.charge("page_clear", unmapped * host.costs.page_clear_ns, unmapped)
+        host.rmp_make_private_pfns(pfns, gfns, self.asid, immutable=True)
+        failed = host.snp_launch_update(pfns)
+        if failed:
+            raise RuntimeError(f"SNP_LAUNCH_UPDATE failed on {failed} pages of gfn {gfn:#x}")
+        self.launch_pages += int(pfns.size)
+        return int(pfns.size)
+
+    def _launch_backing(self, gfn: int, npages: int) -> IntArray | None:
+        if self.in_kernel_psc:
+            self.attrs.set(gfn, npages, True)  # KVM derives the PRIVATE state from the RMP (module docstring)
+        elif np.count_nonzero(~self.attrs.private[gfn : gfn + npages]):
+            raise ValueError(f"launch update of gfn {gfn:#x}: not PRIVATE (kvm_gmem_populate: -EINVAL)")
+        return self._private_pfns(gfn, npages)
+
+    def _bios_backing(self, gfns: IntArray) -> IntArray | None:
+        """The firmware RAM block's frames (guest_memfd, or the VMM's pinned pages pre-UPM), 4K [I]."""
+        need = [g for g in gfns.tolist() if g not in self.bios_pages]
+        if need:
+            owner = Owner.GMEM if self.gmem is not None else Owner.VMM_PRIVATE
+            got = self.host.alloc_bulk(0, len(need), owner)
+            if got is None:
+                return None
+            self.bios_pages.update(zip(need, got.tolist(), strict=True))
+        return np.array([self.bios_pages[g] for g in gfns.tolist()], dtype=np.int64)
+
+    def snp_launch_finish(self) -> None:
+        """``KVM_SEV_SNP_LAUNCH_FINISH`` → ``snp_launch_update_vmsa()``: for each vCPU, "ret =
+        rmp_make_private(pfn, INITIAL_VMSA_GPA, PG_LEVEL_4K, sev->asid, true)" and SEV_CMD_SNP_LAUNCH_UPDATE with
+        KVM_SEV_SNP_PAGE_TYPE_VMSA (the RMP entry gets the VMSA bit); then SEV_CMD_SNP_LAUNCH_FINISH."""
+        host = self.host
+        host.charge("ioctl", host.costs.ioctl_ns)
+        for index in sorted(self.vmsas):
+            pfn = self.vmsas[index]
+            if host.snp_make_kernel_page_private(pfn, INITIAL_VMSA_GPA, self.asid, "vmsa") != RmpStatus.SUCCESS:
+                raise RuntimeError(f"rmp_make_private of vCPU {index}'s VMSA failed")
+            if host.snp_launch_update(np.array([pfn], dtype=np.int64), vmsa=True):
+                raise RuntimeError(f"SNP_LAUNCH_UPDATE of vCPU {index}'s VMSA failed")
+        self.launched = True
+
+    def sev_vm_destroy(self) -> None:
+        """Teardown of the host SNP pages: ``sev_free_vcpu()`` for each VMSA (``kvm_rmp_make_shared``, then
+        ``__free_page``), ``snp_decommission_context()`` (SEV_CMD_SNP_DECOMMISSION, then
+        ``snp_free_firmware_page(sev->snp_context)``: SNP_PAGE_RECLAIM + ``rmp_make_shared`` + free) and
+        ``snp_guest_req_cleanup()`` (``__free_page`` of the request page, ``snp_free_firmware_page`` of the
+        response page)."""
+        host = self.host
+        for index in sorted(self.vmsas):
+            host.snp_free_vmsa(self.vmsas.pop(index))
+        if self.snp_context is not None:
+            host.snp_free_firmware_pages(self.snp_context, 0)
+            self.snp_context = None
+        if self.guest_req_buf is not None:
+            host.free(self.guest_req_buf, 0)
+            self.guest_req_buf = None
+        if self.guest_resp_buf is not None:
+            host.snp_free_firmware_pages(self.guest_resp_buf, 0)
+            self.guest_resp_buf = None
+
     def npt_bytes(self) -> tuple[int, int, int]:
         return (
             self.npt.bytes_at(PageSize.SIZE_4K),
@@ -439,11 +574,19 @@ class KvmVm:
         dropped, so its folios are released (the release point); pre-UPM, KVM makes its private pages shared
         again before the VMM unmaps them (``sev_free_vm`` / ``snp_reclaim``)."""
         self.npt.zap(0, self.npages)
+        self.sev_vm_destroy()
         if self.gmem is not None:
             self.gmem.release_all()
         elif self.shared is not None:
             mapped = self.shared.pfn.present()
             gmem_invalidate(self.host, self.shared.pfn[np.flatnonzero(mapped & self.attrs.private)])
+        if self.bios_pages:  # the firmware RAM block: invalidated (made shared) and freed with its file
+            frames = np.array(sorted(self.bios_pages.values()), dtype=np.int64)
+            gmem_invalidate(self.host, frames)
+            self.host.free_bulk(frames, 0)
+            if self.gmem is not None:
+                self.host.release_frames(frames)
+            self.bios_pages.clear()
 
 
 def _runs_of_blocks(heads: IntArray) -> tuple[list[int], list[int]]:

@@ -36,7 +36,7 @@ from snpsim.arch import PAGE_SHIFT, PAGE_SIZE
 from snpsim.host import HostKernel, Owner
 from snpsim.host.mm import MmapError, UserMemory
 from snpsim.kvm.gmem import GuestMemfd
-from snpsim.kvm.uapi import HypercallExit, KvmExit, MemoryFaultExit, SnpLaunchUpdate
+from snpsim.kvm.uapi import HypercallExit, KvmExit, MemoryFaultExit, SnpLaunchUpdate, SnpPageType
 from snpsim.kvm.vcpu import GuestProgram, KvmVcpu
 from snpsim.kvm.vm import KvmVm
 from snpsim.metrics import Counters
@@ -104,10 +104,27 @@ class Qemu:
             for lo, n, is_ram in bool_runs(ram):
                 if is_ram:
                     self.kvm.set_memory_attributes(lo, n, True)
+        if self.launch is not None:
+            self.kvm.snp_launch_start()  # sev_snp_launch_start(): KVM_SEV_SNP_LAUNCH_START
+
+    def sev_snp_launch_finish(self) -> None:
+        """QEMU's ``sev_snp_launch_finish()`` (target/i386/sev.c, at machine-done, after the vCPUs exist): one
+        ``KVM_SEV_SNP_LAUNCH_UPDATE`` per queued update (the flash, OVMF's metadata sections), then
+        ``KVM_SEV_SNP_LAUNCH_FINISH`` (KVM makes the VMSAs). A VMM without a launch (``launch=None``: unit tests
+        driving KVM directly) does nothing."""
+        if self.launch is None:
+            return
+        for u in self.launch:
+            self.kvm.snp_launch_update(u.gfn, u.npages, int(u.type), copy=u.type != SnpPageType.ZERO)
+        self.kvm.snp_launch_finish()
+        self._account()
 
     # ------------------------------------------------------------------ the vCPU threads
     def create_vcpu(self, index: int, program: GuestProgram) -> KvmVcpu:
-        """``KVM_CREATE_VCPU``; the guest will run ``program`` on it."""
+        """``KVM_CREATE_VCPU``; the guest will run ``program`` on it. With a launch, KVM allocates its VMSA
+        (``sev_vcpu_create``)."""
+        if self.launch is not None:
+            self.kvm.sev_es_vcpu_create(index)
         return KvmVcpu(self.kvm, index, program)
 
     def kvm_cpu_exec(self, cpu: KvmVcpu) -> Generator[int, None, None]:
