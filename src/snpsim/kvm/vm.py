@@ -485,10 +485,7 @@ class KvmVm:
         in_ram = (gfns < self.npages) & self.ram[np.minimum(gfns, self.npages - 1)] if self.ram.size else gfns < 0
         pfns = np.full(npages, -1, dtype=np.int64)
         for start, n, ram in bool_runs(in_ram):
-            if ram:
-                got = self._launch_backing(gfn + start, n)
-            else:
-                got = self._bios_backing(gfns[start : start + n])
+            got = self._launch_backing(gfn + start, n) if ram else self._bios_backing(gfns[start : start + n])
             if got is None:
                 raise MemoryError("host out of memory")
             pfns[start : start + n] = got
