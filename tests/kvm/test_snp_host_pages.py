@@ -1,0 +1,220 @@
+"""Host-side SNP pages and the launch: VMSAs, the SNP context, guest-request and firmware pages, kvm_gmem_populate.
+
+Expected values are derived from the kernel sources quoted at each test:
+
+- arch/x86/kvm/svm/sev.c ``snp_safe_alloc_page_node()``: "p = alloc_pages_node(node, gfp | __GFP_ZERO, 1);
+  ... if (IS_ALIGNED(pfn, PTRS_PER_PMD)) __free_page(p++); else __free_page(p + 1);"
+- ``snp_launch_update_vmsa()``: "ret = rmp_make_private(pfn, INITIAL_VMSA_GPA, PG_LEVEL_4K, sev->asid, true);"
+- drivers/crypto/ccp/sev-dev.c ``rmp_mark_pages_firmware()``: "rc = rmp_make_private(pfn, 0, PG_LEVEL_4K, 0, true);"
+- ``snp_guest_req_init()``: the request page is ``alloc_page()``, the response page ``snp_alloc_firmware_page()``.
+- arch/x86/virt/svm/sev.c ``adjust_direct_map()`` (upstream, directmap = split): a 4K RMPUPDATE splits the 2M
+  direct-map range holding the page.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snpsim.arch import PAGE_SHIFT, PAGES_PER_2M
+from snpsim.guest.linux import OVMF_IMAGE_BYTES, OVMF_SEV_METADATA, LinuxGuestConfig, boot_events
+from snpsim.host import HostKernel, Owner
+from snpsim.hw.types import PageSize
+from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
+from snpsim.kvm.vm import INITIAL_VMSA_GPA
+from snpsim.metrics import METRICS, Counters
+from snpsim.policy import presets
+from snpsim.runner import default_launch
+from snpsim.vmm.qemu import Qemu
+
+GIB_PAGES = 1 << 18
+HOST_PAGES = 2 * GIB_PAGES  # a clean 2 GiB host, all of it direct-mapped at 1G
+
+
+def _vm(
+    preset: str, vcpus: int, launch: list[SnpLaunchUpdate], host: HostKernel | None = None
+) -> tuple[HostKernel, Qemu]:
+    policy = presets[preset]
+    host = host or HostKernel(HOST_PAGES, policy, max_level=PageSize.SIZE_2M)
+    ram = np.zeros(64 << 20 >> PAGE_SHIFT, dtype=bool)
+    ram[:] = True  # a 64 MiB guest, all RAM (no hole inside its gfn span)
+    qemu = Qemu(host, policy, ram, asid=1, counters=Counters(), launch=launch)
+    for v in range(vcpus):
+        qemu.kvm.sev_es_vcpu_create(v)
+    qemu.sev_snp_launch_finish()
+    return host, qemu
+
+
+def test_snp_host_bytes_is_a_metric() -> None:
+    assert "snp_host_bytes" in METRICS
+
+
+def test_safe_alloc_never_returns_a_2m_aligned_page() -> None:
+    host = HostKernel(HOST_PAGES, presets["upstream"])
+    pfns = [host.snp_safe_alloc_page() for _ in range(600)]
+    assert all(p is not None and p % PAGES_PER_2M for p in pfns)
+    # the other page of each order-1 pair went back: 600 pages allocated, not 1200
+    assert np.count_nonzero(host.frames.tags(0, HOST_PAGES) == Owner.KERNEL) == 600
+
+
+def test_four_vcpus_upstream_exact_pages_states_and_splits() -> None:
+    host = HostKernel(HOST_PAGES, presets["upstream"], max_level=PageSize.SIZE_2M)
+    splits0 = host.directmap.level2_splits
+    host, qemu = _vm("upstream", 4, [], host)
+    kvm = qemu.kvm
+    vmsas = [kvm.vmsas[v] for v in range(4)]
+    # 4 VMSAs + the context page + the guest-request response page are assigned; the request page is not
+    assert host.metrics()["snp_host_bytes"] == (4 + 1 + 1) * 4096
+    assert kvm.guest_req_buf is not None and not host.rmp.rmpread(kvm.guest_req_buf << PAGE_SHIFT).assigned
+    for pfn in vmsas:
+        e = host.rmp.rmpread(pfn << PAGE_SHIFT)
+        # rmp_make_private(pfn, INITIAL_VMSA_GPA, PG_LEVEL_4K, asid, true), then SNP_LAUNCH_UPDATE (type VMSA)
+        assert (e.assigned, e.page_size, e.asid, e.gpa, e.vmsa) == (True, PageSize.SIZE_4K, 1, INITIAL_VMSA_GPA, True)
+        assert e.validated and not e.immutable  # Guest-Valid after the firmware's update [I]
+    for pfn in (kvm.snp_context, kvm.guest_resp_buf):
+        assert pfn is not None
+        e = host.rmp.rmpread(pfn << PAGE_SHIFT)
+        # rmp_mark_pages_firmware: rmp_make_private(pfn, 0, PG_LEVEL_4K, 0, true) -> the Firmware state
+        assert (e.assigned, e.asid, e.immutable, e.vmsa) == (True, 0, True, False)
+    # adjust_direct_map: one 2M->4K split per distinct 2M range holding a host SNP page
+    ranges = {p // PAGES_PER_2M for p in host.snp_pages}
+    assert host.directmap.level2_splits - splits0 == len(ranges)
+    for p in host.snp_pages:
+        assert host.directmap.level(p) == PageSize.SIZE_4K
+
+
+def test_vmsas_in_distinct_2m_ranges_split_one_range_each() -> None:
+    """Fill each 2M range's head so that every VMSA lands in a new 2M range: 4 VMSAs, 4 more splits."""
+    host = HostKernel(HOST_PAGES, presets["upstream"], max_level=PageSize.SIZE_2M)
+    vm_pfns = []
+    for _ in range(4):
+        pfn = host.snp_safe_alloc_page()
+        assert pfn is not None
+        vm_pfns.append(pfn)
+        # take the rest of its 2M range so that the next allocation comes from another one
+        while True:
+            q = host.alloc(0, Owner.KERNEL, zero=False)
+            assert q is not None
+            if q // PAGES_PER_2M != pfn // PAGES_PER_2M:
+                host.free(q, 0)
+                break
+    assert len({p // PAGES_PER_2M for p in vm_pfns}) == 4
+    s0 = host.directmap.level2_splits
+    for p in vm_pfns:
+        host.snp_make_kernel_page_private(p, INITIAL_VMSA_GPA, 1, "vmsa")
+    assert host.directmap.level2_splits - s0 == 4
+    assert host.metrics()["snp_host_bytes"] == 4 * 4096
+
+
+@pytest.mark.parametrize("preset", sorted(presets))
+def test_teardown_gives_every_host_snp_page_back(preset: str) -> None:
+    host, qemu = _vm(preset, 2, default_launch(LinuxGuestConfig(64 << 20, 2)))
+    assert host.metrics()["snp_host_bytes"] == 4 * 4096  # 2 VMSAs, context, response page
+    pages = list(host.snp_pages)
+    qemu.destroy()
+    assert host.metrics()["snp_host_bytes"] == 0
+    assert not host.snp_leaked
+    for p in pages:
+        assert not host.rmp.rmpread(p << PAGE_SHIFT).assigned  # hypervisor-owned again
+        assert host.frames.tag(p) == Owner.FREE
+        assert host.directmap.level(p) is not None  # mapped again under every preset
+    assert host.rmp.assigned_count() == 0
+
+
+@pytest.mark.parametrize("preset", sorted(presets))
+def test_kernel_page_direct_map_per_preset(preset: str) -> None:
+    """keep: untouched; split/bulk/unmap-nosplit: the 2M range split, the page mapped (unmap-nosplit cannot remove
+    2M of kernel memory: its neighbours are other kernel objects); unmap: the page removed at 4K."""
+    policy = presets[preset]
+    host = HostKernel(HOST_PAGES, policy, max_level=PageSize.SIZE_2M)
+    pfn = host.snp_safe_alloc_page()
+    assert pfn is not None
+    host.snp_make_kernel_page_private(pfn, INITIAL_VMSA_GPA, 1, "vmsa")
+    level = host.directmap.level(pfn)
+    dm = policy.directmap
+    if dm == "keep":
+        assert level == PageSize.SIZE_2M and host.directmap.level2_splits == 0
+    elif dm == "unmap":
+        assert level is None and host.directmap.level2_splits == 1
+    else:  # split, bulk, unmap-nosplit
+        assert level == PageSize.SIZE_4K and host.directmap.level2_splits == 1
+    # a neighbour in the same 2M range can still be written by the kernel without an oops
+    neighbour = pfn + 1 if (pfn + 1) % PAGES_PER_2M else pfn - 1
+    assert host.kernel_write(neighbour, "test") and host.host_crash_count == 0
+
+
+def test_snp_init_tmr_is_2m_of_firmware_pages() -> None:
+    """__sev_platform_init_handle_tmr with SNP: the 2 MiB TMR as firmware pages (512 4K Firmware entries)."""
+    host = HostKernel(HOST_PAGES, presets["upstream"], max_level=PageSize.SIZE_2M)
+    host.snp_init()
+    assert host.snp_tmr is not None and host.snp_tmr % PAGES_PER_2M == 0
+    assert host.metrics()["snp_host_bytes"] == 2 << 20
+    assert host.rmp.rmpupdate_count == 512
+    assert host.directmap.level2_splits == 1  # its one 2M range, split by the 4K RMPUPDATEs
+
+
+def test_launch_populate_one_rmpupdate_and_measurement_per_page() -> None:
+    cfg = LinuxGuestConfig(64 << 20, 1)
+    launch = default_launch(cfg)
+    # OVMF's metadata: 0x9000 + 0x1000 + 0x1000 + 0x1000 + 0x12000 bytes = 9 + 1 + 1 + 1 + 18 = 30 pages;
+    # the 4 MiB flash: 1024 Normal pages
+    metadata_pages = sum(size >> PAGE_SHIFT for _, size, _ in OVMF_SEV_METADATA)
+    assert metadata_pages == 30
+    assert sum(u.npages for u in launch) == 30 + (OVMF_IMAGE_BYTES >> PAGE_SHIFT) == 1054
+    host = HostKernel(HOST_PAGES, presets["upstream"], max_level=PageSize.SIZE_2M)
+    r0 = host.rmp.rmpupdate_count
+    host, qemu = _vm("upstream", 1, launch, host)
+    # context + response page (2), the launch pages (1054, 4K entries), the VMSA (1)
+    assert host.rmp.rmpupdate_count - r0 == 2 + 1054 + 1
+    assert qemu.kvm.launch_pages == 1054
+    assert host.accounts["host"].count_by_op["snp_launch_update"] == 1054 + 1
+    for gfn, npages, kind in ((0x800, 9, SnpPageType.ZERO), (0x80C, 1, SnpPageType.SECRETS)):
+        assert kind in {u.type for u in launch}
+        pfns = qemu.kvm.gmem.pfns(gfn, npages) if qemu.kvm.gmem is not None else None
+        assert pfns is not None
+        for p in pfns.tolist():
+            e = host.rmp.rmpread(p << PAGE_SHIFT)
+            assert (e.assigned, e.page_size, e.gpa >> PAGE_SHIFT, e.validated, e.immutable) == (
+                True,
+                PageSize.SIZE_4K,
+                gfn + pfns.tolist().index(p),
+                True,
+                False,
+            )
+
+
+def test_ovmf_does_not_revalidate_launch_ranges() -> None:
+    """edk2 PeiSnpSystemRamValidate.c skips the ranges the launch pre-validated: no prevalidate conversion
+    covers a launch page."""
+    cfg = LinuxGuestConfig(256 << 20, 1)
+    ranges = tuple((u.gfn, u.npages) for u in default_launch(cfg) if u.gfn < cfg.lowmem_pages)
+    from dataclasses import replace
+
+    events = boot_events(replace(cfg, launch_validated=ranges))
+    launched = np.zeros(cfg.end_gfn, dtype=bool)
+    for g, n in ranges:
+        launched[g : g + n] = True
+    pre = [t.event for t in events if getattr(t.event, "what", "") == "ovmf-prevalidate"]
+    covered = np.zeros(cfg.end_gfn, dtype=bool)
+    for c in pre:
+        covered[c.gfn : c.gfn + c.npages] = True
+    assert not np.any(covered & launched)
+    assert np.count_nonzero(covered) == cfg.lowmem_pages - 30  # everything else below 4 GiB
+
+
+def test_run_reports_snp_host_bytes_in_summary_and_timeline() -> None:
+    import snpsim
+
+    r = snpsim.run(
+        {
+            "seed": 1,
+            "policy": "upstream",
+            "host": {"memory": "2G"},
+            "vms": [{"memory": "256M", "vcpus": 2, "workload": "linux-boot"}],
+            "duration": "50ms",
+        }
+    )
+    # the TMR (512 pages) + 2 VMSAs + context + response page
+    assert r.summary["snp_host_bytes"] == (512 + 2 + 1 + 1) * 4096
+    assert "snp_host_bytes" in r.timeline.columns
+    assert r.summary["host_crash_count"] == 0
