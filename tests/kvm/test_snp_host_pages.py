@@ -218,3 +218,27 @@ def test_run_reports_snp_host_bytes_in_summary_and_timeline() -> None:
     assert r.summary["snp_host_bytes"] == (512 + 2 + 1 + 1) * 4096
     assert "snp_host_bytes" in r.timeline.columns
     assert r.summary["host_crash_count"] == 0
+
+
+def test_replayed_trace_carries_the_launch() -> None:
+    """examples/traces/qemu-boot.log: its launch updates are populated (kvm_gmem_populate), not the default image.
+
+    The trace's updates: ``gpa 0xffc00000 len 0x400000 (Normal page)`` (the flash, 1024 pages; the following
+    ``gpa 0xffe00000 len 0x200000`` is its continuation), ``gpa 0x800000 len 0x11000 (Zero page)`` (17),
+    ``0x811000 len 0x1000 (Secrets page)`` (1), ``0x812000 len 0x1000 (Cpuid page)`` (1), ``0x813000 len 0xd000
+    (Zero page)`` (13): 1056 pages; and ``kvm_create_gmemfd ... size: 0x100000000`` gives a 4 GiB guest."""
+    from pathlib import Path
+
+    from snpsim.runner import Simulation
+    from snpsim.traces.replay import plan_replay
+
+    trace = Path(__file__).resolve().parents[2] / "examples" / "traces" / "qemu-boot.log"
+    plan = plan_replay(trace, "upstream", vcpus=2, host_memory=8 << 30)
+    assert plan.scenario.vms[0].memory == 4 << 30  # from the guest_memfd size
+    assert sum(u.npages for u in plan.launch) == 1024 + 17 + 1 + 1 + 13
+    sim = Simulation(plan.scenario, vm_events={0: plan.events}, vm_launch={0: plan.launch})
+    r = sim.run()
+    ops = sum((a.count_by_op.get("snp_launch_update", 0) for a in sim.host.accounts.values()), 0)
+    assert ops == 1056 + 2  # every launch page and the 2 VMSAs, each measured once
+    assert r.summary["snp_host_bytes"] == (512 + 2 + 1 + 1) * 4096  # the VM is still running at the end
+    assert r.summary["host_crash_count"] == 0
