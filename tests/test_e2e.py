@@ -20,9 +20,15 @@ ZONE_NORMAL, so nothing to accept):
 | .bss..decrypted tail (#2)         | 512 - 3 = 509    | private   | GHCB, 4K entries: 64 x 7 + 61   | 8        |
 
 SWIOTLB = clamp(6 % of 1 GiB, 64 MiB, 1 GiB) = 64 MiB; atomic pool = max(128 KiB, 1 GiB / 8192) = 128 KiB.
-Totals: 607 PSC requests, each one KVM_HC_MAP_GPA_RANGE exit (entries of a request are contiguous);
+Before boot, the launch (runner.default_launch, guest/linux.py OVMF_SEV_METADATA): the 4 MiB OVMF flash (1024 pages,
+outside RAM) and OVMF's SEV metadata in low RAM (0x9000 + 0x1000 + 0x1000 + 0x1000 + 0x12000 = 30 pages) are
+populated with 4K RMP entries, so OVMF pre-validates 262144 - 30 pages in three pieces: [0, 0x800) (4 2M entries, 1
+request), the SEC GHCB [0x809, 0x80B) (2 4K entries, 1 request), [0x820, 0x40000) (480 4K + 507 2M = 987 entries,
+4 requests): 6 requests instead of 3. Host SNP pages: the 2 MiB TMR at SNP init (512 4K firmware entries), the SNP
+context and guest-request response page (2), 4 VMSAs: LAUNCH_RMP = 512 + 2 + 4 + 1024 + 30 = 1572 RMPUPDATEs.
+Totals: 610 PSC requests, each one KVM_HC_MAP_GPA_RANGE exit (entries of a request are contiguous);
 to_shared = 4 + 1412 + 512 + 8 + 8 + 16384 + 64 + 14 + 2 = 18408;
-to_private = 262144 + 1412 + 4 + 4 + 509 = 264073.
+to_private = 262144 - 30 + 1412 + 4 + 4 + 509 = 264043.
 Shared at the end of boot: 4 + 4 + 3 + 4 + 16384 + 64 + 14 + 2 = 16479 pages.
 
 The host is the default server e820 layout (snpsim.host.e820). A 4 GiB host: low RAM to the PCI hole at 2 GiB,
@@ -47,6 +53,7 @@ from snpsim.metrics import METRICS
 MIB = 1 << 20
 K4 = 4096
 BOOT_4K = 3 * MIB  # DirectMap4k of a 4 GiB or 1 GiB server host at boot (module docstring)
+LAUNCH_RMP = 512 + 2 + 4 + 1024 + 30  # host SNP pages and launch pages (module docstring)
 
 
 def boot(policy: str, **extra: Any) -> dict[str, int | float]:
@@ -66,23 +73,35 @@ def test_boot_conversions_are_policy_independent(policy: str) -> None:
     s = boot(policy)
     granularity = snpsim.presets[policy].private_granularity
     # 4K private pages (guest_memfd 4K folios or pre-UPM VMM pages): one 4K RMPUPDATE per page made private
-    # (264073) and per page given back (18408); 2M folios: see test_boot_upm_nosplit_rmp_and_memory
-    assert s["rmpupdate_count"] == (264073 + 18408 if granularity == "4k" else 512 + 32)
-    assert s["psc_request_count"] == 607
+    # (264043) and per page given back (18408), plus the launch's; 2M folios: see test_boot_upm_nosplit_rmp_and_memory
+    expected = 264043 + 18408 + LAUNCH_RMP if granularity == "4k" else 512 + 32 - 1 + 482 + LAUNCH_RMP
+    if snpsim.presets[policy].rmp_fault == "fixup":
+        # with the direct map kept at 2M, zeroing a neighbour of a 4K launch page (the flash's VMM pages) faults
+        # and the handler makes it shared: more RMPUPDATEs, no crash
+        assert s["rmpupdate_count"] >= expected and s["host_rmp_fault_count"] > 0
+    else:
+        assert s["rmpupdate_count"] == expected
+    assert s["snp_host_bytes"] == (512 + 2 + 4) * K4
+    assert s["psc_request_count"] == 610
     # UPM: every PSC request is one KVM_HC_MAP_GPA_RANGE exit; pre-UPM (SNP v5) KVM converts in the kernel
     # (snp_handle_page_state_change) and never exits to the VMM
-    assert s["vmm_exit_count"] == (607 if snpsim.presets[policy].private_backing == "gmem" else 0)
+    # plus one: the second request of [0x820, 0x40000) holds 227 4K entries then 26 2M entries, and snp_begin_psc
+    # merges only entries of the same page size: two exits for it
+    gmem_exits = 611
+    assert s["vmm_exit_count"] == (gmem_exits if snpsim.presets[policy].private_backing == "gmem" else 0)
     assert s["to_shared_count"] == 18408
-    assert s["to_private_count"] == 264073
+    assert s["to_private_count"] == 264043
     assert s["guest_vc_count"] == 0
     assert s["host_crash_count"] == 0
     assert s["sim_time_ns"] == 2_000_000_000
     dm = snpsim.presets[policy].directmap
     if dm == "keep":
-        assert (s["directmap_4k"], s["directmap_2m"], s["directmap_1g"]) == (BOOT_4K, 996 * MIB, 3 << 30)
-        assert s["directmap_split_count"] == 0
+        # only the fixup handler splits (around a host SNP page it cannot make shared)
+        assert s["directmap_4k"] == BOOT_4K + s["direct_map_level2_splits"] * 2 * MIB
     elif dm == "unmap-nosplit":
-        assert s["directmap_4k"] == BOOT_4K
+        # the host-kernel 4K pages are split as upstream does: the TMR's and the VMSAs' 2M ranges, and the
+        # flash's (its 4K guest_memfd pages are whole folios: removed, not split)
+        assert s["directmap_4k"] == BOOT_4K + s["direct_map_level2_splits"] * 2 * MIB
     else:
         assert s["directmap_4k"] > BOOT_4K
     assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] == 4071 * MIB
@@ -106,14 +125,16 @@ def test_boot_upm_nosplit_rmp_and_memory() -> None:
     s = boot("upm-nosplit")
     # 2M folios: 512 2M RMPUPDATEs to private; the 64 MiB SWIOTLB covers 32 whole folios, freed with one 2M
     # RMPUPDATE each; no other hole covers a whole folio
-    assert s["rmpupdate_count"] == 512 + 32
+    # + the launch: the 2M folio of gfns [0x800, 0xA00) holds the 30 4K launch entries, so it is prepared at 4K
+    # (482 4K entries instead of one 2M entry)
+    assert s["rmpupdate_count"] == 512 + 32 - 1 + 482 + LAUNCH_RMP
     # 4K rescinds on 2M entries PSMASH once per 2M range. Top of RAM (guest/linux.py): OVMF's GHCB area and IoMmu
     # pool [260707, 262144) cover 2M ranges 509-511; the GHCB data, DMA32 pool and most vrings are in 509; the
     # per-CPU chunk (decrypted pages, the rest of the vrings, an attestation page) is range 500; .bss..decrypted
     # is range 23, the DMA pool [4064, 4096) range 7: six ranges
     assert s["psmash_count"] == 6
     assert s["private_bytes"] == 1024 * MIB - 32 * 2 * MIB
-    assert s["directmap_4k"] == BOOT_4K
+    assert s["directmap_4k"] == BOOT_4K + s["direct_map_level2_splits"] * 2 * MIB
     assert s["waste_bytes"] > 0
 
 
@@ -156,7 +177,8 @@ def test_every_preset_runs_every_workload(policy: str, workload: str) -> None:
     assert s["directmap_4k"] + s["directmap_2m"] + s["directmap_1g"] <= 1 << 30
     assert not any(v.oom for v in r.vms)
     if snpsim.presets[policy].directmap in ("unmap-nosplit", "keep"):
-        assert s["directmap_4k"] == BOOT_4K
+        # only the 2M ranges of host-kernel SNP pages (or the fixup handler's splits around them) are at 4K
+        assert s["directmap_4k"] == BOOT_4K + s["direct_map_level2_splits"] * 2 * MIB
 
 
 @pytest.mark.parametrize(("policy", "merges"), [("upm", True), ("bulk", True), ("upstream", False), ("unmap", False)])

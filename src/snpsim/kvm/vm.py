@@ -92,8 +92,8 @@ class KvmVm:
         self.guest_resp_buf: int | None = None
         #: each vCPU's VMSA page (``svm->sev_es.vmsa``, :meth:`sev_es_vcpu_create`), by vCPU index
         self.vmsas: dict[int, int] = {}
-        #: the firmware's RAM block outside guest RAM (QEMU's ``pc.bios``, its own guest_memfd): gfn -> pfn
-        self.bios_pages: dict[int, int] = {}
+        #: the firmware's RAM block outside guest RAM (QEMU's ``pc.bios``, its own guest_memfd): folio -> pfn
+        self.bios_folios: dict[int, int] = {}
         #: pages populated by the launch (``kvm_gmem_populate``), and whether ``KVM_SEV_SNP_LAUNCH_FINISH`` ran
         self.launch_pages = 0
         self.launched = False
@@ -516,15 +516,17 @@ class KvmVm:
         return self._private_pfns(gfn, npages)
 
     def _bios_backing(self, gfns: IntArray) -> IntArray | None:
-        """The firmware RAM block's frames (guest_memfd, or the VMM's pinned pages pre-UPM), 4K [I]."""
-        need = [g for g in gfns.tolist() if g not in self.bios_pages]
+        """The firmware RAM block's frames: its own guest_memfd with the VM's folio size (pre-UPM: the VMM's pinned
+        pages, 4K), allocated a folio at a time."""
+        fp = self.gmem.folio_pages if self.gmem is not None else 1
+        need = sorted({g // fp for g in gfns.tolist()} - self.bios_folios.keys())
         if need:
             owner = Owner.GMEM if self.gmem is not None else Owner.VMM_PRIVATE
-            got = self.host.alloc_bulk(0, len(need), owner)
+            got = self.host.alloc_bulk(fp.bit_length() - 1, len(need), owner)
             if got is None:
                 return None
-            self.bios_pages.update(zip(need, got.tolist(), strict=True))
-        return np.array([self.bios_pages[g] for g in gfns.tolist()], dtype=np.int64)
+            self.bios_folios.update(zip(need, got.tolist(), strict=True))
+        return np.array([self.bios_folios[g // fp] + g % fp for g in gfns.tolist()], dtype=np.int64)
 
     def snp_launch_finish(self) -> None:
         """``KVM_SEV_SNP_LAUNCH_FINISH`` → ``snp_launch_update_vmsa()``: for each vCPU, "ret =
@@ -577,13 +579,15 @@ class KvmVm:
         elif self.shared is not None:
             mapped = self.shared.pfn.present()
             gmem_invalidate(self.host, self.shared.pfn[np.flatnonzero(mapped & self.attrs.private)])
-        if self.bios_pages:  # the firmware RAM block: invalidated (made shared) and freed with its file
-            frames = np.array(sorted(self.bios_pages.values()), dtype=np.int64)
+        if self.bios_folios:  # the firmware RAM block: invalidated (made shared) and freed with its file
+            fp = self.gmem.folio_pages if self.gmem is not None else 1
+            heads = np.array(sorted(self.bios_folios.values()), dtype=np.int64)
+            frames = (heads[:, None] + np.arange(fp, dtype=np.int64)).ravel()
             gmem_invalidate(self.host, frames)
-            self.host.free_bulk(frames, 0)
+            self.host.free_bulk(heads, fp.bit_length() - 1)
             if self.gmem is not None:
                 self.host.release_frames(frames)
-            self.bios_pages.clear()
+            self.bios_folios.clear()
 
 
 def _runs_of_blocks(heads: IntArray) -> tuple[list[int], list[int]]:
