@@ -223,8 +223,11 @@ class Policy:
             _v(
                 "unmap-nosplit",
                 "Removes the whole direct-map entry of the private folio (2M, or 1G for `1g` folios) when any "
-                "page of it becomes private, restores it when none is assigned; never splits to 4K. Needs "
-                "`private_granularity` `2m` or `1g`.",
+                "page of it becomes private, restores it when none is assigned; never splits guest memory to 4K. "
+                "Needs `private_granularity` `2m` or `1g`. A host-kernel 4K page the RMP assigns (a VMSA, the SNP "
+                "context, firmware pages) cannot be removed 2M at a time (its neighbours are other kernel objects) "
+                "nor left behind a 2M mapping (every kernel write to a neighbour would take an RMP #PF): its 2M "
+                "range is split to 4K as upstream does and the page stays mapped.",
                 "`src/snpsim/host/kernel.py`",
             ),
             _v(
