@@ -6,7 +6,8 @@ Bytes unless named ``_count`` (or, for the two ``/proc/vmstat`` events ``direct_
 memory) and ``directmap_split_count`` is the sum of the two vmstat split events. ``thp_deferred_split_bytes`` is
 the memory partly unmapped THPs hold on the deferred split queue (allocated, mapped by nobody), and
 ``thp_split_page_count`` vmstat's ``thp_split_page``: THPs the deferred split shrinker split
-(:mod:`snpsim.host.vmscan`). Host-level values come from
+(:mod:`snpsim.host.vmscan`). ``snp_host_bytes`` is the host-kernel memory assigned in the RMP (VMSAs, SNP contexts,
+guest-request response pages, the SNP init TMR: ``HostKernel.snp_pages``, docs/launch.md). Host-level values come from
 :meth:`snpsim.host.HostKernel.metrics`; VM-level values are summed over the VMs alive at the time of the sample
 (counters over all VMs ever run).
 """
