@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 
 import snpsim
 from snpsim.cli import app
+from snpsim.guest.linux import LinuxGuestConfig
 from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
-from snpsim.runner import Simulation
+from snpsim.runner import Simulation, default_launch
 from snpsim.scenario import load
 from snpsim.traces import ParseStats, TraceError, parse, parse_ftrace, parse_qemu, to_guest_events
 from snpsim.traces.model import TraceGuestMemfd, TraceLaunchUpdate
@@ -389,9 +390,10 @@ def test_simulation_passes_vm_launch_to_qemu() -> None:
     given = [SnpLaunchUpdate(0x800, 2, SnpPageType.SECRETS)]
     sim = Simulation(scenario, vm_launch={1: given}, record_conversions=True)
     sim.run()
-    # VM 0 keeps the default (None); VM 1 got the list (a copy); Result.launch records VM 0's
+    # VM 0 keeps the guest image's default launch; VM 1 got the list (a copy); Result.launch records VM 0's given
+    # list (none)
     assert sim.launch is None
-    assert [s.qemu.launch for s in sim.live.values()] == [None, given]
+    assert [s.qemu.launch for s in sim.live.values()] == [default_launch(LinuxGuestConfig(128 << 20, 1)), given]
 
 
 def test_replay_json_and_table_count_unknown_events_by_name(tmp_path: Path) -> None:
