@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from snpsim.arch import PAGE_SHIFT, PAGES_PER_2M
 from snpsim.guest.linux import OVMF_IMAGE_BYTES, OVMF_SEV_METADATA, LinuxGuestConfig, boot_events
@@ -242,3 +244,35 @@ def test_replayed_trace_carries_the_launch() -> None:
     assert ops == 1056 + 2  # every launch page and the 2 VMSAs, each measured once
     assert r.summary["snp_host_bytes"] == (512 + 2 + 1 + 1) * 4096  # the VM is still running at the end
     assert r.summary["host_crash_count"] == 0
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    preset=st.sampled_from(sorted(presets)),
+    plan=st.lists(st.tuples(st.integers(1, 3), st.booleans()), min_size=1, max_size=3),
+)
+def test_host_snp_pages_over_vm_lifetimes(preset: str, plan: list[tuple[int, bool]]) -> None:
+    """VMs created (with their launch) and destroyed in any order: at every step ``snp_host_bytes`` is (vCPUs + 2)
+    pages per live VM, every such page is assigned, DirectMap4k/2M/1G sum to the mapped RAM, no host crash; at the
+    end nothing is assigned and nothing leaked."""
+    host = HostKernel(HOST_PAGES, presets[preset], max_level=PageSize.SIZE_2M)
+    mapped = host.directmap.directmap_4k + host.directmap.directmap_2m + host.directmap.directmap_1g
+    live: list[tuple[Qemu, int]] = []
+    for asid, (vcpus, destroy_first) in enumerate(plan, start=1):
+        if destroy_first and live:
+            live.pop(0)[0].destroy()
+        policy = presets[preset]
+        q = Qemu(host, policy, np.ones(16 << 20 >> PAGE_SHIFT, dtype=bool), asid=asid, counters=Counters(), launch=[])
+        for v in range(vcpus):
+            q.kvm.sev_es_vcpu_create(v)
+        q.sev_snp_launch_finish()
+        live.append((q, vcpus))
+        assert host.metrics()["snp_host_bytes"] == sum(n + 2 for _, n in live) * 4096
+        assert all(host.rmp.rmpread(p << PAGE_SHIFT).assigned for p in host.snp_pages)
+        dm = host.directmap
+        assert dm.directmap_4k + dm.directmap_2m + dm.directmap_1g == mapped
+        assert host.host_crash_count == 0
+    for q, _ in live:
+        q.destroy()
+    assert host.metrics()["snp_host_bytes"] == 0 and not host.snp_leaked
+    assert host.rmp.assigned_count() == 0 and host.host_crash_count == 0
