@@ -106,6 +106,16 @@ def test_vmsas_in_distinct_2m_ranges_split_one_range_each() -> None:
         host.snp_make_kernel_page_private(p, INITIAL_VMSA_GPA, 1, "vmsa")
     assert host.directmap.level2_splits - s0 == 4
     assert host.metrics()["snp_host_bytes"] == 4 * 4096
+    # before SNP_LAUNCH_UPDATE: Pre-Guest (assigned to the guest ASID, immutable, no VMSA bit yet)
+    e = host.rmp.rmpread(vm_pfns[0] << PAGE_SHIFT)
+    assert (e.assigned, e.asid, e.immutable, e.vmsa, e.validated) == (True, 1, True, False, False)
+    # the host cannot take an immutable page back by itself (RMPUPDATE: FAIL_PERMISSION, amd-snp-arch.md §3)
+    assert host.rmp_make_shared(vm_pfns[0], PageSize.SIZE_4K) != 0
+    assert host.snp_launch_update(np.array(vm_pfns, dtype=np.int64), vmsa=True) == 0
+    e = host.rmp.rmpread(vm_pfns[0] << PAGE_SHIFT)
+    assert (e.assigned, e.asid, e.immutable, e.vmsa, e.validated) == (True, 1, False, True, True)
+    # a second update of a Guest-Valid page is refused (not Pre-Guest)
+    assert host.snp_launch_update(np.array(vm_pfns[:1], dtype=np.int64)) == 1
 
 
 @pytest.mark.parametrize("preset", sorted(presets))
