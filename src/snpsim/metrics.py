@@ -6,7 +6,8 @@ Bytes unless named ``_count`` (or, for the two ``/proc/vmstat`` events ``direct_
 memory) and ``directmap_split_count`` is the sum of the two vmstat split events. ``thp_deferred_split_bytes`` is
 the memory partly unmapped THPs hold on the deferred split queue (allocated, mapped by nobody), and
 ``thp_split_page_count`` vmstat's ``thp_split_page``: THPs the deferred split shrinker split
-(:mod:`snpsim.host.vmscan`). Host-level values come from
+(:mod:`snpsim.host.vmscan`). ``rmpopt_bytes`` is the memory in 1 GiB regions whose RMPOPT bit is set on every CPU
+(host writes there skip the RMP check; :mod:`snpsim.host.rmpopt`). Host-level values come from
 :meth:`snpsim.host.HostKernel.metrics`; VM-level values are summed over the VMs alive at the time of the sample
 (counters over all VMs ever run).
 """
@@ -43,6 +44,7 @@ METRICS: tuple[str, ...] = (
     "to_shared_count",
     "psc_request_count",
     "vmm_exit_count",
+    "rmpopt_bytes",
     "boot_time_ns",
     "sim_time_ns",
 )

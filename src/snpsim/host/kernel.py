@@ -42,6 +42,7 @@ from snpsim.host.cpu import CpuAccount
 from snpsim.host.directmap import NOT_PRESENT, DirectMap
 from snpsim.host.e820 import HostMemoryMap, flat_memory_map
 from snpsim.host.frames import ALLOCATION, LRU_OWNERS, FrameTable, Owner
+from snpsim.host.rmpopt import RmpOptimizer
 from snpsim.host.svm import GuestMode
 from snpsim.host.vmscan import DeferredSplitQueue, low_watermark_pages
 from snpsim.hw.costs import CostModel
@@ -154,6 +155,15 @@ class HostKernel:
         self._removal_pages = (
             self.policy.private_page_bytes >> PAGE_SHIFT if self.policy.directmap == "unmap-nosplit" else 1
         )
+        #: RMPOPT (policy ``rmpopt``): the boot-time scan runs now, charged to the ``kthread/rmpopt`` worker
+        self.rmpopt: RmpOptimizer | None = None
+        if self.policy.rmpopt:
+            self.rmpopt = RmpOptimizer(
+                self, min_pfn=self.memory_map.ram_ranges[0][0] if self.memory_map.ram_ranges else 0
+            )
+            caller, self.cpu = self.cpu, self.account("kthread/rmpopt")
+            self.rmpopt.scan()
+            self.cpu = caller
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -177,6 +187,7 @@ class HostKernel:
             "host_crash_count": self.host_crash_count,
             "thp_deferred_split_bytes": self.thp_held_pages << PAGE_SHIFT,
             "thp_split_page_count": self.deferred_split.split_count,
+            "rmpopt_bytes": self.rmpopt.optimized_bytes() if self.rmpopt is not None else 0,
         }
 
     # ------------------------------------------------------------------ CPU time (host.cpu)
@@ -630,6 +641,12 @@ class HostKernel:
         ``pfn`` into 512 4K entries, keeping their Validated bits."""
         self.charge("psmash", self.costs.psmash_ns)
         return self.rmp.psmash((pfn // PAGES_PER_2M * PAGES_PER_2M) << PAGE_SHIFT)
+
+    def snp_rmpopt_all_physmem(self) -> None:
+        """``snp_rmpopt_all_physmem()`` (RMPOPT v8 5/7), called by KVM when an SNP VM is destroyed: re-arm the
+        delayed rescan (nothing without RMPOPT)."""
+        if self.rmpopt is not None:
+            self.rmpopt.snp_rmpopt_all_physmem()
 
     def snp_lookup_rmpentry(self, pfn: int) -> tuple[bool, PageSize]:
         """``snp_lookup_rmpentry(pfn, &assigned, &level)``: ``assigned`` from the 4K entry, ``level`` from the

@@ -444,6 +444,7 @@ class KvmVm:
         elif self.shared is not None:
             mapped = self.shared.pfn.present()
             gmem_invalidate(self.host, self.shared.pfn[np.flatnonzero(mapped & self.attrs.private)])
+        self.host.snp_rmpopt_all_physmem()  # sev_vm_destroy: queue the RMPOPT rescan (RMPOPT v8 5/7)
 
 
 def _runs_of_blocks(heads: IntArray) -> tuple[list[int], list[int]]:
