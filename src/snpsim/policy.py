@@ -317,7 +317,8 @@ class Policy:
                 "`mod_delayed_work` re-arms the rescan 10 s after the *last* termination ('allows batching of "
                 "multiple SNP guest terminations'); the rescan runs on the `kthread/rmpopt` worker, charged "
                 "`rmpopt_1g_ns` per region (calibrated to the series' 2 TB measurement).",
-                "`src/snpsim/hw/rmp.py` (`Rmp.rmpopt`), `src/snpsim/host/rmpopt.py`, `src/snpsim/kvm/vm.py` (`destroy`)",
+                "`src/snpsim/hw/rmp.py` (`Rmp.rmpopt`), `src/snpsim/host/rmpopt.py`, "
+                "`src/snpsim/kvm/vm.py` (`destroy`)",
             ),
         ),
     )
