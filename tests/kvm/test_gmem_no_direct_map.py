@@ -53,7 +53,7 @@ def test_restore_first_frees_safely_and_restores_at_4k() -> None:
 
 
 def test_invalidate_first_oopses_in_sev_gmem_invalidate_on_the_first_punch() -> None:
-    host, vmm, guest = stack("invalidate-first")
+    host, _vmm, guest = stack("invalidate-first")
     guest.execute(Access(100, 8, private=True))
     guest.execute(Conversion(100, 8, False, Protocol.GHCB))
     assert host.host_crash_count == 1  # one punch, one invalidate: its first flush oopses
