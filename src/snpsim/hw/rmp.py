@@ -354,7 +354,7 @@ class Rmp:
         """Per 1 GiB region: its RMPOPT bit is set on every CPU (host writes there skip the RMP check on any CPU)."""
         if self.rmpopt_table is None:
             return np.zeros(len(self._segs), dtype=bool)
-        return self.rmpopt_table.all(axis=0)  # type: ignore[no-any-return]
+        return self.rmpopt_table.all(axis=0)  # type: ignore[return-value]
 
     def _rmpopt_clear(self, pfns: npt.NDArray[np.int64] | int) -> None:
         """rmpopt-clear: the regions of these frames, just assigned, lose their bit on every CPU."""
