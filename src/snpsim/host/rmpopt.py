@@ -84,8 +84,9 @@ class RmpOptimizer:
         return int(rmp.rmpopt_regions_all_cpus()[lo:hi].sum())
 
     def snp_rmpopt_all_physmem(self) -> None:
-        """An SNP VM was destroyed: ``mod_delayed_work`` (re)arms the rescan 10 s from now."""
-        self.deadline_ns = int(self.host.clock()) + RMPOPT_WORK_TIMEOUT_NS
+        """An SNP VM was destroyed: ``mod_delayed_work`` (re)arms the rescan 10 s from now (the calling thread's
+        now: the simulated time plus what its current step has charged so far, i.e. after the teardown's work)."""
+        self.deadline_ns = int(self.host.clock()) + self.host.cpu.pending_ns + RMPOPT_WORK_TIMEOUT_NS
 
     def optimized_bytes(self) -> int:
         """``rmpopt_bytes``: host RAM in the regions whose RMPOPT bit is set on every CPU."""
