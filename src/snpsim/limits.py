@@ -223,13 +223,16 @@ def limits(
         summ = result.summary
         dm_tables = (int(summ["direct_map_level2_splits"]) + int(summ["direct_map_level3_splits"])) * PAGE_SIZE
         # the VM's own peaks, or the sampled ones where larger (pre-UPM VMMs account only at exits, never taken)
+        peak_private = max(vm.peak_private_bytes, int(tl["private_bytes"].max()))
+        peak_shared = max(vm.peak_shared_bytes, int(tl["shared_bytes"].max()))
+        peak_total = max(vm.peak_total_bytes, int((tl["private_bytes"] + tl["shared_bytes"]).max()))
         ch = charges(
             sc.policy,
             memory,
             vcpus,
-            peak_private=max(vm.peak_private_bytes, int(tl["private_bytes"].max())),
-            peak_shared=max(vm.peak_shared_bytes, int(tl["shared_bytes"].max())),
-            peak_total=max(vm.peak_total_bytes, int((tl["private_bytes"] + tl["shared_bytes"]).max())),
+            peak_private=peak_private,
+            peak_shared=peak_shared,
+            peak_total=peak_total,
             npt_peak=npt_peak,
             directmap_tables=dm_tables,
         )
@@ -239,9 +242,9 @@ def limits(
                 worst_case_bytes=wp + ws,
                 worst_private_bytes=wp,
                 worst_shared_bytes=ws,
-                observed_peak_bytes=vm.peak_total_bytes,
-                observed_private_bytes=vm.peak_private_bytes,
-                observed_shared_bytes=vm.peak_shared_bytes,
+                observed_peak_bytes=peak_total,
+                observed_private_bytes=peak_private,
+                observed_shared_bytes=peak_shared,
                 rmp_overhead_bytes=memory // PAGE_SIZE * RMP_ENTRY_BYTES,
                 npt_overhead_bytes=memory // PAGE_SIZE * NPT_PTE_BYTES,
                 **dataclasses.asdict(ch),
