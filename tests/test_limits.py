@@ -88,3 +88,25 @@ def test_limits_cli() -> None:
     assert row["worst_case_bytes"] == (128 << 20) * 2 - 64 * K4
     bad = runner.invoke(app, ["limits", "--memory", "3M"])
     assert bad.exit_code == 2 and "--memory" in bad.output
+
+
+def test_charges_per_cgroup_by_hand() -> None:
+    from snpsim.limits import charges, npt_table_bytes
+
+    g = 1 << 30
+    # NPT of 1 GiB at 4K: 512 PTE pages + 1 PMD + 1 PDPT + the root (KVM MMU caches: GFP_KERNEL_ACCOUNT -> memcg)
+    assert npt_table_bytes(g, 0, 0) == 515 * 4096
+    up = charges(presets["upstream"], g, 4, peak_private=g, peak_shared=0, peak_total=g, npt_peak=0, directmap_tables=0)
+    # memcg: guest_memfd folios (filemap_add_folio -> mem_cgroup_charge) + NPT + 4 VMSAs + context + 2 guest-req
+    assert up.memcg_worst_bytes == g + 515 * 4096 + 7 * 4096
+    assert up.hugetlb_worst_bytes == 0
+    # kernel: the RMP's 16 B per 4K (4 MiB) + one page-table page per 2M and per 1G split (upstream splits to 4K)
+    assert up.kernel_worst_bytes == (g // 4096) * 16 + (512 + 1) * 4096
+    ht = charges(
+        presets["hugetlb"], g, 4, peak_private=g, peak_shared=g, peak_total=2 * g, npt_peak=0, directmap_tables=0
+    )
+    # hugetlbfs RAM block to the hugetlb controller (whole block reserved at mmap), private folios to memcg
+    assert (ht.memcg_worst_bytes, ht.hugetlb_worst_bytes) == (g + 522 * 4096, g)
+    assert (ht.memcg_peak_bytes, ht.hugetlb_peak_bytes) == (g + 7 * 4096, g)
+    # unmap-nosplit removes whole 2M entries: only the 1G mappings split, one page per GiB of the two copies
+    assert ht.kernel_worst_bytes == (g // 4096) * 16 + 2 * 4096

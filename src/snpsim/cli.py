@@ -829,6 +829,31 @@ def limits(
         lambda _r, _c, v: format_compact("_bytes", v),
     )
     emit(_console(), grid, output, _write)
+    if output != "table":
+        return
+    per_cgroup = {
+        "memcg worst": "memcg_worst_bytes",
+        "memcg peak": "memcg_peak_bytes",
+        "hugetlb worst": "hugetlb_worst_bytes",
+        "hugetlb peak": "hugetlb_peak_bytes",
+        "kernel worst": "kernel_worst_bytes",
+        "kernel peak": "kernel_peak_bytes",
+    }
+    emit(
+        _console(),
+        Grid(
+            "charged to each cgroup (memcg: QEMU's, with guest_memfd, NPT and SNP pages; hugetlb: the hugetlb "
+            "controller; kernel: no cgroup, RMP and direct-map page tables; docs/limits.md)",
+            "preset",
+            [r.preset for r in rows],
+            list(per_cgroup),
+            [[getattr(r, f) for f in per_cgroup.values()] for r in rows],
+            lambda _r, _c, v: format_bytes(int(v)),
+            lambda _r, _c, v: format_compact("_bytes", v),
+        ),
+        output,
+        _write,
+    )
 
 
 # -------------------------------------------------------------------------------------------------- calibrate

@@ -18,10 +18,34 @@ operators' reports of double allocation (guest-workloads.md §6). Two answers pe
 
 Both come with the breakdown and the host overhead a cgroup does not see but the host pays: the RMP's 16 bytes
 per 4K page (linux-snp-host.md §1: "RMP = 1/256 of RAM") and 8-byte NPT leaf entries per 4K mapping.
+
+**Which cgroup each byte is charged to** (:func:`charges`; worst case from the knobs, peak from the simulation).
+Read from the kernel's allocation sites:
+
+- ``memcg`` (the memory cgroup of QEMU, ``memory.max``): QEMU's RAM block (anonymous memory, memfd/shmem and
+  THP are charged at fault to the faulting task's memcg); guest_memfd folios, which are page cache:
+  ``kvm_gmem_get_folio`` → ``__filemap_get_folio(..., FGP_CREAT, mapping_gfp_mask())`` → ``filemap_add_folio``
+  → ``mem_cgroup_charge(folio, NULL, gfp)`` (mm/filemap.c; charged to ``current``'s memcg whatever the gfp: the
+  vCPU thread faulting the page or QEMU's thread that pre-faults or populates it, both in QEMU's cgroup); pre-UPM
+  private pages (QEMU's own anonymous memory); the nested page tables: KVM's MMU caches are topped up with
+  ``mmu_memory_cache_alloc_obj(mc, GFP_KERNEL_ACCOUNT)`` (virt/kvm/kvm_main.c ``__kvm_mmu_topup_memory_cache``),
+  so every NPT page-table page is charged to the vCPU thread's memcg; and the SNP pages KVM allocates for the
+  VM: each vCPU's VMSA (``snp_safe_alloc_page()`` = ``snp_safe_alloc_page_node(numa_node_id(),
+  GFP_KERNEL_ACCOUNT)``, arch/x86/kvm/svm/svm.h), the SNP context page (``snp_context_create``:
+  ``snp_alloc_firmware_page(GFP_KERNEL_ACCOUNT)``) and the two guest-request pages (``snp_guest_req_init``,
+  the same GFP_KERNEL_ACCOUNT: [I] from the sites above, not re-read).
+- ``hugetlb`` (the hugetlb controller, ``hugetlb.<size>.max`` / ``.rsvd.max``): hugetlbfs RAM blocks
+  (``shared_backing`` ``hugetlb-2m``/``hugetlb-1g``), charged when the ``mmap`` reserves them
+  (``hugetlb_reserve_pages`` → ``hugetlb_cgroup_charge_cgroup_rsvd``) and again at fault; not in memcg unless
+  cgroup v2 is mounted with ``memory_hugetlb_accounting`` (Linux 6.7, off by default).
+- ``kernel`` (no cgroup): the RMP table, reserved by the BIOS in the e820 map before Linux runs (16 B per 4K of
+  RAM, here the guest's share); the host direct map's page-table pages that splits allocate (``__split_large_page``
+  takes one 4K page per split, ``GFP_KERNEL`` via ``alloc_pages``: not accounted).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +56,67 @@ from snpsim.policy import GRANULE_BYTES, Policy
 
 RMP_ENTRY_BYTES = 16
 NPT_PTE_BYTES = 8
+#: SNP pages KVM allocates with GFP_KERNEL_ACCOUNT per VM besides the VMSAs: context page, guest request/response
+SNP_VM_PAGES = 3
+_2M = 2 << 20
+_1G = 1 << 30
+_512G = 512 << 30
+
+
+def npt_table_bytes(n4k: int, n2m: int, n1g: int) -> int:
+    """Page-table pages of an NPT mapping ``n4k``/``n2m``/``n1g`` bytes at each level, densely packed (a lower
+    bound; the worst case is every gfn at 4K): PTE pages per 2M of 4K mappings, PMD pages per 1G below 1G
+    leaves, PDPT pages per 512G, and the root."""
+    pte = -(-n4k // _2M)
+    pmd = -(-(n4k + n2m) // _1G)
+    pud = -(-(n4k + n2m + n1g) // _512G)
+    return (pte + pmd + pud + 1) * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Charges:
+    """Bytes charged to each cgroup for one guest: the worst case from the knobs and the simulated peak."""
+
+    memcg_worst_bytes: int
+    memcg_peak_bytes: int
+    hugetlb_worst_bytes: int
+    hugetlb_peak_bytes: int
+    kernel_worst_bytes: int
+    kernel_peak_bytes: int
+
+
+def charges(
+    policy: Policy,
+    memory: int,
+    vcpus: int,
+    *,
+    peak_private: int,
+    peak_shared: int,
+    peak_total: int,
+    npt_peak: int,
+    directmap_tables: int,
+) -> Charges:
+    """Per-cgroup charges (module docstring): backing by where it comes from, NPT pages and SNP pages to memcg,
+    hugetlbfs to the hugetlb controller, the RMP and direct-map page tables to nobody."""
+    wp, ws = worst_case(policy, memory)
+    hugetlb = policy.shared_backing.startswith("hugetlb")
+    snp_pages = (vcpus + SNP_VM_PAGES) * PAGE_SIZE
+    npt_worst = npt_table_bytes(memory, 0, 0)
+    rmp = memory // PAGE_SIZE * RMP_ENTRY_BYTES
+    # worst direct-map split: every 1G and 2M mapping over the guest's memory split to 4K (one page each)
+    dm_worst = (-(-(wp + ws) // _2M) + -(-(wp + ws) // _1G)) * PAGE_SIZE if policy.directmap != "keep" else 0
+    if policy.directmap == "unmap-nosplit":  # whole 2M entries removed: only 1G mappings split (to 2M)
+        dm_worst = -(-(wp + ws) // _1G) * PAGE_SIZE
+    if policy.gmem_no_direct_map != "off" and policy.directmap == "keep":
+        dm_worst = (-(-wp // _2M) + -(-wp // _1G)) * PAGE_SIZE
+    return Charges(
+        memcg_worst_bytes=wp + (0 if hugetlb else ws) + npt_worst + snp_pages,
+        memcg_peak_bytes=(peak_private if hugetlb else peak_total) + npt_peak + snp_pages,
+        hugetlb_worst_bytes=ws if hugetlb else 0,
+        hugetlb_peak_bytes=peak_shared if hugetlb else 0,
+        kernel_worst_bytes=rmp + dm_worst,
+        kernel_peak_bytes=rmp + directmap_tables,
+    )
 
 
 @dataclass(frozen=True)
@@ -45,6 +130,12 @@ class Limit:
     observed_shared_bytes: int
     rmp_overhead_bytes: int
     npt_overhead_bytes: int
+    memcg_worst_bytes: int = 0
+    memcg_peak_bytes: int = 0
+    hugetlb_worst_bytes: int = 0
+    hugetlb_peak_bytes: int = 0
+    kernel_worst_bytes: int = 0
+    kernel_peak_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -121,17 +212,42 @@ def limits(
         if progress is not None:
             progress(name, 1.0)
         vm = result.vms[0]
+        tl = result.timeline
+        npt_peak = max(
+            (
+                npt_table_bytes(int(a), int(b), int(c))
+                for a, b, c in zip(tl["npt_4k"], tl["npt_2m"], tl["npt_1g"], strict=True)
+            ),
+            default=0,
+        )
+        summ = result.summary
+        dm_tables = (int(summ["direct_map_level2_splits"]) + int(summ["direct_map_level3_splits"])) * PAGE_SIZE
+        # the VM's own peaks, or the sampled ones where larger (pre-UPM VMMs account only at exits, never taken)
+        peak_private = max(vm.peak_private_bytes, int(tl["private_bytes"].max()))
+        peak_shared = max(vm.peak_shared_bytes, int(tl["shared_bytes"].max()))
+        peak_total = max(vm.peak_total_bytes, int((tl["private_bytes"] + tl["shared_bytes"]).max()))
+        ch = charges(
+            sc.policy,
+            memory,
+            vcpus,
+            peak_private=peak_private,
+            peak_shared=peak_shared,
+            peak_total=peak_total,
+            npt_peak=npt_peak,
+            directmap_tables=dm_tables,
+        )
         out.append(
             Limit(
                 preset=name,
                 worst_case_bytes=wp + ws,
                 worst_private_bytes=wp,
                 worst_shared_bytes=ws,
-                observed_peak_bytes=vm.peak_total_bytes,
-                observed_private_bytes=vm.peak_private_bytes,
-                observed_shared_bytes=vm.peak_shared_bytes,
+                observed_peak_bytes=peak_total,
+                observed_private_bytes=peak_private,
+                observed_shared_bytes=peak_shared,
                 rmp_overhead_bytes=memory // PAGE_SIZE * RMP_ENTRY_BYTES,
                 npt_overhead_bytes=memory // PAGE_SIZE * NPT_PTE_BYTES,
+                **dataclasses.asdict(ch),
             )
         )
     return out

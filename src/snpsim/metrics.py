@@ -7,7 +7,9 @@ memory) and ``directmap_split_count`` is the sum of the two vmstat split events.
 the memory partly unmapped THPs hold on the deferred split queue (allocated, mapped by nobody), and
 ``thp_split_page_count`` vmstat's ``thp_split_page``: THPs the deferred split shrinker split
 (:mod:`snpsim.host.vmscan`). ``snp_host_bytes`` is the host-kernel memory assigned in the RMP (VMSAs, SNP contexts,
-guest-request response pages, the SNP init TMR: ``HostKernel.snp_pages``, docs/launch.md). Host-level values come from
+guest-request response pages, the SNP init TMR: ``HostKernel.snp_pages``, docs/launch.md).
+``rmpopt_bytes`` is the memory in 1 GiB regions whose RMPOPT bit is set on every CPU
+(host writes there skip the RMP check; :mod:`snpsim.host.rmpopt`). Host-level values come from
 :meth:`snpsim.host.HostKernel.metrics`; VM-level values are summed over the VMs alive at the time of the sample
 (counters over all VMs ever run).
 """
@@ -45,6 +47,7 @@ METRICS: tuple[str, ...] = (
     "to_shared_count",
     "psc_request_count",
     "vmm_exit_count",
+    "rmpopt_bytes",
     "boot_time_ns",
     "sim_time_ns",
 )

@@ -298,6 +298,67 @@ class Policy:
         ),
     )
 
+    rmpopt: bool = knob(
+        False,
+        "Whether the host uses RMPOPT: a per-CPU table with one bit per 1 GiB region 'entirely hypervisor-owned', "
+        "set by the RMPOPT instruction, letting host (and non-SNP guest) writes there skip the RMP check (metric "
+        "`rmpopt_bytes`).",
+        "'[PATCH 0/6] Add RMPOPT support' (A. Kalra) cover.1771321114.git.ashish.kalra@amd.com ... v10 "
+        "cover.1782841284 (2026-06-30); linux-snp-host.md §1; measurements.md (scan times)",
+        (
+            _v(
+                False,
+                "No RMPOPT (Linux as merged): every host write is RMP-checked; `rmpopt_bytes` is 0.",
+                "",
+            ),
+            _v(
+                True,
+                "At RMP initialisation the kernel scans the first 2 TB of RAM (`ALIGN_DOWN(min_low_pfn)` to "
+                "`ALIGN(max_pfn)` at 1 GiB): one RMPOPT verify-and-report per CPU per region (`on_each_cpu_mask`), "
+                "which sets the region's bit where no RMP entry is assigned. Any assigning RMPUPDATE clears its "
+                "region's bit (hardware). Each SNP VM's teardown calls `snp_rmpopt_all_physmem()`: "
+                "`mod_delayed_work` re-arms the rescan 10 s after the *last* termination ('allows batching of "
+                "multiple SNP guest terminations'); the rescan runs on the `kthread/rmpopt` worker, charged "
+                "`rmpopt_1g_ns` per region (calibrated to the series' 2 TB measurement).",
+                "`src/snpsim/hw/rmp.py` (`Rmp.rmpopt`), `src/snpsim/host/rmpopt.py`, "
+                "`src/snpsim/kvm/vm.py` (`destroy`)",
+            ),
+        ),
+    )
+    gmem_no_direct_map: str = knob(
+        "off",
+        "`GUEST_MEMFD_FLAG_NO_DIRECT_MAP` on the VM's guest_memfd: folios are removed from the host direct map "
+        "after preparation and restored (at 4K, never merged) when freed. v12's x86 hook refuses it for SNP "
+        "(`kvm_arch_gmem_supports_no_direct_map`: `vm_type != KVM_X86_TDX_VM` in v11, SNP excluded too in v12); "
+        "this knob lets a user force it on to see why. SNP's `sev_gmem_invalidate` flushes each freed private page "
+        "through the direct map (`clflush_cache_range(__va(pfn_to_hpa(pfn)), ...)`), so the order of restore and "
+        "invalidate in `kvm_gmem_free_folio` decides whether freeing crashes: the series restores first, the review "
+        "(A. Tng on the Sashiko report) proposed invalidating first. Needs `private_backing = gmem`.",
+        "'Direct Map Removal Support for guest_memfd' (P. Roy / N. Kalyazin) v7 2025-09-24 ... v12 2026-04-10 "
+        "(linux-snp-host.md §5 NODM); v11 08/16 Message-ID 20260317141031.514-9-kalyazin@amazon.com; "
+        "arch/x86/kvm/svm/sev.c sev_gmem_invalidate()",
+        (
+            _v("off", "No direct-map removal (upstream; v12 for SNP VMs).", ""),
+            _v(
+                "restore-first",
+                "The series' `kvm_gmem_free_folio`: `kvm_gmem_folio_restore_direct_map(folio)` then "
+                "`kvm_arch_gmem_invalidate()`. Folios are zapped from the direct map after `sev_gmem_prepare` "
+                "(`kvm_gmem_folio_zap_direct_map`, splitting 2M/1G mappings to 4K). Freeing is safe; any other "
+                "kernel access to a prepared folio (a host writer, KSM) is a not-present #PF: an oops.",
+                "`src/snpsim/kvm/gmem.py` (`GuestMemfd._free_folios`), `src/snpsim/host/kernel.py` "
+                "(`folio_zap_direct_map`)",
+            ),
+            _v(
+                "invalidate-first",
+                "The review's order: `kvm_arch_gmem_invalidate()` then restore. `sev_gmem_invalidate`'s "
+                "`clflush_cache_range(__va(pfn))` of the first private page freed (a hole punch on to-shared, or "
+                "the VM's teardown) hits the not-present entry: a not-present #PF, the host oopses "
+                "(`host_notpresent_fault_count`, `host_crash_count`).",
+                "same",
+            ),
+        ),
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -369,6 +430,11 @@ RULES: tuple[Rule, ...] = (
         "directmap_restore",
         "'on-release' needs private_backing 'gmem' (the explicit release point)",
         lambda p: p.directmap_restore == "on-release" and p.private_backing != "gmem",
+    ),
+    Rule(
+        "gmem_no_direct_map",
+        "GUEST_MEMFD_FLAG_NO_DIRECT_MAP is a guest_memfd flag and needs private_backing 'gmem'",
+        lambda p: p.gmem_no_direct_map != "off" and p.private_backing != "gmem",
     ),
     Rule(
         "directmap_restore",

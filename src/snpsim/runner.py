@@ -394,6 +394,9 @@ class Simulation:
         for name, params in sorted(self.s.writers.items()):
             body = writers.WRITERS[name](self.host, self.rng(f"writer/{name}"), **params)
             self.env.process(self._thread(self.host.account(f"kthread/{name}"), body))
+        if self.host.rmpopt is not None:  # the rmpopt_wq delayed work; its first step pays the boot-time scan
+            worker = self.host.rmpopt.worker(lambda: int(self.env.now))
+            self.env.process(self._thread(self.host.account("kthread/rmpopt"), worker))
         self.env.process(self._sampler())
         if self.stop_after_boot is None:
             self._advance(self.s.duration_ns)

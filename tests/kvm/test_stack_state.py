@@ -84,6 +84,8 @@ P2M = 512
 
 POLICIES: dict[str, Policy] = {
     **presets,
+    # RMPOPT on upstream (docs/rmpopt.md): invariant 8, a set RMPOPT bit never covers an assigned RMP entry
+    "upstream-rmpopt": Policy(rmpopt=True),
     "gmem-4k-thp-split": Policy(
         private_backing="gmem",
         private_granularity="4k",
@@ -375,6 +377,9 @@ class StackMachine(RuleBasedStateMachine):
         assert absent == 0, f"{absent} frames missing from the direct map after destroy"
         if self.policy.directmap_restore != "never":
             assert host.directmap.directmap_1g == HOST_FRAMES * K4, f"{self.name}: direct map not restored"
+        if host.rmpopt is not None:  # the rescan the teardown queued (run now): the whole GiB is HV-owned again
+            assert host.rmpopt.deadline_ns is not None
+            assert host.rmpopt.scan() == 1
         self._new_vm()
 
     # ------------------------------------------------------------------ invariants
@@ -387,6 +392,16 @@ class StackMachine(RuleBasedStateMachine):
         self._check_npt(assigned)
         self._check_direct_map(assigned)
         self._check_costs()
+        self._check_rmpopt()
+
+    def _check_rmpopt(self) -> None:
+        """Invariant 8: a 1 GiB region whose RMPOPT bit is set on any CPU holds no assigned RMP entry (the bit
+        means "entirely hypervisor-owned"; every assigning RMPUPDATE clears it)."""
+        rmp = self.host.rmp
+        if rmp.rmpopt_table is None:
+            return
+        for region in np.flatnonzero(rmp.rmpopt_table.any(axis=0)).tolist():
+            assert rmp.assigned_pages(region << 18, 1 << 18).size == 0, f"{self.name}: RMPOPT bit over guest memory"
 
     def _check_costs(self) -> None:
         """Invariant 7."""

@@ -42,6 +42,7 @@ from snpsim.host.cpu import CpuAccount
 from snpsim.host.directmap import NOT_PRESENT, DirectMap
 from snpsim.host.e820 import HostMemoryMap, flat_memory_map
 from snpsim.host.frames import ALLOCATION, LRU_OWNERS, FrameTable, Owner
+from snpsim.host.rmpopt import RmpOptimizer
 from snpsim.host.svm import GuestMode
 from snpsim.host.vmscan import DeferredSplitQueue, low_watermark_pages
 from snpsim.hw.costs import CostModel
@@ -160,6 +161,15 @@ class HostKernel:
         self._removal_pages = (
             self.policy.private_page_bytes >> PAGE_SHIFT if self.policy.directmap == "unmap-nosplit" else 1
         )
+        #: RMPOPT (policy ``rmpopt``): the boot-time scan runs now, charged to the ``kthread/rmpopt`` worker
+        self.rmpopt: RmpOptimizer | None = None
+        if self.policy.rmpopt:
+            self.rmpopt = RmpOptimizer(
+                self, min_pfn=self.memory_map.ram_ranges[0][0] if self.memory_map.ram_ranges else 0
+            )
+            caller, self.cpu = self.cpu, self.account("kthread/rmpopt")
+            self.rmpopt.scan()
+            self.cpu = caller
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -184,6 +194,7 @@ class HostKernel:
             "snp_host_bytes": len(self.snp_pages) << PAGE_SHIFT,
             "thp_deferred_split_bytes": self.thp_held_pages << PAGE_SHIFT,
             "thp_split_page_count": self.deferred_split.split_count,
+            "rmpopt_bytes": self.rmpopt.optimized_bytes() if self.rmpopt is not None else 0,
         }
 
     # ------------------------------------------------------------------ CPU time (host.cpu)
@@ -738,6 +749,12 @@ class HostKernel:
         self.charge("psmash", self.costs.psmash_ns)
         return self.rmp.psmash((pfn // PAGES_PER_2M * PAGES_PER_2M) << PAGE_SHIFT)
 
+    def snp_rmpopt_all_physmem(self) -> None:
+        """``snp_rmpopt_all_physmem()`` (RMPOPT v8 5/7), called by KVM when an SNP VM is destroyed: re-arm the
+        delayed rescan (nothing without RMPOPT)."""
+        if self.rmpopt is not None:
+            self.rmpopt.snp_rmpopt_all_physmem()
+
     def snp_lookup_rmpentry(self, pfn: int) -> tuple[bool, PageSize]:
         """``snp_lookup_rmpentry(pfn, &assigned, &level)``: ``assigned`` from the 4K entry, ``level`` from the
         2M-aligned entry (linux-snp-host.md §1)."""
@@ -793,6 +810,42 @@ class HostKernel:
         for gb in unique_ints(idx2m // (PAGES_PER_1G // PAGES_PER_2M)):
             merges += self.directmap.merge_1g(int(gb))
         return merges
+
+    # ------------------------------------------------------------------ guest_memfd direct-map removal (NODM)
+    def folio_zap_direct_map(self, pfns: IntArray) -> None:
+        """``folio_zap_direct_map()`` (NODM v11 02/16, ``set_direct_map_valid_noflush(..., false)``) of the frames
+        still present: their entries become not present, large mappings split to 4K first (the flush is
+        optional in the series and not charged beyond the splits')."""
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if pfns.size == 0:
+            return
+        live = np.sort(pfns[self.directmap.levels_of(pfns) != NOT_PRESENT])
+        s0, m0 = self.directmap.split_count, self.directmap.merge_count
+        for lo, hi in _runs(live):
+            self.directmap.remove_range(lo, hi - lo)
+        self._charge_directmap(s0, m0)
+
+    def folio_restore_direct_map(self, pfns: IntArray) -> None:
+        """``folio_restore_direct_map()``: the frames' 4K entries present again; nothing merges (NODM: "direct map
+        entries only restored when the folios are freed", at 4K)."""
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if pfns.size == 0:
+            return
+        gone = np.sort(pfns[self.directmap.levels_of(pfns) == NOT_PRESENT])
+        for lo, hi in _runs(gone):
+            self.directmap.restore_range(lo, hi - lo)
+
+    def clflush_cache_range(self, pfns: IntArray, path: str) -> bool:
+        """``clflush_cache_range(__va(pfn_to_hpa(pfn)), ...)`` over frames: CLFLUSH takes a #PF on a not-present
+        linear address like a read, so the first not-present frame oopses; returns False if it crashed."""
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if pfns.size == 0:
+            return True
+        bad = np.flatnonzero(self.directmap.levels_of(pfns) == NOT_PRESENT)
+        if bad.size:
+            self._oops(int(pfns[bad[0]]), path, "not-present", 0)
+            return False
+        return True
 
     # ------------------------------------------------------------------ kernel accesses (arch/x86/mm/fault.c)
     def kernel_read(self, pfn: int, path: str) -> bool:

@@ -18,6 +18,10 @@ state. A per-2M-range count of assigned pages makes the large-mapping host-write
 
 Modelling assumptions where the reference marks a fact unknown ([?]/[I]); each is named in :data:`ASSUMPTIONS`:
 
+- ``rmpopt-clear``: RMPOPT's per-CPU table ("Hardware automatically clears bits in the RMPOPT table when RMP
+  contents are changed during RMPUPDATE instruction", RMPOPT v4 cover letter): a successful RMPUPDATE that makes an
+  entry assigned clears the bit of its 1 GiB region on every CPU (a set bit means "entirely hypervisor-owned", so
+  an unassigning RMPUPDATE cannot make it wrong and is taken to leave it).
 - ``rmpupdate-input``: RMPUPDATE returns FAIL_INPUT for a non-4K-aligned SPA or GPA, an SPA (or any page of a
   2M request) beyond the table, a page size other than 4K/2M, a 2M request whose SPA or GPA is not 2M-aligned,
   and assigned=0 with ASID != 0 or Immutable=1 (§3, §10 item 2).
@@ -94,6 +98,7 @@ from snpsim.hw.types import (
 from snpsim.segments import SCALAR_MAX, by_segment, unique_ints
 
 ASSUMPTIONS: dict[str, str] = {
+    "rmpopt-clear": "a successful assigning RMPUPDATE clears the region's RMPOPT bit on every CPU",
     "rmpupdate-input": "misaligned/out-of-range/inconsistent RMPUPDATE input -> FAIL_INPUT",
     "rmpupdate-overlap": "4K inside assigned 2M, or 2M over other assigned 4K entries -> FAIL_OVERLAP",
     "rmpupdate-demote": "4K RMPUPDATE inside an unassigned 2M entry demotes it to 512 4K entries",
@@ -117,6 +122,9 @@ F_VALIDATED = 1 << 4
 
 #: Pages per RMP segment: 1 GiB, the granularity of the kernel's segmented RMP (RST entries map GB units).
 SEGMENT_SHIFT = 18
+#: RMPOPT functions (RCX bit 0; RMPOPT v2 3/7 ``enum rmpopt_function``)
+RMPOPT_FUNC_VERIFY_AND_REPORT_STATUS = 0
+RMPOPT_FUNC_REPORT_STATUS = 1
 SEGMENT_PAGES = 1 << SEGMENT_SHIFT
 _SEG_MASK = SEGMENT_PAGES - 1
 _REGIONS_PER_SEGMENT = SEGMENT_PAGES // PAGES_PER_2M
@@ -302,6 +310,58 @@ class Rmp:
         self.psmash_count = 0
         self.pvalidate_count = 0
         self.rmpadjust_count = 0
+        #: the RMPOPT table (:meth:`enable_rmpopt`): one row per CPU, one bit per 1 GiB region; None: no RMPOPT
+        self.rmpopt_table: npt.NDArray[np.bool_] | None = None
+        #: some bit of :attr:`rmpopt_table` is set (assigning RMPUPDATEs then clear bits)
+        self._rmpopt_live = False
+        self.rmpopt_count = 0
+
+    # ------------------------------------------------------------------ RMPOPT
+    def enable_rmpopt(self, ncpus: int) -> None:
+        """The CPU supports RMPOPT (``X86_FEATURE_RMPOPT``): a per-CPU RMPOPT table of one bit per 1 GiB region
+        of the RMP, all clear (RMPOPT v4 cover letter: "RMPOPT table is a per-CPU table which indicates if 1GB
+        regions of physical memory are entirely hypervisor-owned or not"; a 1 GiB region is a segment here)."""
+        if ncpus < 1:
+            raise ValueError("ncpus must be >= 1")
+        self.rmpopt_table = np.zeros((int(ncpus), len(self._segs)), dtype=bool)
+        self._rmpopt_live = False
+
+    def _region_hv_owned(self, region: int) -> bool:
+        seg = self._segs[region] if 0 <= region < len(self._segs) else None
+        return seg is None or not seg.region_assigned.any()
+
+    def rmpopt(self, spa: int, function: int, cpu: int) -> bool:
+        """RMPOPT (``F2 0F 01 FC``) executed on ``cpu`` for the 1 GiB region holding ``spa`` (RAX, aligned down to
+        1 GiB as the kernel's ``(u64)val & PUD_MASK``), function in RCX bit 0. ``RMPOPT_FUNC_VERIFY_AND_REPORT_STATUS``
+        (0): "the CPU will read the RMP contents, verify the entire 1GB region starting at the provided SPA is
+        HV-owned ... and then accordingly updates the RMPOPT table"; ``RMPOPT_FUNC_REPORT_STATUS`` (1): "returns
+        the optimization status for the 1GB region" (RMPOPT v4 cover letter). Returns the region's bit on ``cpu``
+        afterwards. Needs :meth:`enable_rmpopt`."""
+        table = self.rmpopt_table
+        if table is None:
+            raise ValueError("RMPOPT is not enabled (enable_rmpopt)")
+        self.rmpopt_count += 1
+        region = spa >> (SEGMENT_SHIFT + PAGE_SHIFT)
+        if not 0 <= region < table.shape[1]:
+            return False
+        if function == RMPOPT_FUNC_VERIFY_AND_REPORT_STATUS:
+            ok = self._region_hv_owned(region)
+            table[cpu, region] = ok
+            self._rmpopt_live = self._rmpopt_live or ok
+        return bool(table[cpu, region])
+
+    def rmpopt_regions_all_cpus(self) -> npt.NDArray[np.bool_]:
+        """Per 1 GiB region: its RMPOPT bit is set on every CPU (host writes there skip the RMP check on any CPU)."""
+        if self.rmpopt_table is None:
+            return np.zeros(len(self._segs), dtype=bool)
+        return self.rmpopt_table.all(axis=0)  # type: ignore[return-value]
+
+    def _rmpopt_clear(self, pfns: npt.NDArray[np.int64] | int) -> None:
+        """rmpopt-clear: the regions of these frames, just assigned, lose their bit on every CPU."""
+        assert self.rmpopt_table is not None
+        regions = np.asarray(pfns, dtype=np.int64) >> SEGMENT_SHIFT
+        self.rmpopt_table[:, regions[(regions >= 0) & (regions < self.rmpopt_table.shape[1])]] = False
+        self._rmpopt_live = bool(self.rmpopt_table.any())
 
     # ------------------------------------------------------------------ storage
     def _seg(self, pfn: int) -> _Segment | None:
@@ -537,9 +597,11 @@ class Rmp:
                     try:
                         seg.av[i] = asid
                     except ValueError:  # negative (FAIL_INPUT) or beyond uint32 (numpy's OverflowError)
-                        return self._rmpupdate(spa, assigned, page_size, gpa, asid, immutable)
+                        return self._rmpupdate_opt(spa, assigned, page_size, gpa, asid, immutable)
                     if not f & F_ASSIGNED:
                         seg.rv[i >> 9] += 1
+                    if self._rmpopt_live:
+                        self._rmpopt_clear(pfn)
                     uv[i] = (F_ASSIGNED | F_IMMUTABLE) if immutable else F_ASSIGNED
                 elif asid or immutable:
                     return _FAIL_INPUT
@@ -550,7 +612,16 @@ class Rmp:
                     uv[i] = 0
                 seg.ov[i] = (gpa >> PAGE_SHIFT) - i
                 return _SUCCESS
-        return self._rmpupdate(spa, assigned, page_size, gpa, asid, immutable)
+        return self._rmpupdate_opt(spa, assigned, page_size, gpa, asid, immutable)
+
+    def _rmpupdate_opt(
+        self, spa: int, assigned: bool, page_size: PageSize | int, gpa: int, asid: int, immutable: bool
+    ) -> RmpStatus:
+        """The general RMPUPDATE, then rmpopt-clear for a successful assigning one."""
+        status = self._rmpupdate(spa, assigned, page_size, gpa, asid, immutable)
+        if assigned and status == _SUCCESS and self._rmpopt_live:
+            self._rmpopt_clear(spa >> PAGE_SHIFT)
+        return status
 
     def _rmpupdate(
         self, spa: int, assigned: bool, page_size: PageSize | int, gpa: int, asid: int, immutable: bool
@@ -647,6 +718,8 @@ class Rmp:
             self._rmpupdate_range_2m(pfn0, gfn0, in_table, status, assigned, asid, immutable)
         else:
             self._rmpupdate_range_4k(pfn0, gfn0, in_table, status, assigned, asid, immutable)
+        if assigned and self._rmpopt_live:
+            self._rmpopt_clear(pfn0 + np.flatnonzero(status == _SUCCESS) * step)
         return status
 
     def _rmpupdate_range_4k(
@@ -747,9 +820,11 @@ class Rmp:
             and _ascending_run(gfns)
         ):  # one run of frames bound to consecutive GFNs, as rmpupdate_range writes it
             self._rmpupdate_range_4k(int(pfns[0]), int(gfns[0]), pfns.size, status, assigned, asid, immutable)
-            return status
-        status[(pfns < 0) | (pfns >= self.npages) | (gfns < 0)] = _FAIL_INPUT
-        self._rmpupdate_4k_many(pfns, gfns, status, assigned, asid, immutable)
+        else:
+            status[(pfns < 0) | (pfns >= self.npages) | (gfns < 0)] = _FAIL_INPUT
+            self._rmpupdate_4k_many(pfns, gfns, status, assigned, asid, immutable)
+        if assigned and self._rmpopt_live:
+            self._rmpopt_clear(pfns[status == _SUCCESS])
         return status
 
     def _rmpupdate_4k_many(

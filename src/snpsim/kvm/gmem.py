@@ -26,6 +26,9 @@ from snpsim.pfnmap import CHUNK_SHIFT, PfnMap
 
 IntArray = npt.NDArray[np.int64]
 
+#: where SNP's invalidate hook reads freed private pages through the direct map
+PATH_GMEM_INVALIDATE = "arch/x86/kvm/svm/sev.c:sev_gmem_invalidate (clflush_cache_range)"
+
 
 class GuestMemfd:
     """One VM's guest_memfd over gfns ``[0, npages)`` with folios of ``folio_pages`` 4K pages."""
@@ -104,10 +107,28 @@ class GuestMemfd:
             self.host.unregister_frames((bases[:, None] + np.arange(self.folio_pages, dtype=np.int64)).ravel())
         return int(idx.size)
 
+    def zap_direct_map(self, pfns: IntArray) -> None:
+        """``kvm_gmem_folio_zap_direct_map`` after preparation (``gmem_no_direct_map`` on): remove the prepared
+        frames from the host direct map."""
+        if self.host.policy.gmem_no_direct_map != "off":
+            self.host.folio_zap_direct_map(pfns)
+
     def _free_folios(self, idx: IntArray) -> None:
+        """``kvm_gmem_free_folio`` on each folio. With ``gmem_no_direct_map`` the direct map is restored before or
+        after ``kvm_arch_gmem_invalidate`` (the knob's value); ``sev_gmem_invalidate`` then flushes every page it
+        made shared through the direct map (``clflush_cache_range(__va(pfn_to_hpa(pfn)))``), which is checked
+        only with the knob on (without it every design of the model has the page present again by then)."""
         bases = self.folio_pfn[idx]
         frames = (bases[:, None] + np.arange(self.folio_pages, dtype=np.int64)).ravel()
+        nodm = self.host.policy.gmem_no_direct_map
+        if nodm == "restore-first":
+            self.host.folio_restore_direct_map(frames)
+        flushed = frames[self.host.rmp_assigned(frames)] if nodm != "off" else frames[:0]
         self._invalidate(frames)  # sev_gmem_invalidate: RMP back to hypervisor-owned
+        if nodm != "off":
+            self.host.clflush_cache_range(flushed, PATH_GMEM_INVALIDATE)
+            if nodm == "invalidate-first":
+                self.host.folio_restore_direct_map(frames)
         self.host.release_frames(frames)  # the explicit release point
         self.host.free_bulk(bases, self.order)
         self.folio_pfn[idx] = -1

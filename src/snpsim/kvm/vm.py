@@ -259,6 +259,8 @@ class KvmVm:
             raise MemoryError("host out of memory")
         ok = pfns >= 0
         gmem_prepare(self.host, np.arange(lo, hi, dtype=np.int64)[ok], pfns[ok], folio, self.asid)
+        if self.gmem is not None:
+            self.gmem.zap_direct_map(pfns[ok])  # NODM: kvm_gmem_get_pfn zaps after kvm_gmem_prepare_folio
 
     def _private_cap(self, gfn: int) -> PageSize:
         """``kvm_gmem_max_mapping_level`` ∧ ``sev_gmem_max_mapping_level``: folio order and RMP level."""
@@ -588,6 +590,7 @@ class KvmVm:
             if self.gmem is not None:
                 self.host.release_frames(frames)
             self.bios_folios.clear()
+        self.host.snp_rmpopt_all_physmem()  # sev_vm_destroy: queue the RMPOPT rescan (RMPOPT v8 5/7)
 
 
 def _runs_of_blocks(heads: IntArray) -> tuple[list[int], list[int]]:
