@@ -150,10 +150,7 @@ class GuestRamView:
 
     def private_frame(self, gfn: int) -> int | None:
         gm = self.qemu.gmem
-        if gm is None:
-            pfn = int(self.memory.pfn[gfn])
-        else:
-            pfn = int(gm.pfns(gfn, 1)[0])
+        pfn = int(self.memory.pfn[gfn]) if gm is None else int(gm.pfns(gfn, 1)[0])
         return pfn if pfn >= 0 else None
 
     def kill(self, signal: str) -> None:

@@ -578,7 +578,7 @@ def host_used_pages(cfg: LinuxGuestConfig, inflight_pages: int = HOST_INFLIGHT_P
     """The shared guest pages host code writes, by kind (sorted gfns), from the guest's layout:
 
     - ``virtqueue``: the vrings (row #8a; vhost/QEMU write the used ring);
-    - ``bounce``: the first ``inflight_pages`` SWIOTLB slots (row #9; vhost/QEMU copy I/O data into them);
+    - ``bounce``: the first ``inflight_pages`` pages of the SWIOTLB pool (row #9; vhost/QEMU copy I/O data into them);
     - ``steal_time``: each CPU's ``.data..percpu..decrypted`` page (``steal_time``, ``kvm_apic_eoi`` and
       ``apf_reason`` share it, row #3; KVM's ``record_steal_time`` / ``pv_eoi_put_user``);
     - ``kvmclock``: ``hv_clock_boot`` in ``.bss..decrypted`` (row #2, its second used page [I-model]) or, above 64
@@ -590,7 +590,7 @@ def host_used_pages(cfg: LinuxGuestConfig, inflight_pages: int = HOST_INFLIGHT_P
         out = [np.arange(g, g + n, dtype=np.int64) for g, n in ps]
         return np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
-    slots = lay.swiotlb_slots
+    slots = lay.swiotlb  # the bounce buffers (swiotlb_slots is the slot bookkeeping, private)
     clock = [(lay.kvmclock.gfn, lay.kvmclock.npages)] if lay.kvmclock is not None else []
     if not clock and cfg.bss_decrypted_used_pages > 1:
         clock = [(lay.bss_decrypted.gfn + 1, 1)]
@@ -617,8 +617,9 @@ def hostile_convert(
     """A hostile guest: at ``rate`` per second (Poisson) it converts to private one of the pages the host is using
     at that moment (:func:`host_used_pages` of ``target``: a kind, or ``"io"``, ``"pv"``, ``"all"``), and
     touches it as private (validated: its own data now); ``hold_ns`` later it reads the page back and gives it back
-    (to shared, the state the host expects). A page already held is not taken again. The host's next write to a held page is the hazard
-    of the seed thread (``shared/reference/linux-snp-host.md`` §6): an RMP #PF pre-UPM, a lost write with
+    (to shared, the state the host expects). A page already held is not taken again.
+    The host's next write to a held page is
+    the hazard of the seed thread (``shared/reference/linux-snp-host.md`` §6): an RMP #PF pre-UPM, a lost write with
     guest_memfd."""
     _check_rate("rate", rate)
     groups = TARGET_GROUPS.get(target, (target,) if target in HOST_TARGETS else None)
