@@ -350,6 +350,36 @@ def schedule_scenario(data: Mapping[str, Any], cx: Counterexample) -> dict[str, 
     return out
 
 
+def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """A scenario dict as TOML (scalars, lists of scalars, tables, arrays of tables)."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list | tuple):
+            return "[\n" + "".join(f"  {value(x)},\n" for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    def is_table_array(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, Mapping) and not is_table_array(v)]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out += f"\n[{name}]\n" + to_toml(v, f"{name}.")
+        elif is_table_array(v):
+            for item in v:
+                out += f"\n[[{name}]]\n" + to_toml(item, f"{name}.")
+    return out
+
+
 def run_schedule(data: Mapping[str, Any]) -> dict[str, int | float]:
     """Replay a scenario's ``schedule`` (what ``snpsim run`` does with one): the world's metrics and outcome."""
     steps = data.get("schedule")
