@@ -60,8 +60,8 @@ def explore(
 ) -> list[Any]:
     """Search the interleavings of the scenario's host accessors, kernel writers and guest breadth-first to
     ``max_depth`` steps under each preset (default: the scenario's policy): the shortest counterexample found for
-    each outcome (:class:`snpsim.explore.Counterexample`: ``.preset``, ``.outcome``, ``.steps``). Deterministic."""
-    from snpsim.explore import explore_all
+    each outcome (:class:`snpsim.explorer.Counterexample`: ``.preset``, ``.outcome``, ``.steps``). Deterministic."""
+    from snpsim.explorer import explore_all
 
     return list(explore_all(scenario, presets, max_depth).counterexamples)
 

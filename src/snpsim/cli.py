@@ -486,7 +486,7 @@ def _print_schedule(steps: list[str]) -> None:
 
 def _replay_schedule(data: dict[str, Any], output: str) -> None:
     """``snpsim run`` on a scenario with a ``schedule``: replay it on the explorer's world, print the outcome."""
-    from snpsim.explore import outcome_of, run_schedule
+    from snpsim.explorer import outcome_of, run_schedule
 
     summary = run_schedule(data)
     outcome = outcome_of(data) or "none"
@@ -517,7 +517,7 @@ def explore(
     """Search the interleavings of host accessors, kernel writers and the guest for host crashes, lost writes,
     terminated guests and integrity breaks; print each shortest counterexample as a numbered schedule and write it
     as a scenario that `snpsim run` replays to the same outcome."""
-    from snpsim.explore import OUTCOMES, explore_all, schedule_scenario, to_toml
+    from snpsim.explorer import OUTCOMES, explore_all, schedule_scenario, to_toml
     from snpsim.scenario import read_toml
 
     try:

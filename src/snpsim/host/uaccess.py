@@ -197,6 +197,8 @@ def guest_write(host: HostKernel, ram: GuestRam, gfn: int, acc: Accessor) -> Out
             outcome = _fault(host, ram, pfn, acc, "rmp", fault.error_code, level)
             if outcome != Outcome.FIXUP:
                 return outcome
+            landed = _landed(host, ram, gfn, pfn)
+            return Outcome.FIXUP if landed == Outcome.OK else landed
     return _landed(host, ram, gfn, pfn)
 
 
