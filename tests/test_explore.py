@@ -80,7 +80,7 @@ def test_schedule_replays_to_the_same_outcome(tmp_path: Path) -> None:
 
 
 def test_bad_input_names_the_field() -> None:
-    with pytest.raises(snpsim.ConfigError, match="host.writers.bogus"):
+    with pytest.raises(snpsim.ConfigError, match=r"host\.writers\.bogus"):
         snpsim.explore({"host": {"writers": {"bogus": {}}}}, presets=["upm"], max_depth=1)
     with pytest.raises(snpsim.ConfigError, match="max_depth"):
         snpsim.explore(VHOST, presets=["upm"], max_depth=0)

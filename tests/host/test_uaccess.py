@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from snpsim.guest.events import Access, Conversion
 from snpsim.host import HostKernel
 from snpsim.host.uaccess import ACCESSORS, Accessor, Address, Context, Outcome, fault_outcome, guest_write
 from snpsim.metrics import Counters
 from snpsim.policy import presets
 from snpsim.runner import GuestDriver, GuestRamView
-from snpsim.guest.events import Access, Conversion
 from snpsim.vmm.qemu import Qemu
 
 ATOMIC = (Context.SOFTIRQ, Context.HARDIRQ, Context.NMI, Context.ATOMIC)
@@ -88,7 +88,7 @@ def test_write_to_a_shared_page_lands(preset: str) -> None:
     ],
 )
 def test_write_after_the_guest_took_the_page(preset: str, accessor: str, expected: Outcome) -> None:
-    host, qemu, drv, ram, killed = _vm(preset)
+    host, _qemu, drv, ram, killed = _vm(preset)
     drv.execute(Conversion(16, 1, True), Access(16, 1, True))
     acc = ACCESSORS[accessor]
     acc = Accessor(acc.path, acc.context, acc.address, ("virtqueue",))
