@@ -310,9 +310,9 @@ def _policies(data: Mapping[str, Any], names: list[str] | None) -> list[tuple[st
         if pol not in presets:
             raise ConfigError("policy", f"unknown preset {pol!r} (presets: {', '.join(presets)})")
         return [(pol, presets[pol])]
-    from snpsim.policy import policy_from
+    from snpsim.policy import policy_label, resolve_policy
 
-    return [("custom", policy_from(pol))]
+    return [(policy_label(pol), resolve_policy(pol))]
 
 
 @dataclass
