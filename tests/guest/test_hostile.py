@@ -50,3 +50,17 @@ def test_targets_are_shared_after_boot_and_stream_is_deterministic() -> None:
 def test_on_vc_404_is_checked() -> None:
     with pytest.raises(snpsim.ConfigError, match="on_vc_404"):
         LinuxGuestConfig.from_dict({"memory": "64M", "vcpus": 1, "on_vc_404": "panic"})
+
+
+def test_hostile_convert_is_deterministic_and_on_vc_404_continue_keeps_running() -> None:
+    sc = _scenario("fixup")
+    a, b = snpsim.run(sc), snpsim.run(sc)
+    assert a.summary == b.summary and a.crashes == b.crashes
+    # terminate (default): the guest ends at its first #VC 0x404, and the VM's end time is recorded
+    rec = a.vms[0]
+    assert a.summary["guest_terminated_count"] == 1
+    assert rec.terminated_ns is not None and rec.end_ns is not None and rec.terminated_ns <= rec.end_ns  # + teardown
+    vms = [{**sc["vms"][0], "guest": {"on_vc_404": "continue"}}]  # type: ignore[index]
+    c = snpsim.run({**sc, "vms": vms})
+    assert c.summary["guest_terminated_count"] == 0 and c.vms[0].terminated_ns is None
+    assert c.summary["guest_vc_count"] > a.summary["guest_vc_count"] >= 1
