@@ -23,8 +23,8 @@ took #VC 0x404 and terminated, or QEMU died of SIGBUS), ``host-data-loss`` (a ho
 check forbids it, so finding one would be a model bug). A world with an outcome is not expanded further. States
 are deduplicated by a hash of the guest's memory state (attributes, NPT, backing frames, RMP entries, direct map,
 the guest's validated pages, the counters) so commuting steps are explored once. Children are made from a
-pickled snapshot of their parent (:func:`snapshot`, a deep copy); everything is deterministic (no RNG: actions are enumerated in a fixed
-order).
+pickled snapshot of their parent (:func:`snapshot`, a deep copy); everything is deterministic (no RNG: actions
+are enumerated in a fixed order).
 """
 
 from __future__ import annotations
