@@ -53,6 +53,19 @@ def run(
     return sim.run()
 
 
+def explore(
+    scenario: Mapping[str, Any] | str | Path,
+    presets: list[str] | None = None,
+    max_depth: int = 4,
+) -> list[Any]:
+    """Search the interleavings of the scenario's host accessors, kernel writers and guest breadth-first to
+    ``max_depth`` steps under each preset (default: the scenario's policy): the shortest counterexample found for
+    each outcome (:class:`snpsim.explorer.Counterexample`: ``.preset``, ``.outcome``, ``.steps``). Deterministic."""
+    from snpsim.explorer import explore_all
+
+    return list(explore_all(scenario, presets, max_depth).counterexamples)
+
+
 def replay(
     trace: str | Path,
     policy: str | Mapping[str, Any] = "upstream",

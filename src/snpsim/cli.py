@@ -223,6 +223,9 @@ def run(
         else:
             base = read_toml(config)
             names = _presets(preset) or [""]
+            if "schedule" in base:  # a counterexample written by `snpsim explore`: replay its schedule
+                _replay_schedule(base, output)
+                return
         if trace_format not in ("qemu", "ftrace"):
             raise ConfigError("--trace-format", f"expected qemu or ftrace, got {trace_format!r}")
         if seed is not None:
@@ -474,6 +477,87 @@ def _print_summaries(results: dict[str, Any], title: str, output: str, extra: di
 
 
 # -------------------------------------------------------------------------------------------------- replay
+
+
+def _print_schedule(steps: list[str]) -> None:
+    for i, step in enumerate(steps, 1):
+        _say(f"{i:3d}. {step}")
+
+
+def _replay_schedule(data: dict[str, Any], output: str) -> None:
+    """``snpsim run`` on a scenario with a ``schedule``: replay it on the explorer's world, print the outcome."""
+    from snpsim.explorer import outcome_of, run_schedule
+
+    summary = run_schedule(data)
+    outcome = outcome_of(data) or "none"
+    if output == "json":
+        _write(json.dumps({"outcome": outcome, "summary": summary}, indent=1) + "\n")
+        return
+    _say(f"replaying the schedule of {data.get('policy')!r} ({len(data['schedule'])} steps):")
+    _print_schedule(list(data["schedule"]))
+    _say(f"outcome: {outcome}" + (f" (expected {data['expect']})" if "expect" in data else ""))
+    keys = ("host_crash_count", "host_lost_write_count", "host_efault_count", "host_sigbus_count")
+    _say("  ".join(f"{k}={summary[k]}" for k in (*keys, "guest_terminated_count")))
+
+
+@app.command()
+def explore(
+    config: Annotated[Path, typer.Argument(help="Scenario TOML file: host.writers are the actors, vms[0] the guest.")],
+    preset: Annotated[
+        list[str] | None,
+        typer.Option("--preset", "-p", help=f"Search under this preset (repeatable). {_PRESET_NAMES}"),
+    ] = None,
+    depth: Annotated[int, typer.Option("--depth", "-d", help="Steps to search (breadth-first).")] = 4,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the counterexamples, one replayable scenario each.")
+    ] = Path("snpsim-explore"),
+    no_save: Annotated[bool, typer.Option("--no-save", help="Do not write the counterexample scenarios.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Search the interleavings of host accessors, kernel writers and the guest for host crashes, lost writes,
+    terminated guests and integrity breaks; print each shortest counterexample as a numbered schedule and write it
+    as a scenario that `snpsim run` replays to the same outcome."""
+    from snpsim.explorer import OUTCOMES, explore_all, schedule_scenario, to_toml
+    from snpsim.scenario import read_toml
+
+    try:
+        if depth < 1:
+            raise ConfigError("--depth", f"must be >= 1, got {depth}")
+        data = read_toml(config)
+        names = _presets(preset) or None
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[states]} states"),
+            console=_console(stderr=True),
+            disable=quiet,
+            transient=True,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(name: str, d: int, states: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"{name}", total=depth, states=0)
+                bar.update(tasks[name], completed=d, states=states)
+
+            res = explore_all(data, names, depth, progress)
+    except ConfigError as e:
+        raise _fail(e) from None
+    by = {(c.preset, c.outcome): c for c in res.counterexamples}
+    for st in res.stats:
+        _say(f"{st.preset}: {st.states} states explored to depth {st.depth} in {st.seconds:.1f} s")
+        for outcome in OUTCOMES:
+            cx = by.get((st.preset, outcome))
+            if cx is None:
+                _say(f"  {outcome}: none within depth {depth}")
+                continue
+            _say(f"  {outcome}: {len(cx.steps)} steps")
+            _print_schedule(cx.steps)
+            if not no_save:
+                out.mkdir(parents=True, exist_ok=True)
+                path = out / f"{st.preset}-{outcome}.toml"
+                path.write_text(to_toml(schedule_scenario(data, cx)))
+                _say(f"     written: {path} (snpsim run {path})")
 
 
 @app.command()

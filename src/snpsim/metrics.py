@@ -32,6 +32,10 @@ METRICS: tuple[str, ...] = (
     "host_notpresent_fault_count",
     "host_crash_count",
     "snp_host_bytes",
+    "host_lost_write_count",
+    "host_efault_count",
+    "host_sigbus_count",
+    "guest_terminated_count",
     "thp_deferred_split_bytes",
     "thp_split_page_count",
     "guest_vc_count",
@@ -63,6 +67,8 @@ class Counters:
     to_shared_count: int = 0
     psc_request_count: int = 0
     vmm_exit_count: int = 0
+    #: guests that terminated at a #VC 0x404 (``on_vc_404 = "terminate"``)
+    guest_terminated_count: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

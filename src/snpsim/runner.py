@@ -37,7 +37,7 @@ from snpsim.errors import TimeLimitExceeded
 from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
 from snpsim.guest.executor import GuestLog, SnpGuest
 from snpsim.guest.linux import LinuxGuestConfig, launch_image
-from snpsim.guest.workloads import WORKLOADS
+from snpsim.guest.workloads import WORKLOADS, host_used_pages
 from snpsim.host import HostKernel, writers
 from snpsim.host.aging import age_host
 from snpsim.host.blockmap import HostMap, snapshot
@@ -85,6 +85,10 @@ class VmRecord:
     cpu_ns: int = 0
     exit_error: str | None = None
     boot_ops: dict[str, int] | None = None
+    #: the guest terminated at a #VC 0x404 at this time (``on_vc_404 = "terminate"``), or QEMU died of this signal
+    #: (a user-mode RMP #PF: SIGBUS); either ends the VM then (``end_ns``)
+    terminated_ns: int | None = None
+    signal: str | None = None
 
 
 @dataclass
@@ -118,6 +122,42 @@ class _VmState:
     accounts: list[CpuAccount]
     stopped: bool = False
     failed: simpy.Event | None = None
+    ram: GuestRamView | None = None
+
+
+class GuestRamView:
+    """A VM's RAM as host accessors see it (:class:`snpsim.host.uaccess.GuestRam`): the VMM's mapping and the
+    guest pages host code writes; the attribute and private frame of a gfn are observed from KVM, for the
+    lost-write count. ``kill`` ends the VM (QEMU died of the signal)."""
+
+    def __init__(
+        self,
+        name: str,
+        qemu: Qemu,
+        log: GuestLog,
+        targets: dict[str, npt.NDArray[np.int64]],
+        on_kill: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.qemu = qemu
+        self.log = log
+        self.memory = qemu.memory
+        self.targets = targets
+        self._on_kill = on_kill
+
+    def ready(self) -> bool:
+        return self.log.booted_ns is not None
+
+    def is_private(self, gfn: int) -> bool:
+        return bool(self.qemu.kvm.attrs.private[gfn])
+
+    def private_frame(self, gfn: int) -> int | None:
+        gm = self.qemu.gmem
+        pfn = int(self.memory.pfn[gfn]) if gm is None else int(gm.pfns(gfn, 1)[0])
+        return pfn if pfn >= 0 else None
+
+    def kill(self, signal: str) -> None:
+        self._on_kill(signal)
 
 
 class Simulation:
@@ -244,7 +284,7 @@ class Simulation:
             return
         if self.conversions is not None and index == 0:
             self.launch = None if given is None else list(given)
-        guest = SnpGuest(int(ram.size))
+        guest = SnpGuest(int(ram.size), on_vc_404=cfg.on_vc_404)
         for g, n in cfg.launch_validated:  # the launch validated them (Guest-Valid): the guest knows
             guest.validated[g : g + n] = True
         if self.conversions is not None:
@@ -254,6 +294,12 @@ class Simulation:
         origin = len(self._origins) - 1
         vm = _VmState(record, qemu, guest, [main], failed=env.event())
         self.live[asid] = vm
+        guest.log.on_terminate = functools.partial(self._on_terminate, vm)
+        if any(w in self.s.writers for w in writers.GUEST_WRITERS):
+            vm.ram = GuestRamView(
+                record.name, qemu, guest.log, host_used_pages(cfg), functools.partial(self._on_signal, vm)
+            )
+            self.host.guest_rams.append(vm.ram)
         setup = main.take()
         if setup:
             yield env.timeout(setup)  # VM creation: the memslot, guest_memfd, all of RAM set private
@@ -280,9 +326,10 @@ class Simulation:
             waits.append(env.timeout(max(0, end - int(env.now))))
         yield env.any_of(waits)
         self._finish(vm)
-        if lifetime_ns is None and not record.oom:
+        ended = record.oom or record.terminated_ns is not None or record.signal is not None
+        if lifetime_ns is None and not ended:
             return
-        if record.oom or end < self.s.duration_ns:
+        if ended or end < self.s.duration_ns:
             vm.stopped = True
             self._run_on(main, qemu.destroy)
             del self.live[asid]
@@ -291,6 +338,26 @@ class Simulation:
                 yield env.timeout(teardown)
             record.end_ns = int(env.now)
             record.cpu_ns = sum(a.total_ns for a in vm.accounts)
+
+    def _on_terminate(self, vm: _VmState) -> None:
+        """The guest asked to be terminated (``sev_es_terminate``): QEMU stops the VM now."""
+        if vm.record.terminated_ns is None:
+            vm.record.terminated_ns = int(self.env.now)
+            self.counters.guest_terminated_count += 1
+        self._fail(vm)
+
+    def _on_signal(self, vm: _VmState, signal: str) -> None:
+        """QEMU died of ``signal`` (a user-mode RMP #PF: SIGBUS): its VM ends now."""
+        if vm.record.signal is None:
+            vm.record.signal = signal
+        self._fail(vm)
+
+    def _fail(self, vm: _VmState) -> None:
+        if vm.ram is not None and vm.ram in self.host.guest_rams:
+            self.host.guest_rams.remove(vm.ram)
+        assert vm.failed is not None
+        if not vm.failed.triggered:
+            vm.failed.succeed()
 
     def _on_boot(self, index: int, main: CpuAccount, boot_cpu: CpuAccount) -> None:
         """The guest of VM ``index`` (creation order) logged its boot: ``VmRecord.boot_ops`` are the operations
@@ -303,6 +370,8 @@ class Simulation:
 
     def _finish(self, vm: _VmState) -> None:
         """Copy what the VM's guest and VMM observed into its record."""
+        if vm.ram is not None and vm.ram in self.host.guest_rams:
+            self.host.guest_rams.remove(vm.ram)
         rec, q, log = vm.record, vm.qemu, vm.guest.log
         rec.peak_private_bytes = q.peak_private_bytes
         rec.peak_shared_bytes = q.peak_shared_bytes
@@ -414,7 +483,14 @@ class Simulation:
             self.hostmaps.append(snapshot(self.host, self.host.memory_map.ram_ranges))
         timeline = pd.DataFrame(self.rows, columns=["time_ns", *METRICS])
         crashes = [
-            {"time_ns": c.time_ns, "path": c.path, "pfn": c.pfn, "kind": c.kind, "error_code": c.error_code}
+            {
+                "time_ns": c.time_ns,
+                "path": c.path,
+                "pfn": c.pfn,
+                "kind": c.kind,
+                "error_code": c.error_code,
+                "context": c.context,
+            }
             for c in self.host.crashes
         ]
         if self.conversions is not None:

@@ -155,7 +155,7 @@ _HOST = {
 _LAYOUTS = ("server", "flat")
 _VM = {"memory", "vcpus", "workload", "count", "start", "lifetime", "guest", "params"}
 _CHURN = {"interval", "lifetime", "memory", "vcpus", "workload", "max_vms", "guest", "params"}
-_WRITERS = {"page_zeroing", "compaction", "ksm", "hibernation"}
+_WRITERS = {"page_zeroing", "compaction", "ksm", "hibernation", "vhost", "qemu_device", "kvm_pv"}
 _LEVELS = {"1g": PageSize.SIZE_1G, "2m": PageSize.SIZE_2M, "4k": PageSize.SIZE_4K}
 _THP_MODES = ("always", "madvise", "never")
 #: hugetlb page sizes of ``host.hugepages`` and their buddy orders

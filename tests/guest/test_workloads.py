@@ -294,7 +294,16 @@ def test_private_touch_hits_stable_private_memory() -> None:
 # ---------------------------------------------------------------------------------------------------- registry
 
 
-NAMES = {"linux-boot", "lazy-accept", "swiotlb-dynamic", "dma-churn", "random-conversion", "kexec", "idle"}
+NAMES = {
+    "linux-boot",
+    "lazy-accept",
+    "swiotlb-dynamic",
+    "dma-churn",
+    "random-conversion",
+    "kexec",
+    "idle",
+    "hostile-convert",
+}
 
 
 def test_registry_names() -> None:

@@ -35,6 +35,10 @@ Invariants, checked after every step (sources: amd-snp-arch.md §7-§8, linux-sn
    tagged non-FREE. After VM destroy: nothing assigned, nothing leaked, everything present in the direct map, and
    with a ``directmap_restore`` point the direct map is merged back to 1G.
 6. guest_bytes is conserved by a conversion of a fully backed range plus touching it (4K/4K policies).
+8. host accessors of guest memory (snpsim.host.uaccess, issue 14): a write through any accessor's context and
+   address kind never lands on an assigned frame (after a fixup the frame is shared); with guest_memfd it never
+   faults on the RMP and is lost exactly when the gfn is private; pre-UPM it is never lost; the integrity oracle
+   stays empty. Invariant 2 then holds the guest to a #VC for every page a fixup took.
 7. host CPU time (what ``snpsim calibrate`` relies on): every operation a thread was charged is declared by a cost
    (``snpsim.hw.costs.OPS``) and cost exactly count x that cost; the counts agree with what happened: one
    ``rmpupdate`` / ``psmash`` charge per RMP entry the hardware updated / smashed, one ``vmexit`` per PSC request,
@@ -67,13 +71,14 @@ from hypothesis.stateful import (
 
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel, Owner
+from snpsim.host.uaccess import ACCESSORS, Address, Outcome, guest_write
 from snpsim.hw import PageSize
 from snpsim.hw.costs import OPS
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED
 from snpsim.metrics import Counters
 from snpsim.policy import Policy, presets
-from snpsim.runner import GuestDriver
+from snpsim.runner import GuestDriver, GuestRamView
 from snpsim.vmm.qemu import Qemu
 
 HOST_FRAMES = 262144  # 1 GiB: one 1G direct-map mapping at boot
@@ -336,6 +341,25 @@ class StackMachine(RuleBasedStateMachine):
     def host_write(self, data: st.DataObject) -> None:
         self.host.kernel_write(self._near_guest(data), "test:kernel_write")
 
+    @rule(gfn=st.integers(0, GUEST_PAGES - 1), name=st.sampled_from(sorted(ACCESSORS)))
+    def host_accessor_write(self, gfn: int, name: str) -> None:
+        acc = ACCESSORS[name]
+        killed: list[str] = []
+        ram = GuestRamView("vm", self.vmm, self.guest.guest.log, {}, killed.append)
+        private = bool(self.vmm.kvm.attrs.private[gfn])
+        faults = self.host.host_rmp_fault_count
+        out = guest_write(self.host, ram, gfn, acc)
+        if out in (Outcome.OK, Outcome.LOST, Outcome.FIXUP):
+            pfn = int(self.vmm.memory.pfn[gfn])
+            assert not self.host.rmp.rmpread(pfn * K4).assigned, f"{name} landed on assigned frame {pfn:#x}"
+        if self.gm is not None and acc.address == Address.USER:
+            assert self.host.host_rmp_fault_count == faults, f"{self.name}: {name} RMP-faulted on the shared backing"
+            assert (out == Outcome.LOST) == private
+        if self.gm is None:
+            assert out != Outcome.LOST
+        assert (out == Outcome.SIGBUS) == bool(killed)
+        assert not self.host.integrity_violations
+
     @rule(data=st.data())
     def host_read(self, data: st.DataObject) -> None:
         pfn = self._near_guest(data)
@@ -442,7 +466,13 @@ class StackMachine(RuleBasedStateMachine):
         assert waste >= 0
         assert vmm.guest_bytes() <= int(np.count_nonzero(self.ram)) * K4
         if self.four_k and self.policy.discard_on_convert:
-            assert waste == 0, f"{self.name}: {waste} bytes of waste with 4K/4K discard"
+            # a host accessor's write to a private gfn faults its discarded shared page in again (hva_to_pfn /
+            # handle_mm_fault): the only waste 4K/4K discard can have (shared pages at private gfns)
+            stale = 0
+            if self.gm is not None:
+                shared_at_private = vmm.memory.pfn.present(0, GUEST_PAGES) & vmm.kvm.attrs.private[:GUEST_PAGES]
+                stale = int(np.count_nonzero(shared_at_private)) * K4
+            assert waste == stale, f"{self.name}: {waste} bytes of waste with 4K/4K discard ({stale} stale shared)"
 
     def _check_deferred_split(self) -> None:
         """Invariant 3b."""

@@ -15,7 +15,11 @@ therefore delays the guest: each vCPU's events keep their spacing after the prev
 reads its own clock (kvmclock; the engine passes it in) to log its boot time and each conversion's latency
 (:class:`GuestLog`), as ``dmesg`` timestamps would.
 
-On #VC 0x404 (an access to a page the host remapped or took back) a real Linux guest panics; the model counts the
+On #VC 0x404 (an access to a page the host remapped or took back) a real Linux guest terminates
+(``on_vc_404 = "terminate"``: ``vc_handle_exitcode()`` returns ``ES_UNSUPPORTED`` for it, and
+``exc_vmm_communication()`` calls ``sev_es_terminate()``, arch/x86/coco/sev/core.c): the program logs the time
+(``GuestLog.terminated_ns``), calls ``GuestLog.on_terminate`` and every vCPU's program ends. With
+``on_vc_404 = "continue"`` (the default of a bare :class:`SnpGuest`, as test drivers use it) the model counts the
 #VC (in KVM's run loop) and the guest re-validates the page at 4K and goes on (a 4K PVALIDATE on a 2M RMP entry
 takes an RMP #NPF that KVM resolves with PSMASH). PVALIDATE failures other than the 2M size mismatch (which a
 correct host never causes) skip the failing page or block, as the model has no panic.
@@ -59,15 +63,21 @@ class GuestLog:
     conversion_ns: list[int] = field(default_factory=list)
     requests: list[tuple[int, int, int, bool]] | None = None
     on_boot: Callable[[], None] | None = None
+    #: when the guest terminated at a #VC 0x404 (None: it did not), and who is told at that instant
+    terminated_ns: int | None = None
+    on_terminate: Callable[[], None] | None = None
 
 
 class SnpGuest:
     """The memory-state logic of one Linux SNP guest over gfns ``[0, npages)``."""
 
-    def __init__(self, npages: int, max_psc_entries: int = 64) -> None:
+    def __init__(self, npages: int, max_psc_entries: int = 64, on_vc_404: str = "continue") -> None:
         self.max_psc_entries = max_psc_entries
+        self.on_vc_404 = on_vc_404
+        self.terminated = False
         self.validated = lazy_zeros(npages, bool)
         self.log = GuestLog()
+        self._clock: Callable[[], int] = lambda: 0
 
     def program(
         self, events: Iterable[Timed], clock: Callable[[], int] = lambda: 0, *, absolute: bool = False
@@ -78,7 +88,10 @@ class SnpGuest:
         workload is a program). ``absolute``: each starts at its time, or as soon as the vCPU is free (a replayed
         trace says when things happened)."""
         last = 0
+        self._clock = clock
         for timed in events:
+            if self.terminated:
+                return
             if absolute:
                 gap = timed.time_ns - clock()
             else:
@@ -89,6 +102,8 @@ class SnpGuest:
             event = timed.event
             if isinstance(event, Access):
                 yield from self._touch(event.gfn, event.npages, event.private, event.write)
+                if self.terminated:
+                    return
             elif isinstance(event, Booted):
                 if self.log.booted_ns is None:
                     self.log.booted_ns = clock()
@@ -113,8 +128,20 @@ class SnpGuest:
             result = yield Touch(gfn, end - gfn, private, write)
             if not isinstance(result, VcRaised):
                 return
+            if self.on_vc_404 == "terminate":
+                self.terminate()
+                return
             yield from self._validate(result.gfn, 1, PageSize.SIZE_4K)  # the #VC handler; then retry the access
             gfn = result.gfn
+
+    def terminate(self) -> None:
+        """``sev_es_terminate()``: the guest asks the hypervisor to end it (the VMM stops the VM)."""
+        if self.terminated:
+            return
+        self.terminated = True
+        self.log.terminated_ns = self._clock()
+        if self.log.on_terminate is not None:
+            self.log.on_terminate()
 
     # ------------------------------------------------------------------ conversions
     def _to_shared(self, conv: Conversion) -> Program:

@@ -273,6 +273,10 @@ def _is_pow2(x: int) -> bool:
 # ------------------------------------------------------------------------------------------------------- config
 
 
+#: ``LinuxGuestConfig.on_vc_404`` values
+ON_VC_404 = ("terminate", "continue")
+
+
 @dataclass(frozen=True)
 class LinuxGuestConfig:
     """One Linux SNP guest: RAM, vCPUs, devices, and the modelling assumptions (guest-workloads.md §2).
@@ -352,6 +356,12 @@ class LinuxGuestConfig:
     kernel_image_bytes: int = 32 * MIB
     #: [I-model] time between consecutive guest events inside a boot phase (ns).
     boot_event_gap_ns: int = 1_000
+    #: What the guest does at a #VC 0x404 (an access to a page that is not validated: the host remapped or took it
+    #: back). ``"terminate"``, as Linux does: ``vc_handle_exitcode()`` has no case for it (``ES_UNSUPPORTED``),
+    #: so ``exc_vmm_communication()`` → ``sev_es_terminate(SEV_TERM_SET_GEN, GHCB_SEV_ES_GEN_REQ)``
+    #: (arch/x86/coco/sev/core.c) and the VM ends. ``"continue"`` [what-if]: re-validate the page and go on
+    #: (counting each #VC), as the model did before.
+    on_vc_404: str = "terminate"
 
     # ------------------------------------------------------------------------------------------- construction
 
@@ -462,6 +472,8 @@ class LinuxGuestConfig:
                 "memory_bytes", f"the kernel image [{load:#x}, {load + image:#x}) does not fit in RAM below 4 GiB"
             )
         need_int("boot_event_gap_ns", 0)
+        if self.on_vc_404 not in ON_VC_404:
+            raise ConfigError("on_vc_404", f"expected one of {', '.join(ON_VC_404)}, got {self.on_vc_404!r}")
 
     # ---------------------------------------------------------------------------------------------- RAM map
 

@@ -40,6 +40,8 @@ accepted for ``*_bytes``/``*_bytes_per_s``, ``"10ms"`` for ``*_ns``) plus ``touc
 ``kexec``            boot, :func:`dma_churn` until ``kexec_at_ns`` (default: half-way through the time after boot),
                      :func:`~snpsim.guest.linux.kexec_events` (``boot_event_gap_ns`` apart), then the kexec'd
                      kernel's boot (``boot_events(firmware=False)``)
+``hostile-convert``  boot, then :func:`hostile_convert` (``rate``, ``target``, ``hold_ns``): a guest converting to
+                     private the pages the host is writing
 ==================== ==============================================================================================
 """
 
@@ -82,6 +84,8 @@ __all__ = [
     "WorkloadFn",
     "default_swiotlb_pool",
     "dma_churn",
+    "host_used_pages",
+    "hostile_convert",
     "lazy_accept",
     "private_touch",
     "random_conversions",
@@ -560,6 +564,100 @@ def private_touch(
     return gen()
 
 
+#: [I-model] bounce slots in flight at a time: an I/O-light guest maps its streaming DMA from the low slots of the
+#: default pool (``swiotlb_search_pool_area`` starts at the area's index, 0 after boot), so the host's
+#: copies and the hostile guest's conversions meet on these pages.
+HOST_INFLIGHT_PAGES = 16
+#: The kinds of guest pages host code writes (:func:`host_used_pages`); ``hostile-convert`` targets.
+HOST_TARGETS = ("virtqueue", "bounce", "steal_time", "kvmclock", "ghcb")
+#: target groups of ``hostile-convert``: I/O buffers (vhost/QEMU), paravirt data (KVM), or both
+TARGET_GROUPS = {"io": ("virtqueue", "bounce"), "pv": ("steal_time", "kvmclock", "ghcb"), "all": HOST_TARGETS}
+
+
+def host_used_pages(cfg: LinuxGuestConfig, inflight_pages: int = HOST_INFLIGHT_PAGES) -> dict[str, np.ndarray]:
+    """The shared guest pages host code writes, by kind (sorted gfns), from the guest's layout:
+
+    - ``virtqueue``: the vrings (row #8a; vhost/QEMU write the used ring);
+    - ``bounce``: the first ``inflight_pages`` pages of the SWIOTLB pool (row #9; vhost/QEMU copy I/O data into them);
+    - ``steal_time``: each CPU's ``.data..percpu..decrypted`` page (``steal_time``, ``kvm_apic_eoi`` and
+      ``apf_reason`` share it, row #3; KVM's ``record_steal_time`` / ``pv_eoi_put_user``);
+    - ``kvmclock``: ``hv_clock_boot`` in ``.bss..decrypted`` (row #2, its second used page [I-model]) or, above 64
+      vCPUs, the overflow array (row #4); KVM's gfn-to-pfn cache writes it;
+    - ``ghcb``: each CPU's GHCB (row #3; KVM maps it at every VMGEXIT)."""
+    lay = guest_layout(cfg)
+
+    def pages(ps: Iterable[tuple[int, int]]) -> np.ndarray:
+        out = [np.arange(g, g + n, dtype=np.int64) for g, n in ps]
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+    slots = lay.swiotlb  # the bounce buffers (swiotlb_slots is the slot bookkeeping, private)
+    clock = [(lay.kvmclock.gfn, lay.kvmclock.npages)] if lay.kvmclock is not None else []
+    if not clock and cfg.bss_decrypted_used_pages > 1:
+        clock = [(lay.bss_decrypted.gfn + 1, 1)]
+    return {
+        "virtqueue": pages((p.gfn, p.npages) for p in lay.vrings),
+        "bounce": pages([(slots.gfn, min(inflight_pages, slots.npages))]),
+        "steal_time": pages((p.gfn, 1) for p in lay.percpu_decrypted if p.npages),
+        "kvmclock": pages(clock),
+        "ghcb": pages((g, 1) for g in lay.ghcbs),
+    }
+
+
+def hostile_convert(
+    cfg: LinuxGuestConfig,
+    rng: np.random.Generator,
+    rate: float = 100.0,
+    until_ns: int | None = None,
+    *,
+    target: str = "all",
+    hold_ns: int = 1_000_000,
+    inflight_pages: int = HOST_INFLIGHT_PAGES,
+    start_ns: int = BOOT_END_NS,
+) -> Iterator[Timed]:
+    """A hostile guest: at ``rate`` per second (Poisson) it converts to private one of the pages the host is using
+    at that moment (:func:`host_used_pages` of ``target``: a kind, or ``"io"``, ``"pv"``, ``"all"``), and
+    touches it as private (validated: its own data now); ``hold_ns`` later it reads the page back and gives it back
+    (to shared, the state the host expects). A page already held is not taken again.
+    The host's next write to a held page is
+    the hazard of the seed thread (``shared/reference/linux-snp-host.md`` §6): an RMP #PF pre-UPM, a lost write with
+    guest_memfd."""
+    _check_rate("rate", rate)
+    groups = TARGET_GROUPS.get(target, (target,) if target in HOST_TARGETS else None)
+    if groups is None:
+        raise ValueError(f"target must be one of {', '.join((*TARGET_GROUPS, *HOST_TARGETS))}, got {target!r}")
+    if hold_ns < 1:
+        raise ValueError(f"hold_ns must be >= 1, got {hold_ns}")
+    used = host_used_pages(cfg, inflight_pages)
+    pool = np.unique(np.concatenate([used[k] for k in groups]))
+
+    def gen() -> Iterator[Timed]:
+        if not pool.size:
+            return
+        held: dict[int, int] = {}  # gfn -> release time
+        heap: list[tuple[int, int]] = []
+        t = start_ns
+        while True:
+            t += _interarrival_ns(rng, rate)
+            while heap and heap[0][0] <= t:
+                release, g = heapq.heappop(heap)
+                if not _before(release, until_ns):
+                    return
+                del held[g]
+                yield Timed(release, Access(g, 1, True, False, "hostile-check"))  # reads its data back first
+                yield Timed(release, Conversion(g, 1, False, what="hostile-release"))
+            if not _before(t, until_ns):
+                return
+            g = int(pool[int(rng.integers(0, pool.size))])
+            if g in held:
+                continue
+            held[g] = t + hold_ns
+            heapq.heappush(heap, (t + hold_ns, g))
+            yield Timed(t, Conversion(g, 1, True, what="hostile-convert"))
+            yield Timed(t, Access(g, 1, True, True, "hostile-touch"))
+
+    return gen()
+
+
 # -------------------------------------------------------------------------------------------------- registry
 
 
@@ -693,4 +791,5 @@ WORKLOADS: dict[str, WorkloadFn] = {
     "dma-churn": _with_boot(dma_churn),
     "random-conversion": _with_boot(random_conversions),
     "kexec": _kexec,
+    "hostile-convert": _with_boot(hostile_convert),
 }

@@ -44,6 +44,7 @@ from snpsim.host.e820 import HostMemoryMap, flat_memory_map
 from snpsim.host.frames import ALLOCATION, LRU_OWNERS, FrameTable, Owner
 from snpsim.host.rmpopt import RmpOptimizer
 from snpsim.host.svm import GuestMode
+from snpsim.host.uaccess import GuestRam
 from snpsim.host.vmscan import DeferredSplitQueue, low_watermark_pages
 from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
@@ -63,6 +64,9 @@ class Crash:
     pfn: int
     kind: str  # "rmp" or "not-present"
     error_code: int
+    #: the context of the faulting access (:class:`snpsim.host.uaccess.Context`): the kernel writers run in task
+    #: context
+    context: str = "task"
 
 
 class HostKernel:
@@ -121,6 +125,15 @@ class HostKernel:
         self.host_rmp_fault_count = 0
         self.host_notpresent_fault_count = 0
         self.crashes: list[Crash] = []
+        #: host accesses to guest memory (:mod:`snpsim.host.uaccess`): writes the guest never sees, uaccesses that
+        #: failed with -EFAULT, SIGBUS sent to the VMM, and writes that changed a validated private page (the
+        #: guest-integrity oracle: the hardware check forbids them, so this stays empty)
+        self.host_lost_write_count = 0
+        self.host_efault_count = 0
+        self.host_sigbus_count = 0
+        self.integrity_violations: list[int] = []
+        #: the live VMs' RAM as host accessors see it (the engine registers each VM's :class:`GuestRam`)
+        self.guest_rams: list[GuestRam] = []
         #: frames made shared by the ``fixup`` #PF handler (the guest will see #VC on its next private access)
         self.fixup_page_count = 0
         #: called with the array of PFNs the fixup handler made shared (observers: tests, reports); KVM needs no
@@ -192,6 +205,9 @@ class HostKernel:
             "host_notpresent_fault_count": self.host_notpresent_fault_count,
             "host_crash_count": self.host_crash_count,
             "snp_host_bytes": len(self.snp_pages) << PAGE_SHIFT,
+            "host_lost_write_count": self.host_lost_write_count,
+            "host_efault_count": self.host_efault_count,
+            "host_sigbus_count": self.host_sigbus_count,
             "thp_deferred_split_bytes": self.thp_held_pages << PAGE_SHIFT,
             "thp_split_page_count": self.deferred_split.split_count,
             "rmpopt_bytes": self.rmpopt.optimized_bytes() if self.rmpopt is not None else 0,
@@ -895,7 +911,12 @@ class HostKernel:
         if self.policy.rmp_fault != "fixup":
             self._oops(pfn, path, "rmp", fault.error_code)
             return False
-        # fixup: make every assigned page the faulting write depends on shared, then retry the write.
+        self.fixup_rmp_fault(pfn, level)
+        return True
+
+    def fixup_rmp_fault(self, pfn: int, level: PageSize) -> None:
+        """The ``fixup`` #PF handler: make every assigned page the faulting write (to ``pfn`` through a mapping of
+        ``level``) depends on shared, then retry the write, which now succeeds."""
         if level == PageSize.SIZE_4K:
             victims = np.array([pfn], dtype=np.int64)
         else:
@@ -924,13 +945,16 @@ class HostKernel:
         for listener in self.fixup_listeners:
             listener(victims)
         self.rmp.check_host_write(pfn << PAGE_SHIFT, level)  # the retried write now succeeds
-        return True
 
     def _oops(self, pfn: int, path: str, kind: str, error_code: int) -> None:
+        self.oops(pfn, path, kind, error_code)
+
+    def oops(self, pfn: int, path: str, kind: str, error_code: int, *, context: str = "task") -> None:
+        """A kernel-mode fault went down ``show_fault_oops``: a host crash, recorded with its context."""
         if kind == "not-present":
             self.host_notpresent_fault_count += 1
         self.charge("host_fault", self.costs.host_fault_ns)
-        self.crashes.append(Crash(int(self.clock()), path, pfn, kind, error_code))
+        self.crashes.append(Crash(int(self.clock()), path, pfn, kind, error_code, str(context)))
 
 
 PATH_ZERO = "mm/page_alloc.c:kernel_init_pages"

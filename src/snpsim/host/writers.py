@@ -16,6 +16,19 @@ Each writer stands for a real kernel path and names it in the crash records (``C
   (``safe_copy_page`` maps a not-present page temporarily, so reads never fault) and written to an image page) and
   the resume copy ``swsusp_arch_resume`` writing every saved page back to its frame.
 
+Host accessors of guest memory (:mod:`snpsim.host.uaccess`): each writes pages of every live VM that host code
+really writes (:attr:`snpsim.host.uaccess.GuestRam.targets`), through the path, context and address kind of
+:data:`snpsim.host.uaccess.ACCESSORS`:
+
+- :func:`vhost`: vhost-net workers copying received packets into the guest's virtqueue buffers and bounce slots
+  (``drivers/vhost/net.c`` ``handle_rx``, ``copy_to_user`` on the VMM's mapping), ``batch`` copies per wake-up;
+- :func:`qemu_device`: QEMU's device emulation writing the used ring from user mode (``virtqueue_push``);
+- :func:`kvm_pv`: KVM's own writes: steal time, PV EOI, kvmclock through the gfn-to-pfn cache, the GHCB.
+
+[I-model] "In step with the guest's I/O" is a rate: ``interval_ns`` between wake-ups (± 50 %, seeded), each
+writing ``batch`` pages drawn from the targets; a guest that takes a target page private (``hostile-convert``)
+meets the next write to it.
+
 Each writer is a kernel thread (or the tasks it stands for): a generator that yields how long it sleeps, in ns; the
 engine runs it on its own CPU account, so the work it does (page clearing, copies, faults) takes simulated time
 too. Every writer is deterministic given the scenario seed (its RNG stream, keyed by its name, is passed in).
@@ -31,6 +44,7 @@ from snpsim.host.compaction import COMPACTION_PROACTIVENESS, PATH_COMPACT
 from snpsim.host.frames import Owner
 from snpsim.host.kernel import PATH_ZERO as PATH_ZERO  # the allocator's zeroing path, named here with the others
 from snpsim.host.kernel import HostKernel
+from snpsim.host.uaccess import ACCESSORS, guest_write
 
 #: A host thread: yields the ns it sleeps.
 Thread = Generator[int, None, None]
@@ -125,10 +139,56 @@ def hibernation(
     host.free_bulk(image, 0)
 
 
+def _guest_writer(
+    host: HostKernel, rng: np.random.Generator, accessors: tuple[str, ...], interval_ns: int, batch: int
+) -> Thread:
+    """Every ``interval_ns`` (± 50 %): for each live VM and each accessor, ``batch`` writes to its target pages."""
+    accs = [ACCESSORS[a] for a in accessors]
+    while True:
+        yield int(interval_ns * rng.uniform(0.5, 1.5))
+        for ram in list(host.guest_rams):
+            if not ram.ready():
+                continue
+            for acc in accs:
+                pool = [ram.targets[k] for k in acc.targets if k in ram.targets and ram.targets[k].size]
+                if not pool:
+                    continue
+                pages = np.concatenate(pool)
+                for g in rng.choice(pages, size=batch).tolist():
+                    if ram not in host.guest_rams:
+                        break  # the VM died (SIGBUS) during this batch
+                    guest_write(host, ram, int(g), acc)
+
+
+def vhost(host: HostKernel, rng: np.random.Generator, *, interval_ns: int = 100_000, batch: int = 4) -> Thread:
+    """vhost-net rx workers: ``batch`` ``copy_to_user`` into virtqueue buffers / bounce slots per wake-up
+    (task context, user address, exception-table fixup)."""
+    return _guest_writer(host, rng, ("vhost_net_rx",), interval_ns, batch)
+
+
+def qemu_device(host: HostKernel, rng: np.random.Generator, *, interval_ns: int = 1_000_000, batch: int = 1) -> Thread:
+    """QEMU device emulation: user-mode writes of the used ring (``virtqueue_push``)."""
+    return _guest_writer(host, rng, ("qemu_virtio",), interval_ns, batch)
+
+
+def kvm_pv(host: HostKernel, rng: np.random.Generator, *, interval_ns: int = 1_000_000, batch: int = 1) -> Thread:
+    """KVM's paravirt writes: steal time (``record_steal_time``, and ``kvm_steal_time_set_preempted`` from the
+    preempt notifier), PV EOI, kvmclock (gfn-to-pfn cache, atomic, kernel address) and the GHCB (``kvm_vcpu_map``)."""
+    return _guest_writer(
+        host, rng, ("steal_time", "steal_time_preempted", "pv_eoi", "kvmclock", "ghcb"), interval_ns, batch
+    )
+
+
+#: The writers that write guest memory (the engine gives them each live VM's RAM)
+GUEST_WRITERS = ("vhost", "qemu_device", "kvm_pv")
+
 #: Each writer is called as ``writer(host, rng, **params)`` with its own keyword-only parameters.
 WRITERS: dict[str, Callable[..., Thread]] = {
     "page_zeroing": page_zeroing,
     "compaction": compaction,
     "ksm": ksm,
     "hibernation": hibernation,
+    "vhost": vhost,
+    "qemu_device": qemu_device,
+    "kvm_pv": kvm_pv,
 }
