@@ -286,3 +286,25 @@ def test_host_snp_pages_over_vm_lifetimes(preset: str, plan: list[tuple[int, boo
         q.destroy()
     assert host.metrics()["snp_host_bytes"] == 0 and not host.snp_leaked
     assert host.rmp.assigned_count() == 0 and host.host_crash_count == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(states=st.lists(st.sampled_from(("hv", "pre-guest", "firmware", "guest")), min_size=5, max_size=40))
+def test_vectorised_launch_update_equals_the_single_page_command(states: list[str]) -> None:
+    from snpsim.hw import Rmp
+
+    def build() -> Rmp:
+        rmp = Rmp(1 << 19)  # two segments
+        for i, state in enumerate(states):
+            spa = ((i * 9973) % (1 << 19)) << PAGE_SHIFT
+            if state != "hv":
+                asid = 0 if state == "firmware" else 3
+                rmp.rmpupdate(spa, assigned=True, gpa=i << PAGE_SHIFT, asid=asid, immutable=state != "guest")
+        return rmp
+
+    pfns = np.array([(i * 9973) % (1 << 19) for i in range(len(states))], dtype=np.int64)
+    a, b = build(), build()
+    failed = sum(a.fw_launch_update(int(p) << PAGE_SHIFT, vmsa=True) != 0 for p in pfns.tolist())
+    assert b.fw_launch_update_pfns(pfns, vmsa=True) == failed == sum(s != "pre-guest" for s in states)
+    for p in pfns.tolist():
+        assert a.rmpread(p << PAGE_SHIFT) == b.rmpread(p << PAGE_SHIFT)

@@ -714,7 +714,7 @@ class HostKernel:
         n = int(pfns.size)
         if n:
             self.charge("snp_launch_update", n * self.costs.snp_launch_update_ns, n)
-        return sum(self.rmp.fw_launch_update(int(p) << PAGE_SHIFT, vmsa=vmsa) != RmpStatus.SUCCESS for p in pfns)
+        return self.rmp.fw_launch_update_pfns(pfns, vmsa=vmsa)
 
     def snp_reclaim_pages(self, pfn: int, npages: int, *, firmware: bool = True) -> bool:
         """``snp_reclaim_pages()`` (drivers/crypto/ccp/sev-dev.c) of host-kernel SNP pages: ``SNP_PAGE_RECLAIM`` of

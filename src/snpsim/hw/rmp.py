@@ -1314,6 +1314,25 @@ class Rmp:
         seg.flags[i] = F_ASSIGNED | F_VALIDATED | (F_VMSA if vmsa else 0)
         return _SUCCESS
 
+    def fw_launch_update_pfns(self, pfns: npt.NDArray[np.int64], *, vmsa: bool = False) -> int:
+        """:meth:`fw_launch_update` of distinct 4K frames (vectorised per segment); returns how many failed."""
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if pfns.size <= 4:
+            return sum(self.fw_launch_update(int(p) << PAGE_SHIFT, vmsa=vmsa) != _SUCCESS for p in pfns.tolist())
+        failed = int(np.count_nonzero((pfns < 0) | (pfns >= self.npages)))
+        pfns = pfns[(pfns >= 0) & (pfns < self.npages)]
+        new = np.uint8(F_ASSIGNED | F_VALIDATED | (F_VMSA if vmsa else 0))
+        for sidx in np.unique(pfns >> SEGMENT_SHIFT).tolist():
+            idx = pfns[(pfns >> SEGMENT_SHIFT) == sidx] & _SEG_MASK
+            seg = self._segs[sidx]
+            if seg is None:
+                failed += int(idx.size)
+                continue
+            ok = ((seg.flags[idx] & _F_OWNER) == (F_ASSIGNED | F_IMMUTABLE)) & (seg.asid[idx] != 0)
+            seg.flags[idx[ok]] = new
+            failed += int(np.count_nonzero(~ok))
+        return failed
+
     def fw_page_reclaim(self, spa: int) -> RmpStatus:
         """``SNP_PAGE_RECLAIM`` of one 4K page by the AMD-SP: a Firmware page (assigned, ASID 0, immutable:
         ``rmp_mark_pages_firmware``; a context page after ``SNP_DECOMMISSION``) becomes Reclaim (assigned, ASID 0,
