@@ -74,9 +74,8 @@ def test_200_points_on_a_local_cluster(grid: tuple[Path, pd.DataFrame]) -> None:
     by = frame.set_index("policy")
     assert (by.loc["fixup", "directmap_4k"] == 2 * MIB).all() and (by.loc["fixup", "directmap_split_count"] == 2).all()
     for name in ("upstream", "unmap", "upm"):
-        # 32 + 4 2M ranges, or 37 when the host's kernel pages (VMSAs, context, request pages) straddle two; upm's
-        # release point merges a 2M range back when its last private page goes (the 4K split of a freed VMSA's
-        # neighbourhood can be re-split later: a second split of the same range)
+        # 32 + 4 2M ranges, or 37 with a second split of one range: upm's release point merges a 2M range back when
+        # a punched folio leaves it without an assigned page, and a later 4K RMPUPDATE there splits it again
         level2 = by.loc[name, "direct_map_level2_splits"]
         assert level2.isin([36, 37]).all() and (by.loc[name, "directmap_split_count"] == 1 + level2).all()
         at_4k = (level2 - by.loc[name, "directmap_merge_count"]) * 2 * MIB
