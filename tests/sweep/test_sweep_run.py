@@ -74,10 +74,12 @@ def test_200_points_on_a_local_cluster(grid: tuple[Path, pd.DataFrame]) -> None:
     by = frame.set_index("policy")
     assert (by.loc["fixup", "directmap_4k"] == 2 * MIB).all() and (by.loc["fixup", "directmap_split_count"] == 2).all()
     for name in ("upstream", "unmap", "upm"):
-        assert (by.loc[name, "directmap_split_count"] == 1 + 32 + 4).all()
-        assert (by.loc[name, "directmap_4k"] == 72 * MIB).all() and (
-            by.loc[name, "directmap_2m"] == GIB - 72 * MIB
-        ).all()
+        # 32 + 4 2M ranges, or 37 with a second split of one range: upm's release point merges a 2M range back when
+        # a punched folio leaves it without an assigned page, and a later 4K RMPUPDATE there splits it again
+        level2 = by.loc[name, "direct_map_level2_splits"]
+        assert level2.isin([36, 37]).all() and (by.loc[name, "directmap_split_count"] == 1 + level2).all()
+        at_4k = (level2 - by.loc[name, "directmap_merge_count"]) * 2 * MIB
+        assert (by.loc[name, "directmap_4k"] == at_4k).all() and (by.loc[name, "directmap_2m"] == GIB - at_4k).all()
     assert (by.loc["upm-nosplit", "directmap_2m"] == GIB - 4 * MIB).all()
     assert (by.loc["upm-nosplit", "directmap_4k"] == 4 * MIB).all()
     assert (by.loc["upm-nosplit", "directmap_split_count"] == 1 + 2).all()
