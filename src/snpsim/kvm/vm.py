@@ -199,7 +199,7 @@ class KvmVm:
         elif (
             private
             and npages > SCALAR_MAX
-            and self._cap_2m()
+            and self._cap_2m(gfn, npages)
             and (got := self._fault_in_huge_folios(gfn, npages, need, pfns)) >= 0
         ):
             faults = got
@@ -284,8 +284,11 @@ class KvmVm:
         Pre-UPM, a private fault on a page that is not assigned (the host took it back) assigns it again,
         unvalidated: ``snp_handle_rmp_page_fault`` "create[s] a new private RMP entry" (SNP v5)."""
         folio = self.gmem.folio_pages if self.gmem is not None else 1
-        lo = gfn // folio * folio
-        hi = min(-(-(gfn + npages) // folio) * folio, self.npages)
+        # a folio above 2M is prepared 2M at a time, as far as the fault reaches (its RMP entries are at most 2M;
+        # a 1G mapping prepares the whole folio first, in _private_cap)
+        unit = min(folio, PAGES_PER_2M)
+        lo = gfn // unit * unit
+        hi = min(-(-(gfn + npages) // unit) * unit, self.npages)
         pfns = self._private_pfns(lo, hi - lo)
         if pfns is None:
             raise MemoryError("host out of memory")
@@ -321,8 +324,11 @@ class KvmVm:
         if folio == PageSize.SIZE_1G:
             # a 1G NPT mapping over 512 2M RMP entries: the hardware treats 1G accesses as 2M (amd-snp-arch.md §7:
             # 'NPT says 2MB/1GB => RMP.Page_Size=1')
-            lo = gfn // PageSize.SIZE_1G.npages * PageSize.SIZE_1G.npages
-            heads = gm.pfns(lo, PageSize.SIZE_1G.npages)[::PAGES_PER_2M]
+            n1g = PageSize.SIZE_1G.npages
+            lo = gfn // n1g * n1g
+            heads = gm.pfns(lo, n1g)[::PAGES_PER_2M]
+            if self.attrs.uniform_value(lo, PageSize.SIZE_1G) is True and not self.host.rmp_assigned_2m(heads).all():
+                self._prepare(lo, n1g)  # the whole private, unsplit folio, for one 1G mapping
             if heads.size == PageSize.SIZE_1G.npages // PAGES_PER_2M and self.host.rmp_assigned_2m(heads).all():
                 return PageSize.SIZE_1G
         return PageSize.SIZE_2M
