@@ -555,11 +555,12 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         "gmem-hugetlb",
-        "HugeTLB-backed 1G guest_memfd, converted in place: split on to-shared, merged when whole again",
+        "HugeTLB-backed guest_memfd (2M pages here: every scenario's VM sizes; 1G with private_granularity = 1g), "
+        "converted in place: split on to-shared, merged when whole again",
         "A. Tng, '[RFC PATCH v2 00/51] 1G page support for guest_memfd', 2025, "
         "cover.1747264138.git.ackerleytng@google.com",
         {
-            "private_granularity": "1g",
+            "private_granularity": "2m",
             "gmem_allocator": "hugetlb",
             "gmem_conversion": "in-place",
             "gmem_folio_split": "4k",

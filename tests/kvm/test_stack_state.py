@@ -83,9 +83,7 @@ P2M = 512
 
 POLICIES: dict[str, Policy] = {
     **presets,
-    # 1G folios would need a 1 GiB hugetlb reservation, this whole 1 GiB host: the state machine runs the preset with
-    # 2M folios (split/merge in place, hugetlb pool); tests/kvm/test_gmem_designs.py covers the 1G folios
-    "gmem-hugetlb": replace(presets["gmem-hugetlb"], private_granularity="2m"),
+    # (1G folios would need a 1 GiB hugetlb reservation, this whole 1 GiB host: tests/kvm/test_gmem_designs.py)
     "gmem-inplace-2m-first": replace(presets["gmem-hugetlb"], private_granularity="2m", gmem_folio_split="2m-first"),
     "gmem-4k-thp-split": Policy(
         private_backing="gmem",
