@@ -358,6 +358,93 @@ class Policy:
             ),
         ),
     )
+    gmem_conversion: str = knob(
+        "attributes",
+        "How a guest_memfd VM converts a page between private and shared, and where its shared pages live.",
+        "linux-snp-host.md §5 (INPLACE: '[PATCH v8 00/46] guest_memfd: In-place conversion support', A. Tng, "
+        "20260618-gmem-inplace-conversion-v8-0-9d2959357853@google.com; HUGETLB RFC v2 conversion ioctls)",
+        (
+            _v(
+                "attributes",
+                "Upstream: `KVM_SET_MEMORY_ATTRIBUTES` on the VM; shared pages are the VMM's RAM block, private "
+                "pages guest_memfd's, so a gfn can have two pages; `discard_on_convert` frees the unused one.",
+                "`src/snpsim/vmm/qemu.py` (`Qemu.kvm_convert_memory`)",
+            ),
+            _v(
+                "in-place",
+                "INPLACE v8: one guest_memfd holds both, shareability tracked per page by guest_memfd, converted in "
+                "place by the guest_memfd ioctl (`KVM_SET_MEMORY_ATTRIBUTES2`): no discard, no second allocation "
+                "(`shared_bytes` are guest_memfd pages; the RAM block stays empty). Host userspace maps only "
+                "shared pages (an access to a private one is SIGBUS). A to-shared conversion makes the RMP "
+                "entries shared (`kvm_arch_gmem_invalidate`) without freeing; to-private leaves them to the next "
+                "private fault's prepare. A conversion of a page the host holds extra references to (a "
+                "`get_user_pages` pin, e.g. vhost I/O in flight) fails with EAGAIN and `error_offset`; QEMU "
+                "retries from that offset (`gmem_convert_retries`). Needs `gmem` and `discard_on_convert` false.",
+                "`src/snpsim/kvm/gmem.py` (`GuestMemfd.set_attributes`, `pin_pages`), `src/snpsim/kvm/vm.py` "
+                "(`KvmVm.gmem_set_memory_attributes`), `src/snpsim/vmm/qemu.py` (`Qemu.kvm_convert_memory`)",
+            ),
+        ),
+    )
+    gmem_convert_retries: int = knob(
+        8,
+        "How many times the VMM retries an in-place conversion refused with EAGAIN (each retry after a back-off "
+        "of `gmem_retry_ns`) before it gives up and fails the guest's request. The series leaves the VMM's "
+        "policy open ('userspace should retry'); a bounded retry is QEMU's usual pattern.",
+        "INPLACE v8 (linux-snp-host.md §5: 'EAGAIN + error_offset on elevated refcount')",
+        tuple(_v(n, f"Up to {n} retries.") for n in (0, 1, 8, 64)),
+    )
+    gmem_allocator: str = knob(
+        "buddy",
+        "Where guest_memfd folios larger than 4K come from (with `private_granularity` 2m/1g).",
+        "linux-snp-host.md §5 (THP: M. Roth, 20241212063635.712877-1-michael.roth@amd.com; HUGETLB: A. Tng, "
+        "cover.1747264138.git.ackerleytng@google.com)",
+        (
+            _v(
+                "buddy",
+                "The page allocator (with compaction; 1G as `alloc_contig_pages`); a folio that cannot be had is "
+                "out of memory.",
+                "`src/snpsim/kvm/gmem.py`",
+            ),
+            _v(
+                "thp",
+                "THP RFC: `filemap_alloc_folio` of order 9 without reclaim; when no 2M block is free the folio "
+                "falls back to 512 order-0 pages (4K RMP entries and NPT mappings for that range). Hole punching "
+                "below 2M frees nothing, for 4K fallback pages too ('disallow hole-punching at sub-2MB "
+                "granularity').",
+                "`src/snpsim/kvm/gmem.py` (`GuestMemfd.get_pfns`)",
+            ),
+            _v(
+                "hugetlb",
+                "HUGETLB RFC v2: folios from the host's hugetlb pool of the folio size, reserved for the whole file "
+                "at `KVM_CREATE_GUEST_MEMFD` (`hugetlb_reserve_pages`, surplus pages gathered if the pool is "
+                "short); a hole smaller than a huge page frees nothing and is only zeroed.",
+                "`src/snpsim/kvm/gmem.py`",
+            ),
+        ),
+    )
+    gmem_folio_split: str = knob(
+        "never",
+        "What guest_memfd does to a huge folio when part of it becomes shared in place "
+        "(`kvm_gmem_restructure_folios_in_range`); with `gmem_conversion` in-place only.",
+        "HUGETLB RFC v2 (linux-snp-host.md §5: split on to-shared, merge on to-private only if "
+        "'!kvm_gmem_has_some_shared()' over the whole huge page; future idea: 'split from 1G to 2M first and only "
+        "split to 4K if necessary')",
+        (
+            _v("never", "The folio stays whole; the shared page is mapped 4K.", ""),
+            _v(
+                "4k",
+                "RFC v2: the whole huge folio is split into 4K folios when any page of it goes shared, and merged "
+                "back when all of it is private again. While split, its private pages map at 4K.",
+                "`src/snpsim/kvm/gmem.py` (`GuestMemfd.restructure_folios_in_range`)",
+            ),
+            _v(
+                "2m-first",
+                "The proposed refinement: a 1G folio splits into 2M folios first and only the 2M folio holding "
+                "the shared page splits to 4K; merges back level by level.",
+                "same",
+            ),
+        ),
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -441,6 +528,24 @@ RULES: tuple[Rule, ...] = (
         "directmap 'keep' never changes the direct map, there is nothing to restore",
         lambda p: p.directmap_restore != "never" and p.directmap == "keep",
     ),
+    Rule(
+        "gmem_conversion",
+        "'in-place' needs private_backing 'gmem' and discard_on_convert false (one file, nothing to discard)",
+        lambda p: p.gmem_conversion == "in-place" and (p.private_backing != "gmem" or p.discard_on_convert),
+    ),
+    Rule(
+        "gmem_folio_split",
+        "splitting folios in place needs gmem_conversion 'in-place' and private_granularity 2m or 1g",
+        lambda p: p.gmem_folio_split != "never" and (p.gmem_conversion != "in-place" or p.private_granularity == "4k"),
+    ),
+    Rule(
+        "gmem_allocator",
+        "'thp' and 'hugetlb' folios need private_backing 'gmem' and private_granularity 2m or 1g ('thp': 2m)",
+        lambda p: (
+            p.gmem_allocator != "buddy"
+            and (p.private_granularity == "4k" or (p.gmem_allocator == "thp" and p.private_granularity != "2m"))
+        ),
+    ),
 )
 
 
@@ -508,6 +613,34 @@ PRESETS: tuple[Preset, ...] = (
         "on page-state changes (QEMU 10.1, 2025)",
         "tip commit 661b1c6169e2 (M. Roth, 2024); QEMU commit 4cdc489eb9c2 (T. Lendacky, 2025)",
         {},
+    ),
+    Preset(
+        "gmem-inplace",
+        "in-place conversion guest_memfd: one file holds shared and private pages, no second allocation",
+        "A. Tng, '[PATCH v8 00/46] guest_memfd: In-place conversion support', 2026, "
+        "20260618-gmem-inplace-conversion-v8-0-9d2959357853@google.com",
+        {"gmem_conversion": "in-place", "discard_on_convert": False},
+    ),
+    Preset(
+        "gmem-hugetlb",
+        "HugeTLB-backed guest_memfd (2M pages here: every scenario's VM sizes; 1G with private_granularity = 1g), "
+        "converted in place: split on to-shared, merged when whole again",
+        "A. Tng, '[RFC PATCH v2 00/51] 1G page support for guest_memfd', 2025, "
+        "cover.1747264138.git.ackerleytng@google.com",
+        {
+            "private_granularity": "2m",
+            "gmem_allocator": "hugetlb",
+            "gmem_conversion": "in-place",
+            "gmem_folio_split": "4k",
+            "discard_on_convert": False,
+        },
+    ),
+    Preset(
+        "gmem-thp",
+        "2M THP guest_memfd folios, no sub-2M hole punch, 4K fallback when no 2M page is free",
+        "M. Roth, '[PATCH RFC v1 0/5] KVM: gmem: 2MB THP support and preparedness tracking changes', 2024, "
+        "20241212063635.712877-1-michael.roth@amd.com",
+        {"private_granularity": "2m", "gmem_allocator": "thp"},
     ),
 )
 

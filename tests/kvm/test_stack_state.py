@@ -56,6 +56,8 @@ takes back the neighbours the guest has just read; invariant 2 now expects #VC f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -91,6 +93,8 @@ POLICIES: dict[str, Policy] = {
     **presets,
     # RMPOPT on upstream (docs/rmpopt.md): invariant 8, a set RMPOPT bit never covers an assigned RMP entry
     "upstream-rmpopt": Policy(rmpopt=True),
+    # (1G folios would need a 1 GiB hugetlb reservation, this whole 1 GiB host: tests/kvm/test_gmem_designs.py)
+    "gmem-inplace-2m-first": replace(presets["gmem-hugetlb"], private_granularity="2m", gmem_folio_split="2m-first"),
     "gmem-4k-thp-split": Policy(
         private_backing="gmem",
         private_granularity="4k",
@@ -189,6 +193,10 @@ class StackMachine(RuleBasedStateMachine):
     def four_k(self) -> bool:
         return self.policy.private_granularity == "4k" and self.policy.shared_backing == "4k"
 
+    @property
+    def in_place(self) -> bool:
+        return self.policy.gmem_conversion == "in-place"
+
     # ------------------------------------------------------------------ helpers: backing frames
     def _private_frames(self) -> np.ndarray:
         """Per gfn, the frame of its private backing (-1 if none)."""
@@ -200,8 +208,7 @@ class StackMachine(RuleBasedStateMachine):
         gm = self.gm
         if gm is None:
             return np.zeros(0, dtype=np.int64)
-        bases = gm.folio_pfn[:][gm.folio_pfn[:] >= 0]
-        return (bases[:, None] + np.arange(gm.folio_pages, dtype=np.int64)).ravel()
+        return gm.frames()
 
     def _user_frames(self) -> np.ndarray:
         frames = [np.arange(p, p + (1 << o), dtype=np.int64) for p, o in self.user.items()]
@@ -453,9 +460,18 @@ class StackMachine(RuleBasedStateMachine):
         if gm is not None:
             nfolios = int(np.count_nonzero(gm.folio_pfn[:] >= 0))
             assert gm.allocated_folios == nfolios
+            assert gm.allocated_small_pages == int(np.count_nonzero(gm.small[:] >= 0))
             private_ok = self._private_frames() >= 0
-            assert vmm.private_bytes() == nfolios * gm.folio_pages * K4
-            assert vmm.shared_bytes() == (int(np.count_nonzero(shared_ok)) + extra) * K4
+            assert gm.private_bytes == (nfolios * gm.folio_pages + gm.allocated_small_pages) * K4
+            if self.in_place:
+                # INPLACE: one page per gfn, in guest_memfd; the RAM block is never faulted (no double allocation)
+                assert mem.allocated_pages == 0 and vmm.double_allocated_bytes() == 0
+                assert vmm.private_bytes() == int(np.count_nonzero(private_ok & priv)) * K4
+                assert vmm.shared_bytes() == (int(np.count_nonzero(private_ok & ~priv)) + extra) * K4
+                shared_ok = private_ok
+            else:
+                assert vmm.private_bytes() == nfolios * gm.folio_pages * K4 + gm.allocated_small_pages * K4
+                assert vmm.shared_bytes() == (int(np.count_nonzero(shared_ok)) + extra) * K4
             guest = int(np.count_nonzero(np.where(priv, private_ok, shared_ok) & self.ram)) * K4
         else:
             assert vmm.private_bytes() == int(np.count_nonzero(shared_ok & priv)) * K4
@@ -465,7 +481,7 @@ class StackMachine(RuleBasedStateMachine):
         waste = vmm.private_bytes() + vmm.shared_bytes() - vmm.guest_bytes()
         assert waste >= 0
         assert vmm.guest_bytes() <= int(np.count_nonzero(self.ram)) * K4
-        if self.four_k and self.policy.discard_on_convert:
+        if self.four_k and (self.policy.discard_on_convert or self.in_place):
             # a host accessor's write to a private gfn faults its discarded shared page in again (hva_to_pfn /
             # handle_mm_fault): the only waste 4K/4K discard can have (shared pages at private gfns)
             stale = 0
@@ -507,6 +523,9 @@ class StackMachine(RuleBasedStateMachine):
         assert np.array_equal(find((mem.owner,), 0, HOST_FRAMES, HOST_FRAMES), vframes)
         # every assigned RMP entry is private backing of the live VM
         owned = gframes if self.gm is not None else mem.pfn[:][(mem.pfn[:] >= 0) & self.vmm.kvm.attrs.private]
+        if self.gm is not None and self.in_place:  # shared pages of the file are hypervisor-owned
+            pf = self._private_frames()
+            owned = pf[(pf >= 0) & self.vmm.kvm.attrs.private]
         stray = np.flatnonzero(assigned)
         stray = stray[~np.isin(stray, owned)]
         assert stray.size == 0, f"{self.name}: assigned frames outside the VM's private backing: {stray[:8]}"
@@ -519,7 +538,7 @@ class StackMachine(RuleBasedStateMachine):
         mapped = lv != UNMAPPED
         bad = np.flatnonzero(mapped & (npt.private != attrs))
         assert bad.size == 0, f"{self.name}: NPT private flag != attribute at gfns {bad[:8]}"
-        want = np.where(npt.private, self._private_frames(), self.vmm.memory.pfn[:])
+        want = np.where(npt.private | self.in_place, self._private_frames(), self.vmm.memory.pfn[:])
         bad = np.flatnonzero(mapped & (npt.pfn[:] != want))
         assert bad.size == 0, f"{self.name}: NPT maps gfns {bad[:8]} to frames {npt.pfn[bad[:8]]}, not their backing"
         assert (npt.pfn[~mapped] == -1).all()

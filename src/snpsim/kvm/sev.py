@@ -51,12 +51,27 @@ def coalesce_psc(request: PscRequest) -> list[MapGpaRange]:
     return exits
 
 
-def gmem_prepare(host: HostKernel, gfns: IntArray, pfns: IntArray, folio_pages: int, asid: int) -> None:
-    """``sev_gmem_prepare`` for the (gfn, pfn) pairs of freshly faulted guest_memfd pages."""
+def gmem_prepare(
+    host: HostKernel,
+    gfns: IntArray,
+    pfns: IntArray,
+    folio_pages: int,
+    asid: int,
+    *,
+    large: npt.NDArray[np.bool_] | None = None,
+) -> None:
+    """``sev_gmem_prepare`` for the (gfn, pfn) pairs of freshly faulted guest_memfd pages. ``large``: per pair,
+    whether its folio allows a 2M entry there (not a THP fallback page, a folio split to 4K, or, in place, a
+    block holding a shared page); None: wherever ``folio_pages`` does."""
     todo = ~host.rmp_assigned(pfns)
     gfns, pfns = gfns[todo], pfns[todo]
+    if large is not None:
+        large = large[todo]
     if folio_pages >= PAGES_PER_2M and pfns.size:
-        for i in np.flatnonzero((pfns % PAGES_PER_2M == 0) & (gfns % PAGES_PER_2M == 0)).tolist():
+        heads = (pfns % PAGES_PER_2M == 0) & (gfns % PAGES_PER_2M == 0)
+        if large is not None:
+            heads &= large
+        for i in np.flatnonzero(heads).tolist():
             p = int(pfns[i])
             if host.is_pfn_range_shared(p, PAGES_PER_2M):  # is_large_rmp_possible
                 host.rmp_make_private(p, int(gfns[i]) << PAGE_SHIFT, PageSize.SIZE_2M, asid)

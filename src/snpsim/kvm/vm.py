@@ -79,6 +79,8 @@ class KvmVm:
         self.counters = counters
         #: pre-UPM KVM (SNP v5): conversions are done in the kernel, on the VMM's own pages
         self.in_kernel_psc = policy.private_backing == "vmm"
+        #: INPLACE v8: guest_memfd holds the shared pages too and converts them in place
+        self.in_place = policy.gmem_conversion == "in-place" and not self.in_kernel_psc
         self.attrs = MemoryAttributes(self.npages)
         self.npt = NestedPageTable(self.npages, host.nframes)
         self.ram: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
@@ -101,8 +103,39 @@ class KvmVm:
     # ------------------------------------------------------------------ ioctls (the VMM calls these)
     def create_guest_memfd(self, folio_pages: int) -> GuestMemfd:
         """``KVM_CREATE_GUEST_MEMFD``: a guest_memfd of the VM's size with folios of ``folio_pages``."""
-        self.gmem = GuestMemfd(self.host, self.npages, folio_pages, invalidate=self._invalidate)
+        p = self.policy
+        self.gmem = GuestMemfd(
+            self.host,
+            self.npages,
+            folio_pages,
+            invalidate=self._invalidate,
+            allocator=p.gmem_allocator,
+            split=p.gmem_folio_split,
+            private=self.attrs.private if self.in_place else None,
+        )
         return self.gmem
+
+    def gmem_set_memory_attributes(self, gfn: int, npages: int, private: bool) -> int | None:
+        """The guest_memfd conversion ioctl of INPLACE v8 (``KVM_SET_MEMORY_ATTRIBUTES2`` on the guest_memfd):
+        refused as a whole with ``-EAGAIN`` and ``error_offset`` (returned: pages from ``gfn``) while the host
+        holds extra references to a page of the range (the model's reading: the refcount check precedes any
+        change); else the SPTEs of the old attribute are zapped, the shareability updated, a to-shared page's
+        RMP entry made shared in place (``kvm_arch_gmem_invalidate`` on its frame, no free) and the huge folios
+        restructured (``kvm_gmem_restructure_folios_in_range``). Returns None on success."""
+        gm = self.gmem
+        assert gm is not None
+        c = self.host.costs
+        busy = gm.busy_offset(gfn, npages)
+        if busy is not None:
+            self.host.charge("ioctl", c.ioctl_ns)
+            gm.eagain_count += 1
+            return busy
+        self.set_memory_attributes(gfn, npages, private)
+        if not private:
+            frames = gm.pfns(gfn, npages)
+            gmem_invalidate(self.host, frames[frames >= 0])
+        gm.restructure_folios_in_range(gfn, npages)
+        return None
 
     def set_user_memory_region(self, ram: npt.NDArray[np.bool_], shared: UserMemory) -> None:
         """``KVM_SET_USER_MEMORY_REGION2``: the memslot over the guest's RAM (``ram`` marks it; the PCI hole is not
@@ -142,7 +175,7 @@ class KvmVm:
         gmem_invalidate(self.host, frames)
 
     def _pfns_of(self, gfn: int, npages: int, private: bool) -> IntArray | None:
-        if private:
+        if private or self.in_place:
             return self._private_pfns(gfn, npages)
         assert self.shared is not None
         return self.shared.get_pfns(gfn, npages)
@@ -180,7 +213,12 @@ class KvmVm:
         if self._only_4k(private):
             # Every gfn maps at 4K: one fault each, installed in bulk.
             faults = self.npt.map_4k_where(gfn, need, pfns, private)
-        elif private and npages > SCALAR_MAX and (got := self._fault_in_huge_folios(gfn, npages, need, pfns)) >= 0:
+        elif (
+            private
+            and npages > SCALAR_MAX
+            and self._cap_2m(gfn, npages)
+            and (got := self._fault_in_huge_folios(gfn, npages, need, pfns)) >= 0
+        ):
             faults = got
         else:
             g = gfn
@@ -192,7 +230,7 @@ class KvmVm:
                         break
                     g += int(rest[0])
                 assert self.shared is not None
-                cap = self._private_cap(g) if private else self.shared.host_level(g)
+                cap = self._private_cap(g) if private else self._shared_cap(g)
                 level = self._max_level(g, private, cap)
                 n = level.npages
                 lo = g // n * n
@@ -232,6 +270,8 @@ class KvmVm:
         span = slice(b0 * n2, (b0 + whole) * n2)
         ok[:whole] = (self.attrs.private[span].reshape(whole, n2) & self.ram[span].reshape(whole, n2)).all(axis=1)
         huge = ok[blocks - b0] & self.host.rmp_assigned_2m(pfns[first - gfn])
+        assert self.gmem is not None
+        huge &= self.gmem.huge_blocks(blocks)
         heads = blocks[huge] * n2
         self.npt.map_2m_many(heads, pfns[first[huge] - gfn] - (first[huge] - heads), True)
         small = need.copy()
@@ -245,29 +285,72 @@ class KvmVm:
         if private:
             return self.gmem is None or self.gmem.folio_pages < PAGES_PER_2M
         assert self.shared is not None
-        return self.shared.unit == 1
+        return self.in_place or self.shared.unit == 1
+
+    def _cap_2m(self, gfn: int, npages: int) -> bool:
+        """No private mapping of the range can be above 2M (no unsplit 1G folio in it)."""
+        return self.gmem is not None and not self.gmem.may_map_1g(gfn, npages)
+
+    def _shared_cap(self, gfn: int) -> PageSize:
+        """The host mapping level of a shared page: in place, guest_memfd's shared folios are 4K."""
+        assert self.shared is not None
+        return PageSize.SIZE_4K if self.in_place else self.shared.host_level(gfn)
 
     def _prepare(self, gfn: int, npages: int) -> None:
         """``kvm_gmem_get_pfn`` → ``kvm_gmem_prepare_folio``: prepare every folio the range touches, whole.
         Pre-UPM, a private fault on a page that is not assigned (the host took it back) assigns it again,
         unvalidated: ``snp_handle_rmp_page_fault`` "create[s] a new private RMP entry" (SNP v5)."""
         folio = self.gmem.folio_pages if self.gmem is not None else 1
-        lo = gfn // folio * folio
-        hi = min(-(-(gfn + npages) // folio) * folio, self.npages)
+        # a folio above 2M is prepared 2M at a time, as far as the fault reaches (its RMP entries are at most 2M;
+        # a 1G mapping prepares the whole folio first, in _private_cap)
+        unit = min(folio, PAGES_PER_2M)
+        lo = gfn // unit * unit
+        hi = min(-(-(gfn + npages) // unit) * unit, self.npages)
         pfns = self._private_pfns(lo, hi - lo)
         if pfns is None:
             raise MemoryError("host out of memory")
         ok = pfns >= 0
-        gmem_prepare(self.host, np.arange(lo, hi, dtype=np.int64)[ok], pfns[ok], folio, self.asid)
+        large = None
+        if self.gmem is not None and folio >= PAGES_PER_2M:
+            # a 2M RMP entry only over a huge (unsplit) folio's block, and in place only if it is all private
+            nb = -(-(hi - lo) // PAGES_PER_2M)
+            blk = self.gmem.huge_blocks(np.arange(lo // PAGES_PER_2M, lo // PAGES_PER_2M + nb, dtype=np.int64))
+            if self.in_place:
+                pad = np.zeros(nb * PAGES_PER_2M, dtype=bool)
+                pad[: hi - lo] = self.attrs.private[lo:hi]
+                blk &= pad.reshape(nb, PAGES_PER_2M).all(axis=1)
+            large = np.repeat(blk, PAGES_PER_2M)[: hi - lo][ok]
+        if self.in_place:
+            ok &= self.attrs.private[lo:hi]  # shared pages of the file stay hypervisor-owned
+            if large is not None:
+                large = large[self.attrs.private[lo:hi][pfns >= 0]]
+        gfns = np.arange(lo, hi, dtype=np.int64)[ok]
+        gmem_prepare(self.host, gfns, pfns[ok], folio, self.asid, large=large)
         if self.gmem is not None:
             self.gmem.zap_direct_map(pfns[ok])  # NODM: kvm_gmem_get_pfn zaps after kvm_gmem_prepare_folio
 
     def _private_cap(self, gfn: int) -> PageSize:
         """``kvm_gmem_max_mapping_level`` ∧ ``sev_gmem_max_mapping_level``: folio order and RMP level."""
-        if self.gmem is None or self.gmem.folio_pages < PAGES_PER_2M:
+        gm = self.gmem
+        if gm is None or gm.folio_pages < PAGES_PER_2M:
             return PageSize.SIZE_4K
-        assigned, level = self.host.snp_lookup_rmpentry(int(self.gmem.pfns(gfn, 1)[0]))
-        return PageSize.SIZE_2M if assigned and level == PageSize.SIZE_2M else PageSize.SIZE_4K
+        folio = gm.mapping_level(gfn)
+        if folio == PageSize.SIZE_4K:
+            return folio
+        assigned, level = self.host.snp_lookup_rmpentry(int(gm.pfns(gfn, 1)[0]))
+        if not (assigned and level == PageSize.SIZE_2M):
+            return PageSize.SIZE_4K
+        if folio == PageSize.SIZE_1G:
+            # a 1G NPT mapping over 512 2M RMP entries: the hardware treats 1G accesses as 2M (amd-snp-arch.md §7:
+            # 'NPT says 2MB/1GB => RMP.Page_Size=1')
+            n1g = PageSize.SIZE_1G.npages
+            lo = gfn // n1g * n1g
+            heads = gm.pfns(lo, n1g)[::PAGES_PER_2M]
+            if self.attrs.uniform_value(lo, PageSize.SIZE_1G) is True and not self.host.rmp_assigned_2m(heads).all():
+                self._prepare(lo, n1g)  # the whole private, unsplit folio, for one 1G mapping
+            if heads.size == PageSize.SIZE_1G.npages // PAGES_PER_2M and self.host.rmp_assigned_2m(heads).all():
+                return PageSize.SIZE_1G
+        return PageSize.SIZE_2M
 
     # ------------------------------------------------------------------ pre-UPM conversions in KVM
     def snp_page_state_change(self, gfn: int, npages: int, to_private: bool) -> None:

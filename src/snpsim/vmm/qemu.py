@@ -19,6 +19,12 @@ Models QEMU ``accel/kvm/kvm-all.c`` and ``target/i386/kvm/kvm.c`` (``shared/refe
   to-shared punches the guest_memfd (``ram_block_discard_guest_memfd_range`` = ``fallocate(PUNCH_HOLE)``); with
   ``discard_on_convert = false`` neither is done and both copies stay allocated.
 
+In-place conversion (``gmem_conversion = in-place``, INPLACE v8, A. Tng, 2026,
+20260618-gmem-inplace-conversion-v8-0-9d2959357853@google.com): QEMU maps the guest_memfd itself for the shared
+pages (the RAM block is never faulted), converts through the guest_memfd ioctl and discards nothing; an ``-EAGAIN``
+(the host holds references to a page) is retried up to ``gmem_convert_retries`` times, each after a back-off
+during which the holders' I/O may complete (:meth:`GuestMemfd.backoff`).
+
 Pre-UPM SNP (``private_backing = vmm``): no guest_memfd; KVM converts the VMM's pages in place and never exits to
 the VMM for a conversion; the RAM block is registered (``MEM_ENCRYPT_REG_REGION``) as it is faulted in.
 
@@ -35,7 +41,7 @@ import numpy.typing as npt
 from snpsim.arch import PAGE_SHIFT, PAGE_SIZE
 from snpsim.host import HostKernel, Owner
 from snpsim.host.mm import MmapError, UserMemory
-from snpsim.kvm.gmem import GuestMemfd
+from snpsim.kvm.gmem import GmemReserveError, GuestMemfd
 from snpsim.kvm.uapi import HypercallExit, KvmExit, MemoryFaultExit, SnpLaunchUpdate, SnpPageType
 from snpsim.kvm.vcpu import GuestProgram, KvmVcpu
 from snpsim.kvm.vm import KvmVm
@@ -93,8 +99,15 @@ class Qemu:
         self.discard_shared = self.memory.page_size == PAGE_SIZE
         self.kvm = KvmVm(host, policy, int(ram.size), asid=asid, counters=counters)
         self.gmem: GuestMemfd | None = None
+        self.in_place = self.kvm.in_place
+        #: in-place conversions QEMU gave up on after its retries
+        self.convert_failures = 0
         if self.gmem_backed:
-            self.gmem = self.kvm.create_guest_memfd(policy.private_page_bytes >> PAGE_SHIFT)
+            try:
+                self.gmem = self.kvm.create_guest_memfd(policy.private_page_bytes >> PAGE_SHIFT)
+            except GmemReserveError as e:
+                self.memory.release_all()
+                raise QemuExit(f"qemu-system-x86_64: kvm_create_guest_memfd: Cannot allocate memory ({e})") from None
         self.kvm.set_user_memory_region(ram, self.memory)
         self.peak_private_bytes = 0
         self.peak_shared_bytes = 0
@@ -158,6 +171,9 @@ class Qemu:
     # ------------------------------------------------------------------ kvm_convert_memory
     def kvm_convert_memory(self, gfn: int, npages: int, to_private: bool) -> None:
         """``kvm_convert_memory(start, size, to_private)``."""
+        if self.in_place:
+            self._convert_in_place(gfn, npages, to_private)
+            return
         self.kvm.set_memory_attributes(gfn, npages, to_private)
         if not self.policy.discard_on_convert:
             return
@@ -169,15 +185,40 @@ class Qemu:
             self.host.charge("ioctl", self.host.costs.ioctl_ns)  # fallocate(PUNCH_HOLE | KEEP_SIZE)
             self.gmem.punch_hole(gfn, npages)
 
+    def _convert_in_place(self, gfn: int, npages: int, to_private: bool) -> bool:
+        """The guest_memfd conversion ioctl with QEMU's retry loop; False if it gave up (the range keeps its old
+        attribute; the guest's next access to it exits again)."""
+        gm = self.gmem
+        assert gm is not None
+        for attempt in range(self.policy.gmem_convert_retries + 1):
+            if self.kvm.gmem_set_memory_attributes(gfn, npages, to_private) is None:
+                return True
+            if attempt < self.policy.gmem_convert_retries:
+                gm.backoff()
+        self.convert_failures += 1
+        return False
+
     # ------------------------------------------------------------------ accounting (observed, not a QEMU path)
     def private_bytes(self) -> int:
         """Memory allocated for private pages: guest_memfd folios, or (pre-UPM) VMM pages KVM made private."""
         if self.gmem is not None:
+            if self.in_place:
+                return self.gmem.private_bytes - self._gmem_shared_bytes()
             return self.gmem.private_bytes
         return self._private_vmm_pages() << PAGE_SHIFT
 
+    def _gmem_shared_bytes(self) -> int:
+        """In place: guest_memfd pages allocated at shared indexes."""
+        assert self.gmem is not None
+        total = 0
+        for lo, hi in self._scan_ranges():
+            total += int(np.count_nonzero(self.gmem.present(lo, hi) & ~self.kvm.attrs.private[lo:hi]))
+        return total << PAGE_SHIFT
+
     def shared_bytes(self) -> int:
         if self.gmem is not None:
+            if self.in_place:
+                return self.memory.bytes + self._gmem_shared_bytes()
             return self.memory.bytes
         return (self.memory.total_pages - self._private_vmm_pages()) << PAGE_SHIFT
 
@@ -192,7 +233,7 @@ class Qemu:
         a shared page): what the guest can use without a fault allocating memory."""
         total = 0
         for lo, hi in self._scan_ranges():
-            shared_ok = self.memory.pfn.present(lo, hi)
+            shared_ok = self.gmem.present(lo, hi) if self.in_place and self.gmem else self.memory.pfn.present(lo, hi)
             if self.gmem is None:
                 total += int(np.count_nonzero(shared_ok))
                 continue
@@ -218,6 +259,8 @@ class Qemu:
             # a guest_memfd chunk spans 2M of gfns, or one folio if larger
             per = max(1, gm.folio_pages >> CHUNK_SHIFT)
             touched = touched | np.repeat(gm.folio_pfn.touched_chunks(), per)[: touched.size]
+            if gm.allocated_small_pages:
+                touched = touched | gm.small.touched_chunks()[: touched.size]
         runs = [(lo, k) for lo, k, hit in bool_runs(touched) if hit]
         n = self.kvm.npages
         if len(runs) > _MAX_SCAN_RANGES:
@@ -228,11 +271,7 @@ class Qemu:
         """Whether each gfn of ``[lo, hi)`` has its guest_memfd page allocated."""
         gm = self.gmem
         assert gm is not None
-        fp = gm.folio_pages
-        if fp == 1:
-            return gm.folio_pfn.present(lo, hi)
-        f0 = lo // fp
-        return np.repeat(gm.folio_pfn.present(f0, (hi - 1) // fp + 1), fp)[lo - f0 * fp : hi - f0 * fp]
+        return gm.present(lo, hi)
 
     def _account(self) -> None:
         p, s = self.private_bytes(), self.shared_bytes()
