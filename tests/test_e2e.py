@@ -74,8 +74,13 @@ def test_boot_conversions_are_policy_independent(policy: str) -> None:
     granularity = snpsim.presets[policy].private_granularity
     # 4K private pages (guest_memfd 4K folios or pre-UPM VMM pages): one 4K RMPUPDATE per page made private
     # (264043) and per page given back (18408), plus the launch's; 2M folios: see test_boot_upm_nosplit_rmp_and_memory
+    pol = snpsim.presets[policy]
     expected = 264043 + 18408 + LAUNCH_RMP if granularity == "4k" else 512 + 32 - 1 + 482 + LAUNCH_RMP
-    if snpsim.presets[policy].rmp_fault == "fixup":
+    if pol.gmem_folio_split != "never":
+        # in place with splitting (gmem-hugetlb): every to-shared page is made shared in its RMP entry (PSMASH, then
+        # 4K RMPUPDATEs) and its folio's private pages get 4K entries: more than the 2M folios' count
+        assert s["rmpupdate_count"] > expected
+    elif pol.rmp_fault == "fixup":
         # with the direct map kept at 2M, zeroing a neighbour of a 4K launch page (the flash's VMM pages) faults
         # and the handler makes it shared: more RMPUPDATEs, no crash
         assert s["rmpupdate_count"] >= expected and s["host_rmp_fault_count"] > 0
@@ -98,9 +103,10 @@ def test_boot_conversions_are_policy_independent(policy: str) -> None:
     if dm == "keep":
         # only the fixup handler splits (around a host SNP page it cannot make shared)
         assert s["directmap_4k"] == BOOT_4K + s["direct_map_level2_splits"] * 2 * MIB
-    elif dm == "unmap-nosplit":
+    elif dm == "unmap-nosplit" or (dm == "split" and granularity != "4k" and pol.gmem_folio_split == "never"):
         # the host-kernel 4K pages are split as upstream does: the TMR's and the VMSAs' 2M ranges, and the
-        # flash's (its 4K guest_memfd pages are whole folios: removed, not split)
+        # flash's (its 4K guest_memfd pages are whole folios: removed, not split); "a 2M RMPUPDATE splits
+        # nothing" (policy.py), and whole 2M folios are only ever updated at 2M here
         assert s["directmap_4k"] == BOOT_4K + s["direct_map_level2_splits"] * 2 * MIB
     else:
         assert s["directmap_4k"] > BOOT_4K

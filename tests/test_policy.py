@@ -17,7 +17,19 @@ DESIGN_PRESETS = {
     "upm-nosplit": ("gmem", "2m", "4k", True, "unmap-nosplit", "on-release", "oops"),
     "hugetlb": ("gmem", "2m", "hugetlb-2m", True, "unmap-nosplit", "on-release", "oops"),
     "upstream": ("gmem", "4k", "4k", True, "split", "never", "oops"),
+    # DESIGN.md: "the developers' knobs" (issue 15; each series' own knobs are checked below)
+    "gmem-inplace": ("gmem", "4k", "4k", False, "split", "never", "oops"),
+    "gmem-hugetlb": ("gmem", "2m", "4k", False, "split", "never", "oops"),
+    "gmem-thp": ("gmem", "2m", "4k", True, "split", "never", "oops"),
 }
+
+
+def test_issue15_presets_use_their_series_knobs() -> None:
+    # INPLACE v8: conversion in place; HUGETLB RFC v2: hugetlb pool, in place, split to 4K; THP RFC: THP folios
+    assert presets["gmem-inplace"].gmem_conversion == "in-place"
+    hg = presets["gmem-hugetlb"]
+    assert (hg.gmem_allocator, hg.gmem_conversion, hg.gmem_folio_split) == ("hugetlb", "in-place", "4k")
+    assert (presets["gmem-thp"].gmem_allocator, presets["gmem-thp"].gmem_conversion) == ("thp", "attributes")
 
 
 def test_presets_match_design() -> None:
@@ -52,6 +64,9 @@ def test_policy_is_frozen() -> None:
         ({"private_backing": "vmm", "directmap_restore": "on-release"}, "policy.directmap_restore"),
         ({"directmap": "keep", "directmap_restore": "on-unregister"}, "policy.directmap_restore"),
         ({"colour": "blue"}, "policy.colour"),
+        ({"gmem_conversion": "in-place"}, "policy.gmem_conversion"),  # discard_on_convert defaults to true
+        ({"gmem_folio_split": "4k"}, "policy.gmem_folio_split"),
+        ({"gmem_allocator": "thp", "private_granularity": "1g"}, "policy.gmem_allocator"),
         ({"preset": "nope"}, "policy.preset"),
     ],
 )
