@@ -83,7 +83,30 @@ def check_bulk(r: Result) -> None:
     assert s["directmap_split_count"] > 0 and s["directmap_merge_count"] > 0
 
 
+def check_gmem_inplace(r: Result) -> None:
+    s = r.summary
+    # INPLACE v8: "no discard, no second allocation": every backed gfn has exactly one page, in the one file
+    assert s["waste_bytes"] == 0 and s["private_bytes"] + s["shared_bytes"] == s["guest_bytes"]
+    assert s["npt_2m"] == 0 and s["host_crash_count"] == 0  # 4K folios
+
+
+def check_gmem_hugetlb(r: Result) -> None:
+    s = r.summary
+    # in place (one page per gfn) on 2M hugetlb folios: only folios holding a shared page are split, the others
+    # map at 2M
+    assert s["waste_bytes"] == 0 and s["npt_2m"] > 0 and s["host_crash_count"] == 0
+
+
+def check_gmem_thp(r: Result) -> None:
+    s = r.summary
+    # 2M folios and "disallow hole-punching at sub-2MB granularity": a shared 4K page keeps its private folio
+    assert s["waste_bytes"] > 0 and s["npt_2m"] > 0 and s["host_crash_count"] == 0
+
+
 CHECKS = {
+    "gmem-inplace.toml": check_gmem_inplace,
+    "gmem-hugetlb.toml": check_gmem_hugetlb,
+    "gmem-thp.toml": check_gmem_thp,
     "bulk-churn.toml": check_bulk,
     "boot-4g.toml": check_boot,
     "fragmented-host.toml": check_fragmented,

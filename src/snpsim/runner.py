@@ -33,6 +33,7 @@ import numpy.typing as npt
 import pandas as pd
 import simpy
 
+from snpsim.arch import PageSize
 from snpsim.errors import TimeLimitExceeded
 from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
 from snpsim.guest.executor import GuestLog, SnpGuest
@@ -42,6 +43,8 @@ from snpsim.host import HostKernel, writers
 from snpsim.host.aging import age_host
 from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.host.cpu import CpuAccount
+from snpsim.host.uaccess import VmFaultSigbus
+from snpsim.kvm.gmem import SigBus
 from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
@@ -150,6 +153,18 @@ class GuestRamView:
 
     def is_private(self, gfn: int) -> bool:
         return bool(self.qemu.kvm.attrs.private[gfn])
+
+    def user_page(self, gfn: int) -> tuple[int, PageSize]:
+        gm = self.qemu.gmem
+        if self.qemu.in_place and gm is not None:  # QEMU maps the guest_memfd itself (in-place conversion)
+            try:
+                return gm.fault_user(gfn), PageSize.SIZE_4K
+            except SigBus as e:
+                raise VmFaultSigbus(str(e)) from None
+            except MemoryError:
+                return -1, PageSize.SIZE_4K
+        pfns = self.memory.get_pfns(gfn, 1)
+        return (-1 if pfns is None else int(pfns[0])), self.memory.host_level(gfn)
 
     def private_frame(self, gfn: int) -> int | None:
         gm = self.qemu.gmem

@@ -73,7 +73,7 @@ from hypothesis.stateful import (
 
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel, Owner
-from snpsim.host.uaccess import ACCESSORS, Address, Outcome, guest_write
+from snpsim.host.uaccess import ACCESSORS, Address, Context, Outcome, guest_write
 from snpsim.hw import PageSize
 from snpsim.hw.costs import OPS
 from snpsim.kvm.gmem import GuestMemfd
@@ -356,6 +356,20 @@ class StackMachine(RuleBasedStateMachine):
         private = bool(self.vmm.kvm.attrs.private[gfn])
         faults = self.host.host_rmp_fault_count
         out = guest_write(self.host, ram, gfn, acc)
+        if self.in_place:
+            # INPLACE v8: QEMU maps the guest_memfd, which refuses private pages (kvm_gmem_fault_user_mapping:
+            # VM_FAULT_SIGBUS): QEMU dies of SIGBUS, a kernel access gets -EFAULT; a shared page is the one the
+            # guest reads, so nothing is ever lost
+            if private:
+                assert out == (Outcome.SIGBUS if acc.context == Context.USER else Outcome.EFAULT), (name, out)
+            else:
+                assert out == Outcome.OK, (name, out)
+                assert self.gm is not None
+                pfn = int(self.gm.pfns(gfn, 1)[0])
+                assert not self.host.rmp.rmpread(pfn * K4).assigned, f"{name} landed on assigned frame {pfn:#x}"
+            assert (out == Outcome.SIGBUS) == bool(killed)
+            assert not self.host.integrity_violations
+            return
         if out in (Outcome.OK, Outcome.LOST, Outcome.FIXUP):
             pfn = int(self.vmm.memory.pfn[gfn])
             assert not self.host.rmp.rmpread(pfn * K4).assigned, f"{name} landed on assigned frame {pfn:#x}"

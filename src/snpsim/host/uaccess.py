@@ -119,6 +119,11 @@ def fault_outcome(rmp_fault: str, context: Context, address: Address, kind: str)
     return Outcome.OOPS  # do_kern_addr_fault -> bad_area_nosemaphore -> no fixup -> show_fault_oops
 
 
+class VmFaultSigbus(Exception):
+    """The VMM's mapping cannot give the page: its fault handler returned ``VM_FAULT_SIGBUS`` (an in-place
+    guest_memfd ``mmap`` touched at a private page, ``kvm_gmem_fault_user_mapping``)."""
+
+
 class GuestRam(Protocol):
     """What a host accessor sees of one VM: the VMM's mapping of its RAM, and (observers, not host state) whether
     a gfn is private now and which frame the guest reads it from. The engine provides it for each live VM."""
@@ -130,6 +135,12 @@ class GuestRam(Protocol):
 
     def ready(self) -> bool:
         """The guest's devices are up (its boot finished): host I/O to the targets has begun."""
+        ...
+
+    def user_page(self, gfn: int) -> tuple[int, PageSize]:
+        """``hva_to_pfn`` / ``handle_mm_fault`` on the VMM's mapping of ``gfn``: the frame (faulted in if it was
+        discarded; -1 when that allocation fails) and the mapping's size. Raises :class:`VmFaultSigbus` when the
+        mapping refuses the page."""
         ...
 
     def is_private(self, gfn: int) -> bool: ...
@@ -172,15 +183,24 @@ ACCESSORS: dict[str, Accessor] = {
 
 def guest_write(host: HostKernel, ram: GuestRam, gfn: int, acc: Accessor) -> Outcome:
     """One host write of ``acc`` to guest page ``gfn`` of ``ram``; counts and records what happened."""
-    mm = ram.memory
-    pfns = mm.get_pfns(gfn, 1)  # hva_to_pfn / handle_mm_fault: a discarded page is faulted in again
-    if pfns is None:
+    try:
+        pfn, user_level = ram.user_page(gfn)  # hva_to_pfn / handle_mm_fault: a discarded page is faulted in again
+    except VmFaultSigbus:
+        # in-place guest_memfd, private page: QEMU itself gets SIGBUS; a kernel uaccess takes the exception-table
+        # fixup (-EFAULT), and get_user_pages for a kernel mapping (gfn-to-pfn cache, kvm_vcpu_map) fails with
+        # -EFAULT, so KVM writes nothing
+        if acc.context == Context.USER:
+            host.host_sigbus_count += 1
+            ram.kill("SIGBUS")
+            return Outcome.SIGBUS
+        host.host_efault_count += 1
+        return Outcome.EFAULT
+    if pfn < 0:
         host.host_efault_count += 1  # -ENOMEM from the fault: the copy fails as with -EFAULT
         return Outcome.EFAULT
-    pfn = int(pfns[0])
     host.charge("page_copy", host.costs.page_clear_ns)  # the copy of (up to) a page
     if acc.address == Address.USER:
-        level = mm.host_level(gfn)
+        level = user_level
     else:
         dm = host.directmap.level(pfn)
         if dm is None:
