@@ -110,3 +110,12 @@ def test_charges_per_cgroup_by_hand() -> None:
     assert (ht.memcg_peak_bytes, ht.hugetlb_peak_bytes) == (g + 7 * 4096, g)
     # unmap-nosplit removes whole 2M entries: only the 1G mappings split, one page per GiB of the two copies
     assert ht.kernel_worst_bytes == (g // 4096) * 16 + 2 * 4096
+
+
+def test_in_place_designs_never_hold_two_copies() -> None:
+    # INPLACE v8: "no discard, no second allocation": one guest_memfd page per gfn, whatever the guest converts
+    g = 4 << 30
+    assert worst_case(presets["gmem-inplace"], g) == (g, 0)
+    assert worst_case(presets["gmem-hugetlb"], g) == (g, 0)
+    # gmem-thp: 2M folios, no sub-2M hole punch: one private 4K page per folio keeps it, the rest shared
+    assert worst_case(presets["gmem-thp"], g) == (g, g - g // (2 << 20) * 4096)

@@ -109,6 +109,19 @@ def charges(
         dm_worst = -(-(wp + ws) // _1G) * PAGE_SIZE
     if policy.gmem_no_direct_map != "off" and policy.directmap == "keep":
         dm_worst = (-(-wp // _2M) + -(-wp // _1G)) * PAGE_SIZE
+    if policy.private_backing == "gmem" and policy.gmem_allocator == "hugetlb":
+        # HugeTLB guest_memfd (RFC v2): the whole file is reserved from the pool at KVM_CREATE_GUEST_MEMFD
+        # (hugetlb_reserve_pages: the hugetlb controller), and with in-place conversion its shared pages are the
+        # same file's; only a VMM RAM block for shared pages (attributes conversion) is memcg's
+        shared_memcg = 0 if hugetlb or policy.gmem_conversion == "in-place" else 1
+        return Charges(
+            memcg_worst_bytes=shared_memcg * ws + npt_worst + snp_pages,
+            memcg_peak_bytes=shared_memcg * peak_shared + npt_peak + snp_pages,
+            hugetlb_worst_bytes=memory + (ws if hugetlb else 0),
+            hugetlb_peak_bytes=memory + (peak_shared if hugetlb else 0),
+            kernel_worst_bytes=rmp + dm_worst,
+            kernel_peak_bytes=rmp + directmap_tables,
+        )
     return Charges(
         memcg_worst_bytes=wp + (0 if hugetlb else ws) + npt_worst + snp_pages,
         memcg_peak_bytes=(peak_private if hugetlb else peak_total) + npt_peak + snp_pages,
@@ -143,8 +156,9 @@ class Limit:
 
 def worst_case(policy: Policy, memory: int) -> tuple[int, int]:
     """(private, shared) backing the worst guest behaviour can make the VMM hold at once."""
-    if policy.private_backing == "vmm":
-        return memory, 0  # one copy per page, converted in place
+    if policy.private_backing == "vmm" or policy.gmem_conversion == "in-place":
+        # one copy per page, converted in place (pre-UPM: the VMM's page; INPLACE v8: the one guest_memfd page)
+        return memory, 0
     shared_page = GRANULE_BYTES[policy.shared_backing]
     folio = GRANULE_BYTES[policy.private_granularity]
     hugetlb = policy.shared_backing.startswith("hugetlb")
