@@ -2,10 +2,9 @@
 
 Run: ``python benchmarks/boot_time.py [--sizes 1,4,16,64] [--vcpus 4] [--workers 2] [--costs calibration.toml]
 [--write docs/boot-time.md]``. Each cell is one simulation of :func:`snpsim.calibrate.boot_scenario` (a Linux guest
-that boots and idles, on a host of twice its RAM; the default costs, or the ``[costs]`` table of ``--costs``, e.g.
-what ``snpsim calibrate`` wrote; a host of three times the guest's RAM), stopped when the guest has booted.
-Besides the boot time, each run
-records how many times the boot's critical path paid each cost (``VmRecord.boot_ops``), so the tables say what the
+that boots and idles, on a host of three times its RAM; the default costs, or the ``[costs]`` table of ``--costs``,
+e.g. what ``snpsim calibrate`` wrote), stopped when the guest has booted. Besides the boot time, each run records
+how many times the boot's critical path paid each cost (``VmRecord.boot_ops``), so the tables say what the
 time went on. With ``--write`` the generated part of the page (between its ``<!-- generated -->`` markers) is
 replaced; otherwise the Markdown is printed. On the 2-core CI machine the default table takes about 3 minutes.
 """
