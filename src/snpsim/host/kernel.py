@@ -930,7 +930,7 @@ class HostKernel:
                 self.directmap.set_4k(pfn)
                 self._charge_directmap(s0, m0)
                 if self.rmp.assigned_size(pfn) is None:
-                    return True  # the retried write through the 4K mapping passes the check
+                    return  # the retried write through the 4K mapping passes the check
                 level = PageSize.SIZE_4K
                 victims = np.array([pfn], dtype=np.int64)
         for v in victims.tolist():
