@@ -114,19 +114,16 @@ def charges(
         # (hugetlb_reserve_pages: the hugetlb controller), and with in-place conversion its shared pages are the
         # same file's; only a VMM RAM block for shared pages (attributes conversion) is memcg's
         shared_memcg = 0 if hugetlb or policy.gmem_conversion == "in-place" else 1
-        return Charges(
-            memcg_worst_bytes=shared_memcg * ws + npt_worst + snp_pages,
-            memcg_peak_bytes=shared_memcg * peak_shared + npt_peak + snp_pages,
-            hugetlb_worst_bytes=memory + (ws if hugetlb else 0),
-            hugetlb_peak_bytes=memory + (peak_shared if hugetlb else 0),
-            kernel_worst_bytes=rmp + dm_worst,
-            kernel_peak_bytes=rmp + directmap_tables,
-        )
+        memcg_worst, memcg_peak = shared_memcg * ws, shared_memcg * peak_shared
+        hugetlb_worst, hugetlb_peak = memory + (ws if hugetlb else 0), memory + (peak_shared if hugetlb else 0)
+    else:
+        memcg_worst, memcg_peak = wp + (0 if hugetlb else ws), (peak_private if hugetlb else peak_total)
+        hugetlb_worst, hugetlb_peak = (ws, peak_shared) if hugetlb else (0, 0)
     return Charges(
-        memcg_worst_bytes=wp + (0 if hugetlb else ws) + npt_worst + snp_pages,
-        memcg_peak_bytes=(peak_private if hugetlb else peak_total) + npt_peak + snp_pages,
-        hugetlb_worst_bytes=ws if hugetlb else 0,
-        hugetlb_peak_bytes=peak_shared if hugetlb else 0,
+        memcg_worst_bytes=memcg_worst + npt_worst + snp_pages,
+        memcg_peak_bytes=memcg_peak + npt_peak + snp_pages,
+        hugetlb_worst_bytes=hugetlb_worst,
+        hugetlb_peak_bytes=hugetlb_peak,
         kernel_worst_bytes=rmp + dm_worst,
         kernel_peak_bytes=rmp + directmap_tables,
     )
