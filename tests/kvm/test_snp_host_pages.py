@@ -133,6 +133,22 @@ def test_teardown_gives_every_host_snp_page_back(preset: str) -> None:
     assert host.rmp.assigned_count() == 0
 
 
+def test_bulk_registers_and_merges_back_the_firmware_ram_block() -> None:
+    """QEMU registers every RAM block, pc.bios too: ``sev_ram_block_added()`` "r = kvm_vm_ioctl(kvm_state,
+    KVM_MEMORY_ENCRYPT_REG_REGION, &range)", and ``sev_ram_block_removed()`` unregisters it. Under ``bulk`` the
+    OVMF image (4 MiB below 4 GiB, outside a 64 MiB guest's RAM: the firmware block's 1,024 frames) is split at
+    registration and merged back at unregistration, like guest RAM; only the 2M ranges of host SNP pages (whose 4K
+    RMPUPDATEs split them, as upstream's ``adjust_direct_map``) stay at 4K."""
+    host, qemu = _vm("bulk", 2, default_launch(LinuxGuestConfig(64 << 20, 2)))
+    bios = np.array(sorted(qemu.kvm.bios_folios.values()), dtype=np.int64)
+    assert bios.size == OVMF_IMAGE_BYTES >> PAGE_SHIFT == 1024
+    assert (host.directmap.levels_of(bios) == int(PageSize.SIZE_4K)).all()
+    snp_2m = {p // PAGES_PER_2M for p in host.snp_pages}
+    qemu.destroy()
+    back = bios[~np.isin(bios // PAGES_PER_2M, list(snp_2m))]
+    assert back.size and (host.directmap.levels_of(back) >= int(PageSize.SIZE_2M)).all()
+
+
 @pytest.mark.parametrize("preset", sorted(presets))
 def test_kernel_page_direct_map_per_preset(preset: str) -> None:
     """keep: untouched; split/bulk/unmap-nosplit: the 2M range split, the page mapped (unmap-nosplit cannot remove
@@ -153,6 +169,31 @@ def test_kernel_page_direct_map_per_preset(preset: str) -> None:
     # a neighbour in the same 2M range can still be written by the kernel without an oops
     neighbour = pfn + 1 if (pfn + 1) % PAGES_PER_2M else pfn - 1
     assert host.kernel_write(neighbour, "test") and host.host_crash_count == 0
+
+
+@pytest.mark.parametrize("what", ["firmware", "vmsa"])
+def test_fixup_cannot_take_a_host_snp_page(what: str) -> None:
+    """The ``fixup`` #PF handler makes the faulting page shared and retries; a host SNP page cannot be made shared
+    (a firmware page is immutable: RMPUPDATE returns FAIL_PERMISSION; a VMSA is the guest's vCPU state): a kernel
+    write to the page itself is a host crash, recorded with its path, and the entry stays assigned. A write to its
+    neighbour through the 2M mapping is fixed by splitting the mapping to 4K (no page taken from the guest).
+    (Found by the stack state machine's invariant 9: the retried write raised an uncaught HostPageFault.)"""
+    host = HostKernel(HOST_PAGES, presets["fixup"], max_level=PageSize.SIZE_2M)
+    if what == "firmware":
+        pfn = host.snp_alloc_firmware_pages(0, "snp-context")
+    else:
+        pfn = host.snp_safe_alloc_page()
+        assert pfn is not None
+        host.snp_make_kernel_page_private(pfn, INITIAL_VMSA_GPA, 1, "vmsa")
+    assert pfn is not None and host.directmap.level(pfn) == PageSize.SIZE_2M  # keep: not split
+    neighbour = pfn + 1 if (pfn + 1) % PAGES_PER_2M else pfn - 1
+    assert host.kernel_write(neighbour, "test:neighbour")
+    assert (host.host_rmp_fault_count, host.host_crash_count, host.fixup_page_count) == (1, 0, 0)
+    assert host.directmap.level(pfn) == PageSize.SIZE_4K
+    assert not host.kernel_write(pfn, "test:self")
+    assert (host.host_rmp_fault_count, host.host_crash_count) == (2, 1)
+    assert (host.crashes[0].path, host.crashes[0].kind) == ("test:self", "rmp")
+    assert host.rmp.rmpread(pfn << PAGE_SHIFT).assigned and pfn in host.snp_pages
 
 
 def test_snp_init_tmr_is_2m_of_firmware_pages() -> None:

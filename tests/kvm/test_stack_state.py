@@ -11,7 +11,7 @@ Invariants, checked after every step (sources: amd-snp-arch.md §7-§8, linux-sn
    zeroing) is wrapped; when it returns True the frame (for a 2M/1G direct-map mapping: its whole 2M range) holds
    no assigned RMP entry. A crash (False) is allowed only when the policy can crash there: under any ``directmap``
    other than ``keep`` a write to a hypervisor-owned frame never faults, under ``fixup`` only a not-present
-   mapping can crash. 1b (state form): no hypervisor-owned frame is missing from the direct map; ``split``/``bulk``
+   mapping or a write to a host SNP page itself (which the handler cannot make shared) can crash. 1b (state form): no hypervisor-owned frame is missing from the direct map; ``split``/``bulk``
    /``unmap`` never leave a 2M/1G mapping over a 2M range that is only partly assigned; ``unmap``/
    ``unmap-nosplit`` never map an assigned frame.
 2. guest integrity: for each gfn the guest validated (and did not convert since) the frame it validated on is
@@ -39,6 +39,17 @@ Invariants, checked after every step (sources: amd-snp-arch.md §7-§8, linux-sn
    address kind never lands on an assigned frame (after a fixup the frame is shared); with guest_memfd it never
    faults on the RMP and is lost exactly when the gfn is private; pre-UPM it is never lost; the integrity oracle
    stays empty. Invariant 2 then holds the guest to a #VC for every page a fixup took.
+9. host SNP pages (issue 12; arch/x86/kvm/svm/sev.c, drivers/crypto/ccp/sev-dev.c): each VM is launched
+   (``snp_launch_start``: the context and response pages "snp_alloc_firmware_page", the request page an ordinary
+   ``alloc_page``; ``sev_vcpu_create``: a VMSA per vCPU from ``snp_safe_alloc_page``; ``snp_launch_finish``:
+   "rmp_make_private(pfn, INITIAL_VMSA_GPA, PG_LEVEL_4K, sev->asid, true)"), and the host may have run SNP init
+   (the 2 MiB TMR, order 9, as firmware pages). At every step the assigned RMP entries are exactly the VM's
+   private backing plus these pages; ``snp_host_bytes`` is their bytes; each is a 4K entry, firmware pages ASID 0
+   and immutable, VMSAs the VM's ASID with the VMSA bit and never 2M-aligned (the erratum ``snp_safe_alloc_page``
+   avoids); its direct-map consequence per policy: ``split``/``bulk`` map it at 4K, ``unmap`` removes it,
+   ``unmap-nosplit`` maps it at 4K (a 2M block of kernel objects can be neither removed whole nor left at 2M);
+   frames tagged KERNEL are exactly these pages and the request page. After destroy only the TMR stays assigned,
+   and a restore point merges back every 2M range without a host SNP page.
 7. host CPU time (what ``snpsim calibrate`` relies on): every operation a thread was charged is declared by a cost
    (``snpsim.hw.costs.OPS``) and cost exactly count x that cost; the counts agree with what happened: one
    ``rmpupdate`` / ``psmash`` charge per RMP entry the hardware updated / smashed, one ``vmexit`` per PSC request,
@@ -78,6 +89,7 @@ from snpsim.hw import PageSize
 from snpsim.hw.costs import OPS
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED
+from snpsim.kvm.vm import INITIAL_VMSA_GPA
 from snpsim.metrics import Counters
 from snpsim.policy import Policy, presets
 from snpsim.runner import GuestDriver, GuestRamView
@@ -86,6 +98,7 @@ from snpsim.vmm.qemu import Qemu
 HOST_FRAMES = 262144  # 1 GiB: one 1G direct-map mapping at boot
 GUEST_PAGES = 8192  # 32 MiB of RAM, 16 2M ranges
 HOT_PAGES = 2048  # most ranges start in the first 8 MiB, so rules interact
+VCPUS = 2  # VMSAs per VM (invariant 9)
 K4 = 4096
 P2M = 512
 
@@ -172,6 +185,9 @@ class StackMachine(RuleBasedStateMachine):
         #: frames the ``fixup`` #PF handler made shared since the last guest access began
         self.fixed_up: set[int] = set()
         self.host.fixup_listeners.append(lambda pfns: self.fixed_up.update(int(p) for p in pfns))
+        self.snp_2m: set[int] = set()
+        if data.draw(st.booleans(), label="snp_init"):
+            self.host.snp_init()  # the SEV-ES TMR: 2 MiB of firmware pages for the host's lifetime
         self.counters = Counters()
         self.ram = np.ones(GUEST_PAGES, dtype=bool)
         self.asid = 0
@@ -182,6 +198,12 @@ class StackMachine(RuleBasedStateMachine):
         self.asid += 1
         self.vmm = Qemu(self.host, self.policy, self.ram, asid=self.asid, counters=self.counters)
         self.guest = GuestDriver(self.vmm)
+        kvm = self.vmm.kvm  # the launch's host SNP pages (invariant 9)
+        kvm.snp_launch_start()
+        for index in range(VCPUS):
+            kvm.sev_es_vcpu_create(index)
+        kvm.snp_launch_finish()
+        self.snp_2m.update(p // P2M for p in self.host.snp_pages)  # 2M ranges that ever held a host SNP page
         self.tracked = np.zeros(GUEST_PAGES, dtype=bool)  # validated by the guest, not converted since
         self.val_pfn = np.full(GUEST_PAGES, -1, dtype=np.int64)  # frame each tracked gfn was validated on
 
@@ -210,6 +232,13 @@ class StackMachine(RuleBasedStateMachine):
             return np.zeros(0, dtype=np.int64)
         return gm.frames()
 
+    def _kernel_frames(self) -> np.ndarray:
+        """Frames of host-kernel SNP memory: the host SNP pages and the VM's guest-request page."""
+        frames = list(self.host.snp_pages)
+        if self.vmm.kvm.guest_req_buf is not None:
+            frames.append(self.vmm.kvm.guest_req_buf)
+        return np.sort(np.array(frames, dtype=np.int64))
+
     def _user_frames(self) -> np.ndarray:
         frames = [np.arange(p, p + (1 << o), dtype=np.int64) for p, o in self.user.items()]
         return np.sort(np.concatenate(frames)) if frames else np.zeros(0, dtype=np.int64)
@@ -235,6 +264,9 @@ class StackMachine(RuleBasedStateMachine):
         ok = self._orig_write(pfn, path)
         if ok:
             assert level is not None, f"write to frame {pfn:#x} succeeded through a not-present mapping"
+            # the mapping the (retried) write went through: a fixup around a host SNP page splits it to 4K
+            level = host.directmap.level(pfn)
+            assert level is not None
             if level == PageSize.SIZE_4K:
                 assert not host.rmp.rmpread(pfn * K4).assigned, f"host write landed on private frame {pfn:#x}"
             else:
@@ -245,8 +277,8 @@ class StackMachine(RuleBasedStateMachine):
                 assert own_assigned, (
                     f"{self.name}: write to hypervisor-owned frame {pfn:#x} crashed (directmap level {level})"
                 )
-            if self.policy.rmp_fault == "fixup":
-                assert level is None, f"{self.name}: fixup policy crashed on an RMP fault at {pfn:#x}"
+            if self.policy.rmp_fault == "fixup":  # or a write to a host SNP page itself (invariant 9)
+                assert level is None or pfn in host.snp_pages, f"{self.name}: fixup crashed on an RMP fault at {pfn:#x}"
         return ok
 
     # ------------------------------------------------------------------ guest actions with tracking
@@ -335,7 +367,12 @@ class StackMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ rules: host
     def _near_guest(self, data: st.DataObject) -> int:
         frames = np.concatenate(
-            [self.vmm.memory.pfn[:][self.vmm.memory.pfn[:] >= 0], self._gmem_frames(), self._user_frames()]
+            [
+                self.vmm.memory.pfn[:][self.vmm.memory.pfn[:] >= 0],
+                self._gmem_frames(),
+                self._user_frames(),
+                self._kernel_frames(),
+            ]
         )
         if frames.size == 0 or data.draw(st.integers(0, 4), label="far") == 0:
             return data.draw(st.integers(0, HOST_FRAMES - 1), label="pfn")
@@ -414,17 +451,31 @@ class StackMachine(RuleBasedStateMachine):
         self.vmm.destroy()
         assert host.thp_held_pages == 0 and len(host.deferred_split) == 0
         assert host.hugetlb_reserved(9) == host.hugetlb_reserved(18) == 0
-        assert host.rmp.assigned_count() == 0, "assigned RMP entries survive VM destroy"
+        tmr = np.sort(np.array(list(host.snp_pages), dtype=np.int64))  # only the TMR outlives a VM
+        assert set(host.snp_pages.values()) <= {"sev-es-tmr"} and not host.snp_leaked
+        assert tmr.size == (512 if host.snp_tmr is not None else 0)
+        assert host.rmp.assigned_count() == tmr.size, "assigned RMP entries survive VM destroy"
+        assert host.metrics()["snp_host_bytes"] == tmr.size * K4
         user_frames = sum(1 << o for o in self.user.values())
-        assert host.buddy.used_frames == user_frames, "guest frames leaked by VM destroy"
+        assert host.buddy.used_frames == user_frames + tmr.size, "guest frames leaked by VM destroy"
         assert host.frames.count(Owner.USER) == user_frames
-        _, _, _, absent = host.directmap.count_levels(0, HOST_FRAMES)
-        assert absent == 0, f"{absent} frames missing from the direct map after destroy"
+        levels = host.directmap.levels(0, HOST_FRAMES)
+        absent = np.flatnonzero(levels < 0)
+        absent = absent[~np.isin(absent, tmr)]
+        assert absent.size == 0, f"{absent.size} frames missing from the direct map after destroy"
         if self.policy.directmap_restore != "never":
-            assert host.directmap.directmap_1g == HOST_FRAMES * K4, f"{self.name}: direct map not restored"
-        if host.rmpopt is not None:  # the rescan the teardown queued (run now): the whole GiB is HV-owned again
-            assert host.rmpopt.deadline_ns is not None
-            assert host.rmpopt.scan() == 1
+            # the restore point (guest_memfd release, unregister) merges guest memory back; a 2M range that ever
+            # held a host SNP page keeps the 4K split its 4K RMPUPDATE made (as upstream's never-merge), so its
+            # 1G stays split too
+            clean = np.ones(HOST_FRAMES // P2M, dtype=bool)
+            clean[sorted(self.snp_2m)] = False
+            small = levels.reshape(-1, P2M)[clean] < int(PageSize.SIZE_2M)
+            assert not small.any(), f"{self.name}: 2M ranges that never held a host SNP page not restored"
+            if not self.snp_2m:
+                assert host.directmap.directmap_1g == HOST_FRAMES * K4, f"{self.name}: direct map not restored"
+        if host.rmpopt is not None:  # the rescan the teardown queued (run now): the GiB is HV-owned again unless
+            assert host.rmpopt.deadline_ns is not None  # it holds the TMR's firmware pages
+            assert host.rmpopt.scan() == (0 if tmr.size else 1)
         self._new_vm()
 
     # ------------------------------------------------------------------ invariants
@@ -438,6 +489,37 @@ class StackMachine(RuleBasedStateMachine):
         self._check_direct_map(assigned)
         self._check_costs()
         self._check_rmpopt()
+        self._check_snp_host_pages(assigned)
+
+    def _check_snp_host_pages(self, assigned: np.ndarray) -> None:
+        """Invariant 9."""
+        host, kvm = self.host, self.vmm.kvm
+        pages = host.snp_pages
+        assert host.metrics()["snp_host_bytes"] == len(pages) * K4
+        assert not host.snp_leaked
+        want = {kvm.snp_context: "snp-context", kvm.guest_resp_buf: "guest-resp"}
+        want.update({pfn: "vmsa" for pfn in kvm.vmsas.values()})
+        if host.snp_tmr is not None:
+            assert host.snp_tmr % P2M == 0  # SNP_TMR_SIZE, 2M-aligned
+            want.update({p: "sev-es-tmr" for p in range(host.snp_tmr, host.snp_tmr + P2M)})
+        assert pages == want, f"{self.name}: host SNP pages {pages} != {want}"
+        levels = host.directmap.levels_of(np.array(sorted(pages), dtype=np.int64))
+        dmode = self.policy.directmap
+        for (pfn, what), level in zip(sorted(pages.items()), levels.tolist(), strict=True):
+            assert assigned[pfn]
+            e = host.rmp.rmpread(pfn * K4)
+            assert e.page_size == PageSize.SIZE_4K, f"{what} at {pfn:#x} under a {e.page_size.name} entry"
+            if what == "vmsa":
+                assert (e.asid, e.vmsa, e.gpa) == (self.asid, True, INITIAL_VMSA_GPA), (what, e)
+                assert pfn % P2M != 0, f"VMSA at 2M-aligned frame {pfn:#x}"
+            else:
+                assert (e.asid, e.immutable) == (0, True), (what, e)
+            if dmode in ("split", "bulk", "unmap-nosplit"):
+                assert level == int(PageSize.SIZE_4K), f"{self.name}: {what} at {pfn:#x} mapped at level {level}"
+            elif dmode == "unmap":
+                assert level < 0, f"{self.name}: {what} at {pfn:#x} still in the direct map"
+        kframes = host.frames.find((Owner.KERNEL,), 0, HOST_FRAMES, HOST_FRAMES)
+        assert np.array_equal(kframes, self._kernel_frames()), f"{self.name}: KERNEL frames != host SNP pages"
 
     def _check_rmpopt(self) -> None:
         """Invariant 8: a 1 GiB region whose RMPOPT bit is set on any CPU holds no assigned RMP entry (the bit
@@ -527,7 +609,7 @@ class StackMachine(RuleBasedStateMachine):
         uframes = self._user_frames()
         pool = host.frames.find((Owner.HUGETLB_POOL,), 0, HOST_FRAMES, HOST_FRAMES)  # free pool pages
         assert pool.size == sum(host.hugetlb_pool_free(o) << o for o in (9, 18))
-        every = np.concatenate([gframes, vframes, uframes, pool])
+        every = np.concatenate([gframes, vframes, uframes, pool, self._kernel_frames()])
         assert np.unique(every).size == every.size, "a frame has two owners"
         find = host.frames.find
         tagged = find(tuple(o for o in Owner if o != Owner.FREE), 0, HOST_FRAMES, HOST_FRAMES)
@@ -541,7 +623,7 @@ class StackMachine(RuleBasedStateMachine):
             pf = self._private_frames()
             owned = pf[(pf >= 0) & self.vmm.kvm.attrs.private]
         stray = np.flatnonzero(assigned)
-        stray = stray[~np.isin(stray, owned)]
+        stray = stray[~np.isin(stray, owned) & ~np.isin(stray, list(host.snp_pages))]
         assert stray.size == 0, f"{self.name}: assigned frames outside the VM's private backing: {stray[:8]}"
 
     def _check_npt(self, assigned: np.ndarray) -> None:
@@ -602,7 +684,10 @@ class StackMachine(RuleBasedStateMachine):
         assert missing.size == 0, f"{self.name}: hypervisor-owned frames not in the direct map: {missing[:8]}"
         dmode = self.policy.directmap
         if dmode in ("unmap", "unmap-nosplit"):
-            shown = np.flatnonzero(assigned & (levels >= 0))
+            guest = assigned.copy()
+            if dmode == "unmap-nosplit":  # host SNP pages stay mapped at 4K (invariant 9)
+                guest[list(host.snp_pages)] = False
+            shown = np.flatnonzero(guest & (levels >= 0))
             assert shown.size == 0, f"{self.name}: assigned frames still in the direct map: {shown[:8]}"
         if dmode != "keep":
             per2m = assigned.reshape(-1, P2M).sum(axis=1)

@@ -911,12 +911,18 @@ class HostKernel:
         if self.policy.rmp_fault != "fixup":
             self._oops(pfn, path, "rmp", fault.error_code)
             return False
-        self.fixup_rmp_fault(pfn, level)
+        if not self.fixup_rmp_fault(pfn, level):
+            self._oops(pfn, path, "rmp", fault.error_code)
+            return False
         return True
 
-    def fixup_rmp_fault(self, pfn: int, level: PageSize) -> None:
+    def fixup_rmp_fault(self, pfn: int, level: PageSize) -> bool:
         """The ``fixup`` #PF handler: make every assigned page the faulting write (to ``pfn`` through a mapping of
-        ``level``) depends on shared, then retry the write, which now succeeds."""
+        ``level``) depends on shared, then retry the write, which now succeeds. Returns False, with nothing
+        changed, for a write to a host SNP page itself (:attr:`snp_pages`): [I-model] the handler cannot make it
+        shared (a firmware page is immutable; a VMSA is the guest's vCPU state), so the fault is fatal."""
+        if pfn in self.snp_pages:
+            return False
         if level == PageSize.SIZE_4K:
             victims = np.array([pfn], dtype=np.int64)
         else:
@@ -930,7 +936,7 @@ class HostKernel:
                 self.directmap.set_4k(pfn)
                 self._charge_directmap(s0, m0)
                 if self.rmp.assigned_size(pfn) is None:
-                    return  # the retried write through the 4K mapping passes the check
+                    return True  # the retried write through the 4K mapping passes the check
                 level = PageSize.SIZE_4K
                 victims = np.array([pfn], dtype=np.int64)
         for v in victims.tolist():
@@ -945,6 +951,7 @@ class HostKernel:
         for listener in self.fixup_listeners:
             listener(victims)
         self.rmp.check_host_write(pfn << PAGE_SHIFT, level)  # the retried write now succeeds
+        return True
 
     def _oops(self, pfn: int, path: str, kind: str, error_code: int) -> None:
         self.oops(pfn, path, kind, error_code)

@@ -247,6 +247,7 @@ def _fault(
     elif outcome == Outcome.SIGBUS:
         host.host_sigbus_count += 1
         ram.kill("SIGBUS")
-    else:
-        host.fixup_rmp_fault(pfn, level)
+    elif not host.fixup_rmp_fault(pfn, level):  # guest memory is never a host SNP page: defensive
+        host.oops(pfn, acc.path, kind, error_code, context=acc.context)
+        return Outcome.OOPS
     return outcome

@@ -602,7 +602,9 @@ class KvmVm:
 
     def _bios_backing(self, gfns: IntArray) -> IntArray | None:
         """The firmware RAM block's frames: its own guest_memfd with the VM's folio size (pre-UPM: the VMM's pinned
-        pages, 4K), allocated a folio at a time."""
+        pages, 4K, registered as QEMU registers every RAM block: ``sev_ram_block_added()``, target/i386/sev.c,
+        "r = kvm_vm_ioctl(kvm_state, KVM_MEMORY_ENCRYPT_REG_REGION, &range)"; ``bulk`` splits them there),
+        allocated a folio at a time."""
         fp = self.gmem.folio_pages if self.gmem is not None else 1
         need = sorted({g // fp for g in gfns.tolist()} - self.bios_folios.keys())
         if need:
@@ -611,6 +613,8 @@ class KvmVm:
             if got is None:
                 return None
             self.bios_folios.update(zip(need, got.tolist(), strict=True))
+            if self.gmem is None:
+                self.host.register_frames(got)
         return np.array([self.bios_folios[g // fp] + g % fp for g in gfns.tolist()], dtype=np.int64)
 
     def snp_launch_finish(self) -> None:
@@ -672,6 +676,8 @@ class KvmVm:
             self.host.free_bulk(heads, fp.bit_length() - 1)
             if self.gmem is not None:
                 self.host.release_frames(frames)
+            else:  # sev_ram_block_removed(): KVM_MEMORY_ENCRYPT_UNREG_REGION of the firmware RAM block
+                self.host.unregister_frames(frames)
             self.bios_folios.clear()
         self.host.snp_rmpopt_all_physmem()  # sev_vm_destroy: queue the RMPOPT rescan (RMPOPT v8 5/7)
 
