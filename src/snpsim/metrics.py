@@ -9,9 +9,11 @@ the memory partly unmapped THPs hold on the deferred split queue (allocated, map
 (:mod:`snpsim.host.vmscan`). ``snp_host_bytes`` is the host-kernel memory assigned in the RMP (VMSAs, SNP contexts,
 guest-request response pages, the SNP init TMR: ``HostKernel.snp_pages``, docs/launch.md).
 ``rmpopt_bytes`` is the memory in 1 GiB regions whose RMPOPT bit is set on every CPU
-(host writes there skip the RMP check; :mod:`snpsim.host.rmpopt`). Host-level values come from
-:meth:`snpsim.host.HostKernel.metrics`; VM-level values are summed over the VMs alive at the time of the sample
-(counters over all VMs ever run).
+(host writes there skip the RMP check; :mod:`snpsim.host.rmpopt`). ``gmem_eagain_count`` counts the in-place
+guest_memfd conversion ioctls refused with ``-EAGAIN`` (the host held extra references to a page of the range), and
+``gmem_convert_failure_count`` the conversions QEMU gave up on after ``gmem_convert_retries`` retries.
+Host-level values come from :meth:`snpsim.host.HostKernel.metrics`; VM-level values are summed over the VMs alive
+at the time of the sample (counters over all VMs ever run).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ METRICS: tuple[str, ...] = (
     "to_shared_count",
     "psc_request_count",
     "vmm_exit_count",
+    "gmem_eagain_count",
+    "gmem_convert_failure_count",
     "rmpopt_bytes",
     "boot_time_ns",
     "sim_time_ns",
@@ -69,6 +73,9 @@ class Counters:
     vmm_exit_count: int = 0
     #: guests that terminated at a #VC 0x404 (``on_vc_404 = "terminate"``)
     guest_terminated_count: int = 0
+    #: in-place conversion ioctls refused with -EAGAIN, and conversions given up after every retry
+    gmem_eagain_count: int = 0
+    gmem_convert_failure_count: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -44,7 +44,7 @@ from snpsim.host.aging import age_host
 from snpsim.host.blockmap import HostMap, snapshot
 from snpsim.host.cpu import CpuAccount
 from snpsim.host.uaccess import VmFaultSigbus
-from snpsim.kvm.gmem import SigBus
+from snpsim.kvm.gmem import GupPin, SigBus
 from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
 from snpsim.metrics import METRICS, Counters
 from snpsim.scenario import Scenario, VmSpec
@@ -173,6 +173,22 @@ class GuestRamView:
 
     def kill(self, signal: str) -> None:
         self._on_kill(signal)
+
+    def pin(self, gfn: int, completes_after: int) -> object | None:
+        gm = self.qemu.gmem
+        if self.qemu.in_place and gm is not None:  # a reference on the file's page blocks its conversion
+            try:
+                return gm.pin_pages(gfn, 1, completes_after=completes_after)
+            except SigBus as e:
+                raise VmFaultSigbus(str(e)) from None
+        # [I-model] a reference on the VMM's own RAM-block page: a discard after a conversion would keep the page
+        # allocated until the I/O completes; not modelled (shared_bytes reads low by at most the pinned pages)
+        return None
+
+    def unpin(self, pin: object) -> None:
+        gm = self.qemu.gmem
+        if gm is not None and isinstance(pin, GupPin) and pin in gm.pins:
+            gm.unpin_pages(pin)
 
 
 class Simulation:

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -88,6 +90,7 @@ def test_inplace_eagain_then_retry_succeeds() -> None:
     # attempts 1-3 find the reference (EAGAIN), the 3rd back-off completes the I/O, attempt 4 succeeds
     assert gm.eagain_count == 3 and pin not in gm.pins and gm.refs[2] == 0
     assert vmm.kvm.attrs.private[0:4].all() and vmm.convert_failures == 0
+    assert (vmm.counters.gmem_eagain_count, vmm.counters.gmem_convert_failure_count) == (3, 0)
 
 
 def test_inplace_gives_up_after_the_retries() -> None:
@@ -100,6 +103,44 @@ def test_inplace_gives_up_after_the_retries() -> None:
     vmm.kvm_convert_memory(0, 4, True)
     assert gm.eagain_count == pol.gmem_convert_retries + 1  # the first attempt and every retry
     assert vmm.convert_failures == 1 and not vmm.kvm.attrs.private[0:4].any()  # nothing converted
+    assert (vmm.counters.gmem_eagain_count, vmm.counters.gmem_convert_failure_count) == (9, 1)  # 8 retries + 1
+
+
+@functools.cache
+def _zerocopy_run(zcopytx: bool, completes_after: int) -> dict[str, float]:
+    """A hostile guest (it converts the pages host I/O uses to private) under vhost-net with zero-copy TX."""
+    vhost = {"zcopytx": zcopytx, "tx_completes_after": completes_after}
+    scenario = {
+        "name": "zerocopy",
+        "seed": 3,
+        "duration": "3s",
+        "policy": "gmem-inplace",
+        "host": {"memory": "4G", "writers": {"vhost": vhost}},
+        "vms": [{"memory": "512M", "vcpus": 2, "workload": "hostile-convert"}],
+    }
+    return snpsim.run(scenario).summary
+
+
+def test_vhost_copy_holds_no_reference() -> None:
+    """drivers/vhost/net.c: "static int experimental_zcopytx = 0;": by default handle_rx/handle_tx copy
+    (``copy_to_iter``/``copy_from_iter``), so no reference outlives a copy and no conversion is refused."""
+    s = _zerocopy_run(False, 2)
+    assert s["gmem_eagain_count"] == s["gmem_convert_failure_count"] == 0
+
+
+def test_vhost_zerocopy_tx_refuses_conversions_until_the_send_completes() -> None:
+    """handle_tx_zerocopy holds ``get_user_pages`` references on the TX pages until ``vhost_zerocopy_complete``:
+    INPLACE v8's conversion "fails with EAGAIN" meanwhile. Completing within 2 back-offs (<= the 8 retries of
+    ``gmem_convert_retries``) every refused conversion succeeds on a retry; never completing within a conversion,
+    each one that meets a pin is given up after all 9 attempts (9 EAGAINs each, more for the conversions whose
+    pins had been counted down by earlier back-offs)."""
+    quick = _zerocopy_run(True, 2)
+    assert quick["gmem_eagain_count"] > 0 and quick["gmem_convert_failure_count"] == 0
+    # a TX page the guest made private cannot be faulted (VM_FAULT_SIGBUS): get_user_pages fails, -EFAULT
+    assert quick["host_efault_count"] > _zerocopy_run(False, 2)["host_efault_count"]
+    slow = _zerocopy_run(True, 1000)
+    assert slow["gmem_convert_failure_count"] > 0
+    assert slow["gmem_eagain_count"] >= 9 * slow["gmem_convert_failure_count"]
 
 
 def test_inplace_private_page_is_sigbus_for_userspace() -> None:

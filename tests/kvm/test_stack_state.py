@@ -11,9 +11,10 @@ Invariants, checked after every step (sources: amd-snp-arch.md §7-§8, linux-sn
    zeroing) is wrapped; when it returns True the frame (for a 2M/1G direct-map mapping: its whole 2M range) holds
    no assigned RMP entry. A crash (False) is allowed only when the policy can crash there: under any ``directmap``
    other than ``keep`` a write to a hypervisor-owned frame never faults, under ``fixup`` only a not-present
-   mapping or a write to a host SNP page itself (which the handler cannot make shared) can crash. 1b (state form): no hypervisor-owned frame is missing from the direct map; ``split``/``bulk``
-   /``unmap`` never leave a 2M/1G mapping over a 2M range that is only partly assigned; ``unmap``/
-   ``unmap-nosplit`` never map an assigned frame.
+   mapping or a write to a host SNP page itself (which the handler cannot make shared) can crash. 1b (state
+   form): no hypervisor-owned frame is missing from the direct map; ``split``/``bulk``/``unmap`` never leave a
+   2M/1G mapping over a 2M range that is only partly assigned; ``unmap``/``unmap-nosplit`` never map an
+   assigned frame (``unmap-nosplit`` maps host SNP pages, invariant 9).
 2. guest integrity: for each gfn the guest validated (and did not convert since) the frame it validated on is
    tracked; a private access to it either finds the same frame still assigned to the VM's ASID, validated, with
    gpa == gfn << 12, or the access raises #VC (``guest_vc_count`` grows by at least the number of such pages).

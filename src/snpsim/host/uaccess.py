@@ -149,6 +149,15 @@ class GuestRam(Protocol):
 
     def kill(self, signal: str) -> None: ...
 
+    def pin(self, gfn: int, completes_after: int) -> object | None:
+        """``get_user_pages`` on the VMM's mapping of ``gfn``: an extra reference held until :meth:`unpin` or until
+        ``completes_after`` back-offs of the VMM's conversion retry loop (the I/O completes). Returns the pin, or
+        None when the reference blocks nothing the model tracks (the VMM's own RAM block). Raises
+        :class:`VmFaultSigbus` when the mapping refuses the page."""
+        ...
+
+    def unpin(self, pin: object) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Accessor:
@@ -220,6 +229,19 @@ def guest_write(host: HostKernel, ram: GuestRam, gfn: int, acc: Accessor) -> Out
             landed = _landed(host, ram, gfn, pfn)
             return Outcome.FIXUP if landed == Outcome.OK else landed
     return _landed(host, ram, gfn, pfn)
+
+
+def guest_pin(ram: GuestRam, gfn: int, completes_after: int) -> tuple[Outcome, object | None]:
+    """A host path takes a reference on guest page ``gfn`` for I/O in flight (vhost-net zero-copy TX:
+    ``handle_tx_zerocopy`` → ``sendmsg`` with a ``ubuf_info`` → ``zerocopy_sg_from_iter`` →
+    ``iov_iter_get_pages2`` (``get_user_pages_fast``), released by ``vhost_zerocopy_complete`` when the NIC has sent
+    the skb). A private page of an in-place guest_memfd cannot be faulted (``VM_FAULT_SIGBUS``): the pin fails
+    with -EFAULT (``get_user_pages`` of a kernel path) and the packet is dropped. Returns the outcome and the
+    pin."""
+    try:
+        return Outcome.OK, ram.pin(gfn, completes_after)
+    except VmFaultSigbus:
+        return Outcome.EFAULT, None
 
 
 def _landed(host: HostKernel, ram: GuestRam, gfn: int, pfn: int) -> Outcome:

@@ -22,6 +22,10 @@ really writes (:attr:`snpsim.host.uaccess.GuestRam.targets`), through the path, 
 
 - :func:`vhost`: vhost-net workers copying received packets into the guest's virtqueue buffers and bounce slots
   (``drivers/vhost/net.c`` ``handle_rx``, ``copy_to_user`` on the VMM's mapping), ``batch`` copies per wake-up;
+  with ``zcopytx`` (the module parameter ``experimental_zcopytx``, 0 by default since "vhost_net: disable
+  zerocopy by default", 2019) also zero-copy transmits that hold a reference on ``batch`` virtqueue pages while
+  the NIC sends them (:func:`snpsim.host.uaccess.guest_pin`): an in-place guest_memfd conversion of such a page
+  is refused with ``-EAGAIN`` until the transmit completes;
 - :func:`qemu_device`: QEMU's device emulation writing the used ring from user mode (``virtqueue_push``);
 - :func:`kvm_pv`: KVM's own writes: steal time, PV EOI, kvmclock through the gfn-to-pfn cache, the GHCB.
 
@@ -44,7 +48,7 @@ from snpsim.host.compaction import COMPACTION_PROACTIVENESS, PATH_COMPACT
 from snpsim.host.frames import Owner
 from snpsim.host.kernel import PATH_ZERO as PATH_ZERO  # the allocator's zeroing path, named here with the others
 from snpsim.host.kernel import HostKernel
-from snpsim.host.uaccess import ACCESSORS, guest_write
+from snpsim.host.uaccess import ACCESSORS, GuestRam, Outcome, guest_pin, guest_write
 
 #: A host thread: yields the ns it sleeps.
 Thread = Generator[int, None, None]
@@ -160,10 +164,44 @@ def _guest_writer(
                     guest_write(host, ram, int(g), acc)
 
 
-def vhost(host: HostKernel, rng: np.random.Generator, *, interval_ns: int = 100_000, batch: int = 4) -> Thread:
-    """vhost-net rx workers: ``batch`` ``copy_to_user`` into virtqueue buffers / bounce slots per wake-up
-    (task context, user address, exception-table fixup)."""
-    return _guest_writer(host, rng, ("vhost_net_rx",), interval_ns, batch)
+def vhost(
+    host: HostKernel,
+    rng: np.random.Generator,
+    *,
+    interval_ns: int = 100_000,
+    batch: int = 4,
+    zcopytx: bool = False,
+    tx_completes_after: int = 2,
+) -> Thread:
+    """vhost-net workers: ``batch`` rx ``copy_to_user`` into virtqueue buffers / bounce slots per wake-up (task
+    context, user address, exception-table fixup); with ``zcopytx``, ``batch`` zero-copy transmits too, each
+    holding its page until the NIC completes it: [I] within ``tx_completes_after`` back-off intervals of a
+    conversion retry that waits on it, and at the latest by the worker's next wake-up."""
+    rx = _guest_writer(host, rng, ("vhost_net_rx",), interval_ns, batch)
+    if not zcopytx:
+        return rx
+    return _zerocopy_tx(host, rng, rx, batch, tx_completes_after)
+
+
+def _zerocopy_tx(host: HostKernel, rng: np.random.Generator, rx: Thread, batch: int, completes_after: int) -> Thread:
+    """``handle_tx_zerocopy`` after each rx wake-up: the previous transmits complete (``vhost_zerocopy_complete``),
+    then ``batch`` new ones pin virtqueue pages of each live VM."""
+    held: list[tuple[GuestRam, object]] = []
+    for sleep in rx:
+        yield sleep
+        for ram, pin in held:
+            ram.unpin(pin)
+        held.clear()
+        for ram in list(host.guest_rams):
+            pages = ram.targets.get("virtqueue")
+            if not ram.ready() or pages is None or not pages.size:
+                continue
+            for g in rng.choice(pages, size=batch).tolist():
+                outcome, pin = guest_pin(ram, int(g), completes_after)
+                if outcome == Outcome.EFAULT:
+                    host.host_efault_count += 1
+                elif pin is not None:
+                    held.append((ram, pin))
 
 
 def qemu_device(host: HostKernel, rng: np.random.Generator, *, interval_ns: int = 1_000_000, batch: int = 1) -> Thread:

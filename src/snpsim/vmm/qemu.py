@@ -193,9 +193,11 @@ class Qemu:
         for attempt in range(self.policy.gmem_convert_retries + 1):
             if self.kvm.gmem_set_memory_attributes(gfn, npages, to_private) is None:
                 return True
+            self.counters.gmem_eagain_count += 1
             if attempt < self.policy.gmem_convert_retries:
                 gm.backoff()
         self.convert_failures += 1
+        self.counters.gmem_convert_failure_count += 1
         return False
 
     # ------------------------------------------------------------------ accounting (observed, not a QEMU path)
