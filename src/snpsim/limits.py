@@ -40,7 +40,12 @@ Read from the kernel's allocation sites:
   cgroup v2 is mounted with ``memory_hugetlb_accounting`` (Linux 6.7, off by default).
 - ``kernel`` (no cgroup): the RMP table, reserved by the BIOS in the e820 map before Linux runs (16 B per 4K of
   RAM, here the guest's share); the host direct map's page-table pages that splits allocate (``__split_large_page``
-  takes one 4K page per split, ``GFP_KERNEL`` via ``alloc_pages``: not accounted).
+  takes one 4K page per split, ``GFP_KERNEL`` via ``alloc_pages``: not accounted). The worst case counts a split
+  2M and 1G mapping for each host SNP page the guest's VM makes private at 4K (its VMSAs, SNP context and response
+  page, and the host's SNP init TMR, once per host) and for each 2M of the firmware RAM block (the OVMF image
+  outside guest RAM) wherever the policy's direct map splits around 4K RMP updates; [I] the guest's own memory is
+  taken as filling whole 2M ranges (an aged host's allocator hands a guest large blocks: docs/host-memory.md); on a
+  host whose free memory is scattered it spans more ranges and splits more (examples/fragmented-host.toml).
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ RMP_ENTRY_BYTES = 16
 NPT_PTE_BYTES = 8
 #: SNP pages KVM allocates with GFP_KERNEL_ACCOUNT per VM besides the VMSAs: context page, guest request/response
 SNP_VM_PAGES = 3
+#: of those, the pages made firmware-owned in the RMP (context and response page: ``snp_alloc_firmware_page``)
+SNP_VM_FIRMWARE_PAGES = 2
 _2M = 2 << 20
 _1G = 1 << 30
 _512G = 512 << 30
@@ -109,6 +116,7 @@ def charges(
         dm_worst = -(-(wp + ws) // _1G) * PAGE_SIZE
     if policy.gmem_no_direct_map != "off" and policy.directmap == "keep":
         dm_worst = (-(-wp // _2M) + -(-wp // _1G)) * PAGE_SIZE
+    dm_worst += _host_snp_splits(policy, vcpus) * PAGE_SIZE
     if policy.private_backing == "gmem" and policy.gmem_allocator == "hugetlb":
         # HugeTLB guest_memfd (RFC v2): the whole file is reserved from the pool at KVM_CREATE_GUEST_MEMFD
         # (hugetlb_reserve_pages: the hugetlb controller), and with in-place conversion its shared pages are the
@@ -127,6 +135,23 @@ def charges(
         kernel_worst_bytes=rmp + dm_worst,
         kernel_peak_bytes=rmp + directmap_tables,
     )
+
+
+def _host_snp_splits(policy: Policy, vcpus: int) -> int:
+    """Worst direct-map page-table pages for the 4K RMP updates of host SNP pages and the firmware block: each in
+    its own 2M range and its own 1G range (one split page each). Kernel pages split as upstream's
+    ``adjust_direct_map`` under every splitting policy (``unmap-nosplit`` too: ``HostKernel._directmap_before_private``)
+    and under ``fixup``'s handler (a write next to one splits the mapping around it); the firmware block's 4K pages
+    follow the guest memory's policy (``unmap-nosplit`` removes them whole: 1G splits only)."""
+    from snpsim.guest.linux import OVMF_IMAGE_BYTES
+
+    kernel = vcpus + SNP_VM_FIRMWARE_PAGES + 1  # + the TMR (2M-aligned: one range)
+    bios = -(-OVMF_IMAGE_BYTES // _2M) + 1  # not 2M-aligned in the allocator: one range more
+    if policy.directmap == "keep":
+        return 2 * kernel if policy.rmp_fault == "fixup" else 0
+    if policy.directmap == "unmap-nosplit":
+        return 2 * kernel + bios
+    return 2 * (kernel + bios)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ MAX_EVENTS = 10**9
 MIN_INTERVAL_NS = 1_000
 
 #: The built-in scenario ``snpsim run`` uses without a config file (every preset is run on it): a Linux SNP guest
-#: boots on an aged 4 GiB host (a day of uptime, a fifth of memory page cache), then a day of VM churn follows (small
+#: boots on an aged 8 GiB host (a day of uptime, a fifth of memory page cache), then a day of VM churn follows (small
 #: SNP guests created every 2 h on average, living 4 h, at most 4 at a time), with page-cache churn (zeroing
 #: allocations), compaction and KSM running. Guests touch their private memory rarely (every 20 s), enough to see
 #: integrity loss without making a simulated day slow.
