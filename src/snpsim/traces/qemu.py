@@ -110,6 +110,11 @@ PRIVATE_TO_SHARED = "private_to_shared"
 MESSAGE = "<qemu message>"
 FAULT_WARNING = "<memory fault warning>"
 
+#: The duplicate policy's look-ahead: a non-comment line containing ``DUPLICATE_MARKERS[0]`` means the trace has
+#: ``kvm_convert_memory`` (secondary events are not replayed), ``[1]`` that it has ``kvm_memory_fault`` (memory
+#: fault warnings are not replayed).
+DUPLICATE_MARKERS = (CONVERT + " ", MEMORY_FAULT + " ")
+
 _T_CONVERT = Template(CONVERT, "start {start:0xh} size {size:0xh} {msg:w}")
 _T_FAULT = Template(MEMORY_FAULT, "start {start:0xh} size {size:0xh} flags {flags:0xh}")
 _T_HC = Template(HC_MAP_GPA_RANGE, "gpa {gpa:0xh} size {size:0xh} attributes {attributes:0xh} flags {flags:0xh}")
@@ -305,9 +310,9 @@ def parse_open(
     """Parse an already-open seekable text file (see :func:`parse_qemu`)."""
     stats = stats if stats is not None else ParseStats()
     stats.source, stats.format = source, "qemu"
-    use_secondary = not lines_containing(f, CONVERT + " ")  # stops at the first hit
+    use_secondary = not lines_containing(f, DUPLICATE_MARKERS[0])  # stops at the first hit
     stats.secondary_used = use_secondary
-    use_warnings = use_secondary and not lines_containing(f, MEMORY_FAULT + " ")
+    use_warnings = use_secondary and not lines_containing(f, DUPLICATE_MARKERS[1])
     parser = _QemuParser(source, stats, lenient, use_secondary, use_warnings, line_spacing_ns)
     yield from run_lines(f, parser.line, source, lenient, stats)
 
