@@ -445,4 +445,3 @@ class _Pass:
             stats.to_shared -= n - private
             stats.informational[name] += n
         return frozenset(skip)
-
