@@ -28,10 +28,11 @@ reference's too.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -44,8 +45,10 @@ from snpsim.traces._common import (
     DEFAULT_LINE_SPACING_NS,
     BadLine,
     Source,
+    Template,
     ensure_text,
     open_source,
+    seconds_to_ns,
     source_name,
 )
 from snpsim.traces.model import PAGE_SHIFT, ParseStats, TraceConversion, TraceError
@@ -74,6 +77,7 @@ _QEMU_SECONDARY = frozenset({_qemu.MEMORY_FAULT, _qemu.HC_MAP_GPA_RANGE, _qemu.F
 _FTRACE_SECONDARY = frozenset({_ftrace.MSR_PROTOCOL_ENTER, _ftrace.HYPERCALL})
 
 
+Decide = Callable[[tuple[Any, ...]], tuple[int, int, bool, bool]]
 #: ``protocol`` field values: an index in this tuple.
 PROTOCOLS = (Protocol.GHCB, Protocol.MSR)
 
@@ -318,7 +322,16 @@ class _Pass:
         self.stats = stats
         self.spool = spool
         self.parser: _qemu._QemuParser | _ftrace._FtraceParser
+        #: the whole-line regex of the common lines and, for each event, its name group, field groups and decoder
+        self.fast: Callable[[str], re.Match[str] | None] | None = None
+        self.layout: list[tuple[int, int, int, str, Template, Decide]] = []
         if fmt == "qemu":
+            self.fast = _qemu.FAST_LINE.fullmatch
+            i = 3
+            for name, (template, decide) in _qemu.DECODERS.items():
+                n = template.pattern_groups
+                self.layout.append((i, i + 1, i + 1 + n, name, template, decide))
+                i += 1 + n
             self.markers: tuple[str, ...] = _qemu.DUPLICATE_MARKERS
             self.secondary = _QEMU_SECONDARY
             self.parser = _qemu._QemuParser(source, stats, lenient, True, True, spacing)
@@ -348,6 +361,7 @@ class _Pass:
     def run(self) -> tuple[list[str], frozenset[int]]:
         f, stats, parser, markers, seen = self.f, self.stats, self.parser, self.markers, self.seen
         parse_line = parser.line
+        fast = self.fast
         pending = self.speculative and not all(seen)
         buf: list[tuple[int, int, int, int, bool, int, int]] = []
         codes = self.codes
@@ -362,7 +376,15 @@ class _Pass:
                         self.apply_policy()
                         pending = not all(seen)
             try:
-                conv = parse_line(raw, lineno)
+                m = fast(raw) if fast is not None else None
+                conv = None
+                if m is not None:
+                    try:
+                        conv = self.fast_line(m.groups(), lineno)
+                    except BadLine:
+                        m = None  # the line parser says what is wrong (nothing changed yet)
+                if m is None:
+                    conv = parse_line(raw, lineno)
             except BadLine as e:
                 err = TraceError(self.source, lineno, str(e))
                 if not self.lenient:
@@ -407,6 +429,19 @@ class _Pass:
             self.spool.write(buf)
         skip = self.resolve()
         return sorted(codes, key=codes.__getitem__), skip
+
+    def fast_line(self, g: tuple[str | None, ...], lineno: int) -> TraceConversion | None:
+        """A line :data:`snpsim.traces.qemu.FAST_LINE` matched: decoded and accepted as the QEMU parser's
+        ``event()`` would; raises BadLine (before changing anything) if it is not valid after all."""
+        for entry in self.layout:
+            if g[entry[0]] is not None:
+                break
+        _, lo, hi, name, template, decide = entry
+        sec = g[1]
+        ts = seconds_to_ns(sec, g[2] or "") if sec is not None else None
+        gpa, size, to_private, secondary = decide(template.convert(g[lo:hi]))  # type: ignore[arg-type]
+        assert isinstance(self.parser, _qemu._QemuParser)
+        return self.parser.accept(name, gpa, size, to_private, secondary, ts, lineno)
 
     def look_ahead(self) -> None:
         """The markers in the rest of the file (after a strict error: the reference's look-ahead saw them all)."""
