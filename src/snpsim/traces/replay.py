@@ -20,6 +20,9 @@ the rest from 4 GiB; ``[lowmem, 4 GiB)`` is the PCI hole, not RAM. A conversion 
 hole, or needing more than the model's 16 TiB) is a :class:`TraceError` naming the trace line; so is a launch
 update outside RAM and outside the BIOS window below 4 GiB, or one overlapping another. Independent of the runner.
 
+:func:`plan_replay` reads the trace once (:func:`snpsim.traces.scan`: the conversions spooled as numpy records); the
+sizing, the RAM check and the events then work on those records a chunk at a time.
+
 Simplifications: a guest_memfd of at most 16 MiB is taken as firmware and one larger as RAM [I] (OVMF images are
 1-4 MiB and QEMU's ``pc.rom`` 128 KiB; a NUMA guest with a node of 16 MiB or less would be read 16 MiB small per
 such node); the RAM sum is rounded up to 2 MiB and raised to the model's 64 MiB minimum (guest RAM only grows).

@@ -7,7 +7,7 @@ map, and the pass that generates the events; plus the duplicate policy's look-ah
 the same line parsers exactly once and writes each conversion as one fixed-size record (:data:`EVENT_DTYPE`:
 ``time_ns``, ``gfn``, ``npages``, ``line``, ``to_private``, ``protocol``, ``event`` code) into a raw binary file in
 a private :mod:`tempfile` directory, in chunks of :data:`CHUNK_ROWS`, so memory stays bounded (a 10M-line trace
-holds a few MiB of buffer, the records go to disk at 27 bytes each). The pass's :class:`ParseStats` (counters,
+holds a few MiB of buffer, the records go to disk at 35 bytes each). The pass's :class:`ParseStats` (counters,
 launch records, guest_memfds) is filled in the same pass. :class:`TraceArrays` reads the records back with
 :func:`numpy.memmap`, chunk by chunk; :mod:`snpsim.traces.replay` sizes the guest, checks its RAM map and generates
 the guest events from them without reading the trace again.
