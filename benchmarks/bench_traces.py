@@ -3,19 +3,22 @@
 Run: ``python benchmarks/bench_traces.py [LINES]``. Writes the traces with :mod:`snpsim.traces.export` (``mode="full"``,
 i.e. real-looking traces where the duplicate policy is exercised: QEMU 2 lines per conversion, ftrace 4) into a
 temporary directory, then times one full pass of :func:`snpsim.traces.parse` over each (the look-ahead of the
-duplicate policy and format detection included). Numbers are for comparison between versions on one machine.
+duplicate policy and format detection included), and one :func:`snpsim.traces.scan` (the replay's single pass:
+the same parsers, the conversions spooled as numpy records to a temporary file), with the peak resident memory
+after each. Numbers are for comparison between versions on one machine.
 """
 
 from __future__ import annotations
 
 import random
+import resource
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from snpsim.traces import parse, write_ftrace, write_qemu
+from snpsim.traces import parse, scan, write_ftrace, write_qemu
 
 LINES = 1_000_000
 
@@ -37,6 +40,17 @@ def bench(path: Path, fmt: str) -> tuple[int, int, float]:
     return reader.stats.lines, n, dt
 
 
+def bench_scan(path: Path, fmt: str, spool: str) -> tuple[int, int, float]:
+    t = time.perf_counter()
+    with scan(path, fmt, spool_dir=spool) as arrays:
+        dt = time.perf_counter() - t
+        return arrays.stats.lines, len(arrays), dt
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     lines = int(sys.argv[1]) if len(sys.argv) > 1 else LINES
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,11 +58,19 @@ def main() -> None:
         # QEMU "full": 2 lines per conversion; ftrace "full": 4 per conversion (+ 12 header lines).
         write_qemu(events(lines // 2), qpath)
         write_ftrace(events(lines // 4), fpath)
-        print(f"{'parser':<8} {'lines':>10} {'conversions':>12} {'seconds':>8} {'lines/s':>12} {'MB':>6}")
+        head = f"{'parser':<8} {'pass':<6} {'lines':>10} {'conversions':>12} {'seconds':>8} {'lines/s':>12} {'MB':>6}"
+        print(f"{head} {'peak RSS MiB':>13}")
         for fmt, path in (("qemu", qpath), ("ftrace", fpath)):
-            n_lines, n_conv, dt = bench(path, fmt)
             mb = path.stat().st_size / 1e6
-            print(f"{fmt:<8} {n_lines:>10,} {n_conv:>12,} {dt:>8.2f} {n_lines / dt:>12,.0f} {mb:>6.0f}")
+            for kind in ("parse", "scan"):
+                if kind == "parse":
+                    n_lines, n_conv, dt = bench(path, fmt)
+                else:
+                    n_lines, n_conv, dt = bench_scan(path, fmt, tmp)
+                print(
+                    f"{fmt:<8} {kind:<6} {n_lines:>10,} {n_conv:>12,} {dt:>8.2f} {n_lines / dt:>12,.0f} {mb:>6.0f} "
+                    f"{peak_rss_mib():>13.0f}"
+                )
 
 
 if __name__ == "__main__":

@@ -103,14 +103,17 @@ def replay(
         seed=seed,
         samples=samples,
     )
-    sim = Simulation(
-        plan.scenario,
-        progress=progress,
-        vm_events={0: plan.events},
-        record_conversions=record_conversions,
-        vm_launch={0: plan.launch} if plan.launch else None,
-    )
-    return sim.run()
+    try:
+        sim = Simulation(
+            plan.scenario,
+            progress=progress,
+            vm_events={0: plan.events},
+            record_conversions=record_conversions,
+            vm_launch={0: plan.launch} if plan.launch else None,
+        )
+        return sim.run()
+    finally:
+        plan.close()  # the trace's spooled conversions (already removed if the replay used them all up)
 
 
 def sweep(

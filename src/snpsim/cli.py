@@ -619,6 +619,7 @@ def replay(
                 vcpus=vcpus,
                 host_memory=host_bytes,
             )
+            plan.close()  # only checked here: each preset's job replays the trace itself
         claim = None
         if not no_save:
             source = {"trace": trace.name, "sha256": file_digest(trace), "format": plan.format, "lenient": lenient}

@@ -17,6 +17,8 @@ Usage::
     reader.format, reader.stats.events, reader.stats.skipped_unknown, reader.stats.launch
     memory_bytes, events = snpsim.traces.to_guest_events(conversions)
     guest = snpsim.traces.to_guest_events(reader)      # guest.memory_bytes, .events, .launch, .memory_from
+    with snpsim.traces.scan("boot.log") as arrays:     # one pass: conversions spooled as numpy records
+        arrays.stats, arrays.gfn, arrays.chunks(), snpsim.traces.to_guest_events(arrays)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from snpsim.traces.model import (
 )
 from snpsim.traces.qemu import parse_qemu
 from snpsim.traces.replay import GuestTrace, infer_memory_bytes, to_guest_events
+from snpsim.traces.scan import TraceArrays, scan
 
 __all__ = [
     "DEFAULT_LINE_SPACING_NS",
@@ -56,6 +59,7 @@ __all__ = [
     "PAGE_SIZE",
     "GuestTrace",
     "ParseStats",
+    "TraceArrays",
     "TraceConversion",
     "TraceError",
     "TraceGuestMemfd",
@@ -66,6 +70,7 @@ __all__ = [
     "parse",
     "parse_ftrace",
     "parse_qemu",
+    "scan",
     "to_guest_events",
     "write_ftrace",
     "write_qemu",
@@ -110,10 +115,12 @@ def detect_format(src: Source) -> str:
     """
     ensure_text(src)
     with open_source(src) as f:
-        return _detect_open(f, source_name(src), lenient=False)
+        return detect_open(f, source_name(src), lenient=False)
 
 
-def _detect_open(f: IO[str], name: str, lenient: bool) -> str:
+def detect_open(f: IO[str], name: str, lenient: bool) -> str:
+    """The format of an open seekable text file (:func:`detect_format`; ``lenient``: ``"qemu"`` when nothing is
+    recognisable); ``f`` is left where it was."""
     lines = first_lines(f, DETECT_LINES)
     fmt = _detect(lines)
     if fmt is not None:
@@ -126,6 +133,14 @@ def _detect_open(f: IO[str], name: str, lenient: bool) -> str:
         f"cannot detect the trace format (none of the first {len(lines)} lines is a QEMU "
         "trace event or an ftrace line); pass format='qemu' or format='ftrace'",
     )
+
+
+def check_options(format: str, line_spacing_ns: int) -> None:
+    """ValueError unless ``format`` is one of :data:`FORMATS` and ``line_spacing_ns`` an int >= 0."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if isinstance(line_spacing_ns, bool) or not isinstance(line_spacing_ns, int) or line_spacing_ns < 0:
+        raise ValueError(f"line_spacing_ns must be an int >= 0, got {line_spacing_ns!r}")
 
 
 class TraceReader:
@@ -146,10 +161,7 @@ class TraceReader:
         lenient: bool = False,
         line_spacing_ns: int = DEFAULT_LINE_SPACING_NS,
     ) -> None:
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-        if isinstance(line_spacing_ns, bool) or not isinstance(line_spacing_ns, int) or line_spacing_ns < 0:
-            raise ValueError(f"line_spacing_ns must be an int >= 0, got {line_spacing_ns!r}")
+        check_options(format, line_spacing_ns)
         ensure_text(src)
         self.src = src
         self.source = source_name(src)
@@ -166,7 +178,7 @@ class TraceReader:
         with open_source(self.src) as f:
             fmt = self.format
             if fmt == "auto":
-                fmt = _detect_open(f, self.source, self.lenient)
+                fmt = detect_open(f, self.source, self.lenient)
                 self.format = fmt
             if fmt == "qemu":
                 yield from _qemu.parse_open(

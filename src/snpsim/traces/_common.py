@@ -8,6 +8,7 @@ parser states the exact format it accepts in one line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -206,7 +207,7 @@ class Template:
             self._add_literal(fmt[pos:], rx)
         self._rx = re.compile(r"[ \t]*" + "".join(rx) + r"[ \t]*", re.ASCII)
         self._kinds = [(p[1], p[0]) for p in self.pieces if p[0] is not None]
-        self._small_hex_only = all(kind in _HEX_KINDS for _, kind in self._kinds)
+        self._fns = tuple(self._converter(name, kind) for name, kind in self._kinds)
 
     def _add_literal(self, lit: str, rx: list[str]) -> None:
         pat = _literal_rx(lit)
@@ -219,13 +220,34 @@ class Template:
         if m is None:
             values = self._diagnose(text.strip())
             return tuple(values[name] for name, _ in self._kinds)
-        if self._small_hex_only:
-            toks = m.groups()
-            if all(len(t) <= 16 for t in toks):  # 16 characters of hex always fit in 64 bits
-                return tuple(int(t, 16) for t in toks)
-        return tuple(
-            _convert(kind, name, self.event, token) for (name, kind), token in zip(self._kinds, m.groups(), strict=True)
-        )
+        return self.convert(m.groups())
+
+    @property
+    def pattern(self) -> str:
+        """The regex of the fields (one capture group per placeholder, blanks around allowed), for parsers that
+        match a whole line at once."""
+        return self._rx.pattern
+
+    @property
+    def pattern_groups(self) -> int:
+        """The capture groups of :attr:`pattern` (one per placeholder)."""
+        return self._rx.groups
+
+    def convert(self, toks: tuple[str, ...]) -> tuple[Any, ...]:
+        """The values of the tokens :attr:`pattern` captured (raises BadLine for a number beyond 64 bits)."""
+        return tuple([fn(t) for fn, t in zip(self._fns, toks, strict=True)])
+
+    def _converter(self, name: str, kind: str) -> Callable[[str], int | str]:
+        event = self.event
+        if kind in _HEX_KINDS:
+
+            def hex_value(t: str) -> int | str:  # 16 characters of hex always fit in 64 bits
+                return int(t, 16) if len(t) <= 16 else _convert(kind, name, event, t)
+
+            return hex_value
+        if kind == "w":
+            return str
+        return functools.partial(_convert, kind, name, event)
 
     def _diagnose(self, text: str) -> dict[str, int | str]:
         """Walk the pieces one by one to say what is wrong; returns the values if the walk succeeds."""

@@ -118,6 +118,8 @@ INFORMATIONAL = frozenset(
     }
 )
 LOST_EVENTS = "<lost events>"
+#: The duplicate policy's look-ahead: a non-comment line containing it means the trace has the authoritative event.
+DUPLICATE_MARKERS = (f" {SET_MEM_ATTRIBUTES}:",)
 #: ``trace_marker`` writes (QEMU's ``ftrace`` trace backend) and the QEMU conversion events they may carry.
 MARKER = "tracing_mark_write"
 QEMU_CONVERSION_EVENTS = frozenset({"kvm_convert_memory", "kvm_memory_fault", "kvm_hc_map_gpa_range"})
@@ -243,7 +245,7 @@ def parse_open(
     """Parse an already-open seekable text file (see :func:`parse_ftrace`)."""
     stats = stats if stats is not None else ParseStats()
     stats.source, stats.format = source, "ftrace"
-    use_secondary = not lines_containing(f, f" {SET_MEM_ATTRIBUTES}:")
+    use_secondary = not lines_containing(f, DUPLICATE_MARKERS[0])
     stats.secondary_used = use_secondary
     parser = _FtraceParser(source, stats, lenient, use_secondary)
     yield from run_lines(f, parser.line, source, lenient, stats)

@@ -65,8 +65,8 @@ from __future__ import annotations
 import calendar
 import datetime
 import re
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 from snpsim.traces._common import (
     DEFAULT_LINE_SPACING_NS,
@@ -109,6 +109,11 @@ PRIVATE_TO_SHARED = "private_to_shared"
 #: Informational counter names for non-event lines.
 MESSAGE = "<qemu message>"
 FAULT_WARNING = "<memory fault warning>"
+
+#: The duplicate policy's look-ahead: a non-comment line containing ``DUPLICATE_MARKERS[0]`` means the trace has
+#: ``kvm_convert_memory`` (secondary events are not replayed), ``[1]`` that it has ``kvm_memory_fault`` (memory
+#: fault warnings are not replayed).
+DUPLICATE_MARKERS = (CONVERT + " ", MEMORY_FAULT + " ")
 
 _T_CONVERT = Template(CONVERT, "start {start:0xh} size {size:0xh} {msg:w}")
 _T_FAULT = Template(MEMORY_FAULT, "start {start:0xh} size {size:0xh} flags {flags:0xh}")
@@ -260,38 +265,68 @@ class _QemuParser:
         return self.event(e.group(1), e.group(2) or "", ts, lineno)
 
     def event(self, name: str, fields: str, ts: int | None, lineno: int) -> TraceConversion | None:
-        secondary = True
-        if name == CONVERT:
-            gpa, size, msg = _T_CONVERT.parse(fields)
-            if msg == SHARED_TO_PRIVATE:
-                to_private = True
-            elif msg == PRIVATE_TO_SHARED:
-                to_private = False
-            else:
-                raise BadLine(
-                    f"bad direction {quote(str(msg))} in {CONVERT} (expected {SHARED_TO_PRIVATE} or "
-                    f"{PRIVATE_TO_SHARED})"
-                )
-            secondary = False
-        elif name == MEMORY_FAULT:
-            gpa, size, flags = _T_FAULT.parse(fields)
-            to_private = bool(flags & KVM_MEMORY_EXIT_FLAG_PRIVATE)
-        elif name == HC_MAP_GPA_RANGE:
-            gpa, size, attributes, _flags = _T_HC.parse(fields)
-            to_private = bool(attributes & KVM_MAP_GPA_RANGE_ENCRYPTED)
-        elif name in LAUNCH_EVENTS:
+        decoder = DECODERS.get(name)
+        if decoder is not None:
+            template, decide = decoder
+            gpa, size, to_private, secondary = decide(template.parse(fields))
+            return self.accept(name, gpa, size, to_private, secondary, ts, lineno)
+        if name in LAUNCH_EVENTS:
             self.launch.event(name, fields, ts, lineno)
             return None
-        else:
-            self.clock.time(ts, lineno)
-            self.stats.unknown(name)
-            return None
+        self.clock.time(ts, lineno)
+        self.stats.unknown(name)
+        return None
+
+    def accept(
+        self, name: str, gpa: int, size: int, to_private: bool, secondary: bool, ts: int | None, lineno: int
+    ) -> TraceConversion | None:
+        """A conversion event's decoded fields: checked, timed, and replayed or (a secondary event the duplicate
+        policy does not replay) counted. Raises BadLine before changing any state."""
         check_range(name, gpa, size)
         t = self.clock.time(ts, lineno)
         if secondary and not self.use_secondary:
             self.stats.informational[name] += 1
             return None
         return TraceConversion(t, gpa, size, to_private, self.source, lineno, name)
+
+
+def _decide_convert(values: tuple[Any, ...]) -> tuple[int, int, bool, bool]:
+    gpa, size, msg = values
+    if msg == SHARED_TO_PRIVATE:
+        return gpa, size, True, False
+    if msg == PRIVATE_TO_SHARED:
+        return gpa, size, False, False
+    raise BadLine(f"bad direction {quote(str(msg))} in {CONVERT} (expected {SHARED_TO_PRIVATE} or {PRIVATE_TO_SHARED})")
+
+
+def _decide_fault(values: tuple[Any, ...]) -> tuple[int, int, bool, bool]:
+    gpa, size, flags = values
+    return gpa, size, bool(flags & KVM_MEMORY_EXIT_FLAG_PRIVATE), True
+
+
+def _decide_hc(values: tuple[Any, ...]) -> tuple[int, int, bool, bool]:
+    gpa, size, attributes, _flags = values
+    return gpa, size, bool(attributes & KVM_MAP_GPA_RANGE_ENCRYPTED), True
+
+
+#: The conversion events: their fields' template and what the values mean, ``(gpa, size, to_private, secondary)``
+#: (raises BadLine for a bad direction).
+DECODERS: dict[str, tuple[Template, Callable[[tuple[Any, ...]], tuple[int, int, bool, bool]]]] = {
+    CONVERT: (_T_CONVERT, _decide_convert),
+    MEMORY_FAULT: (_T_FAULT, _decide_fault),
+    HC_MAP_GPA_RANGE: (_T_HC, _decide_hc),
+}
+#: A whole line that is one of the :data:`DECODERS` events with an optional ``PID@SEC.USEC:`` prefix and only blanks
+#: around (the common case, matched in one go by :mod:`snpsim.traces.scan`): groups ``pid, sec, usec``, then each
+#: event's name and field groups in :data:`DECODERS` order. A line it matches means what :meth:`_QemuParser.line`
+#: makes of it, unless decoding raises BadLine (e.g. a Unicode blank ``str.strip()`` would remove): then that
+#: method decides.
+FAST_LINE = re.compile(
+    r"[ \t]*(?:([0-9]+)@([0-9]{1,30})\.([0-9]{1,30}):[ \t]*)?(?:"
+    + "|".join(rf"({name})[ \t]+(?:{t.pattern})" for name, (t, _) in DECODERS.items())
+    + r")[ \t\r\n]*",
+    re.ASCII,
+)
 
 
 def parse_open(
@@ -305,9 +340,9 @@ def parse_open(
     """Parse an already-open seekable text file (see :func:`parse_qemu`)."""
     stats = stats if stats is not None else ParseStats()
     stats.source, stats.format = source, "qemu"
-    use_secondary = not lines_containing(f, CONVERT + " ")  # stops at the first hit
+    use_secondary = not lines_containing(f, DUPLICATE_MARKERS[0])  # stops at the first hit
     stats.secondary_used = use_secondary
-    use_warnings = use_secondary and not lines_containing(f, MEMORY_FAULT + " ")
+    use_warnings = use_secondary and not lines_containing(f, DUPLICATE_MARKERS[1])
     parser = _QemuParser(source, stats, lenient, use_secondary, use_warnings, line_spacing_ns)
     yield from run_lines(f, parser.line, source, lenient, stats)
 

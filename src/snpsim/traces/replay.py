@@ -20,6 +20,9 @@ the rest from 4 GiB; ``[lowmem, 4 GiB)`` is the PCI hole, not RAM. A conversion 
 hole, or needing more than the model's 16 TiB) is a :class:`TraceError` naming the trace line; so is a launch
 update outside RAM and outside the BIOS window below 4 GiB, or one overlapping another. Independent of the runner.
 
+:func:`plan_replay` reads the trace once (:func:`snpsim.traces.scan`: the conversions spooled as numpy records); the
+sizing, the RAM check and the events then work on those records a chunk at a time.
+
 Simplifications: a guest_memfd of at most 16 MiB is taken as firmware and one larger as RAM [I] (OVMF images are
 1-4 MiB and QEMU's ``pc.rom`` 128 KiB; a NUMA guest with a node of 16 MiB or less would be read 16 MiB small per
 such node); the RAM sum is rounded up to 2 MiB and raised to the model's 64 MiB minimum (guest RAM only grows).
@@ -28,10 +31,13 @@ such node); the RAM sum is rounded up to 2 MiB and raised to the model's 64 MiB 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from snpsim.errors import ConfigError
 from snpsim.guest.events import Conversion, Protocol, Timed
@@ -45,7 +51,6 @@ from snpsim.guest.linux import (
     LinuxGuestConfig,
 )
 from snpsim.kvm.uapi import SnpLaunchUpdate
-from snpsim.traces.ftrace import MSR_PROTOCOL_ENTER
 from snpsim.traces.model import (
     PAGE_SHIFT,
     ParseStats,
@@ -54,6 +59,7 @@ from snpsim.traces.model import (
     TraceGuestMemfd,
     TraceLaunchUpdate,
 )
+from snpsim.traces.scan import PROTOCOLS, TraceArrays, protocol_of, scan
 
 if TYPE_CHECKING:
     from snpsim.scenario import Scenario
@@ -165,7 +171,9 @@ def guest_memfd_ram(guest_memfds: Iterable[TraceGuestMemfd]) -> tuple[int, Trace
     return mem, last
 
 
-def infer_memory_bytes(conversions: Iterable[TraceConversion], *, guest_memfds: Iterable[TraceGuestMemfd] = ()) -> int:
+def infer_memory_bytes(
+    conversions: Iterable[TraceConversion] | TraceArrays, *, guest_memfds: Iterable[TraceGuestMemfd] = ()
+) -> int:
     """The guest RAM size of a trace: from its guest_memfds (:func:`guest_memfd_ram`) when it has a RAM one, else
     the smallest valid size (2 MiB multiple, >= 64 MiB) whose q35 RAM map holds every conversion.
 
@@ -174,26 +182,25 @@ def infer_memory_bytes(conversions: Iterable[TraceConversion], *, guest_memfds: 
     4 GiB). Raises TraceError for a conversion no q35 guest has as RAM (in or across the PCI hole, or beyond 16 TiB)
     or, with the size from the guest_memfds, outside that guest's RAM. Streams: one pass finds the size; a second
     pass (when ``conversions`` can be iterated again, e.g. a list or a reader over a file) checks every conversion
-    against the RAM map, so memory stays constant.
+    against the RAM map, so memory stays constant. :class:`~snpsim.traces.scan.TraceArrays` are read a chunk at a
+    time, vectorised.
     """
     from_gmem = guest_memfd_ram(guest_memfds)
     if from_gmem is not None:
         mem, where = from_gmem
-        if not isinstance(conversions, Iterator):
-            ranges = ram_ranges(mem)
-            for c in conversions:
-                if not _in_ram(c, ranges):
-                    raise _outside(c, mem, ranges, f" (its size from the guest_memfd at {where.source}:{where.line})")
+        _check_ram(conversions, mem, f" (its size from the guest_memfd at {where.source}:{where.line})")
         return mem
-    top_low: TraceConversion | None = None
-    top_high: TraceConversion | None = None
-    for c in conversions:
-        end = c.gpa + c.size
-        if end > FOUR_GIB:
-            if top_high is None or end > top_high.gpa + top_high.size:
-                top_high = c
-        elif top_low is None or end > top_low.gpa + top_low.size:
-            top_low = c
+    if isinstance(conversions, TraceArrays):
+        top_low, top_high = _array_tops(conversions)
+    else:
+        top_low = top_high = None
+        for c in conversions:
+            end = c.gpa + c.size
+            if end > FOUR_GIB:
+                if top_high is None or end > top_high.gpa + top_high.size:
+                    top_high = c
+            elif top_low is None or end > top_low.gpa + top_low.size:
+                top_low = c
     if top_high is not None:
         top = top_high
         mem = max(Q35_LOWMEM_LARGE + _round_up(top.gpa + top.size - FOUR_GIB, ALIGN), Q35_LOWMEM_THRESHOLD)
@@ -209,12 +216,71 @@ def infer_memory_bytes(conversions: Iterable[TraceConversion], *, guest_memfds: 
             f"conversion {top.gpa:#x}+{top.size:#x} needs {mem} bytes of guest RAM, more than the model's "
             f"{MAX_MEMORY_BYTES} (16 TiB)",
         )
-    if not isinstance(conversions, Iterator):
-        ranges = ram_ranges(mem)
-        for c in conversions:
-            if not _in_ram(c, ranges):
-                raise _outside(c, mem, ranges, "; no q35 guest has RAM there (PCI hole below 4 GiB)")
+    _check_ram(conversions, mem, "; no q35 guest has RAM there (PCI hole below 4 GiB)")
     return mem
+
+
+def _check_ram(conversions: Iterable[TraceConversion] | TraceArrays, mem: int, why: str) -> None:
+    """TraceError at the first conversion outside the RAM of a ``mem`` byte guest (a one-shot iterator is not
+    checked: it was consumed sizing the guest)."""
+    if isinstance(conversions, Iterator):
+        return
+    ranges = ram_ranges(mem)
+    if isinstance(conversions, TraceArrays):
+        bad = _array_first_outside(conversions, ranges)
+        if bad is not None:
+            raise _outside(bad, mem, ranges, why)
+        return
+    for c in conversions:
+        if not _in_ram(c, ranges):
+            raise _outside(c, mem, ranges, why)
+
+
+def _inside(chunk: npt.NDArray[Any], ranges: list[tuple[int, int]]) -> npt.NDArray[np.bool_]:
+    """Which records of a chunk lie in one of ``ranges`` (byte ranges; :func:`_within` for many at once)."""
+    gpa = chunk["gfn"] << PAGE_SHIFT
+    end = gpa + (chunk["npages"] << PAGE_SHIFT)
+    inside = np.zeros(len(chunk), dtype=bool)
+    for lo, hi in ranges:
+        inside |= (gpa >= lo) & (end <= hi)
+    return inside
+
+
+def _array_first_outside(arrays: TraceArrays, ranges: list[tuple[int, int]]) -> TraceConversion | None:
+    for chunk in arrays.chunks():
+        inside = _inside(chunk, ranges)
+        if not inside.all():
+            return arrays.conversion(chunk[int(np.argmin(inside))])
+    return None
+
+
+def _array_tops(arrays: TraceArrays) -> tuple[TraceConversion | None, TraceConversion | None]:
+    """The first conversion with the highest end at or below 4 GiB, and the one above (the loop in
+    :func:`infer_memory_bytes`, a chunk at a time)."""
+    best: list[tuple[int, Any] | None] = [None, None]  # (end, record) below / above 4 GiB
+    for chunk in arrays.chunks():
+        end = (chunk["gfn"] + chunk["npages"]) << PAGE_SHIFT
+        high = end > FOUR_GIB
+        for k, mask in enumerate((~high, high)):
+            if not mask.any():
+                continue
+            idx = np.flatnonzero(mask)
+            i = int(idx[int(np.argmax(end[idx]))])  # argmax: the first of equal ends
+            cur = best[k]
+            if cur is None or int(end[i]) > cur[0]:
+                best[k] = (int(end[i]), chunk[i].copy())
+    low, high_ = best
+    return (
+        arrays.conversion(low[1]) if low is not None else None,
+        arrays.conversion(high_[1]) if high_ is not None else None,
+    )
+
+
+def _timed(t: int, gfn: int, npages: int, to_private: bool, protocol: Protocol) -> Timed:
+    return Timed(
+        t,
+        Conversion(gfn=gfn, npages=npages, to_private=to_private, protocol=protocol, huge_ok=True, what="trace"),
+    )
 
 
 def _events(
@@ -231,18 +297,64 @@ def _events(
         if t < last:
             raise TraceError(c.source, c.line, f"time {c.time_ns} ns is before the previous conversion's")
         last = t
-        protocol = Protocol.MSR if c.event == MSR_PROTOCOL_ENTER else Protocol.GHCB
-        yield Timed(
-            t,
-            Conversion(
-                gfn=c.gpa >> PAGE_SHIFT,
-                npages=c.size >> PAGE_SHIFT,
-                to_private=c.to_private,
-                protocol=protocol,
-                huge_ok=True,
-                what="trace",
-            ),
+        yield _timed(t, c.gpa >> PAGE_SHIFT, c.size >> PAGE_SHIFT, c.to_private, protocol_of(c.event))
+
+
+def _array_events(
+    arrays: TraceArrays, memory_bytes: int, ranges: list[tuple[int, int]] | None
+) -> Generator[Timed, None, None]:
+    """:func:`_events` of spooled conversions, a chunk at a time (the checks vectorised per chunk)."""
+    t0: int | None = None
+    last = 0
+    for chunk in arrays.chunks():
+        if ranges is not None:
+            inside = _inside(chunk, ranges)
+            if not inside.all():
+                raise _outside(arrays.conversion(chunk[int(np.argmin(inside))]), memory_bytes, ranges, "")
+        times = chunk["time_ns"]
+        if t0 is None:
+            t0 = int(times[0])
+        rel = times - t0
+        prev = np.concatenate(([last], rel[:-1]))
+        back = rel < prev
+        if back.any():
+            c = arrays.conversion(chunk[int(np.argmax(back))])
+            raise TraceError(c.source, c.line, f"time {c.time_ns} ns is before the previous conversion's")
+        last = int(rel[-1])
+        protocols = [PROTOCOLS[p] for p in chunk["protocol"].tolist()]
+        cols = zip(
+            rel.tolist(),
+            chunk["gfn"].tolist(),
+            chunk["npages"].tolist(),
+            chunk["to_private"].tolist(),
+            protocols,
+            strict=True,
         )
+        for t, gfn, npages, priv, protocol in cols:
+            yield _timed(t, gfn, npages, priv, protocol)
+
+
+class SpooledEvents(Iterator[Timed]):
+    """The guest events of spooled conversions (:func:`_array_events`), lazily; removes the spool once exhausted,
+    on an error, or at :meth:`close` (also when never iterated)."""
+
+    def __init__(self, arrays: TraceArrays, memory_bytes: int, ranges: list[tuple[int, int]] | None) -> None:
+        self.arrays = arrays
+        self._it = _array_events(arrays, memory_bytes, ranges)
+
+    def __iter__(self) -> SpooledEvents:
+        return self
+
+    def __next__(self) -> Timed:
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._it.close()
+        self.arrays.close()
 
 
 def launch_updates(updates: Iterable[TraceLaunchUpdate], memory_bytes: int) -> list[SnpLaunchUpdate]:
@@ -283,7 +395,7 @@ def launch_updates(updates: Iterable[TraceLaunchUpdate], memory_bytes: int) -> l
 
 
 def to_guest_events(
-    conversions: Iterable[TraceConversion],
+    conversions: Iterable[TraceConversion] | TraceArrays,
     *,
     vm_memory: int | None = None,
     launch: Iterable[TraceLaunchUpdate] | None = None,
@@ -301,8 +413,20 @@ def to_guest_events(
     pass). Left None, they are taken from ``conversions`` when it is a :class:`~snpsim.traces.TraceReader` and
     ``vm_memory`` is None (its pass has then ended); otherwise there are none. ``launch`` is checked against the
     guest's RAM (:func:`launch_updates`).
+
+    :class:`~snpsim.traces.scan.TraceArrays` (:func:`snpsim.traces.scan`) are sized and checked from the spooled
+    records a chunk at a time; ``events`` is then always lazy (:class:`SpooledEvents`, which removes the spool once
+    used up or closed), and ``launch`` / ``guest_memfds`` default to the scan's.
     """
-    if vm_memory is None:
+    if isinstance(conversions, TraceArrays):
+        launch = conversions.stats.launch if launch is None else launch
+        guest_memfds = conversions.stats.guest_memfds if guest_memfds is None else guest_memfds
+        if vm_memory is None:
+            gmems = list(guest_memfds or ())
+            mem = infer_memory_bytes(conversions, guest_memfds=gmems)
+            source = "guest_memfd" if guest_memfd_ram(gmems) is not None else "conversions"
+            return GuestTrace(mem, SpooledEvents(conversions, mem, None), launch_updates(launch or (), mem), source)
+    elif vm_memory is None:
         convs = list(conversions)
         stats = getattr(conversions, "stats", None)  # a TraceReader's stats describe the pass just made
         if isinstance(stats, ParseStats):
@@ -312,14 +436,21 @@ def to_guest_events(
         mem = infer_memory_bytes(convs, guest_memfds=gmems)
         source = "guest_memfd" if guest_memfd_ram(gmems) is not None else "conversions"
         return GuestTrace(mem, list(_events(convs, mem, None)), launch_updates(launch or (), mem), source)
+    _check_vm_memory(vm_memory)
+    updates = launch_updates(launch or (), vm_memory)
+    if isinstance(conversions, TraceArrays):
+        return GuestTrace(vm_memory, SpooledEvents(conversions, vm_memory, ram_ranges(vm_memory)), updates, "given")
+    return GuestTrace(vm_memory, _events(conversions, vm_memory, ram_ranges(vm_memory)), updates, "given")
+
+
+def _check_vm_memory(vm_memory: object) -> None:
+    """ConfigError (``vm_memory``) unless it is a valid ``LinuxGuestConfig.memory_bytes``."""
     if isinstance(vm_memory, bool) or not isinstance(vm_memory, int):
         raise ConfigError("vm_memory", f"expected a size in bytes, got {vm_memory!r}")
     try:
         LinuxGuestConfig(vm_memory, 1).validate()
     except ConfigError as e:
         raise ConfigError("vm_memory", str(e)) from None
-    updates = launch_updates(launch or (), vm_memory)
-    return GuestTrace(vm_memory, _events(conversions, vm_memory, ram_ranges(vm_memory)), updates, "given")
 
 
 class ReplayPlan(NamedTuple):
@@ -333,6 +464,12 @@ class ReplayPlan(NamedTuple):
     format: str
     launch: list[SnpLaunchUpdate]
     memory_from: str
+
+    def close(self) -> None:
+        """Remove the trace's spooled conversions (:class:`SpooledEvents`) if ``events`` has not used them up."""
+        close = getattr(self.events, "close", None)
+        if close is not None:
+            close()
 
 
 def plan_replay(
@@ -349,33 +486,52 @@ def plan_replay(
 ) -> ReplayPlan:
     """Check a trace and build the scenario of its replay (:func:`snpsim.replay`), without simulating.
 
-    Streaming, constant memory: one pass finds the time span (and counts what the trace holds, keeping its launch
-    records), a pass sizes the guest (from the guest_memfds when the trace has them, else from the conversions) or,
-    with ``vm_memory``, checks every conversion against that guest's RAM, and the events read the file again
-    lazily. Raises TraceError for a bad line, a trace without a single conversion or a launch update outside the
-    guest, ConfigError (``vm_memory``, ``vms[0].vcpus``, ``host.memory``, ...) for bad options."""
+    One pass over the file (:func:`snpsim.traces.scan`): it counts what the trace holds, keeps its launch records
+    and spools the conversions as compact records to a temporary file, so memory stays bounded; the guest is sized
+    (from the guest_memfds when the trace has them, else from the conversions) or, with ``vm_memory``, every
+    conversion checked against that guest's RAM, from those records, and the events are generated from them lazily
+    (``ReplayPlan.events``, which removes the spool once used up; :meth:`ReplayPlan.close` otherwise). Raises
+    TraceError for a bad line, a trace without a single conversion or a launch update outside the guest,
+    ConfigError (``vm_memory``, ``vms[0].vcpus``, ``host.memory``, ...) for bad options (nothing is left spooled
+    then)."""
+    arrays = scan(trace, format, lenient)
+    try:
+        return _plan(arrays, trace, policy, vm_memory, vcpus, host_memory, seed, samples)
+    except BaseException:
+        arrays.close()
+        raise
+
+
+def _plan(
+    arrays: TraceArrays,
+    trace: str | Path,
+    policy: str | Mapping[str, Any],
+    vm_memory: int | str | None,
+    vcpus: int,
+    host_memory: int | str | None,
+    seed: int,
+    samples: int,
+) -> ReplayPlan:
     from snpsim.scenario import load
-    from snpsim.traces import Format, parse
     from snpsim.units import parse_size
 
-    fmt = cast(Format, format)  # not checked here: parse raises its ValueError for anything but auto/qemu/ftrace
-    reader = parse(trace, fmt, lenient)
-    first = last = count = 0
-    for count, conv in enumerate(reader, 1):
-        first = conv.time_ns if count == 1 else first
-        last = conv.time_ns - first
-    stats = reader.stats
-    if count == 0:
-        raise TraceError(reader.source, 0, f"nothing to replay: {describe_empty(stats)}")
+    stats = arrays.stats
+    if len(arrays) == 0:
+        raise TraceError(arrays.source, 0, f"nothing to replay: {describe_empty(stats)}")
+    first: int | None = None
+    end = 0
+    for chunk in arrays.chunks():  # the time span, a chunk at a time
+        first = int(chunk["time_ns"][0]) if first is None else first
+        end = int(chunk["time_ns"][-1])
+    last = end - (first or 0)
     if vm_memory is None:
-        memory = infer_memory_bytes(reader, guest_memfds=stats.guest_memfds)
+        memory = infer_memory_bytes(arrays, guest_memfds=stats.guest_memfds)
         memory_from = "guest_memfd" if guest_memfd_ram(stats.guest_memfds) is not None else "conversions"
     else:
         memory, memory_from = parse_size(vm_memory, "vm_memory"), "given"
-        # a given size is checked lazily, conversion by conversion: check them all now
-        for _ in to_guest_events(parse(trace, fmt, lenient), vm_memory=memory).events:
-            pass
-    guest = to_guest_events(parse(trace, fmt, lenient), vm_memory=memory, launch=stats.launch)
+        _check_vm_memory(memory)
+        _check_ram(arrays, memory, "")  # a given size is checked lazily, conversion by conversion: check them all now
+    guest = to_guest_events(arrays, vm_memory=memory, launch=stats.launch)
     host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
     scenario = load(
         {
@@ -388,4 +544,4 @@ def plan_replay(
             "vms": [{"memory": guest.memory_bytes, "vcpus": vcpus, "workload": "idle"}],
         }
     )
-    return ReplayPlan(scenario, guest.events, stats, reader.format, guest.launch, memory_from)
+    return ReplayPlan(scenario, guest.events, stats, arrays.format, guest.launch, memory_from)
