@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,53 @@ def test_cited_files_exist(page: Path) -> None:
 def test_python_snippets_compile(page: Path) -> None:
     for block in re.findall(r"^```python\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL):
         compile(block, str(page), "exec")
+
+
+def _preset_tables() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("preset_tables", ROOT / "benchmarks" / "preset_tables.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_preset_tables_rewrites_only_the_value_cells() -> None:
+    """benchmarks/preset_tables.py (how the pages' tables are made): the rows the page chose stay, in order, the
+    columns are the command's presets, values are formatted as the CLI formats them; prose is left alone."""
+    pt: Any = _preset_tables()
+    command = "snpsim run examples/x.toml -p upstream -p upm --no-save --json"
+    page = (
+        "intro\n\n```sh\n" + command + "\n```\n\n| metric | `upstream` | `upm` |\n|---|---:|---:|\n"
+        "| `directmap_4k` | 1 | 2 |\n| `directmap_split_count` | 3 | 4 |\n\nreading 1,026 splits\n"
+    )
+    cache = {
+        command: {
+            "upstream": {"directmap_4k": 3 << 30, "directmap_split_count": 1031},
+            "upm": {"directmap_4k": 1536 << 10, "directmap_split_count": 2},
+        }
+    }
+    out = pt.regenerate(page, cache)
+    assert out == (
+        "intro\n\n```sh\n" + command + "\n```\n\n| metric | `upstream` | `upm` |\n|---|---:|---:|\n"
+        "| `directmap_4k` | 3 GiB | 1.5 MiB |\n| `directmap_split_count` | 1,031 | 2 |\n\nreading 1,026 splits\n"
+    )
+    assert pt.presets_of(command) == ["upstream", "upm"]
+
+
+def test_every_preset_page_table_matches_its_command() -> None:
+    """Each table after a page's command has the command's presets as columns and known metrics as rows (so the
+    generator can rerun it)."""
+    pt: Any = _preset_tables()
+    for page in sorted(PRESET_DOCS.glob("*.md")):
+        text = page.read_text()
+        for m in pt.COMMAND.finditer(text):
+            rest = text[m.end() :].lstrip("\n")
+            header = pt.HEADER.match(rest)
+            if header is None:
+                continue
+            columns = re.findall(r"`([a-z0-9-]+)`", header.group(1))
+            assert columns == pt.presets_of(m.group(1)), page.name
+            rows = re.findall(r"^\| `([a-z0-9_]+)` \|", rest[header.end() :].split("\n\n")[0], re.M)
+            assert rows and set(rows) <= set(METRICS), (page.name, rows)
