@@ -364,6 +364,8 @@ class Simulation:
             vm.stopped = True
             self._run_on(main, qemu.destroy)
             del self.live[asid]
+            # the log outlives the VM (the results read it): drop its callbacks, which hold the VM's whole state
+            guest.log.on_terminate = guest.log.on_boot = None
             teardown = main.take()
             if teardown:
                 yield env.timeout(teardown)
