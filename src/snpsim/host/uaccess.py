@@ -231,16 +231,17 @@ def guest_write(host: HostKernel, ram: GuestRam, gfn: int, acc: Accessor) -> Out
     return _landed(host, ram, gfn, pfn)
 
 
-def guest_pin(ram: GuestRam, gfn: int, completes_after: int) -> tuple[Outcome, object | None]:
+def guest_pin(host: HostKernel, ram: GuestRam, gfn: int, completes_after: int) -> tuple[Outcome, object | None]:
     """A host path takes a reference on guest page ``gfn`` for I/O in flight (vhost-net zero-copy TX:
     ``handle_tx_zerocopy`` → ``sendmsg`` with a ``ubuf_info`` → ``zerocopy_sg_from_iter`` →
     ``iov_iter_get_pages2`` (``get_user_pages_fast``), released by ``vhost_zerocopy_complete`` when the NIC has sent
     the skb). A private page of an in-place guest_memfd cannot be faulted (``VM_FAULT_SIGBUS``): the pin fails
-    with -EFAULT (``get_user_pages`` of a kernel path) and the packet is dropped. Returns the outcome and the
-    pin."""
+    with -EFAULT (``get_user_pages`` of a kernel path, counted as :func:`guest_write` counts its -EFAULTs) and the
+    packet is dropped. Returns the outcome and the pin."""
     try:
         return Outcome.OK, ram.pin(gfn, completes_after)
     except VmFaultSigbus:
+        host.host_efault_count += 1
         return Outcome.EFAULT, None
 
 

@@ -48,7 +48,7 @@ from snpsim.host.compaction import COMPACTION_PROACTIVENESS, PATH_COMPACT
 from snpsim.host.frames import Owner
 from snpsim.host.kernel import PATH_ZERO as PATH_ZERO  # the allocator's zeroing path, named here with the others
 from snpsim.host.kernel import HostKernel
-from snpsim.host.uaccess import ACCESSORS, GuestRam, Outcome, guest_pin, guest_write
+from snpsim.host.uaccess import ACCESSORS, GuestRam, guest_pin, guest_write
 
 #: A host thread: yields the ns it sleeps.
 Thread = Generator[int, None, None]
@@ -197,10 +197,8 @@ def _zerocopy_tx(host: HostKernel, rng: np.random.Generator, rx: Thread, batch: 
             if not ram.ready() or pages is None or not pages.size:
                 continue
             for g in rng.choice(pages, size=batch).tolist():
-                outcome, pin = guest_pin(ram, int(g), completes_after)
-                if outcome == Outcome.EFAULT:
-                    host.host_efault_count += 1
-                elif pin is not None:
+                _, pin = guest_pin(host, ram, int(g), completes_after)
+                if pin is not None:
                     held.append((ram, pin))
 
 
