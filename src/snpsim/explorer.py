@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from snpsim.engine import DEFAULT_ENGINE, engine
 from snpsim.errors import ConfigError
 from snpsim.guest.events import Access, Conversion
 from snpsim.guest.executor import SnpGuest
@@ -97,6 +98,8 @@ class ExploreConfig:
     vcpus: int = 1
     on_vc_404: str = "terminate"
     targets: tuple[str, ...] = ("virtqueue", "kvmclock", "ghcb")
+    #: the scenario's ``engine`` (:mod:`snpsim.engine`)
+    engine: str = DEFAULT_ENGINE
 
     @classmethod
     def from_scenario(cls, scenario: Mapping[str, Any]) -> ExploreConfig:
@@ -119,7 +122,9 @@ class ExploreConfig:
         for t in targets:
             if t not in TARGET_GFNS:
                 raise ConfigError("explore.targets", f"unknown target {t!r} (known: {', '.join(TARGET_GFNS)})")
-        return cls(writers or cls.writers, vcpus, on_vc, targets)
+        name = scenario.get("engine", DEFAULT_ENGINE)
+        engine(name if isinstance(name, str) else repr(name))  # a ConfigError for an unknown one
+        return cls(writers or cls.writers, vcpus, on_vc, targets, name)
 
 
 class World:
@@ -127,7 +132,7 @@ class World:
 
     def __init__(self, policy: Policy, cfg: ExploreConfig) -> None:
         self.cfg = cfg
-        self.host = HostKernel(NFRAMES, policy)
+        self.host = HostKernel(NFRAMES, policy, allocator=engine(cfg.engine).allocator)
         self.counters = Counters()
         ram = np.ones(GUEST_PAGES, dtype=bool)
         self.qemu = Qemu(self.host, policy, ram, asid=1, counters=self.counters)

@@ -34,6 +34,7 @@ import pandas as pd
 import simpy
 
 from snpsim.arch import PageSize
+from snpsim.engine import engine
 from snpsim.errors import TimeLimitExceeded
 from snpsim.guest.events import Access, Conversion, Timed, by_vcpu
 from snpsim.guest.executor import GuestLog, SnpGuest
@@ -227,6 +228,7 @@ class Simulation:
             memory_map=memory_map,
             transparent_hugepage=scenario.transparent_hugepage,
             hugepages=scenario.hugepages,
+            allocator=engine(scenario.engine).allocator,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}

@@ -6,6 +6,7 @@ The schema (``shared/DESIGN.md``; every field but ``vms`` has a default)::
     duration = "10s"              # simulated time, > 0; every duration needs its unit (ns/us/ms/s/m/h/d)
     samples = 100                 # timeline rows (evenly spaced, plus t=0)
     policy = "upstream"           # a preset name, or a table of knobs (optionally with preset = base)
+    engine = "fast"               # fast | reference (snpsim.engine): which implementation runs; never the result
 
     [host]
     memory = "64G"                # installed DRAM, at most 64 TiB (x86-64 4-level paging: the direct map's 64 TB)
@@ -85,6 +86,7 @@ from pathlib import Path
 from typing import Any
 
 from snpsim.arch import PAGE_SHIFT, PageSize
+from snpsim.engine import DEFAULT_ENGINE, ENGINES
 from snpsim.errors import ConfigError
 from snpsim.guest.linux import MAX_MEMORY_BYTES, MIN_MEMORY_BYTES, LinuxGuestConfig
 from snpsim.host.aging import AgingSpec
@@ -138,7 +140,7 @@ DEFAULT_SCENARIO: dict[str, Any] = {
     },
 }
 
-_TOP = {"seed", "duration", "samples", "policy", "host", "vms", "churn", "costs", "name"}
+_TOP = {"seed", "duration", "samples", "policy", "host", "vms", "churn", "costs", "name", "engine"}
 _HOST = {
     "memory",
     "layout",
@@ -215,6 +217,8 @@ class Scenario:
     #: ``host.transparent_hugepage`` and ``host.hugepages`` (huge page order -> pool pages; None: no pool)
     transparent_hugepage: str = "always"
     hugepages: dict[int, int] | None = None
+    #: ``engine`` (:mod:`snpsim.engine`): which implementation runs the model; never changes a result
+    engine: str = DEFAULT_ENGINE
 
     def memory_map(self) -> HostMemoryMap:
         """The host's e820 map (:mod:`snpsim.host.e820`) from ``host.memory`` and ``host.layout``."""
@@ -289,6 +293,9 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         raise ConfigError("duration", "must be longer than 0 (e.g. '10s')")
     samples = _int(data.get("samples", 100), "samples", 1, 100_000)
     policy = resolve_policy(data.get("policy", "upstream"))
+    engine = data.get("engine", DEFAULT_ENGINE)
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ConfigError("engine", f"expected one of {', '.join(ENGINES)}, got {engine!r}")
 
     host = _table(data.get("host", {}), "host")
     _unknown(host, _HOST, "host")
@@ -370,6 +377,7 @@ def load(source: Mapping[str, Any] | str | Path) -> Scenario:
         aging=aging,
         transparent_hugepage=thp,
         hugepages=hugepages,
+        engine=engine,
     )
 
 

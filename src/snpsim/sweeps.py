@@ -148,6 +148,7 @@ def resolve(scenario: Scenario) -> dict[str, Any]:
     """The fully resolved scenario as plain data: what determines a point's result (its ``name`` excluded)."""
     doc = dataclasses.asdict(scenario)
     doc.pop("name")
+    doc.pop("engine")  # it never changes a result (snpsim.engine)
     doc["vms"] = [{**dataclasses.asdict(vm), "guest": dataclasses.asdict(vm.guest_config())} for vm in scenario.vms]
     data: dict[str, Any] = json.loads(canonical_json(doc))
     return data

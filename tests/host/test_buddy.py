@@ -572,7 +572,7 @@ def _movable_host_with_holes(sizes: dict[int, int]) -> BuddyAllocator:
 def test_sub_pageblock_claim_counts_non_movable_pages_as_alike() -> None:
     b = _movable_host_with_holes({3: 8, 5: 6})  # 256 free at 1536, 64 free at 2560
     # The largest movable block is order 8, in pageblock 3. try_to_claim_block: with no page on an LRU (no
-    # movable_pages callback), "if (block_type == MIGRATE_MOVABLE) alike_pages = pageblock_nr_pages - (free_pages +
+    # page_tags), "if (block_type == MIGRATE_MOVABLE) alike_pages = pageblock_nr_pages - (free_pages +
     # movable_pages)" = 512 - 256 = 256, and "free_pages + alike_pages >= (1 << (pageblock_order-1))": 512 >= 256
     assert b.alloc(0, U) == 1536
     assert b.pageblock_migratetype(1536) == U and b.pageblock_migratetype(2560) == M
@@ -580,8 +580,9 @@ def test_sub_pageblock_claim_counts_non_movable_pages_as_alike() -> None:
 
 
 def test_a_pageblock_half_free_or_alike_is_claimed() -> None:
-    lru = set(range(1536 + 256, 2048))  # pageblock 3: 256 pages on an LRU
-    b = BuddyAllocator(4096, movable_pages=lambda pfn, n: sum(1 for p in range(pfn, pfn + n) if p in lru))
+    tags = np.zeros(4096, dtype=np.uint8)
+    tags[1536 + 256 : 2048] = 1  # pageblock 3: 256 pages on an LRU (tag 1 is an LRU owner's)
+    b = BuddyAllocator(4096, page_tags=(tags, np.array([False, True])))
     assert b.alloc_bulk(0, 4096, M) is not None
     b.free_bulk(np.arange(1536, 1536 + 128), 0)  # 128 free; the other 128 pages are neither free nor on an LRU
     # alike_pages = pageblock_nr_pages - (free_pages + movable_pages) = 512 - (128 + 256) = 128, and
@@ -591,11 +592,12 @@ def test_a_pageblock_half_free_or_alike_is_claimed() -> None:
 
 
 def test_a_pageblock_full_of_movable_pages_is_stolen_from_not_claimed() -> None:
-    every_page_lru = lambda pfn, n: n - BuddyAllocator.free_pages_in(b, pfn, pfn + n)  # noqa: E731
-    b = BuddyAllocator(4096, movable_pages=every_page_lru)
+    tags = np.ones(4096, dtype=np.uint8)  # every allocated page on an LRU
+    b = BuddyAllocator(4096, page_tags=(tags, np.array([False, True])))
     assert b.alloc_bulk(0, 4096, M) is not None
     b.free_bulk(np.arange(1536, 1536 + 128), 0)  # 128 free (order 7) in pageblock 3
     b.free_bulk(np.arange(2560, 2560 + 64), 0)  # 64 free (order 6) in pageblock 5
+    tags[1536 : 1536 + 128] = tags[2560 : 2560 + 64] = 0
     # Every allocated page is on an LRU: alike = 512 - (128 + 384) = 0 and 128 < 256, so neither head (order 7 in
     # pageblock 3, order 6 in pageblock 5) is claimed; __rmqueue_steal then takes "the smallest buddy" of a fallback
     # type: order 6 at 2560, and its leftovers stay on the movable lists (page_del_and_expand(..., fallback_mt))
@@ -738,14 +740,18 @@ def test_free_bulk_equals_free_loop(
 
 
 class BuddyMachine(RuleBasedStateMachine):
-    """Random alloc/free/bulk traffic of every migratetype against NaiveBuddy."""
+    """Random alloc/free/bulk traffic of every migratetype against NaiveBuddy (of ``allocator``: the fast engine's
+    tests run this machine on theirs)."""
+
+    allocator: type[BuddyAllocator] = BuddyAllocator
 
     @initialize(geometry=GEOMETRIES, numpy_path=st.booleans(), lru=st.booleans())
     def setup(self, geometry: tuple[int, tuple[int, int]], numpy_path: bool, lru: bool) -> None:
         nframes, zones = geometry
-        self.lru_pages: set[int] = set()
-        movable = (lambda pfn, n: sum(1 for p in range(pfn, pfn + n) if p in self.lru_pages)) if lru else None
-        self.b = BuddyAllocator(nframes, zone_pfns=zones, movable_pages=movable)
+        self.tags = np.zeros(nframes, dtype=np.uint8)  # 1: on an LRU list
+        movable = (lambda pfn, n: int(np.count_nonzero(self.tags[pfn : pfn + n]))) if lru else None
+        page_tags = (self.tags, np.array([False, True])) if lru else None
+        self.b = self.allocator(nframes, zone_pfns=zones, page_tags=page_tags)
         if numpy_path:
             self.b._BULK_LOOP_THRESHOLD = 0
         self.model = NaiveBuddy(nframes, zones, movable=movable)
@@ -754,11 +760,11 @@ class BuddyMachine(RuleBasedStateMachine):
     def _track(self, pfn: int, order: int, mt: int) -> None:
         self.allocated.append((pfn, order))
         if mt == M:  # movable allocations are on an LRU (page cache, anonymous memory)
-            self.lru_pages.update(range(pfn, pfn + (1 << order)))
+            self.tags[pfn : pfn + (1 << order)] = 1
 
     def _untrack(self, pfn: int, order: int) -> None:
         self.allocated.remove((pfn, order))
-        self.lru_pages.difference_update(range(pfn, pfn + (1 << order)))
+        self.tags[pfn : pfn + (1 << order)] = 0
 
     @rule(order=st.integers(0, MAX_PAGE_ORDER), mt=MTS)
     def alloc(self, order: int, mt: Migratetype) -> None:

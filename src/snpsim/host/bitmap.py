@@ -14,6 +14,10 @@ numpy scalar indexing); the batch operations (:meth:`Bitmap.add_many`, :meth:`Bi
 Level 0 of a big bitmap comes from :func:`snpsim.pfnmap.lazy_zeros`: pages of the bitmap never written cost no
 memory (a 2 TiB zone's order-0 bitmap is 64 MiB of address space per migratetype, resident only where free
 order-0 blocks ever were).
+
+All bitmaps of one allocator live in one :class:`BitmapStore`: their levels are slices of a single ``uint64``
+buffer, their counts and top words entries of two small arrays, so compiled code (:mod:`snpsim.fast`) can work on
+every free list of the allocator through five arrays, and a :class:`Bitmap` is a view of one of them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy.typing as npt
 from snpsim.pfnmap import lazy_zeros
 from snpsim.segments import run_starts
 
-__all__ = ["Bitmap"]
+__all__ = ["MAX_LEVELS", "Bitmap", "BitmapStore"]
 
 IntArray = npt.NDArray[np.int64]
 WordArray = npt.NDArray[np.uint64]
@@ -32,6 +36,8 @@ WordArray = npt.NDArray[np.uint64]
 #: The top numpy level has at most this many words; the Python ``int`` above it has one bit per word (small ints
 #: keep the bit tricks on it cheap).
 TOP_WORDS = 64
+#: levels of the largest bitmap (2^40 members: 64^6 bits above the top words)
+MAX_LEVELS = 7
 
 _ONE = np.uint64(1)
 #: the 64 single-bit masks, gathered instead of shifted (a shift by a per-element amount needs a cast first)
@@ -57,34 +63,89 @@ def _masks(idx: IntArray) -> tuple[IntArray, WordArray]:
     return words[starts], np.bitwise_or.reduceat(_BIT[idx & 63], starts)
 
 
+class BitmapStore:
+    """The words of several bitmaps in one buffer: bitmap ``b`` has ``nlev[b]`` levels, level ``l`` at
+    ``words[off[b, l] : off[b, l] + nwords[b, l]]``; ``count[b]`` members and top summary word ``top[b]``."""
+
+    __slots__ = ("count", "n", "nlev", "nwords", "off", "top", "words")
+
+    def __init__(self, sizes: list[int]) -> None:
+        nb = len(sizes)
+        self.n = np.array([int(x) for x in sizes], dtype=np.int64)
+        self.off = np.zeros((nb, MAX_LEVELS), dtype=np.int64)
+        self.nwords = np.zeros((nb, MAX_LEVELS), dtype=np.int64)
+        self.nlev = np.zeros(nb, dtype=np.int64)
+        pos = 0
+        for b, n in enumerate(sizes):
+            size = max(int(n), 1)
+            lev = 0
+            while True:
+                words = (size + 63) >> 6
+                self.off[b, lev], self.nwords[b, lev] = pos, words
+                pos += words
+                lev += 1
+                if words <= TOP_WORDS:
+                    break
+                size = words
+            self.nlev[b] = lev
+        self.words = lazy_zeros(pos, np.uint64)
+        self.count = np.zeros(nb, dtype=np.int64)
+        self.top = np.zeros(nb, dtype=np.uint64)
+
+    def bitmap(self, b: int) -> Bitmap:
+        return Bitmap(int(self.n[b]), store=self, index=b)
+
+    def clear(self) -> None:
+        self.words[:] = 0
+        self.count[:] = 0
+        self.top[:] = 0
+
+
 class Bitmap:
-    """A set of integers in ``[0, n)``; ``count`` is its size."""
+    """A set of integers in ``[0, n)``; ``count`` is its size. A view of bitmap ``index`` of a :class:`BitmapStore`
+    (a store of its own by default)."""
 
-    __slots__ = ("count", "levels", "n", "top", "views")
+    __slots__ = ("_b", "_cv", "_tv", "levels", "n", "store", "views")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, store: BitmapStore | None = None, index: int = 0) -> None:
         self.n = int(n)
-        self.count = 0
-        self.levels: list[WordArray] = []
-        size = max(self.n, 1)
-        while True:
-            words = (size + 63) >> 6
-            self.levels.append(lazy_zeros(words, np.uint64))
-            if words <= TOP_WORDS:
-                break
-            size = words
+        self.store = BitmapStore([self.n]) if store is None else store
+        self._b = int(index)
+        self._bind()
+
+    def _bind(self) -> None:
+        st, b = self.store, self._b
+        self.levels: list[WordArray] = [
+            st.words[st.off[b, lev] : st.off[b, lev] + st.nwords[b, lev]] for lev in range(int(st.nlev[b]))
+        ]
         #: the same words, for single reads and writes
         self.views = [level.data for level in self.levels]
-        #: bit j set iff ``levels[-1][j]`` is non-zero
-        self.top = 0
+        self._cv = st.count[b : b + 1].data
+        self._tv = st.top[b : b + 1].data
 
-    def __getstate__(self) -> dict[str, object]:
-        return {"n": self.n, "count": self.count, "levels": self.levels, "top": self.top}
+    def __getstate__(self) -> tuple[BitmapStore, int, int]:
+        return self.store, self._b, self.n
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.n, self.count, self.top = state["n"], state["count"], state["top"]  # type: ignore[assignment]
-        self.levels = state["levels"]  # type: ignore[assignment]
-        self.views = [level.data for level in self.levels]
+    def __setstate__(self, state: tuple[BitmapStore, int, int]) -> None:
+        self.store, self._b, self.n = state
+        self._bind()
+
+    @property
+    def count(self) -> int:
+        return self._cv[0]  # type: ignore[no-any-return]
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self._cv[0] = value
+
+    @property
+    def top(self) -> int:
+        """Bit j set iff ``levels[-1][j]`` is non-zero."""
+        return self._tv[0]  # type: ignore[no-any-return]
+
+    @top.setter
+    def top(self, value: int) -> None:
+        self._tv[0] = value
 
     def __len__(self) -> int:
         return self.count
@@ -95,7 +156,7 @@ class Bitmap:
     # ------------------------------------------------------------------ single members
     def add(self, i: int) -> None:
         """Insert ``i`` (known absent)."""
-        self.count += 1
+        self._cv[0] += 1
         for view in self.views:
             w = i >> 6
             old = view[w]
@@ -103,11 +164,11 @@ class Bitmap:
             if old:
                 return
             i = w
-        self.top |= 1 << i
+        self._tv[0] |= 1 << i
 
     def remove(self, i: int) -> None:
         """Remove ``i`` (known present)."""
-        self.count -= 1
+        self._cv[0] -= 1
         for view in self.views:
             w = i >> 6
             new = view[w] & ~(1 << (i & 63))
@@ -115,11 +176,11 @@ class Bitmap:
             if new:
                 return
             i = w
-        self.top &= ~(1 << i)
+        self._tv[0] &= ~(1 << i) & 0xFFFFFFFFFFFFFFFF
 
     def first(self) -> int:
         """The lowest member, or -1 if the set is empty."""
-        top = self.top
+        top = self._tv[0]
         if not top:
             return -1
         pos = (top & -top).bit_length() - 1
@@ -169,7 +230,7 @@ class Bitmap:
             if idx.size == 0:
                 return
         for j in idx.tolist():
-            self.top &= ~(1 << j)
+            self.top &= ~(1 << j) & 0xFFFFFFFFFFFFFFFF
 
     def members(self, limit: int | None = None) -> IntArray:
         """The ``limit`` lowest members (all by default), ascending."""
@@ -225,8 +286,8 @@ class Bitmap:
     def clear(self) -> None:
         for level in self.levels:
             level[:] = 0
-        self.top = 0
-        self.count = 0
+        self._tv[0] = 0
+        self._cv[0] = 0
 
     def __repr__(self) -> str:
         return f"Bitmap(n={self.n}, count={self.count})"

@@ -36,7 +36,7 @@ Simplifications (each moves some number, in the direction given):
 * deterministic choice: the "list head" is the lowest PFN of the list (Linux's depends on the order of frees);
   so a fresh host fills from low PFNs up, where Linux fills from the top of each zone down;
 * ``prep_move_freepages_block`` learns the number of movable (``PageLRU``) pages in a pageblock from the
-  ``movable_pages`` callback (the host kernel counts its frame tags); without one it sees none.
+  frames' owner tags (``page_tags``: the host kernel's frame table); without them it sees none.
 
 Orders above ``MAX_PAGE_ORDER`` (1 GiB hugetlb pages and guest_memfd folios) are not the buddy allocator's: the host
 kernel gets them like ``alloc_contig_pages()`` (:mod:`snpsim.host.compaction`), from a 1G-aligned range it empties
@@ -51,14 +51,14 @@ pageblock for its type. ``alloc_bulk``/``free_bulk`` are vectorised and give exa
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.host.bitmap import Bitmap
+from snpsim.host.bitmap import Bitmap, BitmapStore
 from snpsim.segments import SCALAR_MAX, ascending
 
 __all__ = [
@@ -129,21 +129,64 @@ def should_try_claim_block(order: int, start_mt: int) -> bool:
     return start_mt in (Migratetype.RECLAIMABLE, Migratetype.UNMOVABLE)
 
 
+#: The allocator's zone table (``int64``, a row per zone kind, then a flags row and the zonelist row):
+#: zone rows ``[lo, hi, free_pages, lowmem_reserve]``; row 3 ``[mobility_disabled, nofragment, has_page_tags, 0]``;
+#: row 4 the zonelist's zone kinds, -1 padded. Compiled code (:mod:`snpsim.fast.buddy`) reads and updates it in place.
+ZONE_COLUMNS = ("lo", "hi", "free_pages", "lowmem_reserve")
+ZT_FLAGS, ZT_ZONELIST = 3, 4
+
+
+def free_list_index(zone: int, order: int, mt: int) -> int:
+    """The bitmap of the free list ``(zone, order, migratetype)`` in the allocator's :class:`BitmapStore`."""
+    return (zone * (MAX_PAGE_ORDER + 1) + order) * NTYPES + mt
+
+
+def _free_list_sizes(spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Block counts of every free list, in :func:`free_list_index` order, for zones spanning ``spans``."""
+    return [(hi - lo + (1 << o) - 1) >> o for lo, hi in spans for o in range(MAX_PAGE_ORDER + 1) for _ in range(NTYPES)]
+
+
 class _Zone:
     """One ``struct zone``: its PFN span, free lists ``free[order][migratetype]`` (block index = ``(pfn - lo) >>
     order``), free and managed page counts and its lowmem reserve against Normal-zone requests."""
 
-    __slots__ = ("free", "free_pages", "hi", "kind", "lo", "managed", "reserve")
+    __slots__ = ("_row", "free", "hi", "kind", "lo", "managed")
 
-    def __init__(self, kind: ZoneType, lo: int, hi: int) -> None:
+    def __init__(self, kind: ZoneType, lo: int, hi: int, store: BitmapStore, table: npt.NDArray[np.int64]) -> None:
+        """``store``: the allocator's bitmaps (this zone's list of (order, type) is bitmap ``free_list_index(kind,
+        order, type)``); ``table``: the allocator's zone table (:data:`ZONE_COLUMNS`; row ``kind`` is this zone's)."""
         self.kind = kind
         self.lo = lo
         self.hi = hi
-        span = hi - lo
-        self.free = [[Bitmap((span + (1 << o) - 1) >> o) for _ in range(NTYPES)] for o in range(MAX_PAGE_ORDER + 1)]
-        self.free_pages = 0
+        self.free = [
+            [store.bitmap(free_list_index(kind, o, m)) for m in range(NTYPES)] for o in range(MAX_PAGE_ORDER + 1)
+        ]
+        table[kind, :3] = (lo, hi, 0)
+        self._row = table[kind].data
         self.managed = 0
         self.reserve = 0
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return self.kind, self.lo, self.hi, self.free, self.managed  # the table row is rebound by the allocator
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.kind, self.lo, self.hi, self.free, self.managed = state  # type: ignore[assignment]
+
+    @property
+    def free_pages(self) -> int:
+        return self._row[2]  # type: ignore[no-any-return]
+
+    @free_pages.setter
+    def free_pages(self, value: int) -> None:
+        self._row[2] = value
+
+    @property
+    def reserve(self) -> int:
+        return self._row[3]  # type: ignore[no-any-return]
+
+    @reserve.setter
+    def reserve(self, value: int) -> None:
+        self._row[3] = value
 
     def nr_free(self, order: int) -> int:
         return sum(bm.count for bm in self.free[order])
@@ -191,11 +234,13 @@ class BuddyAllocator:
         nframes: int,
         *,
         ranges: Sequence[tuple[int, int]] | None = None,
-        movable_pages: Callable[[int, int], int] | None = None,
+        page_tags: tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]] | None = None,
         zone_pfns: tuple[int, int] = (MAX_DMA_PFN, MAX_DMA32_PFN),
     ) -> None:
         """``zone_pfns``: the ends of ZONE_DMA and ZONE_DMA32 (x86-64's by default; tests shrink them, keeping them
-        multiples of ``2**MAX_PAGE_ORDER`` so that no buddy block crosses a zone boundary)."""
+        multiples of ``2**MAX_PAGE_ORDER`` so that no buddy block crosses a zone boundary). ``page_tags``: every
+        frame's owner tag and, per tag, whether such a page is on an LRU list (``PageLRU``: what
+        ``prep_move_freepages_block`` counts as movable; the host kernel's frame table); None: no page is."""
         if nframes < 0:
             raise ValueError(f"nframes must be >= 0, got {nframes}")
         dma_end, dma32_end = (int(p) for p in zone_pfns)
@@ -203,7 +248,7 @@ class BuddyAllocator:
             raise ValueError(f"zone_pfns must be ascending multiples of {1 << MAX_PAGE_ORDER}, got {zone_pfns}")
         self._dma_end, self._dma32_end = dma_end, dma32_end
         self._nframes = int(nframes)
-        self._movable_pages = movable_pages
+        self._page_tags = page_tags
         spans = [(0, self._nframes)] if ranges is None else sorted((int(a), int(b)) for a, b in ranges)
         prev = 0
         for lo, hi in spans:
@@ -213,12 +258,18 @@ class BuddyAllocator:
         self._ranges = [(lo, hi) for lo, hi in spans if hi > lo]
         self._all_ram = self._ranges == [(0, self._nframes)] or self._nframes == 0
         self._range_starts = [lo for lo, _ in self._ranges]
-        self._zones: list[_Zone] = []
         bounds = {ZoneType.DMA: (0, dma_end), ZoneType.DMA32: (dma_end, dma32_end)}
+        zspans = []
         for kind in ZoneType:
             lo, hi = bounds.get(kind, (dma32_end, self._nframes))
             lo, hi = min(lo, self._nframes), min(hi, self._nframes)
-            self._zones.append(_Zone(kind, lo, max(lo, hi)))
+            zspans.append((lo, max(lo, hi)))
+        #: every free list's bitmap (:func:`free_list_index`)
+        self._store = BitmapStore(_free_list_sizes(zspans))
+        self._zt = np.full((5, 4), -1, dtype=np.int64)  # ZONE_COLUMNS
+        self._zones = [
+            _Zone(kind, lo, hi, self._store, self._zt) for kind, (lo, hi) in zip(ZoneType, zspans, strict=True)
+        ]
         managed = sum(hi - lo for lo, hi in self._ranges)
         #: ``page_group_by_mobility_disabled`` (mm/page_alloc.c ``build_all_zonelists_init``)
         self.mobility_disabled = managed < PAGEBLOCK_NR_PAGES * MIGRATE_TYPES
@@ -231,7 +282,6 @@ class BuddyAllocator:
                 if b > a:
                     z.managed += b - a
                     self._add_range(z, a, b, int(boot_mt))
-        self._free_frames = sum(z.free_pages for z in self._zones)
         self._managed = managed
         # setup_per_zone_lowmem_reserve(): reserve of zone i against a Normal request = managed pages of the zones
         # above it, up to Normal, / ratio; 0 if Normal itself (the upper zone j of lowmem_reserve[j]) is empty.
@@ -245,6 +295,8 @@ class BuddyAllocator:
         self._zonelist = [z for z in reversed(self._zones) if z.managed]
         #: ``alloc_flags_nofragment()``: the preferred zone is Normal
         self._nofragment = bool(self._zonelist) and self._zonelist[0].kind == ZoneType.NORMAL
+        self._zt[ZT_FLAGS] = (int(self.mobility_disabled), int(self._nofragment), int(page_tags is not None), 0)
+        self._zt[ZT_ZONELIST, : len(self._zonelist)] = [z.kind for z in self._zonelist]
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
@@ -254,6 +306,8 @@ class BuddyAllocator:
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._pbv = self._pb.data
+        for z in self._zones:  # a memoryview neither copies nor pickles: rebound to the unpickled table
+            z._row = self._zt[z.kind].data
 
     # ------------------------------------------------------------------ properties / introspection
     @property
@@ -277,12 +331,12 @@ class BuddyAllocator:
     @property
     def free_frames(self) -> int:
         """Frames on the free lists."""
-        return self._free_frames
+        return sum(z.free_pages for z in self._zones)
 
     @property
     def used_frames(self) -> int:
         """Managed frames not on the free lists (allocated)."""
-        return self._managed - self._free_frames
+        return self._managed - self.free_frames
 
     def gfp_migratetype(self, mt: int) -> Migratetype:
         """``gfp_migratetype()``: the requested type, or UNMOVABLE when mobility grouping is disabled."""
@@ -486,7 +540,6 @@ class BuddyAllocator:
                     heads.append(h)
                     ends.append(h + (1 << order))
             assert total == z.free_pages, (z.kind, total, z.free_pages)
-        assert sum(z.free_pages for z in self._zones) == self._free_frames
         if heads:
             h, e = np.concatenate(heads), np.concatenate(ends)
             perm = np.argsort(h)
@@ -531,7 +584,6 @@ class BuddyAllocator:
                 pfn = z.lo + (bm.pop_first() << current)
                 self._expand(z, pfn, order, current, mt)
                 z.free_pages -= 1 << order
-                self._free_frames -= 1 << order
                 return pfn
         return None
 
@@ -571,7 +623,6 @@ class BuddyAllocator:
             self._pb[pfn >> PAGEBLOCK_ORDER : (pfn >> PAGEBLOCK_ORDER) + (1 << (current - PAGEBLOCK_ORDER))] = start_mt
             self._expand(z, pfn, order, current, start_mt)
             z.free_pages -= 1 << order
-            self._free_frames -= 1 << order
             return pfn
         start = pfn >> PAGEBLOCK_ORDER << PAGEBLOCK_ORDER
         if start < z.lo or start + PAGEBLOCK_NR_PAGES > z.hi:
@@ -579,7 +630,7 @@ class BuddyAllocator:
         if (start, start_mt) in self._claim_failed:
             return None
         free_pages = self._free_in_pageblock(z, start, block_mt)
-        movable = self._movable_pages(start, PAGEBLOCK_NR_PAGES) if self._movable_pages else 0
+        movable = self._lru_pages(start, PAGEBLOCK_NR_PAGES)
         if start_mt == Migratetype.MOVABLE:
             alike = movable
         elif block_mt == Migratetype.MOVABLE:
@@ -607,7 +658,6 @@ class BuddyAllocator:
                     pfn = z.lo + (area[fb].pop_first() << current)
                     self._expand(z, pfn, order, current, fb)  # page_del_and_expand(..., fallback_mt)
                     z.free_pages -= 1 << order
-                    self._free_frames -= 1 << order
                     return pfn
         return None
 
@@ -625,6 +675,13 @@ class BuddyAllocator:
                 count = ((int(words[lo >> 6]) >> (lo & 63)) & ((1 << n) - 1)).bit_count()
             total += count << order
         return total
+
+    def _lru_pages(self, pfn: int, npages: int) -> int:
+        """Pages of ``[pfn, pfn + npages)`` on an LRU list (``prep_move_freepages_block``'s movable count)."""
+        if self._page_tags is None:
+            return 0
+        tags, lru = self._page_tags
+        return int(np.count_nonzero(lru[tags[pfn : pfn + npages]]))
 
     def _move_freepages_block(self, z: _Zone, start: int, old_mt: int, new_mt: int) -> None:
         """``__move_freepages_block()``: move the pageblock's free blocks from the ``old_mt`` to the ``new_mt`` lists
@@ -654,7 +711,6 @@ class BuddyAllocator:
         end = head + (1 << order)
         taken = min(hi, end) - max(lo, head)
         z.free_pages -= taken
-        self._free_frames -= taken
         for a, b in ((head, max(head, lo)), (min(end, hi), end)):
             for p, o in _decompose(a, b):
                 z.free[o][mt].add((p - z.lo) >> o)
@@ -679,7 +735,6 @@ class BuddyAllocator:
                 if whole.size:
                     bm.remove_many(whole)
                     z.free_pages -= int(whole.size) << order
-                    self._free_frames -= int(whole.size) << order
                     parts.append(_expand_blocks(z.lo + (whole << order), order))
                 for head in heads[~inside].tolist():
                     self._carve(head, order, lo, hi)
@@ -710,7 +765,6 @@ class BuddyAllocator:
         pb = self._pbv
         mt = pb[pfn >> PAGEBLOCK_ORDER]
         z.free_pages += 1 << order
-        self._free_frames += 1 << order
         free = z.free
         rel = pfn - z.lo
         while order < MAX_PAGE_ORDER:
@@ -748,16 +802,20 @@ class BuddyAllocator:
         if n > 1 and np.any(cur[1:] == cur[:-1]):
             raise ValueError("free_bulk: the same block is freed twice")
         self._check_in_ram(cur, size)
-        if n <= self._BULK_LOOP_THRESHOLD:
-            plist = cur.tolist()
-            for pfn in plist if check_free else ():
+        if check_free and n <= self._BULK_LOOP_THRESHOLD:
+            for pfn in cur.tolist():
                 if self._free_block_of(pfn) is not None or (order and self._free_block_of(pfn + size - 1)):
                     raise ValueError(f"double free: block {pfn:#x} order {order} overlaps free memory")
-            for pfn in plist:
+        elif check_free:
+            self._check_no_overlap(cur, size)
+        self._free_sorted(cur, order)
+
+    def _free_sorted(self, cur: IntArray, order: int) -> None:
+        """Free the validated blocks ``cur`` (ascending) of ``order``: ``_free_checked`` of each, in turn."""
+        if cur.size <= self._BULK_LOOP_THRESHOLD:
+            for pfn in cur.tolist():
                 self._free_checked(pfn, order)
             return
-        if check_free:
-            self._check_no_overlap(cur, size)
         for z in self._zones:
             a, b = np.searchsorted(cur, [z.lo, z.hi])
             if b > a:
@@ -792,7 +850,6 @@ class BuddyAllocator:
         pb = self._pb
         n = int(cur_pfns.size)
         z.free_pages += n << order
-        self._free_frames += n << order
         cur = (cur_pfns - z.lo) >> order  # zone-relative block indices at level k
         mts = pb[cur_pfns >> PAGEBLOCK_ORDER]
         for k in range(order, MAX_PAGE_ORDER + 1):
@@ -870,6 +927,10 @@ class BuddyAllocator:
         mt = int(self.gfp_migratetype(migratetype))
         if self.obtainable(order) < count:
             return None
+        return self._alloc_bulk_checked(order, count, mt)
+
+    def _alloc_bulk_checked(self, order: int, count: int, mt: int) -> IntArray:
+        """``count`` (> 0, obtainable) successive allocations of ``order`` and type ``mt``: their PFNs."""
         self._claim_failed.clear()
         parts: list[IntArray] = []
         scalars: list[int] = []
@@ -928,7 +989,6 @@ class BuddyAllocator:
         self._pb[first] = mt  # change_pageblock_range(page, MAX_PAGE_ORDER, start_type): both pageblocks
         self._pb[first + 1] = mt
         z.free_pages -= k << MAX_PAGE_ORDER
-        self._free_frames -= k << MAX_PAGE_ORDER
         offsets = np.arange(1 << (MAX_PAGE_ORDER - order), dtype=np.int64) << order
         return (pfns[:, None] + offsets[None, :]).ravel()
 
@@ -967,7 +1027,6 @@ class BuddyAllocator:
                     z.free[o][mt].add((p - z.lo) >> o)
                 need = 0
         z.free_pages -= count * step
-        self._free_frames -= count * step
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # ------------------------------------------------------------------ helpers
@@ -1005,7 +1064,7 @@ class BuddyAllocator:
 
     def __repr__(self) -> str:
         return (
-            f"BuddyAllocator(nframes={self._nframes}, free_frames={self._free_frames}, "
+            f"BuddyAllocator(nframes={self._nframes}, free_frames={self.free_frames}, "
             f"buddyinfo={self.buddyinfo()}, zones={self.zonelist()})"
         )
 

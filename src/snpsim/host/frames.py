@@ -3,8 +3,8 @@
 The real kernel knows from ``struct page`` whether a frame is free, a kernel allocation, movable user memory,
 VMM guest memory or guest_memfd memory (``include/linux/page-flags.h``, ``mm/page_alloc.c``). The kernel writers of
 :mod:`snpsim.host.writers` pick their targets by this tag, as compaction picks movable pages and KSM scans
-``MADV_MERGEABLE`` memory. One byte per frame, in 1 GiB segments allocated on first write (a frame never tagged
-costs nothing), as the segmented RMP of :mod:`snpsim.hw.rmp`.
+``MADV_MERGEABLE`` memory. One byte per frame in lazily zeroed memory (a 1 GiB range never tagged costs nothing and is
+never scanned).
 
 :data:`ALLOCATION` is the one table of who allocates what: for each owner the migratetype its allocations ask for
 (the ``gfp`` flags of its allocation site), whether its pages are on an LRU list (``PageLRU``: counted as movable
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.host.buddy import Migratetype
-from snpsim.segments import by_segment
+from snpsim.pfnmap import lazy_zeros
 
 _SEG_SHIFT = 18
 _SEG_PAGES = 1 << _SEG_SHIFT
@@ -107,42 +107,48 @@ for _owner, _kind in ALLOCATION.items():
 
 
 class FrameTable:
-    """Owner tag per frame over ``[0, nframes)``."""
+    """Owner tag per frame over ``[0, nframes)``: one lazily zeroed byte array (:func:`snpsim.pfnmap.lazy_zeros`),
+    and which 1 GiB segments were ever written (the others are all ``FREE`` and never read)."""
 
     def __init__(self, nframes: int) -> None:
         self.nframes = int(nframes)
-        self._segs: list[npt.NDArray[np.uint8] | None] = [None] * ((self.nframes + _SEG_PAGES - 1) >> _SEG_SHIFT)
+        #: the tags, one byte per frame (the allocator's fast path reads them: :mod:`snpsim.fast`)
+        self.array = lazy_zeros(self.nframes, np.uint8)
+        self._written = np.zeros((self.nframes + _SEG_PAGES - 1) >> _SEG_SHIFT, dtype=bool)
 
-    def _seg_w(self, s: int) -> npt.NDArray[np.uint8]:
-        seg = self._segs[s]
-        if seg is None:
-            seg = np.zeros(min(_SEG_PAGES, self.nframes - (s << _SEG_SHIFT)), dtype=np.uint8)
-            self._segs[s] = seg
-        return seg
+    def __getstate__(self) -> dict[str, object]:
+        return {"nframes": self.nframes, "written": self._written, "segs": self.segments()}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["nframes"])  # type: ignore[misc, arg-type]
+        segs: list[npt.NDArray[np.uint8] | None] = state["segs"]  # type: ignore[assignment]
+        for s, seg in enumerate(segs):
+            if seg is not None:
+                self.array[s << _SEG_SHIFT : (s << _SEG_SHIFT) + seg.size] = seg
+        self._written[:] = state["written"]  # type: ignore[index]
 
     def tag(self, pfn: int) -> int:
         """The raw tag of ``pfn`` (``get`` without the enum)."""
-        seg = self._segs[pfn >> _SEG_SHIFT]
-        return 0 if seg is None else int(seg[pfn & (_SEG_PAGES - 1)])
+        return int(self.array[pfn])
 
     def get(self, pfn: int) -> Owner:
-        seg = self._segs[pfn >> _SEG_SHIFT]
-        return Owner.FREE if seg is None else Owner(int(seg[pfn & (_SEG_PAGES - 1)]))
+        return Owner(int(self.array[pfn]))
 
     def set_range(self, pfn: int, npages: int, owner: Owner) -> None:
-        end = pfn + npages
-        while pfn < end:
-            s = pfn >> _SEG_SHIFT
-            stop = min(end, (s + 1) << _SEG_SHIFT)
-            if owner != Owner.FREE or self._segs[s] is not None:
-                self._seg_w(s)[pfn - (s << _SEG_SHIFT) : stop - (s << _SEG_SHIFT)] = owner
-            pfn = stop
+        if npages <= 0:
+            return
+        s0, s1 = pfn >> _SEG_SHIFT, (pfn + npages - 1) >> _SEG_SHIFT
+        if owner != Owner.FREE:
+            self._written[s0 : s1 + 1] = True
+        elif not self._written[s0 : s1 + 1].any():
+            return  # never written: already free, and left untouched (no memory)
+        self.array[pfn : pfn + npages] = owner
 
     def set_many(self, pfns: npt.NDArray[np.int64], owner: Owner) -> None:
         if pfns.size == 0:
             return
-        for s, sel in by_segment(pfns, _SEG_SHIFT):
-            self._seg_w(s)[pfns[sel] & (_SEG_PAGES - 1)] = owner
+        self._written[pfns >> _SEG_SHIFT] = True
+        self.array[pfns] = owner
 
     def find(self, owners: tuple[Owner, ...], start: int, limit: int, max_scan: int) -> npt.NDArray[np.int64]:
         """Up to ``limit`` frames at or after ``start`` tagged with one of ``owners``, scanning at most ``max_scan``
@@ -155,9 +161,8 @@ class FrameTable:
         while found < limit and scanned < min(max_scan, self.nframes):
             s = pfn >> _SEG_SHIFT
             stop = min(self.nframes, (s + 1) << _SEG_SHIFT, pfn + (max_scan - scanned))
-            seg = self._segs[s]
-            if seg is not None:
-                chunk = seg[pfn - (s << _SEG_SHIFT) : stop - (s << _SEG_SHIFT)]
+            if self._written[s]:
+                chunk = self.array[pfn:stop]
                 hits = np.flatnonzero(np.isin(chunk, wanted))[: limit - found] + pfn
                 out.append(hits.astype(np.int64))
                 found += hits.size
@@ -168,31 +173,16 @@ class FrameTable:
     segment_pages = _SEG_PAGES
 
     def segments(self) -> list[npt.NDArray[np.uint8] | None]:
-        """The tag arrays of the 1 GiB segments (None: never tagged, all free)."""
-        return self._segs
+        """The tags of each 1 GiB segment (None: never tagged, all free)."""
+        return [self.array[s << _SEG_SHIFT : (s + 1) << _SEG_SHIFT] if w else None for s, w in enumerate(self._written)]
 
     def tags(self, pfn: int, npages: int) -> npt.NDArray[np.uint8]:
         """Tags of ``[pfn, pfn+npages)`` (a copy)."""
-        out = np.zeros(npages, dtype=np.uint8)
-        end = pfn + npages
-        p = pfn
-        while p < end:
-            s = p >> _SEG_SHIFT
-            stop = min(end, (s + 1) << _SEG_SHIFT)
-            seg = self._segs[s]
-            if seg is not None:
-                out[p - pfn : stop - pfn] = seg[p - (s << _SEG_SHIFT) : stop - (s << _SEG_SHIFT)]
-            p = stop
-        return out
+        return self.array[pfn : pfn + npages].copy()
 
     def tags_of(self, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
         """Tags of the frames ``pfns`` (any order)."""
-        out = np.zeros(pfns.size, dtype=np.uint8)
-        for s, sel in by_segment(pfns, _SEG_SHIFT):
-            seg = self._segs[s]
-            if seg is not None:
-                out[sel] = seg[pfns[sel] & (_SEG_PAGES - 1)]
-        return out
+        return self.array[pfns]
 
     def count(self, owner: Owner) -> int:
-        return sum(int(np.count_nonzero(seg == owner)) for seg in self._segs if seg is not None)
+        return sum(int(np.count_nonzero(seg == owner)) for seg in self.segments() if seg is not None)

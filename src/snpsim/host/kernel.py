@@ -98,7 +98,9 @@ class HostKernel:
         memory_map: HostMemoryMap | None = None,
         transparent_hugepage: str = "always",
         hugepages: Mapping[int, int] | None = None,
+        allocator: type[BuddyAllocator] = BuddyAllocator,
     ) -> None:
+        """``allocator``: the page allocator's class (the engine's: :mod:`snpsim.engine`)."""
         self.nframes = int(nframes)
         if memory_map is not None and memory_map.max_pfn != self.nframes:
             raise ValueError(f"nframes {self.nframes} is not the memory map's max_pfn {memory_map.max_pfn}")
@@ -110,8 +112,10 @@ class HostKernel:
         self.directmap = DirectMap(self.nframes, max_level=max_level, memory=self.memory_map.memory)
         #: the CPU in guest mode: the hardware checks of SNP guests' accesses and PVALIDATEs
         self.svm = GuestMode(self)
-        self.buddy = BuddyAllocator(self.nframes, ranges=self.memory_map.ram_ranges, movable_pages=self._lru_pages)
         self.frames = FrameTable(self.nframes)
+        self.buddy = allocator(
+            self.nframes, ranges=self.memory_map.ram_ranges, page_tags=(self.frames.array, LRU_OWNERS)
+        )
         hole = 0
         for lo, hi in (*self.memory_map.ram_ranges, (self.nframes, self.nframes)):
             if lo > hole:
@@ -247,10 +251,6 @@ class HostKernel:
             self.charge("tlb_flush", (splits + merges) * c.tlb_flush_ns, splits + merges)
 
     # ------------------------------------------------------------------ allocation (mm/page_alloc.c)
-    def _lru_pages(self, pfn: int, npages: int) -> int:
-        """Pages of ``[pfn, pfn+npages)`` on an LRU list (the buddy allocator's ``prep_move_freepages_block`` count)."""
-        return int(np.count_nonzero(LRU_OWNERS[self.frames.tags(pfn, npages)]))
-
     def alloc(
         self,
         order: int,

@@ -1,0 +1,12 @@
+"""The fast engine: compiled (numba) versions of the reference model's hot paths, on the reference's own state.
+
+``engine = "fast"`` (a scenario field, not a policy knob) builds the host with these classes; ``"reference"`` with
+the layers' own. Both give identical results (tests/fast/ compares them state by state); the reference layers never
+import this package. Today: the page allocator (:mod:`snpsim.fast.buddy`).
+"""
+
+from __future__ import annotations
+
+from snpsim.fast.buddy import FastBuddyAllocator
+
+__all__ = ["FastBuddyAllocator"]
