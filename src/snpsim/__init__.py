@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from snpsim.runner import Result
     from snpsim.scenario import Scenario
+    from snpsim.traces import TraceArrays
 
 __all__ = ["ConfigError", "Policy", "presets", "replay", "run", "sweep"]
 __version__ = "0.1.0"
@@ -67,7 +68,7 @@ def explore(
 
 
 def replay(
-    trace: str | Path,
+    trace: str | Path | TraceArrays,
     policy: str | Mapping[str, Any] = "upstream",
     *,
     format: str = "auto",
@@ -88,6 +89,11 @@ def replay(
     from the highest converted address. ``record_conversions`` also keeps the launch in ``Result.launch``. Bad traces
     raise :class:`snpsim.traces.TraceError` (a ``ValueError``) naming file and line, and so does a trace without
     a single conversion (empty, or every line skipped with ``lenient``).
+
+    ``trace`` may also be the :class:`~snpsim.traces.TraceArrays` of a :func:`snpsim.traces.scan` of the trace, so
+    that several replays read the file once (``snpsim replay`` with several presets; pickled for a worker process,
+    they are the spool's path and stats): the replay reads their spool and leaves it to the caller, who closes
+    them; ``format`` and ``lenient`` are then the scan's (:func:`snpsim.traces.replay.plan_replay`).
     """
     from snpsim.runner import Simulation
     from snpsim.traces.replay import plan_replay

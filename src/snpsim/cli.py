@@ -586,7 +586,7 @@ def replay(
 ) -> None:
     """Replay a real conversion trace under one or more presets: what each policy would have done."""
     from snpsim.results import Claim, file_digest, identity
-    from snpsim.traces import TraceError
+    from snpsim.traces import TraceError, scan
     from snpsim.traces.replay import plan_replay
     from snpsim.units import parse_size
 
@@ -598,67 +598,61 @@ def replay(
         "host.memory": "--host-memory",
         "vms": "--host-memory",
     }
-    try:
-        output = _format(fmt, as_json)
-        names = _presets(preset) or ["upstream"]
-        if trace_format not in ("auto", "qemu", "ftrace"):
-            hint = " (the output format is --format)" if trace_format in FORMATS else ""
-            raise ConfigError("--trace-format", f"expected auto, qemu or ftrace, got {trace_format!r}{hint}")
-        if not trace.is_file():
-            raise ConfigError(str(trace), "no such trace file")
-        vm_bytes = None if vm_memory is None else parse_size(vm_memory, "--vm-memory")
-        host_bytes = None if host_memory is None else parse_size(host_memory, "--host-memory")
-        options: dict[str, Any] = {"vm_memory": vm_bytes, "vcpus": vcpus, "host_memory": host_bytes}
-        with _flags(flags):  # the whole trace is checked, and the replay's scenario built, before simulating
-            plan = plan_replay(
-                trace,
-                names[0],
-                format=trace_format,
-                lenient=lenient,
-                vm_memory=vm_bytes,
-                vcpus=vcpus,
-                host_memory=host_bytes,
-            )
-            plan.close()  # only checked here: each preset's job replays the trace itself
-        claim = None
-        if not no_save:
-            source = {"trace": trace.name, "sha256": file_digest(trace), "format": plan.format, "lenient": lenient}
-            ident = identity(plan.scenario, source)
-            claim = Claim.open(out, ident, overwrite=overwrite, command=_command(), field="--out")
-    except (ConfigError, TraceError) as exc:
-        raise _fail(exc) from None
-    jobs = {
-        name: Job(snpsim.replay, (trace, name), {"format": trace_format, "lenient": lenient, **options})
-        for name in names
-    }
-    stats = plan.stats
-    unknown = sum(stats.skipped_unknown.values())
-    trace_doc = {
-        "source": str(trace),
-        "format": plan.format,
-        "lines": stats.lines,
-        "conversions": stats.events,
-        "launch_updates": len(stats.launch),
-        "launch_pages": stats.launch_pages,
-        "guest_memfd_bytes": [g.size for g in stats.guest_memfds],
-        "vm_memory": plan.scenario.vms[0].memory,
-        "vm_memory_from": plan.memory_from,
-        "bad_lines": stats.bad_lines,
-        "skipped_unknown": dict(stats.skipped_unknown.most_common()),
-        "clamped_timestamps": stats.clamped_timestamps,
-    }
-    notes = []
-    if stats.launch:
-        notes.append(f"launch: {len(stats.launch)} updates, {stats.launch_pages} pages")
-    if stats.bad_lines or unknown:
-        told = f" ({stats.unknown_summary()})" if unknown else ""
-        notes.append(f"skipped: {stats.bad_lines} bad lines, {unknown} unknown events{told}")
-    try:
-        with _flags(flags):
-            title = f"replay of {trace.name}"
-            outcome = _simulate_and_report(jobs, claim, output, quiet, title, {"trace": trace_doc}, notes)
-    except (ConfigError, TraceError) as exc:
-        raise _fail(exc) from None
+    # The trace is read once, here; every preset's job replays the spooled conversions of that scan (pickled for a
+    # worker process, the TraceArrays are the spool's path and stats; a job reads the spool and never removes it),
+    # and the spool is removed when the command ends, however it ends (after the jobs: the pool waits for them).
+    with contextlib.ExitStack() as spool:
+        try:
+            output = _format(fmt, as_json)
+            names = _presets(preset) or ["upstream"]
+            if trace_format not in ("auto", "qemu", "ftrace"):
+                hint = " (the output format is --format)" if trace_format in FORMATS else ""
+                raise ConfigError("--trace-format", f"expected auto, qemu or ftrace, got {trace_format!r}{hint}")
+            if not trace.is_file():
+                raise ConfigError(str(trace), "no such trace file")
+            vm_bytes = None if vm_memory is None else parse_size(vm_memory, "--vm-memory")
+            host_bytes = None if host_memory is None else parse_size(host_memory, "--host-memory")
+            options: dict[str, Any] = {"vm_memory": vm_bytes, "vcpus": vcpus, "host_memory": host_bytes}
+            with _flags(flags):  # the whole trace is checked, and the replay's scenario built, before simulating
+                arrays = spool.enter_context(scan(trace, trace_format, lenient))
+                plan = plan_replay(arrays, names[0], **options)
+                plan.close()  # only checked here: each preset's job replays the spool itself
+            claim = None
+            if not no_save:
+                source = {"trace": trace.name, "sha256": file_digest(trace), "format": plan.format, "lenient": lenient}
+                ident = identity(plan.scenario, source)
+                claim = Claim.open(out, ident, overwrite=overwrite, command=_command(), field="--out")
+        except (ConfigError, TraceError) as exc:
+            raise _fail(exc) from None
+        jobs = {name: Job(snpsim.replay, (arrays, name), options) for name in names}
+        stats = plan.stats
+        unknown = sum(stats.skipped_unknown.values())
+        trace_doc = {
+            "source": str(trace),
+            "format": plan.format,
+            "lines": stats.lines,
+            "conversions": stats.events,
+            "launch_updates": len(stats.launch),
+            "launch_pages": stats.launch_pages,
+            "guest_memfd_bytes": [g.size for g in stats.guest_memfds],
+            "vm_memory": plan.scenario.vms[0].memory,
+            "vm_memory_from": plan.memory_from,
+            "bad_lines": stats.bad_lines,
+            "skipped_unknown": dict(stats.skipped_unknown.most_common()),
+            "clamped_timestamps": stats.clamped_timestamps,
+        }
+        notes = []
+        if stats.launch:
+            notes.append(f"launch: {len(stats.launch)} updates, {stats.launch_pages} pages")
+        if stats.bad_lines or unknown:
+            told = f" ({stats.unknown_summary()})" if unknown else ""
+            notes.append(f"skipped: {stats.bad_lines} bad lines, {unknown} unknown events{told}")
+        try:
+            with _flags(flags):
+                title = f"replay of {trace.name}"
+                outcome = _simulate_and_report(jobs, claim, output, quiet, title, {"trace": trace_doc}, notes)
+        except (ConfigError, TraceError) as exc:
+            raise _fail(exc) from None
     raise typer.Exit(outcome.status)
 
 

@@ -1,14 +1,24 @@
-"""snpsim replay and trace export: real trace formats in, ours out, and the round trip."""
+"""snpsim replay and trace export: real trace formats in, ours out, and the round trip; the CLI reads the trace
+once for all its presets and removes the spooled conversions however it ends."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 import snpsim
+import snpsim.traces
+import snpsim.traces.replay
+from snpsim import cli
 from snpsim.cli import app
 from snpsim.kvm.uapi import SnpLaunchUpdate, SnpPageType
 from snpsim.traces import write_ftrace, write_qemu
@@ -152,3 +162,95 @@ def test_a_trace_shorter_than_the_vm_set_up_is_replayed_whole(tmp_path: Path) ->
     r = snpsim.replay(trace, "upstream", record_conversions=True)
     assert r.summary["to_shared_count"] == 1
     assert r.conversions is not None and [c[1:] for c in r.conversions] == [(0x809, 1, False)]
+
+
+# ------------------------------------------------------------------------------------------------ one read
+
+
+def _spools(tmp: Path) -> list[str]:
+    """The scan's spool directories under the temp dir (multiprocessing may keep its own ``pymp-*`` there)."""
+    return sorted(p.name for p in tmp.glob("snpsim-trace-*"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_replay_cli_reads_the_trace_once_for_all_presets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Two presets, their jobs in this process (1 worker) or in worker processes (2): the trace is scanned once, in
+    the command's process; each job replays that scan's spool (the trace is moved away right after the scan, so a
+    job reading it again would fail), gets what ``snpsim.replay(trace, preset)`` gets, and pickles small (the
+    spool's path and the stats, not the records); the spool exists while the jobs run and is gone afterwards."""
+    trace = tmp_path / "boot.log"
+    shutil.copy(EXAMPLES / "qemu-boot.log", trace)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    presets = ["upstream", "upm"]
+    expected = {p: snpsim.replay(trace, p) for p in presets}
+
+    real_scan = snpsim.traces.scan
+    scans: list[object] = []
+
+    def scan_once(*args: Any, **kwargs: Any) -> Any:
+        scans.append(args[0])
+        arrays = real_scan(*args, **kwargs)
+        trace.rename(tmp_path / "moved.log")
+        return arrays
+
+    monkeypatch.setattr(snpsim.traces, "scan", scan_once)
+    monkeypatch.setattr(snpsim.traces.replay, "scan", scan_once)  # plan_replay's, were a job given the path
+    monkeypatch.setattr(os, "cpu_count", lambda: workers)
+    real_report = cli._simulate_and_report
+    seen: dict[str, Any] = {}
+
+    def report(jobs: dict[str, cli.Job], *args: Any, **kwargs: Any) -> cli.Outcome:
+        seen["spools"] = _spools(tmp)
+        seen["pickled"] = max(len(pickle.dumps(job)) for job in jobs.values())
+        outcome = real_report(jobs, *args, **kwargs)
+        seen["results"] = outcome.results
+        return outcome
+
+    monkeypatch.setattr(cli, "_simulate_and_report", report)
+    args = ["replay", str(trace), "-p", presets[0], "-p", presets[1], "--no-save", "--json", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert scans == [trace]
+    assert len(seen["spools"]) == 1 and seen["pickled"] < 4096, seen
+    doc = json.loads(result.stdout)
+    for p in presets:
+        got = seen["results"][p]
+        assert doc[p] == got.summary == expected[p].summary
+        pd.testing.assert_frame_equal(got.timeline, expected[p].timeline)
+    assert _spools(tmp) == []
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("a job failed"), KeyboardInterrupt(), "error"])
+def test_replay_cli_removes_the_spool_however_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException | str
+) -> None:
+    """The second preset's job fails or is interrupted (Ctrl-C) after the first has replayed the spool in full (and
+    left it to the second), or the options are refused after the scan: no spool is left behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    real_replay = snpsim.replay
+    started: list[str] = []
+
+    def replay(arrays: Any, preset: str, **kwargs: Any) -> Any:
+        assert isinstance(arrays, snpsim.traces.TraceArrays) and os.path.exists(arrays.path)
+        started.append(preset)
+        if preset == "upm" and isinstance(stop, BaseException):
+            raise stop
+        return real_replay(arrays, preset, **kwargs)
+
+    monkeypatch.setattr(snpsim, "replay", replay)
+    args = ["replay", str(EXAMPLES / "qemu-boot.log"), "-p", "upstream", "-p", "upm", "--no-save", "-q"]
+    if stop == "error":  # a conversion outside the given guest's RAM: found planning, after the scan
+        result = runner.invoke(app, [*args, "--vm-memory", "64M"])
+        assert result.exit_code == 2 and "qemu-boot.log:" in result.output, result.output
+        assert started == []
+    else:
+        result = runner.invoke(app, args)
+        assert result.exit_code != 0 and started == ["upstream", "upm"], result.output
+    assert _spools(tmp) == []

@@ -4,15 +4,17 @@ Differential: for every example trace, the inline traces below and random mixtur
 authoritative lines of both formats (hypothesis), in strict and lenient mode and under every format option, the
 scan gives exactly the conversions (events included), ParseStats (launch records, unknown events by name, skipped
 lines, errors) and TraceError (message and line) of one :func:`snpsim.traces.parse` pass. Replay: an example trace
-replayed through the scan gives the same Result.summary and timeline as its events from the old parser path. Spool:
-the temporary directory is removed after a replay, after an error and on close, and is written only under the temp
-dir given.
+replayed through the scan gives the same Result.summary and timeline as its events from the old parser path, and
+replays of one scan's TraceArrays (as the CLI's presets share one) the same as replays of the file. Spool: the
+temporary directory is removed after a replay, after an error and on close, never by a view of it (nor a pickled
+copy), and is written only under the temp dir given.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -287,3 +289,50 @@ def test_spool_removed_after_replay_and_on_errors(tmp_path: Path, monkeypatch: p
     plan.close()
     assert os.listdir(spool) == []
     assert os.listdir(tmp_path) == ["tmp", "bad.log"] or sorted(os.listdir(tmp_path)) == ["bad.log", "tmp"]
+
+
+def test_a_view_shares_the_spool_and_never_removes_it(tmp_path: Path, spool: Path) -> None:
+    """A view (and a pickled TraceArrays: a view, a few hundred bytes) reads the same records, the skipped secondary
+    ones included; closing it leaves the spool to the scan's result, whose close removes it."""
+    path = tmp_path / "t.log"
+    path.write_text(FIXTURES["secondary-before-marker.log"])
+    arrays = scan(path, spool_dir=spool)
+    expected = list(arrays.conversions())
+    assert expected and arrays.owner and not arrays.lenient
+    data = pickle.dumps(arrays)
+    assert len(data) < 2048
+    for view in (arrays.view(), pickle.loads(data)):
+        assert not view.owner and (view.format, view.stats, view.path) == (arrays.format, arrays.stats, arrays.path)
+        assert list(view.conversions()) == expected
+        view.close()
+        with pytest.raises(ValueError, match="closed"):
+            list(view.chunks())
+        assert list(arrays.conversions()) == expected and len(os.listdir(spool)) == 1
+    arrays.close()
+    assert os.listdir(spool) == []
+    with pytest.raises(ValueError, match="closed"):
+        pickle.dumps(arrays)
+
+
+def test_replays_of_one_scan_equal_replays_of_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """snpsim.replay / plan_replay of a scan's TraceArrays: the same Result as from the path, any number of times;
+    the spool stays until the scan's result is closed. Reading options must be the scan's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    trace = ROOT / "examples" / "traces" / "ftrace-boot.txt"
+    with scan(trace) as arrays:
+        for preset in ("upstream", "upm"):
+            expected = snpsim.replay(trace, preset)
+            got = snpsim.replay(arrays, preset, format=arrays.format)
+            assert got.summary == expected.summary
+            pd.testing.assert_frame_equal(got.timeline, expected.timeline)
+        plan, from_path = plan_replay(arrays, "upstream"), plan_replay(trace, "upstream")
+        plan.close()
+        from_path.close()
+        assert (plan.scenario, plan.stats, plan.launch) == (from_path.scenario, from_path.stats, from_path.launch)
+        assert len(os.listdir(tmp_path)) == 1
+        scanned_with = "was scanned with format='ftrace', lenient=False"
+        with pytest.raises(ValueError, match=scanned_with):
+            plan_replay(arrays, "upstream", format="qemu")
+        with pytest.raises(ValueError, match=scanned_with):
+            plan_replay(arrays, "upstream", lenient=True)
+    assert os.listdir(tmp_path) == []

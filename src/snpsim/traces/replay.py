@@ -21,7 +21,9 @@ hole, or needing more than the model's 16 TiB) is a :class:`TraceError` naming t
 update outside RAM and outside the BIOS window below 4 GiB, or one overlapping another. Independent of the runner.
 
 :func:`plan_replay` reads the trace once (:func:`snpsim.traces.scan`: the conversions spooled as numpy records); the
-sizing, the RAM check and the events then work on those records a chunk at a time.
+sizing, the RAM check and the events then work on those records a chunk at a time. Given the
+:class:`~snpsim.traces.scan.TraceArrays` of a scan instead of a path, it reads their spool (a view of it, which
+never removes it) and not the file: one scan serves every preset's replay of ``snpsim replay``.
 
 Simplifications: a guest_memfd of at most 16 MiB is taken as firmware and one larger as RAM [I] (OVMF images are
 1-4 MiB and QEMU's ``pc.rom`` 128 KiB; a NUMA guest with a node of 16 MiB or less would be read 16 MiB small per
@@ -335,8 +337,9 @@ def _array_events(
 
 
 class SpooledEvents(Iterator[Timed]):
-    """The guest events of spooled conversions (:func:`_array_events`), lazily; removes the spool once exhausted,
-    on an error, or at :meth:`close` (also when never iterated)."""
+    """The guest events of spooled conversions (:func:`_array_events`), lazily; closes the arrays (which removes
+    the spool unless they are a :meth:`~snpsim.traces.scan.TraceArrays.view`) once exhausted, on an error, or at
+    :meth:`close` (also when never iterated)."""
 
     def __init__(self, arrays: TraceArrays, memory_bytes: int, ranges: list[tuple[int, int]] | None) -> None:
         self.arrays = arrays
@@ -415,8 +418,9 @@ def to_guest_events(
     guest's RAM (:func:`launch_updates`).
 
     :class:`~snpsim.traces.scan.TraceArrays` (:func:`snpsim.traces.scan`) are sized and checked from the spooled
-    records a chunk at a time; ``events`` is then always lazy (:class:`SpooledEvents`, which removes the spool once
-    used up or closed), and ``launch`` / ``guest_memfds`` default to the scan's.
+    records a chunk at a time; ``events`` is then always lazy (:class:`SpooledEvents`, which closes the arrays once
+    used up or closed: a scan's own result then removes its spool, a view does not), and ``launch`` /
+    ``guest_memfds`` default to the scan's.
     """
     if isinstance(conversions, TraceArrays):
         launch = conversions.stats.launch if launch is None else launch
@@ -466,14 +470,15 @@ class ReplayPlan(NamedTuple):
     memory_from: str
 
     def close(self) -> None:
-        """Remove the trace's spooled conversions (:class:`SpooledEvents`) if ``events`` has not used them up."""
+        """Close the events' spooled conversions (:class:`SpooledEvents`) if ``events`` has not used them up: their
+        spool is removed then, unless the plan was made from a scan's TraceArrays (their owner removes it)."""
         close = getattr(self.events, "close", None)
         if close is not None:
             close()
 
 
 def plan_replay(
-    trace: str | Path,
+    trace: str | Path | TraceArrays,
     policy: str | Mapping[str, Any] = "upstream",
     *,
     format: str = "auto",
@@ -493,18 +498,33 @@ def plan_replay(
     (``ReplayPlan.events``, which removes the spool once used up; :meth:`ReplayPlan.close` otherwise). Raises
     TraceError for a bad line, a trace without a single conversion or a launch update outside the guest,
     ConfigError (``vm_memory``, ``vms[0].vcpus``, ``host.memory``, ...) for bad options (nothing is left spooled
-    then)."""
-    arrays = scan(trace, format, lenient)
+    then).
+
+    ``trace`` may instead be the :class:`~snpsim.traces.scan.TraceArrays` of a :func:`snpsim.traces.scan` of the
+    trace, to plan several replays from one read: the plan reads a :meth:`~snpsim.traces.scan.TraceArrays.view` of
+    their spool, so neither it nor its events remove the spool, which stays with the scan's result (close it when
+    every replay is done). ``format`` and ``lenient`` were the scan's then: leave them at their defaults or give the
+    scan's (ValueError otherwise)."""
+    arrays = _view(trace, format, lenient) if isinstance(trace, TraceArrays) else scan(trace, format, lenient)
     try:
-        return _plan(arrays, trace, policy, vm_memory, vcpus, host_memory, seed, samples)
+        return _plan(arrays, policy, vm_memory, vcpus, host_memory, seed, samples)
     except BaseException:
         arrays.close()
         raise
 
 
+def _view(arrays: TraceArrays, format: str, lenient: bool) -> TraceArrays:
+    """A view of a scan's spool for :func:`plan_replay`; ValueError if the reading options contradict the scan's."""
+    if format not in ("auto", arrays.format) or lenient not in (False, arrays.lenient):
+        raise ValueError(
+            f"{arrays.source} was scanned with format={arrays.format!r}, lenient={arrays.lenient!r}; "
+            f"got format={format!r}, lenient={lenient!r}"
+        )
+    return arrays.view()
+
+
 def _plan(
     arrays: TraceArrays,
-    trace: str | Path,
     policy: str | Mapping[str, Any],
     vm_memory: int | str | None,
     vcpus: int,
@@ -535,7 +555,7 @@ def _plan(
     host = parse_size(host_memory, "host_memory") if host_memory is not None else max(4 * guest.memory_bytes, 1 << 30)
     scenario = load(
         {
-            "name": f"replay of {Path(trace).name}",
+            "name": f"replay of {Path(arrays.source).name}",
             "seed": seed,
             "policy": policy,
             "duration": f"{last + 1_000_000}ns",

@@ -10,7 +10,9 @@ a private :mod:`tempfile` directory, in chunks of :data:`CHUNK_ROWS`, so memory 
 holds a few MiB of buffer, the records go to disk at 35 bytes each). The pass's :class:`ParseStats` (counters,
 launch records, guest_memfds) is filled in the same pass. :class:`TraceArrays` reads the records back with
 :func:`numpy.memmap`, chunk by chunk; :mod:`snpsim.traces.replay` sizes the guest, checks its RAM map and generates
-the guest events from them without reading the trace again.
+the guest events from them without reading the trace again. Several replays of one trace (``snpsim replay`` under
+several presets, in worker processes) share one scan: each reads the spool through a :meth:`TraceArrays.view`,
+which pickles as the spool's path and the stats and never removes the spool; its owner, the scan's result, does.
 
 **The duplicate policy without a look-ahead.** The per-line parsers decide before parsing whether the trace has the
 authoritative event (a non-comment line containing ``"kvm_convert_memory "``, resp. ``" kvm_vm_set_mem_attributes:"``;
@@ -132,8 +134,14 @@ class TraceArrays:
     ``len()`` is the number of conversions; :meth:`chunks` reads them back in bounded chunks, :meth:`conversions`
     as the :class:`TraceConversion` stream the per-line parsers give, and the column properties (``time_ns``,
     ``gfn``, ...) load one whole column (for tests and small traces). ``passes``: how many times the trace file was
-    read (1, or 2 in the one case the module docstring describes). The spool directory is removed by
-    :meth:`close` (or leaving a ``with`` block, or garbage collection); reading after that raises ValueError.
+    read (1, or 2 in the one case the module docstring describes); ``lenient``: the scan's option. The spool
+    directory belongs to the :func:`scan`'s result, which removes it at :meth:`close` (or leaving a ``with`` block,
+    or garbage collection); reading after that raises ValueError.
+
+    **Sharing the spool.** :meth:`view` gives another reader of the same records that does not own them: closing a
+    view (a replay closes what it reads once it is used up) leaves the spool to its owner. A TraceArrays pickles as
+    such a view, a few hundred bytes (the spool's path and the stats, never the records), so jobs in other
+    processes read the one spool read-only, by path (:func:`numpy.memmap`), while its owner keeps it.
     """
 
     def __init__(
@@ -141,23 +149,59 @@ class TraceArrays:
         source: str,
         format: str,
         stats: ParseStats,
-        spool: _Spool,
+        path: str,
+        rows: int,
         event_names: list[str],
         skip: frozenset[int],
         passes: int,
+        lenient: bool,
+        *,
+        owner: bool = False,
     ) -> None:
         self.source = source
         self.format = format
         self.stats = stats
         self.event_names = event_names
         self.passes = passes
-        self.path = spool.path
-        self.spool_dir = spool.dir
-        self.rows = spool.rows
+        self.lenient = lenient
+        self.path = path
+        self.spool_dir = os.path.dirname(path)
+        self.rows = rows
+        self._skip_codes = skip
         self._skip = np.array(sorted(skip), dtype=np.uint8)
         self._count = stats.events
         self._closed = False
-        self._finalizer = weakref.finalize(self, shutil.rmtree, spool.dir, True)
+        #: the owner's: removes the spool directory at close() or when collected; a view has none
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.spool_dir, True) if owner else None
+
+    def _fields(self) -> tuple[str, str, ParseStats, str, int, list[str], frozenset[int], int, bool]:
+        return (
+            self.source,
+            self.format,
+            self.stats,
+            self.path,
+            self.rows,
+            self.event_names,
+            self._skip_codes,
+            self.passes,
+            self.lenient,
+        )
+
+    def view(self) -> TraceArrays:
+        """A reader of the same spool that never removes it (see the class docstring); valid while this one's spool
+        exists."""
+        self._check_open()
+        return TraceArrays(*self._fields())
+
+    def __reduce__(self) -> tuple[type[TraceArrays], tuple[Any, ...]]:
+        """Pickled, a TraceArrays is a :meth:`view`: the spool stays with its owner, in its process."""
+        self._check_open()
+        return TraceArrays, self._fields()
+
+    @property
+    def owner(self) -> bool:
+        """Whether :meth:`close` removes the spool (the result of :func:`scan`), not a :meth:`view`."""
+        return self._finalizer is not None
 
     def __len__(self) -> int:
         return self._count
@@ -169,9 +213,14 @@ class TraceArrays:
         self.close()
 
     def close(self) -> None:
-        """Remove the spool directory (idempotent)."""
+        """Stop reading; the owner also removes the spool directory (idempotent)."""
         self._closed = True
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"the spooled conversions of {self.source} were closed (TraceArrays.close())")
 
     @property
     def closed(self) -> bool:
@@ -180,8 +229,7 @@ class TraceArrays:
     def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[npt.NDArray[Any]]:
         """The records in file order, at most ``rows`` read from the spool at a time (each chunk an in-memory copy;
         empty chunks are left out)."""
-        if self._closed:
-            raise ValueError(f"the spooled conversions of {self.source} were removed (TraceArrays.close())")
+        self._check_open()
         if self.rows == 0:
             return
         mm = np.memmap(self.path, dtype=EVENT_DTYPE, mode="r", shape=(self.rows,))
@@ -298,7 +346,7 @@ def scan(
             spool.remove()
             raise
     assert fmt in FORMATS
-    return TraceArrays(source, fmt, stats, spool, names, skip, passes)
+    return TraceArrays(source, fmt, stats, spool.path, spool.rows, names, skip, passes, lenient, owner=True)
 
 
 class _Pass:
