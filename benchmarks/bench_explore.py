@@ -1,6 +1,7 @@
 """Explorer throughput: states/s of the breadth-first interleaving search (snpsim.explorer), per preset.
 
-Run: ``python benchmarks/bench_explore.py [DEPTH] [PRESET ...]`` (default depth 4, every preset). The actors are
+Run: ``python benchmarks/bench_explore.py [DEPTH] [PRESET ...] [--engine fast|reference]`` (default depth 4, every
+preset, the default engine). The actors are
 vhost, QEMU's device emulation, KVM's paravirt writes and page zeroing racing one guest vCPU over the kvmclock,
 GHCB and a virtqueue page. Prints, per preset, the states explored, the seconds, states/s and the outcomes found
 (with their lengths). Not a test: nothing here asserts a time.
@@ -20,14 +21,20 @@ SCENARIO = {
 
 
 def main() -> None:
-    depth = int(sys.argv[1]) if len(sys.argv) > 1 else 4
-    names = sys.argv[2:] or list(presets)
+    argv = sys.argv[1:]
+    scenario = dict(SCENARIO)
+    if "--engine" in argv:
+        i = argv.index("--engine")
+        scenario["engine"] = argv[i + 1]
+        del argv[i : i + 2]
+    depth = int(argv[0]) if argv else 4
+    names = argv[1:] or list(presets)
     print("| preset | depth | states | seconds | states/s | outcomes (steps) |")
     print("|---|---|---|---|---|---|")
     total_states = 0
     total_s = 0.0
     for name in names:
-        res = explore_all(SCENARIO, [name], depth)
+        res = explore_all(scenario, [name], depth)
         st = res.stats[0]
         total_states += st.states
         total_s += st.seconds

@@ -1,6 +1,7 @@
 """Host scale: state per untouched frame, a 256 GiB guest boot, and a 2 TiB host with 64 VMs churning for a month.
 
-Run: ``python benchmarks/bench_scale.py [boot|host|month] [DURATION | GUEST_GIB]`` (default: all three; ``boot 16``
+Run: ``python benchmarks/bench_scale.py [boot|host|month] [DURATION | GUEST_GIB] [--engine fast|reference]``
+(default: all three, on the default engine; ``boot 16``
 boots a 16 GiB guest instead, for issue 17's ratio; the month's duration can be shortened, e.g. ``month 1d``, to
 extrapolate on a slow machine). Each part runs in a fresh process so its peak resident
 memory (``ru_maxrss``) is its own. Targets (issue 7):
@@ -43,6 +44,14 @@ MONTH: dict[str, Any] = {
 }
 
 
+#: the scenario field ``engine`` of every part (``--engine``; None: the default)
+ENGINE: str | None = None
+
+
+def on_engine(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc if ENGINE is None else {**doc, "engine": ENGINE}
+
+
 def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -55,7 +64,14 @@ def part_host() -> dict[str, Any]:
     t = time.perf_counter()
     result = snpsim.run(
         load(
-            {"host": {"memory": "2T"}, "vms": [{"memory": "64M", "workload": "idle"}], "duration": "1ms", "samples": 1}
+            on_engine(
+                {
+                    "host": {"memory": "2T"},
+                    "vms": [{"memory": "64M", "workload": "idle"}],
+                    "duration": "1ms",
+                    "samples": 1,
+                }
+            )
         )
     )
     frames = 1 << 29
@@ -78,21 +94,23 @@ def part_boot(preset: str, size_gib: int = 256) -> dict[str, Any]:
 
     # a host of 2.25x the guest: hugetlb's reserved RAM block and its private folios are two copies
     scenario = load(
-        {
-            "policy": preset,
-            "host": {"memory": f"{size_gib * 9 // 4}G"},
-            "duration": "1h",
-            "samples": 1,
-            "vms": [
-                {
-                    "memory": f"{size_gib}G",
-                    "vcpus": 64,
-                    "workload": "linux-boot",
-                    "params": {"touch_rate_per_s": 0},
-                    "guest": {"allow_unaccepted_memory": False},
-                }
-            ],
-        }
+        on_engine(
+            {
+                "policy": preset,
+                "host": {"memory": f"{size_gib * 9 // 4}G"},
+                "duration": "1h",
+                "samples": 1,
+                "vms": [
+                    {
+                        "memory": f"{size_gib}G",
+                        "vcpus": 64,
+                        "workload": "linux-boot",
+                        "params": {"touch_rate_per_s": 0},
+                        "guest": {"allow_unaccepted_memory": False},
+                    }
+                ],
+            }
+        )
     )
     t = time.perf_counter()
     result = Simulation(scenario, stop_after_boot=0).run()
@@ -113,7 +131,7 @@ def part_month(duration: str) -> dict[str, Any]:
     import snpsim
     from snpsim.scenario import load
 
-    scenario = load({**MONTH, "duration": duration})
+    scenario = load(on_engine({**MONTH, "duration": duration}))
     t = time.perf_counter()
     result = snpsim.run(scenario)
     dt = time.perf_counter() - t
@@ -129,6 +147,9 @@ def part_month(duration: str) -> dict[str, Any]:
 
 
 def child(args: list[str]) -> None:
+    global ENGINE
+    if args[0] == "--engine":
+        ENGINE, args = args[1], args[2:]
     what = args[0]
     out = part_boot(args[1], int(args[2])) if what == "boot" else part_host() if what == "host" else part_month(args[1])
     print(json.dumps(out))
@@ -138,6 +159,13 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
         return
+    argv = sys.argv[1:]
+    engine: list[str] = []
+    if "--engine" in argv:
+        i = argv.index("--engine")
+        engine = argv[i : i + 2]
+        del argv[i : i + 2]
+    sys.argv[1:] = argv
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     duration = sys.argv[2] if len(sys.argv) > 2 else "30d"
     runs: list[list[str]] = []
@@ -149,7 +177,7 @@ def main() -> None:
     if which in ("all", "month"):
         runs.append(["month", duration])
     for args in runs:
-        proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "--child", *engine, *args], capture_output=True, text=True)
         if proc.returncode:
             print(f"{' '.join(args)}: failed\n{proc.stderr[-2000:]}")
             continue

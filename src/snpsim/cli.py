@@ -188,6 +188,10 @@ def run(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
     duration: Annotated[str | None, typer.Option(help="Override the simulated time, with its unit: 10s, 2h.")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Override the scenario's engine: fast or reference (the same results; see snpsim.engine)."),
+    ] = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -234,7 +238,10 @@ def run(
             if parse_duration(duration, "--duration") <= 0:
                 raise ConfigError("--duration", "must be longer than 0 (e.g. '10s')")
             base["duration"] = duration
-        with _flags({"seed": "--seed", "duration": "--duration"}):
+        if engine is not None:
+            base["engine"] = engine
+        flags = {"seed": "--seed", "duration": "--duration", **({"engine": "--engine"} if engine is not None else {})}
+        with _flags(flags):
             if not names[0]:
                 label = policy_label(base.get("policy", "upstream"))
                 loaded = {label: load(base)}

@@ -3,7 +3,8 @@
 Not a policy knob: an engine never changes a result (``../shared/DESIGN.md``; tests/fast/ compares the two state
 by state, and a results folder's identity leaves it out). ``reference`` builds every layer from its own modules,
 the readable per-page model that is the specification; ``fast`` swaps in the compiled classes of
-:mod:`snpsim.fast`, which implement the same operations on the same state (today: the host's page allocator). The
+:mod:`snpsim.fast`, which implement the same operations on the same state (today: the host's page allocator and direct
+map). The
 reference layers never import the fast engine; this module, called by whoever builds a host, chooses.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from snpsim.errors import ConfigError
 from snpsim.host.buddy import BuddyAllocator
+from snpsim.host.directmap import DirectMap
 
 __all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "engine"]
 
@@ -27,15 +29,17 @@ class Engine:
     name: str
     #: the host's page allocator (``HostKernel(allocator=...)``)
     allocator: type[BuddyAllocator]
+    #: the host kernel's direct map (``HostKernel(directmap=...)``)
+    directmap: type[DirectMap]
 
 
 def engine(name: str, field: str = "engine") -> Engine:
     """The engine called ``name`` (ConfigError naming ``field`` for an unknown one); the fast engine's compiled
     code is imported, and compiled or loaded from numba's cache, only when it is chosen."""
     if name == "reference":
-        return Engine(name, BuddyAllocator)
+        return Engine(name, BuddyAllocator, DirectMap)
     if name == "fast":
-        from snpsim.fast import FastBuddyAllocator
+        from snpsim.fast import FastBuddyAllocator, FastDirectMap
 
-        return Engine(name, FastBuddyAllocator)
+        return Engine(name, FastBuddyAllocator, FastDirectMap)
     raise ConfigError(field, f"expected one of {', '.join(ENGINES)}, got {name!r}")

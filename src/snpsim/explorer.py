@@ -132,7 +132,8 @@ class World:
 
     def __init__(self, policy: Policy, cfg: ExploreConfig) -> None:
         self.cfg = cfg
-        self.host = HostKernel(NFRAMES, policy, allocator=engine(cfg.engine).allocator)
+        components = engine(cfg.engine)
+        self.host = HostKernel(NFRAMES, policy, allocator=components.allocator, directmap=components.directmap)
         self.counters = Counters()
         ram = np.ones(GUEST_PAGES, dtype=bool)
         self.qemu = Qemu(self.host, policy, ram, asid=1, counters=self.counters)

@@ -218,6 +218,7 @@ class Simulation:
         self.conversions: list[tuple[int, int, int, bool]] | None = [] if record_conversions else None
         self.env = simpy.Environment()
         memory_map = scenario.memory_map()
+        components = engine(scenario.engine)
         self.host = HostKernel(
             memory_map.max_pfn,
             scenario.policy,
@@ -228,7 +229,8 @@ class Simulation:
             memory_map=memory_map,
             transparent_hugepage=scenario.transparent_hugepage,
             hugepages=scenario.hugepages,
-            allocator=engine(scenario.engine).allocator,
+            allocator=components.allocator,
+            directmap=components.directmap,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}

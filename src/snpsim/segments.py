@@ -30,6 +30,16 @@ def run_starts(values: IntArray) -> IntArray:
     return np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
 
 
+def consecutive_runs(sorted_values: IntArray) -> list[tuple[int, int]]:
+    """Maximal runs ``[lo, hi)`` of consecutive values in a sorted array of distinct values."""
+    if sorted_values.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_values) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [sorted_values.size]))
+    return [(int(sorted_values[s]), int(sorted_values[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
+
+
 def by_segment(pfns: IntArray, shift: int) -> Iterator[tuple[int, slice | IntArray]]:
     """Yield ``(segment, selector)`` for each segment ``pfn >> shift`` present in ``pfns``, in ascending segment
     order; ``pfns[selector]`` are that segment's frames, in their original order."""

@@ -1,4 +1,4 @@
-"""A fast allocator that checks itself against a reference twin at every call (a test helper).
+"""Fast-engine components that check themselves against a reference twin at every call (a test helper).
 
 :class:`CheckedAllocator` is a :class:`snpsim.fast.FastBuddyAllocator` carrying a reference
 :class:`snpsim.host.buddy.BuddyAllocator` built with the same arguments: every call that changes the free lists
@@ -6,6 +6,8 @@
 and the results and the whole state (every free list's words, counts and top words, the pageblock types, the zone
 table) must be equal afterwards. A host built with it (``HostKernel(allocator=CheckedAllocator)``) runs any test
 -- a layer's state machine, a scenario -- with the two engines' allocators in lockstep inside the real stack.
+:class:`CheckedDirectMap` does the same for the direct map (entries, PTE pool rows, the free row stack,
+counters).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.fast import FastBuddyAllocator
+from snpsim.fast import FastBuddyAllocator, FastDirectMap
 from snpsim.host.buddy import BuddyAllocator
+from snpsim.host.directmap import COUNTERS, DirectMap
 
 
 def same_state(a: BuddyAllocator, b: BuddyAllocator) -> None:
@@ -67,3 +70,51 @@ class CheckedAllocator(FastBuddyAllocator):
 
     def take_page_off_buddy(self, pfn: int) -> bool:
         return self._both("take_page_off_buddy", pfn)  # type: ignore[no-any-return]
+
+
+def same_directmap(a: DirectMap, b: DirectMap) -> None:
+    """Equal direct maps: entries, PTE pool rows in use and their bits, the free row stack, every counter."""
+    for name in ("_pud", "_pmd", "_slot", "_ct"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    n = int(a._ct[COUNTERS.index("nslots")])
+    assert np.array_equal(a._bits[:n], b._bits[:n]), "PTE rows differ"
+    assert np.array_equal(a._free_rows(), b._free_rows()), "free PTE rows differ"
+
+
+class CheckedDirectMap(FastDirectMap):
+    """Fast direct map, reference twin, compared after every mutating call."""
+
+    calls = 0
+    MUTATORS = (
+        "set_4k", "split_1g", "split_2m", "split_2m_many", "remove_4k", "restore_4k", "remove_range",
+        "restore_range", "remove_pages", "restore_pages", "remove_2m", "restore_2m", "remove_1g", "restore_1g",
+        "merge_2m", "merge_1g", "try_merge",
+    )  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.twin = DirectMap(*args, **kwargs)
+        same_directmap(self, self.twin)
+
+    _inside = False  # a mutator calling another on self is checked once, as the outer call
+
+    def __getattribute__(self, name: str) -> Any:
+        method = super().__getattribute__(name)
+        if name not in CheckedDirectMap.MUTATORS or super().__getattribute__("_inside"):
+            return method
+
+        def both(*args: Any, **kwargs: Any) -> Any:
+            twin = super(CheckedDirectMap, self).__getattribute__("twin")
+            twin.running = super(CheckedDirectMap, self).__getattribute__("running")
+            self._inside = True
+            try:
+                mine = method(*args, **kwargs)
+            finally:
+                self._inside = False
+            theirs = getattr(twin, name)(*args, **kwargs)
+            assert mine == theirs, (name, mine, theirs)
+            same_directmap(self, twin)
+            CheckedDirectMap.calls += 1
+            return mine
+
+        return both

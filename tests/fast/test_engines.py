@@ -100,7 +100,7 @@ def test_the_explorer_finds_the_same_counterexamples_on_both_engines() -> None:
 
 
 def test_an_unknown_engine_is_a_config_error_naming_the_field() -> None:
-    with pytest.raises(ConfigError, match="engine.*expected one of fast, reference"):
+    with pytest.raises(ConfigError, match=r"engine.*expected one of fast, reference"):
         load({"engine": "turbo", "vms": [{"memory": "1G"}]})
     with pytest.raises(ConfigError, match="engine"):
         engine("turbo")

@@ -43,14 +43,12 @@ def same_state(a: BuddyAllocator, b: BuddyAllocator) -> None:
 class Lockstep(RuleBasedStateMachine):
     """The same calls on a reference and a fast allocator (LRU tags shared), the whole state compared."""
 
-    @initialize(geometry=GEOMETRIES, numpy_path=st.booleans())
-    def setup(self, geometry: tuple[int, tuple[int, int]], numpy_path: bool) -> None:
+    @initialize(geometry=GEOMETRIES)
+    def setup(self, geometry: tuple[int, tuple[int, int]]) -> None:
         nframes, zones = geometry
         self.tags = np.zeros(nframes, dtype=np.uint8)
         tags = (self.tags, np.array([False, True]))
         self.ref = BuddyAllocator(nframes, zone_pfns=zones, page_tags=tags)
-        if numpy_path:  # the reference's vectorised bulk paths, else its loops
-            self.ref._BULK_LOOP_THRESHOLD = 0
         self.fast = FastBuddyAllocator(nframes, zone_pfns=zones, page_tags=tags)
         self.allocated: list[tuple[int, int]] = []
 

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from snpsim.fast import FastBuddyAllocator
 from snpsim.host.buddy import (
     MAX_PAGE_ORDER,
     PAGEBLOCK_NR_PAGES,
@@ -252,10 +253,13 @@ GEOMETRIES = st.sampled_from([(1024, (1024, 1024)), (6144 + 300, (2048, 4096)), 
 
 
 @st.composite
-def fragmented_allocators(draw: st.DrawFn) -> tuple[BuddyAllocator, list[tuple[int, int]]]:
-    """An allocator after a random history of alloc/free of mixed types; returns it and the allocated blocks."""
+def fragmented_allocators(
+    draw: st.DrawFn, classes: tuple[type[BuddyAllocator], ...] = (BuddyAllocator,)
+) -> tuple[BuddyAllocator, list[tuple[int, int]]]:
+    """An allocator (of one of ``classes``) after a random history of alloc/free of mixed types; returns it and the
+    allocated blocks."""
     nframes, zones = draw(GEOMETRIES)
-    b = BuddyAllocator(nframes, zone_pfns=zones)
+    b = draw(st.sampled_from(classes))(nframes, zone_pfns=zones)
     allocated: list[tuple[int, int]] = []
     for _ in range(draw(st.integers(0, 30))):
         if allocated and draw(st.booleans()):
@@ -443,10 +447,9 @@ def test_free_bulk_by_hand() -> None:
     b.free_bulk(np.empty(0, dtype=np.int64), 0)
 
 
-@pytest.mark.parametrize("threshold", [0, 1000])
-def test_free_bulk_rejects_bad_batches(threshold: int) -> None:
-    b = BuddyAllocator(1024)
-    b._BULK_LOOP_THRESHOLD = threshold  # 0: numpy path, 1000: loop path
+@pytest.mark.parametrize("allocator", [BuddyAllocator, FastBuddyAllocator])
+def test_free_bulk_rejects_bad_batches(allocator: type[BuddyAllocator]) -> None:
+    b = allocator(1024)
     pfns = b.alloc_bulk(1, 100)  # [0, 200) in use; free: 200@3, 208@4, 224@5, 256@8, 512@9
     assert pfns is not None
     state = b.free_blocks()
@@ -715,19 +718,17 @@ def test_alloc_bulk_equals_alloc_loop(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(state=fragmented_allocators(), data=st.data(), numpy_path=st.booleans())
-def test_free_bulk_equals_free_loop(
-    state: tuple[BuddyAllocator, list[tuple[int, int]]], data: st.DataObject, numpy_path: bool
-) -> None:
+@given(state=fragmented_allocators((BuddyAllocator, FastBuddyAllocator)), data=st.data())
+def test_free_bulk_equals_free_loop(state: tuple[BuddyAllocator, list[tuple[int, int]]], data: st.DataObject) -> None:
+    """Both engines' free_bulk against the documented equivalent, a loop of the reference's free()."""
     b, allocated = state
     order = data.draw(st.integers(0, MAX_PAGE_ORDER))
     pieces = [p + i * (1 << order) for p, o in allocated if o >= order for i in range(1 << (o - order))]
     if not pieces:
         return
     chosen = data.draw(st.lists(st.sampled_from(pieces), unique=True, max_size=len(pieces)))
-    if numpy_path:
-        b._BULK_LOOP_THRESHOLD = 0
-    twin = copy.deepcopy(b)
+    twin = BuddyAllocator.__new__(BuddyAllocator)
+    twin.__setstate__(copy.deepcopy(b.__getstate__()))  # the same state, the reference's code
     for pfn in sorted(chosen):  # the documented equivalent: a loop of free() in ascending PFN order
         twin.free(pfn, order)
     b.free_bulk(np.array(chosen, dtype=np.int64), order, check_free=data.draw(st.booleans()))
@@ -745,15 +746,13 @@ class BuddyMachine(RuleBasedStateMachine):
 
     allocator: type[BuddyAllocator] = BuddyAllocator
 
-    @initialize(geometry=GEOMETRIES, numpy_path=st.booleans(), lru=st.booleans())
-    def setup(self, geometry: tuple[int, tuple[int, int]], numpy_path: bool, lru: bool) -> None:
+    @initialize(geometry=GEOMETRIES, lru=st.booleans())
+    def setup(self, geometry: tuple[int, tuple[int, int]], lru: bool) -> None:
         nframes, zones = geometry
         self.tags = np.zeros(nframes, dtype=np.uint8)  # 1: on an LRU list
         movable = (lambda pfn, n: int(np.count_nonzero(self.tags[pfn : pfn + n]))) if lru else None
         page_tags = (self.tags, np.array([False, True])) if lru else None
         self.b = self.allocator(nframes, zone_pfns=zones, page_tags=page_tags)
-        if numpy_path:
-            self.b._BULK_LOOP_THRESHOLD = 0
         self.model = NaiveBuddy(nframes, zones, movable=movable)
         self.allocated: list[tuple[int, int]] = []
 
@@ -863,7 +862,6 @@ TestBuddyMachine = BuddyMachine.TestCase
 def test_free_bulk_probes_frames_when_free_memory_is_fragmented() -> None:
     """A double free inside a large fragmented batch is still caught, and nothing changes."""
     b = BuddyAllocator(4096)
-    b._BULK_LOOP_THRESHOLD = 0
     frames = b.alloc_bulk(0, 4096)
     assert frames is not None
     b.free_bulk(frames[::2], 0)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from snpsim.fast import FastDirectMap
 from snpsim.host.directmap import DirectMap
 from snpsim.hw.types import PAGE_SIZE, PAGES_PER_1G, PAGES_PER_2M, PageSize
 
@@ -446,17 +447,17 @@ LAYOUTS: list[tuple[int, PageSize, list[tuple[int, int]] | None]] = [
 
 
 class DirectMapMachine(RuleBasedStateMachine):
-    """DirectMap against the naive per-frame model, with structural invariants."""
+    """DirectMap against the naive per-frame model, with structural invariants (of ``directmap_class``: the fast
+    engine's tests run this machine on theirs)."""
 
+    directmap_class: type[DirectMap] = DirectMap
     dm: DirectMap
     nv: Naive
 
-    @initialize(layout=st.sampled_from(LAYOUTS), vectorised=st.booleans())
-    def setup(self, layout: tuple[int, PageSize, list[tuple[int, int]] | None], vectorised: bool) -> None:
+    @initialize(layout=st.sampled_from(LAYOUTS))
+    def setup(self, layout: tuple[int, PageSize, list[tuple[int, int]] | None]) -> None:
         n, max_level, memory = layout
-        self.dm = DirectMap(n, max_level=max_level, memory=memory)
-        if vectorised:
-            self.dm._small_range_2m = 0  # every range op through the numpy path
+        self.dm = self.directmap_class(n, max_level=max_level, memory=memory)
         self.nv = Naive(n, max_level, memory)
         n2m = -(-n // P2M)
         # 2M ranges where things happen: the edges of the memory ranges first, then GiB edges, the tail, and a
@@ -511,6 +512,15 @@ class DirectMapMachine(RuleBasedStateMachine):
     def restore_range(self, k: int, off: int, npages: int) -> None:
         p, m = self.span(k, off, npages)
         assert self.dm.restore_range(p, m) == self.nv.restore_range(p, m)
+
+    @rule(data=st.data(), remove=st.booleans())
+    def remove_or_restore_pages(self, data: st.DataObject, remove: bool) -> None:
+        """Scattered frames (runs and singles near the hot 2M ranges): each page as remove_4k/restore_4k would."""
+        picks = data.draw(st.lists(st.tuples(st.integers(0, 23), st.integers(0, 511)), max_size=40))
+        pfns = np.unique(np.array([self.pfn(k, off) for k, off in picks], dtype=np.int64))
+        op = "remove" if remove else "restore"
+        expected = sum(getattr(self.nv, f"{op}_4k")(int(p)) for p in pfns.tolist())
+        assert getattr(self.dm, f"{op}_pages")(pfns) == expected
 
     @rule(k=st.integers(0, 23))
     def remove_2m(self, k: int) -> None:
@@ -643,7 +653,7 @@ DirectMapMachine.TestCase.settings = settings(
 TestDirectMapMachine = DirectMapMachine.TestCase
 
 
-# ---------------------------------------------------------------------------------------------- vectorised == loop
+# ------------------------------------------------------------------------ both engines' range ops == page loops
 
 _OPS = st.lists(
     st.tuples(
@@ -659,12 +669,11 @@ _OPS = st.lists(
 @given(
     ops=_OPS,
     max_level=st.sampled_from([PageSize.SIZE_1G, PageSize.SIZE_2M]),
-    small=st.sampled_from([0, 1, 8]),
+    cls=st.sampled_from([DirectMap, FastDirectMap]),
 )
-def test_range_ops_equal_loops(ops: list[tuple[str, int, int]], max_level: PageSize, small: int) -> None:
+def test_range_ops_equal_loops(ops: list[tuple[str, int, int]], max_level: PageSize, cls: type[DirectMap]) -> None:
     hot = [0, P1G - 700, P1G - 1, P1G + 5, HOST_N - 900]
-    vec = DirectMap(HOST_N, max_level=max_level)
-    vec._small_range_2m = small  # 0: all numpy; 1: scalar path for single-2M ranges; 8: default
+    vec = cls(HOST_N, max_level=max_level)
     loop = DirectMap(HOST_N, max_level=max_level)
     for name, raw, npages in ops:
         pfn = hot[raw % len(hot)] + raw % 997
@@ -697,9 +706,8 @@ def test_range_ops_equal_loops(ops: list[tuple[str, int, int]], max_level: PageS
 EDGE_N = P1G + 16 * P2M + 3
 
 
-def _prepared(state: str, small: int) -> DirectMap:
-    d = DirectMap(EDGE_N)
-    d._small_range_2m = small
+def _prepared(state: str, cls: type[DirectMap]) -> DirectMap:
+    d = cls(EDGE_N)
     if state == "removed-1g":
         d.remove_1g(0)
     elif state == "split-1g":
@@ -710,16 +718,17 @@ def _prepared(state: str, small: int) -> DirectMap:
     return d
 
 
+@pytest.mark.parametrize("cls", [DirectMap, FastDirectMap])
 @pytest.mark.parametrize("state", ["fresh", "removed-1g", "split-1g", "split-4k"])
-def test_range_edges_equal_loops(state: str) -> None:
-    """Vectorised range ops with ends one page either side of 2M boundaries, against per-page loops."""
+def test_range_edges_equal_loops(state: str, cls: type[DirectMap]) -> None:
+    """Range ops with ends one page either side of 2M boundaries, against the reference's per-page loops."""
     b = P1G - 4 * P2M
     for d1 in (-1, 0, 1):
         for last in (b + 3 * P2M, b + 9 * P2M):
             for d2 in (-1, 0, 1):
                 start, end = b + d1, last + d2
                 for first_op in ("remove", "restore"):
-                    vec, loop = _prepared(state, 0), _prepared(state, 0)
+                    vec, loop = _prepared(state, cls), _prepared(state, DirectMap)
                     ops = [first_op, "restore" if first_op == "remove" else "remove"]
                     for op in ops:
                         one = loop.remove_4k if op == "remove" else loop.restore_4k

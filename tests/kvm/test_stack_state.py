@@ -82,10 +82,12 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from tests.fast.checked import CheckedAllocator, CheckedDirectMap
 
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel, Owner
 from snpsim.host.buddy import BuddyAllocator
+from snpsim.host.directmap import DirectMap
 from snpsim.host.uaccess import ACCESSORS, Address, Context, Outcome, guest_write
 from snpsim.hw import PageSize
 from snpsim.hw.costs import OPS
@@ -96,7 +98,6 @@ from snpsim.metrics import Counters
 from snpsim.policy import Policy, presets
 from snpsim.runner import GuestDriver, GuestRamView
 from snpsim.vmm.qemu import Qemu
-from tests.fast.checked import CheckedAllocator
 
 HOST_FRAMES = 262144  # 1 GiB: one 1G direct-map mapping at boot
 GUEST_PAGES = 8192  # 32 MiB of RAM, 16 2M ranges
@@ -182,9 +183,14 @@ class StackMachine(RuleBasedStateMachine):
     def setup(self, data: st.DataObject) -> None:
         self.name = data.draw(st.sampled_from(self.policy_names), label="policy")
         self.policy = POLICIES[self.name]
-        # the reference engine's allocator, or the fast engine's checked against a reference twin at every call
-        allocator = data.draw(st.sampled_from([BuddyAllocator, CheckedAllocator]), label="allocator")
-        self.host = HostKernel(HOST_FRAMES, self.policy, allocator=allocator)
+        # the reference engine's components, or the fast engine's checked against a reference twin at every call
+        fast = data.draw(st.booleans(), label="fast engine (checked)")
+        self.host = HostKernel(
+            HOST_FRAMES,
+            self.policy,
+            allocator=CheckedAllocator if fast else BuddyAllocator,
+            directmap=CheckedDirectMap if fast else DirectMap,
+        )
         self._orig_write = self.host.kernel_write
         self.host.kernel_write = self._checked_kernel_write  # every kernel write, incl. page zeroing
         #: frames the ``fixup`` #PF handler made shared since the last guest access began

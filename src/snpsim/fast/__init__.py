@@ -2,11 +2,13 @@
 
 ``engine = "fast"`` (a scenario field, not a policy knob) builds the host with these classes; ``"reference"`` with
 the layers' own. Both give identical results (tests/fast/ compares them state by state); the reference layers never
-import this package. Today: the page allocator (:mod:`snpsim.fast.buddy`).
+import this package. Today: the page allocator (:mod:`snpsim.fast.buddy`) and the direct map's 4K removal and
+restoration (:mod:`snpsim.fast.directmap`).
 """
 
 from __future__ import annotations
 
 from snpsim.fast.buddy import FastBuddyAllocator
+from snpsim.fast.directmap import FastDirectMap
 
-__all__ = ["FastBuddyAllocator"]
+__all__ = ["FastBuddyAllocator", "FastDirectMap"]

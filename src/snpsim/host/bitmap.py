@@ -8,8 +8,8 @@ level ``l`` is non-zero, up to a top level of at most :data:`TOP_WORDS` words, i
 ``int``. Finding the lowest member costs one ``int`` bit trick plus one word read per level (4 levels for the
 order-0 list of a 2 TiB zone); insertion and removal touch one word per level only when a word changes between
 zero and non-zero. Single words are read and written through ``memoryview``s of the arrays (a third of the cost of
-numpy scalar indexing); the batch operations (:meth:`Bitmap.add_many`, :meth:`Bitmap.remove_many`,
-:meth:`Bitmap.take_lowest`) are vectorised in numpy.
+numpy scalar indexing); the batch operations (:meth:`Bitmap.add_many`, :meth:`Bitmap.remove_many`) are
+vectorised in numpy.
 
 Level 0 of a big bitmap comes from :func:`snpsim.pfnmap.lazy_zeros`: pages of the bitmap never written cost no
 memory (a 2 TiB zone's order-0 bitmap is 64 MiB of address space per migratetype, resident only where free
@@ -127,8 +127,15 @@ class Bitmap:
         return self.store, self._b, self.n
 
     def __setstate__(self, state: tuple[BitmapStore, int, int]) -> None:
-        self.store, self._b, self.n = state
+        self.store, self._b, self.n = state  # the views are bound on first use (__getattr__): a snapshot of an
+        # allocator restores a hundred bitmaps, of which a step uses a few
+
+    def __getattr__(self, name: str) -> object:
+        """Called only for an unset slot: the views of an unpickled bitmap, bound now."""
+        if name not in ("levels", "views", "_cv", "_tv"):
+            raise AttributeError(name)
         self._bind()
+        return object.__getattribute__(self, name)
 
     @property
     def count(self) -> int:
@@ -247,16 +254,6 @@ class Bitmap:
         for level in reversed(self.levels):
             pos = _bits_of(level[pos], pos)[:want]  # each position below holds at least one member
         return pos
-
-    def take_lowest(self, k: int) -> IntArray:
-        """Remove and return the ``k`` lowest members (``k <= count``), ascending."""
-        if k <= 0:
-            return np.zeros(0, dtype=np.int64)
-        if k <= 8:
-            return np.array([self.pop_first() for _ in range(k)], dtype=np.int64)
-        taken = self.members(k)
-        self.remove_many(taken)
-        return taken
 
     def members_in(self, lo: int, hi: int) -> IntArray:
         """Members in ``[lo, hi)``, ascending (reads the level-0 words of the range)."""

@@ -44,8 +44,9 @@ with :meth:`BuddyAllocator.take_free_range`.
 
 Data structures scale to ``nframes = 2**29`` (2 TiB): no Python object per free block, one
 :class:`~snpsim.host.bitmap.Bitmap` per (zone, order, migratetype) over block indices, and one byte per
-pageblock for its type. ``alloc_bulk``/``free_bulk`` are vectorised and give exactly the result of a loop of
-``alloc``/``free`` calls (``free_bulk``: in ascending PFN order).
+pageblock for its type. ``alloc_bulk``/``free_bulk`` are a loop of ``alloc``/``free`` calls (``free_bulk``: in
+ascending PFN order): this module is the readable specification, and the fast engine
+(:mod:`snpsim.fast.buddy`) runs the same operations compiled, a run of blocks at a time.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.host.bitmap import Bitmap, BitmapStore
-from snpsim.segments import SCALAR_MAX, ascending
+from snpsim.host.bitmap import BitmapStore
+from snpsim.segments import ascending
 
 __all__ = [
     "FALLBACKS",
@@ -221,13 +222,9 @@ class BuddyAllocator:
     """Buddy allocator over frames ``[0, nframes)``; free memory is the union of ``ranges`` (``[lo, hi)`` PFN
     ranges; None = all of it). Frames outside the ranges are never handed out.
 
-    ``alloc``/``free`` model one ``__rmqueue``/``__free_one_page`` call; ``alloc_bulk``/``free_bulk`` are vectorised
-    equivalents of a loop of them (same PFNs, in the same order, same final state).
+    ``alloc``/``free`` model one ``__rmqueue``/``__free_one_page`` call; ``alloc_bulk``/``free_bulk`` a loop of
+    them (``free_bulk`` in ascending PFN order), with the arguments checked first.
     """
-
-    #: ``alloc_bulk``/``free_bulk`` with at most this many blocks loop over ``alloc()``/``free()`` (numpy set-up
-    #: costs more); the project-wide :data:`snpsim.segments.SCALAR_MAX`, overridable per instance by tests.
-    _BULK_LOOP_THRESHOLD = SCALAR_MAX
 
     def __init__(
         self,
@@ -556,23 +553,22 @@ class BuddyAllocator:
         if not 0 <= order <= MAX_PAGE_ORDER:
             self._check_order(order)
         self._claim_failed.clear()
-        got = self._alloc_one(order, 0 if self.mobility_disabled else int(migratetype))
-        return None if got is None else got[0]
+        return self._alloc_one(order, 0 if self.mobility_disabled else int(migratetype))
 
-    def _alloc_one(self, order: int, mt: int) -> tuple[int, _Zone, bool] | None:
-        """``get_page_from_freelist`` over the zonelist: ``(pfn, zone, from __rmqueue_smallest)`` or None."""
+    def _alloc_one(self, order: int, mt: int) -> int | None:
+        """``get_page_from_freelist`` over the zonelist: the PFN, or None."""
         for nofrag in (True, False) if self._nofragment else (False,):
             for z in self._zonelist:
                 if z.free_pages - ((1 << order) - 1) <= z.reserve:
                     continue  # __zone_watermark_ok fails (zero watermark, lowmem_reserve only)
                 pfn = self._rmqueue_smallest(z, order, mt)
                 if pfn is not None:
-                    return pfn, z, True
+                    return pfn
                 pfn = self._rmqueue_claim(z, order, mt, nofrag)
                 if pfn is None and not nofrag:
                     pfn = self._rmqueue_steal(z, order, mt)
                 if pfn is not None:
-                    return pfn, z, False
+                    return pfn
         return None
 
     def _rmqueue_smallest(self, z: _Zone, order: int, mt: int) -> int | None:
@@ -802,24 +798,14 @@ class BuddyAllocator:
         if n > 1 and np.any(cur[1:] == cur[:-1]):
             raise ValueError("free_bulk: the same block is freed twice")
         self._check_in_ram(cur, size)
-        if check_free and n <= self._BULK_LOOP_THRESHOLD:
-            for pfn in cur.tolist():
-                if self._free_block_of(pfn) is not None or (order and self._free_block_of(pfn + size - 1)):
-                    raise ValueError(f"double free: block {pfn:#x} order {order} overlaps free memory")
-        elif check_free:
+        if check_free:
             self._check_no_overlap(cur, size)
         self._free_sorted(cur, order)
 
     def _free_sorted(self, cur: IntArray, order: int) -> None:
         """Free the validated blocks ``cur`` (ascending) of ``order``: ``_free_checked`` of each, in turn."""
-        if cur.size <= self._BULK_LOOP_THRESHOLD:
-            for pfn in cur.tolist():
-                self._free_checked(pfn, order)
-            return
-        for z in self._zones:
-            a, b = np.searchsorted(cur, [z.lo, z.hi])
-            if b > a:
-                self._coalesce_sorted(z, cur[a:b], order)
+        for pfn in cur.tolist():
+            self._free_checked(pfn, order)
 
     def _check_no_overlap(self, starts: IntArray, size: int) -> None:
         """Raise ValueError if any block ``[s, s+size)`` (sorted starts) intersects a free buddy block."""
@@ -843,58 +829,6 @@ class BuddyAllocator:
             bad = int(starts[np.argmax(hit)])
             raise ValueError(f"double free: block {bad:#x} (size {size}) overlaps free memory")
 
-    def _coalesce_sorted(self, z: _Zone, cur_pfns: IntArray, order: int) -> None:
-        """Insert sorted, disjoint, validated blocks of one zone, merging buddies level by level as the ascending
-        loop of ``_free_checked`` would (types: each block's pageblock type; at the 9 → 10 merge the block freed
-        later, the higher one of a pair, gives its type)."""
-        pb = self._pb
-        n = int(cur_pfns.size)
-        z.free_pages += n << order
-        cur = (cur_pfns - z.lo) >> order  # zone-relative block indices at level k
-        mts = pb[cur_pfns >> PAGEBLOCK_ORDER]
-        for k in range(order, MAX_PAGE_ORDER + 1):
-            if cur.size == 0:
-                return
-            lists = z.free[k]
-            if k == MAX_PAGE_ORDER:
-                _add_typed(lists, cur, mts)
-                return
-            parent = cur >> 1
-            paired = np.zeros(cur.size, dtype=bool)
-            up = np.zeros(cur.size, dtype=bool)  # goes up a level: the higher block of a pair, or a merged single
-            if cur.size > 1:
-                same = parent[1:] == parent[:-1]
-                paired[:-1] |= same
-                paired[1:] |= same
-                up[1:] |= same
-            if k >= PAGEBLOCK_ORDER and cur.size > 1:
-                hi_pos = np.flatnonzero(up)
-                _set_pageblocks(pb, z.lo + (cur[hi_pos - 1] << k), 1 << (k - PAGEBLOCK_ORDER), mts[hi_pos])
-            single = np.flatnonzero(~paired)
-            sidx, smt = cur[single], mts[single]
-            bidx = sidx ^ 1
-            bpfn = z.lo + (bidx << k)
-            in_zone = bpfn + (1 << k) <= z.hi
-            bmt = smt if k < PAGEBLOCK_ORDER else pb[np.minimum(bpfn, self._nframes - 1) >> PAGEBLOCK_ORDER]
-            has = np.zeros(sidx.size, dtype=bool)
-            nonempty = [m for m in range(NTYPES) if lists[m].count]
-            for m in nonempty:
-                sel = np.flatnonzero(in_zone & (bmt == m)) if len(nonempty) > 1 or not in_zone.all() else None
-                if sel is None:
-                    has = lists[m].contains_many(bidx) & (bmt == m)
-                elif sel.size:
-                    has[sel] = lists[m].contains_many(bidx[sel])
-            with_free = np.flatnonzero(has)
-            if with_free.size:
-                _remove_typed(lists, bidx[with_free], bmt[with_free])
-                if k >= PAGEBLOCK_ORDER:
-                    retype = with_free[bmt[with_free] != smt[with_free]]
-                    _set_pageblocks(pb, bpfn[retype], 1 << (k - PAGEBLOCK_ORDER), smt[retype])
-                up[single[with_free]] = True
-            stay = ~has
-            _add_typed(lists, sidx[stay], smt[stay])
-            cur, mts = parent[up], mts[up]
-
     def _check_in_ram(self, starts: IntArray, size: int) -> None:
         """Raise ValueError unless every block ``[s, s+size)`` (sorted starts) lies inside one RAM range."""
         if self._all_ram:
@@ -916,9 +850,7 @@ class BuddyAllocator:
     def alloc_bulk(self, order: int, count: int, migratetype: int = Migratetype.MOVABLE) -> IntArray | None:
         """Allocate ``count`` blocks of ``order``; same PFNs, in the same order, as ``count`` ``alloc`` calls.
 
-        All-or-nothing: returns None (state unchanged) if fewer than ``count`` such blocks are obtainable. Runs of
-        ``__rmqueue_smallest`` and of whole order-10 claims are carved with ``numpy.arange``; other claims and steals
-        are one scalar step each, so millions of order-0 pages are cheap."""
+        All-or-nothing: returns None (state unchanged) if fewer than ``count`` such blocks are obtainable."""
         self._check_order(order)
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
@@ -932,102 +864,12 @@ class BuddyAllocator:
     def _alloc_bulk_checked(self, order: int, count: int, mt: int) -> IntArray:
         """``count`` (> 0, obtainable) successive allocations of ``order`` and type ``mt``: their PFNs."""
         self._claim_failed.clear()
-        parts: list[IntArray] = []
-        scalars: list[int] = []
-        need = count
-        while need:
-            if need <= self._BULK_LOOP_THRESHOLD:
-                for _ in range(need):
-                    got = self._alloc_one(order, mt)
-                    assert got is not None  # obtainable() counted it
-                    scalars.append(got[0])
-                break
-            got = self._alloc_one(order, mt)
-            assert got is not None
-            pfn, z, _ = got
-            scalars.append(pfn)
-            need -= 1
-            # The zones before z failed and stay failing (nothing is freed), so the next calls come from z while it
-            # can serve them: __rmqueue_smallest while its mt lists hold blocks (and its watermark allows), then,
-            # once they are empty, a claim of a whole order-10 block of a fallback type ("the largest available free
-            # page", lowest first in fallbacks[] order), which the following calls consume in ascending order.
-            while need:
-                n = min(need, z.cap(order), z.blocks_at_least(order, mt))
-                if n:
-                    parts.append(np.array(scalars, dtype=np.int64))
-                    scalars = []
-                    parts.append(self._bulk_smallest(z, order, mt, n))
-                    need -= n
-                if not need or z.blocks_at_least(order, mt):
-                    break
-                per_block = 1 << (MAX_PAGE_ORDER - order)
-                k = min(need, z.cap(order)) // per_block
-                k = min(k, sum(z.free[MAX_PAGE_ORDER][fb].count for fb in _FALLBACK_IDX[mt]))
-                if not k:
-                    break
-                parts.append(np.array(scalars, dtype=np.int64))
-                scalars = []
-                parts.append(self._bulk_claim_blocks(z, order, mt, k))
-                need -= k * per_block
-        if scalars:
-            parts.append(np.array(scalars, dtype=np.int64))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _bulk_claim_blocks(self, z: _Zone, order: int, mt: int, k: int) -> IntArray:
-        """``k`` successive claims of a whole order-10 fallback block (``try_to_claim_block``: "Take ownership for
-        orders >= pageblock_order"), each consumed by ``__rmqueue_smallest`` in ascending order: their frames."""
-        heads: list[IntArray] = []
-        left = k
-        for fb in _FALLBACK_IDX[mt]:
-            bm = z.free[MAX_PAGE_ORDER][fb]
-            take = min(left, bm.count)
-            if take:
-                heads.append(z.lo + (bm.take_lowest(take) << MAX_PAGE_ORDER))
-                left -= take
-        pfns = np.concatenate(heads)
-        first = pfns >> PAGEBLOCK_ORDER
-        self._pb[first] = mt  # change_pageblock_range(page, MAX_PAGE_ORDER, start_type): both pageblocks
-        self._pb[first + 1] = mt
-        z.free_pages -= k << MAX_PAGE_ORDER
-        offsets = np.arange(1 << (MAX_PAGE_ORDER - order), dtype=np.int64) << order
-        return (pfns[:, None] + offsets[None, :]).ravel()
-
-    def _bulk_smallest(self, z: _Zone, order: int, mt: int, count: int) -> IntArray:
-        """``count`` successive ``__rmqueue_smallest(z, order, mt)`` calls (``count`` <= what the lists hold)."""
-        step = 1 << order
-        parts: list[IntArray] = []
-        need = count
-        exact = z.free[order][mt]
-        if exact.count:  # blocks of exactly this order, lowest PFN first (each call takes one)
-            k = min(need, exact.count)
-            parts.append(z.lo + (exact.take_lowest(k) << order))
-            need -= k
-        # With the lower lists empty, each call splits the lowest block of the smallest non-empty order and, by the
-        # expand() rule, hands out that whole block in ascending PFN order before touching any other block: whole
-        # blocks are consumed in (order, pfn) order, and only the last one partially.
-        current = order
-        while need:
-            current += 1
-            bm = z.free[current][mt]
-            if not bm.count:
-                continue
-            per_block = 1 << (current - order)
-            nfull = min(bm.count, need // per_block)
-            partial = 1 if nfull < bm.count and need - nfull * per_block else 0
-            heads = z.lo + (bm.take_lowest(nfull + partial) << current)
-            offsets = np.arange(per_block, dtype=np.int64) * step
-            if nfull:
-                parts.append((heads[:nfull, None] + offsets[None, :]).ravel())
-                need -= nfull * per_block
-            if partial:
-                base = int(heads[nfull])
-                parts.append(base + offsets[:need])
-                # what the interleaved expand() calls leave behind: the rest of the block, maximally split
-                for p, o in _decompose(base + need * step, base + (1 << current)):
-                    z.free[o][mt].add((p - z.lo) >> o)
-                need = 0
-        z.free_pages -= count * step
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out = np.empty(count, dtype=np.int64)
+        for k in range(count):
+            pfn = self._alloc_one(order, mt)
+            assert pfn is not None  # obtainable() counted it
+            out[k] = pfn
+        return out
 
     # ------------------------------------------------------------------ helpers
     def _zone(self, pfn: int) -> _Zone:
@@ -1086,29 +928,3 @@ def _expand_blocks(heads: IntArray, order: int) -> IntArray:
     if order == 0:
         return heads
     return (heads[:, None] + np.arange(1 << order, dtype=np.int64)).ravel()
-
-
-def _add_typed(lists: list[Bitmap], idx: IntArray, mts: IntArray) -> None:
-    """Add sorted unique ``idx`` to the list of each one's migratetype."""
-    for m in range(NTYPES):
-        sel = idx[mts == m]
-        if sel.size:
-            lists[m].add_many(sel)
-
-
-def _remove_typed(lists: list[Bitmap], idx: IntArray, mts: IntArray) -> None:
-    order = np.argsort(idx, kind="stable")
-    idx, mts = idx[order], mts[order]
-    for m in range(NTYPES):
-        sel = idx[mts == m]
-        if sel.size:
-            lists[m].remove_many(sel)
-
-
-def _set_pageblocks(pb: npt.NDArray[np.uint8], heads: IntArray, n: int, mts: IntArray) -> None:
-    """Set the ``n`` pageblocks from each PFN ``heads[i]`` to ``mts[i]``."""
-    if heads.size == 0:
-        return
-    first = heads >> PAGEBLOCK_ORDER
-    for j in range(n):
-        pb[first + j] = mts

@@ -61,26 +61,28 @@ Representation (scales to ``nframes`` = 2**29, i.e. 2 TiB, in a few MB; no per-f
   (points to a PTE table), ``_PMD_UNDER_PUD`` (the enclosing GiB is a 1G entry; the byte is unused),
   ``_PMD_NONE`` (no entry: a hole).
 * ``_slot``: one int32 per 2 MiB, the row of the PTE pool for a split 2M range (-1 otherwise).
-* ``_bits``: the PTE pool, one row of 512 present bits per split 2M range (rows of merged ranges are recycled).
+* ``_bits``: the PTE pool, one row of 512 present bits per split 2M range (rows of merged ranges are recycled:
+  ``_free_a[:_nfree]`` is the stack of free rows).
 * ``_exists``: for the few split 2M ranges with PTEs that do not exist (cut by a hole or the end of memory), the
-  mask of the PTEs that do; their other bits stay False.
+  mask of the PTEs that do; their other bits stay False (the same masks as rows of ``_exists_rows``, in the
+  order of the sorted keys ``_exists_idx``).
+* ``_ct``: the counters (:data:`COUNTERS`), maintained incrementally.
 
-``_pud`` / ``_pmd`` / ``_slot`` are ``bytearray`` / ``array`` objects (fast scalar access) with numpy views
-sharing their memory (vectorised range operations). All counters are maintained incrementally.
+Every part is a numpy array (``_pud`` / ``_pmd`` / ``_slot`` / ``_ct`` with ``memoryview`` twins ``_pud_b`` ...
+for single reads and writes), so compiled code (:mod:`snpsim.fast.directmap`) works on the same state.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from snpsim.hw.types import PAGE_SIZE, PAGES_PER_1G, PAGES_PER_2M, PageSize
-from snpsim.segments import unique_ints
+from snpsim.segments import consecutive_runs, unique_ints
 
-__all__ = ["ISA_END_PFN", "NOT_PRESENT", "DirectMap"]
+__all__ = ["COUNTERS", "ISA_END_PFN", "NOT_PRESENT", "DirectMap"]
 
 # PUD (1 GiB) entry states.
 _PUD_NP = 0
@@ -135,6 +137,25 @@ def _pages_per_2m(ranges: list[tuple[int, int]], n2m: int) -> npt.NDArray[np.int
     return count
 
 
+#: The direct map's counters, in the order of its ``_ct`` array: entries at each level, present or not
+#: (``direct_pages_count[]``), pages whose entry is not present, the vmstat split events, every split (counted by
+#: vmstat or not: what the mutators return), merges, PTE pool rows ever handed out, free pool rows.
+COUNTERS = ("n4k", "n2m", "n1g", "absent", "level2_splits", "level3_splits", "split_ops", "merges", "nslots", "nfree")
+
+
+class _Counter:
+    """A :class:`DirectMap` counter, an element of its ``_ct`` array (``self._n4k += k`` updates it in place)."""
+
+    def __init__(self, name: str) -> None:
+        self.i = COUNTERS.index(name)
+
+    def __get__(self, obj: DirectMap, owner: type | None = None) -> int:
+        return obj._ctv[self.i]  # type: ignore[no-any-return]
+
+    def __set__(self, obj: DirectMap, value: int) -> None:
+        obj._ctv[self.i] = value
+
+
 class DirectMap:
     """The kernel direct map over frames ``[0, nframes)``; see the module docstring.
 
@@ -145,9 +166,16 @@ class DirectMap:
     :class:`ValueError`; a page without an entry (a hole) is left alone, as CPA leaves it.
     """
 
-    #: Range operations touching fewer 2M ranges than this run piecewise on the scalar path (cheaper than the
-    #: numpy set-up for small ranges); results are identical either way (tests set 0 to force numpy).
-    _small_range_2m: int = 8
+    _n4k = _Counter("n4k")
+    _n2m = _Counter("n2m")
+    _n1g = _Counter("n1g")
+    _absent = _Counter("absent")
+    _level2_splits = _Counter("level2_splits")
+    _level3_splits = _Counter("level3_splits")
+    _split_ops = _Counter("split_ops")
+    _merges = _Counter("merges")
+    _nslots = _Counter("nslots")  # rows of _bits ever handed out (the high-water mark)
+    _nfree = _Counter("nfree")
 
     def __init__(
         self,
@@ -170,30 +198,17 @@ class DirectMap:
         self._n1g_total = n1g
         self._full1g_total = nframes // PAGES_PER_1G  # GiBs that lie wholly inside [0, nframes)
 
-        self._pud_b = bytearray(n1g)
-        self._pud = np.frombuffer(self._pud_b, dtype=np.uint8)
-        self._pmd_b = bytearray(n2m)
-        self._pmd = np.frombuffer(self._pmd_b, dtype=np.uint8)
-        self._slot_a = array("i", bytes(4 * n2m))
-        self._slot = np.frombuffer(self._slot_a, dtype=np.int32)
-        self._slot.fill(-1)
-        self._free: list[int] = []
-        self._nslots = 0  # rows of _bits ever handed out (the high-water mark)
+        self._pud = np.zeros(n1g, dtype=np.uint8)
+        self._pmd = np.zeros(n2m, dtype=np.uint8)
+        self._slot = np.full(n2m, -1, dtype=np.int32)
+        self._ct = np.zeros(len(COUNTERS), dtype=np.int64)
+        self._views()
+        self._free_a = np.zeros(0, dtype=np.int64)  # free PTE pool rows: a stack, _free_a[:_nfree]
         self._bits = np.zeros((0, PAGES_PER_2M), dtype=np.bool_)
         #: split 2M ranges with PTEs that do not exist -> mask of the PTEs that do
         self._exists: dict[int, npt.NDArray[np.bool_]] = {}
         self._exists_idx = np.zeros(0, dtype=np.int64)  # its keys, sorted
-
-        # Counters: entries at each level, present or not (direct_pages_count[]), and pages whose entry is not
-        # present; vmstat split events; merges.
-        self._n4k = 0
-        self._n2m = 0
-        self._n1g = 0
-        self._absent = 0
-        self._level2_splits = 0
-        self._level3_splits = 0
-        self._split_ops = 0  # every split, counted by vmstat or not (what the mutators return)
-        self._merges = 0
+        self._exists_rows = np.zeros((0, PAGES_PER_2M), dtype=np.bool_)  # their masks, in that order
         self._init_mem_mapping(_union([(0, nframes)] if memory is None else memory, self._nframes))
 
     def _init_mem_mapping(self, memory: list[tuple[int, int]]) -> None:
@@ -232,6 +247,26 @@ class DirectMap:
             self._exists[idx] = mask
             self._bits[self._slot_a[idx]] = mask
         self._exists_idx = np.array(sorted(self._exists), dtype=np.int64)
+        self._exists_rows = np.zeros((self._exists_idx.size, PAGES_PER_2M), dtype=np.bool_)
+        for row, i in enumerate(self._exists_idx.tolist()):
+            self._exists_rows[row] = self._exists[i]
+
+    def _views(self) -> None:
+        """The ``memoryview`` twins of the arrays, for single reads and writes (neither copied nor pickled)."""
+        self._pud_b = self._pud.data
+        self._pmd_b = self._pmd.data
+        self._slot_a = self._slot.data
+        self._ctv = self._ct.data
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        for name in ("_pud_b", "_pmd_b", "_slot_a", "_ctv"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._views()
 
     # ------------------------------------------------------------------ properties / counters
 
@@ -335,31 +370,47 @@ class DirectMap:
 
     # ------------------------------------------------------------------ PTE pool
 
+    def _reserve(self, k: int) -> None:
+        """Room in the PTE pool for ``k`` more rows than ever handed out (the pool and its free stack grow)."""
+        need = self._nslots + k
+        if need > self._bits.shape[0]:
+            cap = max(need, 2 * self._bits.shape[0], 16)
+            grown = np.zeros((cap, PAGES_PER_2M), dtype=np.bool_)
+            grown[: self._nslots] = self._bits[: self._nslots]
+            self._bits = grown
+            stack = np.zeros(cap, dtype=np.int64)
+            stack[: self._nfree] = self._free_a[: self._nfree]
+            self._free_a = stack
+
+    def _free_rows(self) -> IntArray:
+        """The free rows of the PTE pool."""
+        return self._free_a[: self._nfree]
+
+    def _push_free(self, slots: IntArray) -> None:
+        n = self._nfree
+        self._free_a[n : n + slots.size] = slots
+        self._nfree = n + int(slots.size)
+
     def _alloc(self, k: int) -> IntArray:
-        """Hand out ``k`` rows of the PTE pool (recycled rows first); contents are undefined."""
-        nfree = len(self._free)
+        """Hand out ``k`` rows of the PTE pool (recycled rows first, from the top of the stack); contents are
+        undefined."""
+        nfree = self._nfree
         take = min(k, nfree)
-        got: list[int] = self._free[nfree - take :] if take else []
-        if take:
-            del self._free[nfree - take :]
+        got = self._free_a[nfree - take : nfree].copy()
+        self._nfree = nfree - take
         rest = k - take
-        if rest:
-            need = self._nslots + rest
-            if need > self._bits.shape[0]:
-                cap = max(need, 2 * self._bits.shape[0], 16)
-                grown = np.zeros((cap, PAGES_PER_2M), dtype=np.bool_)
-                grown[: self._nslots] = self._bits[: self._nslots]
-                self._bits = grown
-            fresh = np.arange(self._nslots, need, dtype=np.int64)
-            self._nslots = need
-            if not got:
-                return fresh
-            return np.concatenate([np.asarray(got, dtype=np.int64), fresh])
-        return np.asarray(got, dtype=np.int64)
+        if not rest:
+            return got
+        self._reserve(rest)
+        fresh = np.arange(self._nslots, self._nslots + rest, dtype=np.int64)
+        self._nslots += rest
+        return np.concatenate([got, fresh]) if take else fresh
 
     def _alloc_one(self) -> int:
-        if self._free:
-            return self._free.pop()
+        nfree = self._nfree
+        if nfree:
+            self._nfree = nfree - 1
+            return int(self._free_a[nfree - 1])
         return int(self._alloc(1)[0])
 
     # ------------------------------------------------------------------ splitting (internal)
@@ -648,7 +699,7 @@ class DirectMap:
         return splits
 
     def _set_in_2m(self, pfn: int, end: int, present: bool) -> int:
-        """:meth:`remove_range` / :meth:`restore_range` for a range inside one 2M range (scalar fast path).
+        """:meth:`remove_range` / :meth:`restore_range` for a range inside one 2M range.
 
         A large entry already in the requested state is left alone; one in the other state is split (1G, then
         2M); then the 4K present bits are set. A 2M range without an entry is left alone."""
@@ -681,36 +732,23 @@ class DirectMap:
         return splits
 
     def remove_range(self, pfn: int, npages: int) -> int:
-        """:meth:`remove_4k` on every page of ``[pfn, pfn + npages)`` (vectorised); returns the splits."""
+        """:meth:`remove_4k` on every page of ``[pfn, pfn + npages)``, a 2M piece at a time; returns the splits."""
         self._check_range(pfn, npages)
-        if npages == 0:
-            return 0
-        end = pfn + npages
-        if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
-            return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, False), pfn, end)
-        before = self._split_ops
-        g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
-        self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_1G) + g0)
-        i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
-        self._split_2m_many(np.flatnonzero(self._pmd[i0:i1] == _PMD_2M) + i0)
-        self._absent += self._set_bits(pfn, end, False)
-        return self._split_ops - before
+        return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, False), pfn, pfn + npages)
+
+    def remove_pages(self, pfns: IntArray) -> int:
+        """:meth:`remove_4k` of every frame of ``pfns`` (sorted, distinct), a run of consecutive frames at a time
+        (:meth:`remove_range`); returns the splits."""
+        return sum(self.remove_range(lo, hi - lo) for lo, hi in consecutive_runs(pfns))
+
+    def restore_pages(self, pfns: IntArray) -> int:
+        """:meth:`restore_4k` of every frame of ``pfns`` (sorted, distinct); returns the splits."""
+        return sum(self.restore_range(lo, hi - lo) for lo, hi in consecutive_runs(pfns))
 
     def restore_range(self, pfn: int, npages: int) -> int:
-        """:meth:`restore_4k` on every page of ``[pfn, pfn + npages)`` (vectorised); returns the splits."""
+        """:meth:`restore_4k` on every page of ``[pfn, pfn + npages)``, a 2M piece at a time; returns the splits."""
         self._check_range(pfn, npages)
-        if npages == 0:
-            return 0
-        end = pfn + npages
-        if ((end - 1) >> _SHIFT_2M) - (pfn >> _SHIFT_2M) < self._small_range_2m:
-            return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, True), pfn, end)
-        before = self._split_ops
-        g0, g1 = pfn >> _SHIFT_1G, ((end - 1) >> _SHIFT_1G) + 1
-        self._split_1g_many(np.flatnonzero(self._pud[g0:g1] == _PUD_NP) + g0)
-        i0, i1 = pfn >> _SHIFT_2M, ((end - 1) >> _SHIFT_2M) + 1
-        self._split_2m_many(np.flatnonzero(self._pmd[i0:i1] == _PMD_NP) + i0)
-        self._absent -= self._set_bits(pfn, end, True)
-        return self._split_ops - before
+        return self._per_2m(lambda lo, hi: self._set_in_2m(lo, hi, True), pfn, pfn + npages)
 
     # ------------------------------------------------------------------ 2M / 1G remove / restore
 
@@ -815,7 +853,7 @@ class DirectMap:
             return False
         self._pmd_b[idx2m] = _PMD_2M
         self._slot_a[idx2m] = -1
-        self._free.append(slot)
+        self._push_free(np.array([slot], dtype=np.int64))
         self._n4k -= PAGES_PER_2M
         self._n2m += 1
         self._merges += 1
@@ -853,7 +891,7 @@ class DirectMap:
                 merged = sp[ok]
                 self._pmd[merged] = _PMD_2M
                 self._slot[merged] = -1
-                self._free.extend(slots[ok].tolist())
+                self._push_free(slots[ok])
                 self._n4k -= k * PAGES_PER_2M
                 self._n2m += k
                 self._merges += k
@@ -923,12 +961,15 @@ class DirectMap:
         slots = self._slot[split]
         if (self._slot[~split] != -1).any() or (slots < 0).any() or (slots >= self._nslots).any():
             fail("slot array disagrees with PMD states")
-        if unique_ints(slots).size != slots.size or np.intersect1d(slots, self._free).size:
+        if unique_ints(slots).size != slots.size or np.intersect1d(slots, self._free_rows()).size:
             fail("PTE pool row shared or both used and free")
-        if slots.size + len(self._free) != self._nslots:
+        if slots.size + self._nfree != self._nslots:
             fail("PTE pool rows leaked")
         if list(self._exists_idx.tolist()) != sorted(self._exists):
             fail("index of the PTE tables with holes is stale")
+        keyed = zip(self._exists_idx.tolist(), self._exists_rows, strict=True)
+        if any(not np.array_equal(self._exists[i], row) for i, row in keyed):
+            fail("masks of the PTE tables with holes are stale")
         missing = 0
         for idx, mask in self._exists.items():
             if pmd[idx] != _PMD_SPLIT:

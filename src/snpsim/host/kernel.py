@@ -99,8 +99,10 @@ class HostKernel:
         transparent_hugepage: str = "always",
         hugepages: Mapping[int, int] | None = None,
         allocator: type[BuddyAllocator] = BuddyAllocator,
+        directmap: type[DirectMap] = DirectMap,
     ) -> None:
-        """``allocator``: the page allocator's class (the engine's: :mod:`snpsim.engine`)."""
+        """``allocator``, ``directmap``: the page allocator's and the direct map's classes (the engine's:
+        :mod:`snpsim.engine`)."""
         self.nframes = int(nframes)
         if memory_map is not None and memory_map.max_pfn != self.nframes:
             raise ValueError(f"nframes {self.nframes} is not the memory map's max_pfn {memory_map.max_pfn}")
@@ -109,7 +111,7 @@ class HostKernel:
         self.policy = policy
         self.costs = costs or CostModel()
         self.rmp = Rmp(self.memory_map.rmp_pages)  # covers [0, max_pfn) and the RMP itself
-        self.directmap = DirectMap(self.nframes, max_level=max_level, memory=self.memory_map.memory)
+        self.directmap = directmap(self.nframes, max_level=max_level, memory=self.memory_map.memory)
         #: the CPU in guest mode: the hardware checks of SNP guests' accesses and PVALIDATEs
         self.svm = GuestMode(self)
         self.frames = FrameTable(self.nframes)
@@ -573,11 +575,7 @@ class HostKernel:
         if dm in ("split", "bulk"):
             self._split_2m_of(pfns)
         elif dm == "unmap":
-            for lo, hi in _runs(np.sort(pfns)):
-                if hi - lo == 1:
-                    self.directmap.remove_4k(lo)
-                else:
-                    self.directmap.remove_range(lo, hi - lo)
+            self.directmap.remove_pages(np.sort(pfns))
         elif dm == "unmap-nosplit":
             for block in unique_ints(pfns // self._removal_pages).tolist():
                 self._remove_block(block * self._removal_pages)
@@ -597,11 +595,7 @@ class HostKernel:
         done = np.sort(pfns[status == RmpStatus.SUCCESS])
         if done.size:
             if self.policy.directmap == "unmap":
-                for lo, hi in _runs(done):
-                    if hi - lo == 1:
-                        self.directmap.restore_4k(lo)
-                    else:
-                        self.directmap.restore_range(lo, hi - lo)
+                self.directmap.restore_pages(done)
             elif self.policy.directmap == "unmap-nosplit":
                 for block in unique_ints(done // self._removal_pages).tolist():
                     self._restore_block_if_clean(block * self._removal_pages)
@@ -837,8 +831,7 @@ class HostKernel:
             return
         live = np.sort(pfns[self.directmap.levels_of(pfns) != NOT_PRESENT])
         s0, m0 = self.directmap.split_count, self.directmap.merge_count
-        for lo, hi in _runs(live):
-            self.directmap.remove_range(lo, hi - lo)
+        self.directmap.remove_pages(live)
         self._charge_directmap(s0, m0)
 
     def folio_restore_direct_map(self, pfns: IntArray) -> None:
@@ -848,8 +841,7 @@ class HostKernel:
         if pfns.size == 0:
             return
         gone = np.sort(pfns[self.directmap.levels_of(pfns) == NOT_PRESENT])
-        for lo, hi in _runs(gone):
-            self.directmap.restore_range(lo, hi - lo)
+        self.directmap.restore_pages(gone)
 
     def clflush_cache_range(self, pfns: IntArray, path: str) -> bool:
         """``clflush_cache_range(__va(pfn_to_hpa(pfn)), ...)`` over frames: CLFLUSH takes a #PF on a not-present
@@ -976,13 +968,3 @@ def _expand(pfns: IntArray, order: int) -> IntArray:
     if order == 0:
         return np.asarray(pfns, dtype=np.int64)
     return (np.asarray(pfns, dtype=np.int64)[:, None] + np.arange(1 << order, dtype=np.int64)).ravel()
-
-
-def _runs(sorted_pfns: IntArray) -> list[tuple[int, int]]:
-    """Maximal runs ``[lo, hi)`` of consecutive values in a sorted array."""
-    if sorted_pfns.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(sorted_pfns) != 1) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [sorted_pfns.size]))
-    return [(int(sorted_pfns[s]), int(sorted_pfns[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
