@@ -1,6 +1,7 @@
 """Full-stack throughput: guest conversion events through guest -> kvm -> vmm -> host -> hw, against a naive model.
 
-Run: ``python benchmarks/bench_stack.py [EVENTS]`` (default 20,000). A 1 GiB guest on a 4 GiB host under the
+Run: ``python benchmarks/bench_stack.py [EVENTS] [--engine fast|reference]`` (default 20,000 events, the default
+engine). A 1 GiB guest on a 4 GiB host under the
 ``upstream`` preset (guest_memfd 4K folios, 4K shared pages, discard on conversion, direct map split to 4K around
 private pages) executes the ``random-conversion`` workload's event stream (ranges of 1..16 pages converted either
 way, each followed by an access in the new state) straight through :class:`snpsim.guest.executor.GuestDriver`, without
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from snpsim.engine import DEFAULT_ENGINE, engine
 from snpsim.guest.events import Access, Conversion
 from snpsim.guest.linux import LinuxGuestConfig, guest_layout
 from snpsim.guest.workloads import random_conversions
@@ -30,6 +32,7 @@ from snpsim.runner import GuestDriver
 from snpsim.vmm.qemu import Qemu
 
 HOST_FRAMES = 1 << 20  # 4 GiB
+ENGINE = DEFAULT_ENGINE
 PSC_MAX_ENTRIES = 64
 
 
@@ -122,7 +125,8 @@ def run_snpsim(
 ) -> tuple[float, Qemu, tuple[int, int, int]]:
     """Time the events through snpsim; returns (seconds, the VMM, (to_private, to_shared, rmpupdates) during them)."""
     policy = presets["upstream"]
-    host = HostKernel(HOST_FRAMES, policy)
+    components = engine(ENGINE)
+    host = HostKernel(HOST_FRAMES, policy, allocator=components.allocator, directmap=components.directmap)
     ram = np.zeros(cfg.end_gfn, dtype=bool)
     for lo, k in cfg.ram_ranges():
         ram[lo : lo + k] = True
@@ -168,7 +172,13 @@ def calls_per_event(
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    global ENGINE
+    argv = sys.argv[1:]
+    if "--engine" in argv:
+        i = argv.index("--engine")
+        ENGINE = argv[i + 1]
+        del argv[i : i + 2]
+    n = int(argv[0]) if argv else 20_000
     cfg, events, region = workload(n)
     dt, qemu, ours = run_snpsim(cfg, events, region)
     ndt, naive = run_naive(events, region)
@@ -177,7 +187,8 @@ def main() -> None:
     private_pages = qemu.kvm.gmem.allocated_folios if qemu.kvm.gmem is not None else -1
     assert private_pages == len(naive.gmem), (private_pages, len(naive.gmem))
     rate, nrate = len(events) / dt, len(events) / ndt
-    print(f"{len(events):,} events ({sum(isinstance(e, Conversion) for e in events):,} conversions), upstream preset")
+    conversions = sum(isinstance(e, Conversion) for e in events)
+    print(f"{len(events):,} events ({conversions:,} conversions), upstream preset, {ENGINE} engine")
     print(f"{'model':<28} {'events/s':>10} {'target':>10}")
     print(f"{'snpsim full stack':<28} {rate:>10,.0f} {'200,000':>10}  {'met' if rate >= 200_000 else 'NOT met'}")
     print(f"{'naive dict-per-page model':<28} {nrate:>10,.0f}")

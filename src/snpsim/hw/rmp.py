@@ -95,6 +95,7 @@ from snpsim.hw.types import (
     RmpStatus,
     VmmCommunicationException,
 )
+from snpsim.pfnmap import lazy_zeros
 from snpsim.segments import SCALAR_MAX, by_segment, unique_ints
 
 ASSUMPTIONS: dict[str, str] = {
@@ -225,12 +226,12 @@ class _Segment:
 
     def __init__(self, npages: int) -> None:
         self.npages = npages
-        self.flags = np.zeros(npages, dtype=np.uint8)
+        self.flags = lazy_zeros(npages, np.uint8)
         #: GFN minus the page's index in the segment ("GFN offset"). Range operations and 2M entries bind runs of
         #: pages to consecutive GFNs, which is one value here: range writes are fills, range checks min/max.
         #: Every entry starts with GFN 0, i.e. offset -index.
         self.gofs = np.arange(0, -npages, -1, dtype=np.int64)
-        self.asid = np.zeros(npages, dtype=np.uint32)
+        self.asid = lazy_zeros(npages, np.uint32)
         #: VMPL1..3 permission masks, allocated on first RMPADJUST.
         self.perms: npt.NDArray[np.uint8] | None = None
         #: assigned 4K pages per 2M region (for O(1) large-mapping checks).

@@ -43,7 +43,7 @@ import numpy.typing as npt
 
 from snpsim.arch import PAGE_SHIFT, PAGES_PER_2M, PageSize
 from snpsim.host import HostKernel, Owner
-from snpsim.pfnmap import CHUNK_SHIFT, PfnMap
+from snpsim.pfnmap import CHUNK_SHIFT, PfnMap, lazy_zeros
 
 IntArray = npt.NDArray[np.int64]
 
@@ -102,16 +102,16 @@ class GuestMemfd:
         self.private = private
         #: THP fallback: per-page frames of the folios allocated as 512 order-0 pages
         self.small = PfnMap(self.npages, host.nframes)
-        self.small_folio = np.zeros(nfolios, dtype=bool)
+        self.small_folio = lazy_zeros(nfolios, np.bool_)
         self.allocated_small_pages = 0
         n2m = -(-self.npages // PAGES_PER_2M)
         #: 2M blocks whose huge folio is split into 4K folios; 1G folios split into 2M folios
         self.split_4k = np.zeros(n2m, dtype=bool)
-        self.split_2m = np.zeros(nfolios, dtype=bool)
+        self.split_2m = lazy_zeros(nfolios, np.bool_)
         self.split_count = 0
         self.merge_count = 0
         #: extra host references per page (``folio_ref_count`` above what the filemap holds)
-        self.refs = np.zeros(self.npages, dtype=np.int32)
+        self.refs = lazy_zeros(self.npages, np.int32)
         self.pins: list[GupPin] = []
         self.eagain_count = 0
         self.hugetlb = self.allocator == "hugetlb"
