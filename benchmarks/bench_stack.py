@@ -126,7 +126,9 @@ def run_snpsim(
     """Time the events through snpsim; returns (seconds, the VMM, (to_private, to_shared, rmpupdates) during them)."""
     policy = presets["upstream"]
     components = engine(ENGINE)
-    host = HostKernel(HOST_FRAMES, policy, allocator=components.allocator, directmap=components.directmap)
+    host = HostKernel(
+        HOST_FRAMES, policy, allocator=components.allocator, directmap=components.directmap, rmp=components.rmp
+    )
     ram = np.zeros(cfg.end_gfn, dtype=bool)
     for lo, k in cfg.ram_ranges():
         ram[lo : lo + k] = True

@@ -12,7 +12,11 @@ under ``TYPE_CHECKING``: a typing import is a dependency too). The rules (DESIGN
   and the neutral utilities, and no layer imports it (only the engine feeds its events to QEMU);
 - no layer and no neutral module imports the engine (runner, scenario, CLI, ...);
 - of the engine, only the modules in :data:`HW_COSTS_USERS` import anything of ``snpsim.hw``, and only the cost
-  model ``snpsim.hw.costs`` (the declarations of ns per operation), never the RMP.
+  model ``snpsim.hw.costs`` (the declarations of ns per operation), never the RMP;
+- the fast engine (:data:`FAST_ENGINE`: ``snpsim.fast``, compiled versions of layer operations, and
+  ``snpsim.engine``, which names the classes a host is built from) is not a layer: it may import any layer's
+  modules, the RMP's included (``snpsim.fast.rmp`` subclasses ``snpsim.hw.rmp.Rmp``), and no layer or neutral
+  module imports it (the runner and the explorer choose an engine and hand the classes to ``HostKernel``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ NEUTRAL = {"arch", "errors", "units", "segments", "pfnmap", "policy", "metrics",
 #: The guest's own allowed imports besides its package: the vocabulary and the utilities, nothing of the host side.
 GUEST_ALLOWED = {"arch", "errors", "units", "segments", "pfnmap", "params"}
 #: Engine modules that may import ``snpsim.hw.costs``, and why.
+#: Modules of the fast engine and its chooser (see the module docstring).
+FAST_ENGINE = ("snpsim.fast", "snpsim.engine")
 HW_COSTS_USERS = {
     "snpsim.scenario": "validates a scenario's [costs] table into the CostModel the host is built with",
     "snpsim.report": "shows the cost model a run used, next to its defaults",
@@ -39,10 +45,12 @@ HW_COSTS_USERS = {
 
 
 def kind(module: str) -> str:
-    """The layer of a module: ``hw``, ``host``, ``kvm``, ``vmm``, ``guest``, ``neutral`` or ``engine``."""
+    """The layer of a module: ``hw``, ``host``, ``kvm``, ``vmm``, ``guest``, ``neutral``, ``fast`` or ``engine``."""
     parts = module.split(".")
     if parts[0] != "snpsim":
         return "external"
+    if any(module == m or module.startswith(m + ".") for m in FAST_ENGINE):
+        return "fast"
     if len(parts) == 1:
         return "engine"  # the package: snpsim.run() is the engine's entry point
     top = parts[1]
@@ -85,6 +93,10 @@ def violation(importer: str, imported: str) -> str | None:
     src, dst = kind(importer), kind(imported)
     if dst == "external" or importer == imported:
         return None
+    if src == "fast":
+        return None
+    if dst == "fast":
+        return None if src == "engine" else f"the {src} layer imports the fast engine ({imported})"
     if src == "engine":
         if dst != "hw":
             return None
@@ -164,6 +176,9 @@ def _one(module: str, text: str, *others: str) -> list[str]:
         ("snpsim.policy", "from snpsim.host.kernel import HostKernel", "a neutral module imports the host layer"),
         ("snpsim.limits", "from snpsim.hw.types import PAGE_SIZE", "only host (and hw) reach snpsim.hw"),
         ("snpsim.scenario", "from snpsim.hw.rmp import Rmp", "only host (and hw) reach snpsim.hw"),
+        ("snpsim.host.kernel", "from snpsim.fast import FastRmp", "the host layer imports the fast engine"),
+        ("snpsim.hw.rmp", "from snpsim.engine import engine", "the hw layer imports the fast engine"),
+        ("snpsim.segments", "from snpsim.fast.rmp import FastRmp", "the neutral layer imports the fast engine"),
         ("snpsim.kvm.vm", "def f():\n    from snpsim.vmm import qemu\n", "the kvm layer imports the vmm layer"),
         (
             "snpsim.kvm.vm",
@@ -187,6 +202,9 @@ def test_each_rule_catches_its_violation(module: str, text: str, expected: str) 
         ("snpsim.scenario", "from snpsim.hw.costs import CostModel\nfrom snpsim.guest.linux import LinuxGuestConfig"),
         ("snpsim.runner", "from snpsim.vmm.qemu import Qemu\nfrom snpsim.host import HostKernel"),
         ("snpsim.kvm.vm", "import numpy as np\nfrom .npt import NestedPageTable"),
+        ("snpsim.fast.rmp", "from snpsim.hw.rmp import Rmp\nfrom snpsim.host.buddy import BuddyAllocator"),
+        ("snpsim.engine", "from snpsim.hw.rmp import Rmp\nfrom snpsim.fast import FastRmp"),
+        ("snpsim.runner", "from snpsim.engine import engine"),
     ],
 )
 def test_allowed_imports_pass(module: str, text: str) -> None:

@@ -3,9 +3,9 @@
 Not a policy knob: an engine never changes a result (``../shared/DESIGN.md``; tests/fast/ compares the two state
 by state, and a results folder's identity leaves it out). ``reference`` builds every layer from its own modules,
 the readable per-page model that is the specification; ``fast`` swaps in the compiled classes of
-:mod:`snpsim.fast`, which implement the same operations on the same state (today: the host's page allocator and direct
-map). The
-reference layers never import the fast engine; this module, called by whoever builds a host, chooses.
+:mod:`snpsim.fast`, which implement the same operations on the same state (today: the host's page allocator, the
+direct map's 4K removal and restoration, and the RMP's bulk 4K RMPUPDATE and PVALIDATE). The reference layers never
+import the fast engine; this module, called by whoever builds a host, chooses.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from snpsim.errors import ConfigError
 from snpsim.host.buddy import BuddyAllocator
 from snpsim.host.directmap import DirectMap
+from snpsim.hw.rmp import Rmp
 
 __all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "engine"]
 
@@ -31,15 +32,17 @@ class Engine:
     allocator: type[BuddyAllocator]
     #: the host kernel's direct map (``HostKernel(directmap=...)``)
     directmap: type[DirectMap]
+    #: the RMP and the SNP instructions (``HostKernel(rmp=...)``)
+    rmp: type[Rmp]
 
 
 def engine(name: str, field: str = "engine") -> Engine:
     """The engine called ``name`` (ConfigError naming ``field`` for an unknown one); the fast engine's compiled
     code is imported, and compiled or loaded from numba's cache, only when it is chosen."""
     if name == "reference":
-        return Engine(name, BuddyAllocator, DirectMap)
+        return Engine(name, BuddyAllocator, DirectMap, Rmp)
     if name == "fast":
-        from snpsim.fast import FastBuddyAllocator, FastDirectMap
+        from snpsim.fast import FastBuddyAllocator, FastDirectMap, FastRmp
 
-        return Engine(name, FastBuddyAllocator, FastDirectMap)
+        return Engine(name, FastBuddyAllocator, FastDirectMap, FastRmp)
     raise ConfigError(field, f"expected one of {', '.join(ENGINES)}, got {name!r}")

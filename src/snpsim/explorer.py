@@ -133,7 +133,9 @@ class World:
     def __init__(self, policy: Policy, cfg: ExploreConfig) -> None:
         self.cfg = cfg
         components = engine(cfg.engine)
-        self.host = HostKernel(NFRAMES, policy, allocator=components.allocator, directmap=components.directmap)
+        self.host = HostKernel(
+            NFRAMES, policy, allocator=components.allocator, directmap=components.directmap, rmp=components.rmp
+        )
         self.counters = Counters()
         ram = np.ones(GUEST_PAGES, dtype=bool)
         self.qemu = Qemu(self.host, policy, ram, asid=1, counters=self.counters)

@@ -231,6 +231,7 @@ class Simulation:
             hugepages=scenario.hugepages,
             allocator=components.allocator,
             directmap=components.directmap,
+            rmp=components.rmp,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}

@@ -4,7 +4,8 @@
 Every example scenario, every preset under every workload, a trace replay and the interleaving explorer run under
 both engines; everything a run reports must be equal: the summary, the timeline, the VM records, crashes, host CPU
 time per operation and thread, and the host memory pictures. (The layer-level comparisons, state after every step,
-are tests/fast/test_fast_buddy.py and the stack state machine's checked allocator, tests/kvm/test_stack_state.py.)
+are tests/fast/test_fast_buddy.py, test_fast_directmap.py, test_fast_rmp.py and the stack state machine's checked
+allocator, direct map and RMP, tests/kvm/test_stack_state.py.)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ entries, Validated pages, immutable pages, in-use pages, pages bound to another 
 (RMPADJUST), each of which must send the affected pages or segment to the general path.
 
 Every property compares two tables built by the same operations: one runs the operation under test, the other
-the specification (a loop of the single-page instruction, the vectorised scattered-PFN operation, or the
+the specification (a loop of the single-page instruction, the scattered-PFN operation that is that loop, or the
 general single-page path ``Rmp._rmpupdate`` / ``Rmp._pvalidate``). Compared are the per-step results, the
 instruction counters, every raw array of every segment (flags, GFNs, ASIDs, VMPL masks, per-2M assigned counts;
 an unallocated segment equals a fresh one) and RMPREAD of the pages around the action; each table must also be
@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from snpsim.fast import FastRmp
 from snpsim.hw import HostPageFault, NestedPageFault, PageSize, Rmp, RmpEntry, VmmCommunicationException
 from snpsim.hw.rmp import F_ASSIGNED, SEGMENT_PAGES, SEGMENT_SHIFT
 from snpsim.hw.types import (
@@ -223,8 +224,9 @@ def apply_setup(rmp: Rmp, ops: list[Op]) -> None:
             rmp.rmpupdate(spa_of(head(r) + op[2]), assigned=False, gpa=op[3])
 
 
-def twins(ops: list[Op]) -> tuple[Rmp, Rmp]:
-    a, b = Rmp(NPAGES), Rmp(NPAGES)
+def twins(ops: list[Op], cls: type[Rmp] = Rmp) -> tuple[Rmp, Rmp]:
+    """A table of class ``cls`` and a reference table, both built by ``ops``."""
+    a, b = cls(NPAGES), Rmp(NPAGES)
     apply_setup(a, ops)
     apply_setup(b, ops)
     assert_same_tables(a, b)
@@ -370,7 +372,7 @@ def test_psmash_range_equals_loop(ops: list[Op], data: st.DataObject) -> None:
     assert_same_tables(a, b, window_pages(first, npages))
 
 
-# Large ranges: the range operations against the scattered-PFN operations (the general vectorised path), over a
+# Large ranges: the range operations against the scattered-PFN operations (the loop of the instruction), over a
 # whole segment and more with sparse complications.
 @settings(max_examples=15, deadline=None)
 @given(
@@ -404,7 +406,7 @@ def test_large_ranges_equal_scattered_ops(seed: int, assigned: bool, specials: i
                 h = p - p % PAGES_PER_2M
                 r.rmpupdate(spa_of(h), assigned=False, page_size=M2)
     got = a.rmpupdate_range(spa_of(first), npages, assigned=assigned, gpa=spa_of(gfn0), asid=asid)
-    perm = rng.permutation(npages)  # shuffled frames: the general scattered-PFN path
+    perm = rng.permutation(npages)  # shuffled frames, one instruction each
     pfns = np.arange(first, first + npages, dtype=np.int64)[perm]
     want = np.empty(npages, dtype=np.int64)
     want[perm] = b.rmpupdate_pfns(pfns, pfns - first + gfn0, assigned=assigned, asid=asid)
@@ -475,18 +477,20 @@ def test_pvalidate_range_4k_examples_across_segments() -> None:
     assert not rmp.rmpread(spa_of(first + n)).validated
 
 
+@pytest.mark.parametrize("cls", [Rmp, FastRmp])
 @SETTINGS
 @given(ops=setups(), data=st.data())
-def test_contiguous_pfn_arrays_equal_shuffled(ops: list[Op], data: st.DataObject) -> None:
-    """rmpupdate_pfns / pvalidate_pfns on one ascending run of frames bound to consecutive GFNs (which take the
-    range fast path) equal the same calls on the shuffled arrays (the general scattered path)."""
+def test_contiguous_pfn_arrays_equal_shuffled(cls: type[Rmp], ops: list[Op], data: st.DataObject) -> None:
+    """rmpupdate_pfns / pvalidate_pfns on one ascending run of frames bound to consecutive GFNs (of the reference,
+    or of the fast engine, across the segment boundary) equal the reference's calls on the shuffled arrays: steps on
+    distinct pages are independent."""
     first = data.draw(st.integers(head(FIRST_REGION), NPAGES - 1))
     n = data.draw(st.integers(1, min(4 * PAGES_PER_2M, NPAGES + 5 - first)))
     gfn0 = first + GPA_OFFSET // PAGE_SIZE + data.draw(st.sampled_from([0] * 5 + [1]))
     perm = np.random.default_rng(data.draw(st.integers(0, 2**16))).permutation(n)
     pfns = np.arange(first, first + n, dtype=np.int64)
     gfns = pfns - first + gfn0
-    a, b = twins(ops)
+    a, b = twins(ops, cls)
     sprinkle(data, (a, b), first, min(n, NPAGES - first))
     if data.draw(st.booleans()):
         assigned = data.draw(st.booleans())

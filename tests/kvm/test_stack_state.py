@@ -82,14 +82,14 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from tests.fast.checked import CheckedAllocator, CheckedDirectMap
+from tests.fast.checked import CheckedAllocator, CheckedDirectMap, CheckedRmp
 
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel, Owner
 from snpsim.host.buddy import BuddyAllocator
 from snpsim.host.directmap import DirectMap
 from snpsim.host.uaccess import ACCESSORS, Address, Context, Outcome, guest_write
-from snpsim.hw import PageSize
+from snpsim.hw import PageSize, Rmp
 from snpsim.hw.costs import OPS
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED
@@ -190,6 +190,7 @@ class StackMachine(RuleBasedStateMachine):
             self.policy,
             allocator=CheckedAllocator if fast else BuddyAllocator,
             directmap=CheckedDirectMap if fast else DirectMap,
+            rmp=CheckedRmp if fast else Rmp,
         )
         self._orig_write = self.host.kernel_write
         self.host.kernel_write = self._checked_kernel_write  # every kernel write, incl. page zeroing

@@ -100,9 +100,10 @@ class HostKernel:
         hugepages: Mapping[int, int] | None = None,
         allocator: type[BuddyAllocator] = BuddyAllocator,
         directmap: type[DirectMap] = DirectMap,
+        rmp: type[Rmp] = Rmp,
     ) -> None:
-        """``allocator``, ``directmap``: the page allocator's and the direct map's classes (the engine's:
-        :mod:`snpsim.engine`)."""
+        """``allocator``, ``directmap``, ``rmp``: the page allocator's, the direct map's and the RMP's classes (the
+        engine's: :mod:`snpsim.engine`)."""
         self.nframes = int(nframes)
         if memory_map is not None and memory_map.max_pfn != self.nframes:
             raise ValueError(f"nframes {self.nframes} is not the memory map's max_pfn {memory_map.max_pfn}")
@@ -110,7 +111,7 @@ class HostKernel:
         self.memory_map = memory_map or flat_memory_map(self.nframes)
         self.policy = policy
         self.costs = costs or CostModel()
-        self.rmp = Rmp(self.memory_map.rmp_pages)  # covers [0, max_pfn) and the RMP itself
+        self.rmp = rmp(self.memory_map.rmp_pages)  # covers [0, max_pfn) and the RMP itself
         self.directmap = directmap(self.nframes, max_level=max_level, memory=self.memory_map.memory)
         #: the CPU in guest mode: the hardware checks of SNP guests' accesses and PVALIDATEs
         self.svm = GuestMode(self)

@@ -52,15 +52,19 @@ Speed: the simulator calls the single-page instructions per page, so each keeps 
 the common case (a 4K entry in an allocated segment, no in-use/immutable/2M complication) that reads and writes
 the segment arrays through ``memoryview``s (indexing a memoryview with a Python int costs about half of numpy
 scalar indexing) and returns pre-built results; anything else falls through to the general code, which is the
-specification. The range operations (and the scattered-PFN operations when their frames form one ascending run)
-work on contiguous slices of each segment with a vectorised common-case check; the pages of 2M ranges that need
-the general rules (in-use, immutable or 2M entries) go through the vectorised general path. Tests in
-``tests/hw`` compare every path against loops of the single-page instructions, the general code and a naive
-dict-per-page model.
+specification. The scattered-PFN operations :meth:`Rmp.rmpupdate_pfns` and :meth:`Rmp.pvalidate_pfns` (the host
+kernel's and the guest's bulk 4K paths) are exactly what they are specified as: the loop of the single-page
+instruction, whatever the number of pages or their order (the fast engine, :mod:`snpsim.fast.rmp`, compiles that
+loop on these arrays). The range operations (``rmpupdate_range``, ``pvalidate_range``, ``psmash_range``: one
+instruction stepped over one ascending run, an API of its own) work on contiguous slices of each segment with a
+vectorised common-case check; in a 4K range, the 2M ranges holding pages that need the general rules (in-use,
+immutable or 2M entries) go through the general RMPUPDATE page by page. Tests in ``tests/hw`` compare every path
+against loops of the single-page instructions, the general code and a naive dict-per-page model.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -96,7 +100,7 @@ from snpsim.hw.types import (
     VmmCommunicationException,
 )
 from snpsim.pfnmap import lazy_zeros
-from snpsim.segments import SCALAR_MAX, by_segment, unique_ints
+from snpsim.segments import by_segment
 
 ASSUMPTIONS: dict[str, str] = {
     "rmpopt-clear": "a successful assigning RMPUPDATE clears the region's RMPOPT bit on every CPU",
@@ -132,7 +136,8 @@ _REGIONS_PER_SEGMENT = SEGMENT_PAGES // PAGES_PER_2M
 _2M_MASK = PAGES_PER_2M - 1
 
 _STEP_NPF = -1
-"""Status recorded by :meth:`Rmp.pvalidate_range` for a step that raises #NPF in the single-page instruction."""
+"""Status recorded by :meth:`Rmp.pvalidate_range` and :meth:`Rmp.pvalidate_pfns` for a step that raises #NPF in the
+single-page instruction."""
 
 _F_IMM_2M = F_IMMUTABLE | F_SIZE2M
 _F_OWNER = F_ASSIGNED | F_IMMUTABLE | F_SIZE2M
@@ -159,7 +164,8 @@ _PERMS_ASSIGNED = (PERM_ALL, 0, 0, 0)
 _PERMS_NONE = (0, 0, 0, 0)
 _PF_RMP_WRITE = PF_PRESENT | PF_WRITE | PF_RMP
 
-#: Pages per block of :meth:`Rmp.pvalidate_range` at 4K: a block's arrays stay in cache between its passes.
+#: Pages per block of :meth:`Rmp.pvalidate_range` at 4K (a block's arrays stay in cache between its passes) and of
+#: the scattered-PFN loops (their Python lists of frame numbers stay small).
 _BLOCK = 1 << 15
 
 
@@ -266,16 +272,6 @@ def _and_flags(fl: npt.NDArray[np.uint8]) -> int:
     return int(np.bitwise_and.reduce(fl)) if fl.size else 0xFF
 
 
-#: Scattered-PFN operations on at least this many pages check whether the PFNs (and GFNs) are one ascending run.
-_CONTIG_MIN = 64
-
-
-def _ascending_run(a: npt.NDArray[np.int64]) -> bool:
-    """``a`` is ``a[0], a[0]+1, ..., a[0]+len-1`` (1-D and at least :data:`_CONTIG_MIN` long)."""
-    n = a.size
-    return a.ndim == 1 and n >= _CONTIG_MIN and int(a[-1]) - int(a[0]) == n - 1 and bool((np.diff(a) == 1).all())
-
-
 def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     """``[start, stop)`` of each run of True in a 1-D boolean mask."""
     if not mask.size:
@@ -284,6 +280,15 @@ def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
         return [(0, mask.size)]
     edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _page_pairs(pfns: npt.NDArray[np.int64], gfns: npt.NDArray[np.int64]) -> Iterator[tuple[int, int, int]]:
+    """``(k, pfns[k], gfns[k])`` as Python ints, in order, a block at a time; ValueError unless both are 1-D arrays
+    of one length."""
+    if pfns.ndim != 1 or gfns.shape != pfns.shape:
+        raise ValueError(f"pfns and gfns must be 1-D arrays of one length, got shapes {pfns.shape}, {gfns.shape}")
+    for a in range(0, pfns.size, _BLOCK):
+        yield from zip(itertools.count(a), pfns[a : a + _BLOCK].tolist(), gfns[a : a + _BLOCK].tolist())
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,9 +741,9 @@ class Rmp:
         """4K steps on the in-table pages ``[pfn0, pfn0+n)`` (``status`` all SUCCESS on entry).
 
         Per segment chunk: when no page is in use and none holds an immutable or 2M entry, every step succeeds
-        and the chunk is written with slice operations. Otherwise the 2M regions holding such a page go through
-        :meth:`_rmpupdate_4k_many` (their steps depend only on entries of the same region) and the rest is
-        written with slices as before.
+        and the chunk is written with slice operations. Otherwise the steps in the 2M regions holding such a page
+        are the general RMPUPDATE, page by page (their outcome depends only on entries of the same region), and
+        the rest is written with slices as before.
         """
         newf = (F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0)
         for c in self._chunks(pfn0, n):
@@ -761,9 +766,9 @@ class Rmp:
                 run_lo, run_hi = max(lo, (r_first + a) << 9), min(hi, (r_first + b) << 9)
                 self._write_4k_run(seg, run_lo, run_hi, g_lo + run_lo - lo, newf, asid)
             idx = np.flatnonzero(np.repeat(dirty, PAGES_PER_2M)[lo - (r_first << 9) : hi - (r_first << 9)])
-            st = np.zeros(idx.size, dtype=np.int64)
-            self._rmpupdate_4k_many(idx + (base + lo), idx + g_lo, st, assigned, asid, immutable)
-            status[c.off + idx] = st
+            for k in idx.tolist():
+                spa, gpa = (base + lo + k) << PAGE_SHIFT, (g_lo + k) << PAGE_SHIFT
+                status[c.off + k] = self._rmpupdate(spa, assigned, _K4, gpa, asid, immutable)
 
     @staticmethod
     def _write_4k_run(seg: _Segment, lo: int, hi: int, gfn: int, newf: int, asid: int) -> None:
@@ -790,83 +795,23 @@ class Rmp:
         asid: int = 0,
         immutable: bool = False,
     ) -> npt.NDArray[np.int64]:
-        """Vectorised 4K RMPUPDATE of *distinct* PFNs (any order), page ``k`` bound to ``gfns[k]``.
+        """4K RMPUPDATE of *distinct* PFNs (any order), page ``k`` bound to ``gfns[k]`` (GFN 0 without ``gfns``);
+        the per-page status codes.
 
-        Equivalent to a loop of :meth:`rmpupdate` at 4K over the pages (in any order: steps on distinct pages
-        are independent, see :meth:`rmpupdate_range`); returns the per-page status codes.
+        The loop of :meth:`rmpupdate` at 4K over the pages, in order, which is the definition (a PFN < 0 or beyond
+        the table, or a GFN < 0, is that instruction's FAIL_INPUT; each step is counted in ``rmpupdate_count``, and
+        an assigning one clears its RMPOPT region). Steps on distinct pages are independent (a 4K step reads its own
+        entry and the demotable 2M entry around it, see :meth:`rmpupdate_range`), so the order does not change the
+        result. ValueError (before any step) unless ``pfns`` and ``gfns`` are 1-D arrays of one length.
         """
         pfns = np.asarray(pfns, dtype=np.int64)
         gfns = np.zeros_like(pfns) if gfns is None else np.asarray(gfns, dtype=np.int64)
-        if pfns.size <= SCALAR_MAX:  # a few pages: the single-page instruction in a loop (same result)
-            return np.array(
-                [
-                    self.rmpupdate(
-                        p << PAGE_SHIFT, assigned=assigned, gpa=g << PAGE_SHIFT, asid=asid, immutable=immutable
-                    )
-                    for p, g in zip(pfns.tolist(), gfns.tolist(), strict=True)
-                ],
-                dtype=np.int64,
+        status = np.empty(pfns.size, dtype=np.int64)
+        for k, p, g in _page_pairs(pfns, gfns):
+            status[k] = self.rmpupdate(
+                p << PAGE_SHIFT, assigned=assigned, gpa=g << PAGE_SHIFT, asid=asid, immutable=immutable
             )
-        self.rmpupdate_count += int(pfns.size)
-        status = np.zeros(pfns.size, dtype=np.int64)
-        if self._rmpupdate_args_bad(0, _K4, 0, assigned, asid, immutable):
-            status[:] = _FAIL_INPUT
-            return status
-        if (
-            _ascending_run(pfns)
-            and pfns[0] >= 0
-            and pfns[-1] < self.npages
-            and gfns.shape == pfns.shape
-            and gfns[0] >= 0
-            and _ascending_run(gfns)
-        ):  # one run of frames bound to consecutive GFNs, as rmpupdate_range writes it
-            self._rmpupdate_range_4k(int(pfns[0]), int(gfns[0]), pfns.size, status, assigned, asid, immutable)
-        else:
-            status[(pfns < 0) | (pfns >= self.npages) | (gfns < 0)] = _FAIL_INPUT
-            self._rmpupdate_4k_many(pfns, gfns, status, assigned, asid, immutable)
-        if assigned and self._rmpopt_live:
-            self._rmpopt_clear(pfns[status == _SUCCESS])
         return status
-
-    def _rmpupdate_4k_many(
-        self,
-        pfns: npt.NDArray[np.int64],
-        gfns: npt.NDArray[np.int64],
-        status: npt.NDArray[np.int64],
-        assigned: bool,
-        asid: int,
-        immutable: bool,
-    ) -> None:
-        """Checks and writes of 4K RMPUPDATEs on distinct in-table pages whose ``status`` is still SUCCESS."""
-        if self._in_use:
-            status[(status == _SUCCESS) & np.isin(pfns, list(self._in_use))] = _FAIL_INUSE
-        new_flags = np.uint8((F_ASSIGNED if assigned else 0) | (F_IMMUTABLE if immutable else 0))
-        live = np.flatnonzero(status == _SUCCESS)
-        for sidx, part in by_segment(pfns[live], SEGMENT_SHIFT):
-            sel = live[part]
-            seg = self._seg_w(sidx << SEGMENT_SHIFT)
-            idx = pfns[sel] & _SEG_MASK
-            fl = seg.flags[idx]
-            st = np.zeros(sel.size, dtype=np.int64)
-            st[(fl & (F_SIZE2M | F_ASSIGNED)) == (F_SIZE2M | F_ASSIGNED)] = _FAIL_OVERLAP
-            st[(fl & F_IMMUTABLE) != 0] = _FAIL_PERMISSION
-            status[sel] = st
-            ok = st == _SUCCESS
-            if not ok.any():
-                continue
-            # rmpupdate-demote: every unassigned 2M entry touched by a successful step becomes 4K.
-            demote = ok & ((fl & F_SIZE2M) != 0)
-            if demote.any():
-                for head in unique_ints(idx[demote] & ~_2M_MASK).tolist():
-                    seg.flags[head : head + PAGES_PER_2M] &= _CLEAR_SIZE2M
-            w = idx[ok]
-            was = (seg.flags[w] & F_ASSIGNED).astype(np.int32)
-            np.add.at(seg.region_assigned, w >> 9, (1 if assigned else 0) - was)
-            seg.flags[w] = new_flags
-            seg.gofs[w] = gfns[sel][ok] - w
-            seg.asid[w] = asid
-            if seg.perms is not None:
-                seg.perms[w] = 0
 
     def _rmpupdate_range_2m(
         self,
@@ -1184,65 +1129,29 @@ class Rmp:
                 else:
                     np.bitwise_and(part, _CLEAR_VALIDATED, out=part)
 
-    def _pvalidate_loop(
-        self, pfns: list[int], gfns: list[int], asid: int, validate: bool
+    def pvalidate_pfns(
+        self, pfns: npt.NDArray[np.int64], gfns: npt.NDArray[np.int64], *, asid: int, validate: bool
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """:meth:`pvalidate_pfns` for a few pages: the loop of single-page PVALIDATEs it is equivalent to."""
-        status = np.empty(len(pfns), dtype=np.int64)
-        cf = np.zeros(len(pfns), dtype=bool)
-        for k, (p, g) in enumerate(zip(pfns, gfns, strict=True)):
+        """4K PVALIDATE at VMPL0 of *distinct* frames ``pfns`` at guest frames ``gfns`` (any order): per page the
+        status and CF.
+
+        The loop of :meth:`pvalidate` at 4K over the pages, in order, which is the definition: a step that raises
+        #NPF (:class:`NestedPageFault`) records status -1 and CF 0, and the loop goes on; a PFN or GFN < 0 is
+        that instruction's FAIL_INPUT; each step is counted in ``pvalidate_count``. A step reads and writes only
+        its own entry, so the order does not change the result. ValueError (before any step) unless ``pfns`` and
+        ``gfns`` are 1-D arrays of one length.
+        """
+        pfns = np.asarray(pfns, dtype=np.int64)
+        gfns = np.asarray(gfns, dtype=np.int64)
+        status = np.empty(pfns.size, dtype=np.int64)
+        cf = np.zeros(pfns.size, dtype=bool)
+        for k, p, g in _page_pairs(pfns, gfns):
             try:
                 status[k], cf[k] = self.pvalidate(
                     p << PAGE_SHIFT, asid=asid, gpa=g << PAGE_SHIFT, page_size=_K4, validate=validate
                 )
             except NestedPageFault:
                 status[k] = _STEP_NPF
-        return status, cf
-
-    def pvalidate_pfns(
-        self, pfns: npt.NDArray[np.int64], gfns: npt.NDArray[np.int64], *, asid: int, validate: bool
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """Vectorised 4K PVALIDATE of *distinct* frames ``pfns`` at guest frames ``gfns`` (any order).
-
-        Equivalent to a loop of :meth:`pvalidate` at 4K; a step that raises #NPF records status -1.
-        """
-        pfns = np.asarray(pfns, dtype=np.int64)
-        gfns = np.asarray(gfns, dtype=np.int64)
-        if 0 < pfns.size <= SCALAR_MAX and min(pfns.min(), gfns.min()) >= 0:
-            return self._pvalidate_loop(pfns.tolist(), gfns.tolist(), asid, validate)
-        self.pvalidate_count += int(pfns.size)
-        if (
-            _ascending_run(pfns)
-            and pfns[0] >= 0
-            and pfns[-1] < self.npages
-            and gfns.shape == pfns.shape
-            and _ascending_run(gfns)
-        ):
-            status = np.zeros(pfns.size, dtype=np.int64)  # one run, bound to consecutive GFNs: as pvalidate_range
-            cf = np.zeros(pfns.size, dtype=bool)
-            self._pvalidate_range_4k(int(pfns[0]), int(gfns[0]), pfns.size, asid, bool(validate), status, cf)
-            return status, cf
-        status = np.full(pfns.size, _STEP_NPF, dtype=np.int64)  # beyond the table: Covered check fails
-        cf = np.zeros(pfns.size, dtype=bool)
-        inside = np.flatnonzero((pfns >= 0) & (pfns < self.npages))
-        for sidx, part in by_segment(pfns[inside], SEGMENT_SHIFT):
-            seg = self._segs[sidx]
-            if seg is None:
-                continue  # all hypervisor-owned: every step #NPF
-            sel = inside[part]
-            idx = pfns[sel] & _SEG_MASK
-            fl = seg.flags[idx]
-            owner_ok = ((fl & (F_ASSIGNED | F_IMMUTABLE)) == F_ASSIGNED) & (seg.asid[idx] == asid)
-            owner_ok &= seg.gofs[idx] == gfns[sel] - idx
-            ok = owner_ok & ((fl & F_SIZE2M) == 0)  # a 4K request on a 2M entry: #NPF (SIZEM)
-            status[sel[ok]] = _SUCCESS
-            same = ((fl & F_VALIDATED) != 0) == bool(validate)
-            cf[sel[ok & same]] = True
-            change = idx[ok & ~same]
-            if validate:
-                seg.flags[change] |= np.uint8(F_VALIDATED)
-            else:
-                seg.flags[change] &= _CLEAR_VALIDATED
         return status, cf
 
     # ------------------------------------------------------------------ RMPADJUST
