@@ -182,6 +182,7 @@ def main() -> None:
         del argv[i : i + 2]
     n = int(argv[0]) if argv else 20_000
     cfg, events, region = workload(n)
+    run_snpsim(cfg, events[:200], region)  # warm-up: the fast engine loads (or compiles) its kernels on first use
     dt, qemu, ours = run_snpsim(cfg, events, region)
     ndt, naive = run_naive(events, region)
     theirs = (naive.to_private, naive.to_shared, naive.rmpupdates)
