@@ -27,9 +27,7 @@ from typing import Any
 import numba
 import numpy as np
 import numpy.typing as npt
-from numba import types
 from numba.cpython.unsafe.numbers import trailing_zeros
-from numba.typed import Dict
 
 from snpsim.host.buddy import (
     MAX_PAGE_ORDER,
@@ -43,6 +41,7 @@ from snpsim.host.buddy import (
     IntArray,
     Migratetype,
 )
+from snpsim.pfnmap import lazy_zeros
 
 __all__ = ["FastBuddyAllocator"]
 
@@ -188,7 +187,7 @@ def _move_freepages_block(words, top, off, nlev, cnt, zt, z, start, old_mt, new_
 
 @_jit
 def _try_to_claim_block(  # type: ignore[no-untyped-def]
-    words, top, off, nlev, cnt, pb, tags, lru, zt, failed, z, pfn, current, order, start_mt, block_mt
+    words, top, off, nlev, cnt, pb, tags, lru, zt, failed, failed_list, z, pfn, current, order, start_mt, block_mt
 ):
     """``try_to_claim_block()``."""
     if current >= PAGEBLOCK_ORDER:
@@ -202,8 +201,8 @@ def _try_to_claim_block(  # type: ignore[no-untyped-def]
     start = pfn >> PAGEBLOCK_ORDER << PAGEBLOCK_ORDER
     if start < zt[z, _LO] or start + PAGEBLOCK_NR_PAGES > zt[z, _HI]:
         return -1
-    key = start * 4 + start_mt
-    if key in failed:
+    block = start >> PAGEBLOCK_ORDER
+    if failed[block] >> start_mt & 1:
         return -1
     free_pages = _free_in_pageblock(words, off, zt, z, start, block_mt)
     movable = 0
@@ -221,12 +220,15 @@ def _try_to_claim_block(  # type: ignore[no-untyped-def]
         _move_freepages_block(words, top, off, nlev, cnt, zt, z, start, block_mt, start_mt)
         pb[start >> PAGEBLOCK_ORDER] = start_mt
         return _rmqueue_smallest(words, top, off, nlev, cnt, zt, z, order, start_mt)
-    failed[key] = True
+    if not failed[block]:  # remembered for the end of the call (the reference's _claim_failed.clear())
+        failed_list[0] += 1
+        failed_list[failed_list[0]] = block
+    failed[block] |= 1 << start_mt
     return -1
 
 
 @_jit
-def _rmqueue_claim(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, z, order, start_mt, nofrag):  # type: ignore[no-untyped-def]
+def _rmqueue_claim(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, failed_list, z, order, start_mt, nofrag):  # type: ignore[no-untyped-def]
     """``__rmqueue_claim()``."""
     min_order = PAGEBLOCK_ORDER if nofrag and order < PAGEBLOCK_ORDER else order
     for current in range(MAX_PAGE_ORDER, min_order - 1, -1):
@@ -238,7 +240,23 @@ def _rmqueue_claim(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, z, ord
             if cnt[b]:
                 head = zt[z, _LO] + (_bm_first(words, top, off, nlev, b) << current)
                 pfn = _try_to_claim_block(
-                    words, top, off, nlev, cnt, pb, tags, lru, zt, failed, z, head, current, order, start_mt, fb
+                    words,
+                    top,
+                    off,
+                    nlev,
+                    cnt,
+                    pb,
+                    tags,
+                    lru,
+                    zt,
+                    failed,
+                    failed_list,
+                    z,
+                    head,
+                    current,
+                    order,
+                    start_mt,
+                    fb,
                 )
                 if pfn >= 0:
                     return pfn
@@ -264,7 +282,7 @@ def _rmqueue_steal(words, top, off, nlev, cnt, zt, z, order, start_mt):  # type:
 
 
 @_jit
-def _alloc_one(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, order, mt):  # type: ignore[no-untyped-def]
+def _alloc_one(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, failed_list, order, mt):  # type: ignore[no-untyped-def]
     """``get_page_from_freelist`` over the zonelist (the reference's ``_alloc_one``)."""
     npass = 2 if zt[_FLAGS, 1] else 1
     for p in range(npass):
@@ -278,7 +296,9 @@ def _alloc_one(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, order, mt)
             pfn = _rmqueue_smallest(words, top, off, nlev, cnt, zt, z, order, mt)
             if pfn >= 0:
                 return pfn
-            pfn = _rmqueue_claim(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, z, order, mt, nofrag)
+            pfn = _rmqueue_claim(
+                words, top, off, nlev, cnt, pb, tags, lru, zt, failed, failed_list, z, order, mt, nofrag
+            )
             if pfn < 0 and not nofrag:
                 pfn = _rmqueue_steal(words, top, off, nlev, cnt, zt, z, order, mt)
             if pfn >= 0:
@@ -378,14 +398,29 @@ def _bulk_claim_blocks(words, top, off, nlev, cnt, pb, zt, z, order, mt, nblocks
 
 
 @_jit
-def _alloc_kernel(words, top, off, nlev, cnt, pb, tags, lru, zt, zone_of, order, mt, out):  # type: ignore[no-untyped-def]
+def _alloc_kernel(  # type: ignore[no-untyped-def]
+    words, top, off, nlev, cnt, pb, tags, lru, zt, zone_of, order, mt, out, failed, failed_list
+):
     """``len(out)`` allocations, as the reference's ``alloc_bulk`` makes them (one ``get_page_from_freelist``, then
-    the runs it implies from the same zone); stops at the first failure. Returns how many succeeded."""
-    failed = Dict.empty(key_type=types.int64, value_type=types.boolean)  # claims failed during this call
+    the runs it implies from the same zone); stops at the first failure. Returns how many succeeded. ``failed``: per
+    pageblock, a bit per migratetype whose claim of it failed during this call (all zero between calls; the
+    pageblocks set are listed in ``failed_list[1:failed_list[0] + 1]`` and cleared at the end)."""
+    k = _alloc_loop(words, top, off, nlev, cnt, pb, tags, lru, zt, zone_of, order, mt, out, failed, failed_list)
+    for i in range(1, failed_list[0] + 1):
+        failed[failed_list[i]] = 0
+    failed_list[0] = 0
+    return k
+
+
+@_jit
+def _alloc_loop(  # type: ignore[no-untyped-def]
+    words, top, off, nlev, cnt, pb, tags, lru, zt, zone_of, order, mt, out, failed, failed_list
+):
+    """:func:`_alloc_kernel`'s allocations."""
     per_block = 1 << (MAX_PAGE_ORDER - order)
     k = 0
     while k < out.size:
-        pfn = _alloc_one(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, order, mt)
+        pfn = _alloc_one(words, top, off, nlev, cnt, pb, tags, lru, zt, failed, failed_list, order, mt)
         if pfn < 0:
             return k
         out[k] = pfn
@@ -509,6 +544,10 @@ class FastBuddyAllocator(BuddyAllocator):
         super().__init__(*args, **kwargs)
         #: the zone boundaries as ``_zone()`` tests them: ``[DMA, end, DMA32, end, NORMAL]``
         self._zone_of = np.array([0, self._dma_end, 1, self._dma32_end, 2], dtype=np.int64)
+        #: the reference's ``_claim_failed`` set of one call, as a bit per migratetype per pageblock and the list of
+        #: pageblocks set (its count first); zero between calls, written only where claims fail
+        self._claim_failed_pb = lazy_zeros(self._pb.size, np.uint8)
+        self._claim_failed_list = lazy_zeros(self._pb.size + 1, np.int64)
 
     def _tags(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
         if self._page_tags is None:
@@ -520,7 +559,21 @@ class FastBuddyAllocator(BuddyAllocator):
         tags, lru = self._tags()
         out = np.empty(count, dtype=np.int64)
         done = _alloc_kernel(
-            st.words, st.top, st.off, st.nlev, st.count, self._pb, tags, lru, self._zt, self._zone_of, order, mt, out
+            st.words,
+            st.top,
+            st.off,
+            st.nlev,
+            st.count,
+            self._pb,
+            tags,
+            lru,
+            self._zt,
+            self._zone_of,
+            order,
+            mt,
+            out,
+            self._claim_failed_pb,
+            self._claim_failed_list,
         )
         return out, int(done)
 
