@@ -11,7 +11,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from snpsim.policy import Policy, presets
 if TYPE_CHECKING:
     import pandas as pd
 
+    from snpsim.guest.events import Timed
     from snpsim.runner import Result
     from snpsim.scenario import Scenario
     from snpsim.traces import TraceArrays
@@ -109,17 +110,34 @@ def replay(
         seed=seed,
         samples=samples,
     )
+    # progress: the share of the trace's conversions handed to the guest (simulated time over the duration would
+    # pass 1 during the VM's launch, the duration being the trace's span)
+    events = plan.events if progress is None else _counted(plan.events, plan.stats.events, progress)
     try:
         sim = Simulation(
             plan.scenario,
-            progress=progress,
-            vm_events={0: plan.events},
+            vm_events={0: events},
             record_conversions=record_conversions,
             vm_launch={0: plan.launch} if plan.launch else None,
         )
         return sim.run()
     finally:
         plan.close()  # the trace's spooled conversions (already removed if the replay used them all up)
+
+
+def _counted(events: Iterable[Timed], total: int, progress: Callable[[float], None]) -> Iterator[Timed]:
+    """A replay's events, reporting the fraction of the trace's ``total`` conversions handed to the guest (every
+    1 %, at most 1), and 1 once they are all out. Not the simulation's own progress (simulated time over the
+    scenario's duration): a replay's duration is the trace's span, which the VM's creation and launch alone can
+    pass, and simulated time stands still while a vCPU that fell behind the trace works through its backlog."""
+    step = max(1, total // 100)
+    k = 0
+    for k, timed in enumerate(events, 1):
+        if k % step == 0:
+            progress(min(1.0, k / max(total, 1)))
+        yield timed
+    if k % step or not k:
+        progress(1.0)
 
 
 def sweep(
