@@ -131,12 +131,13 @@ def _counted(events: Iterable[Timed], total: int, progress: Callable[[float], No
     scenario's duration): a replay's duration is the trace's span, which the VM's creation and launch alone can
     pass, and simulated time stands still while a vCPU that fell behind the trace works through its backlog."""
     step = max(1, total // 100)
-    k = 0
+    done = 0.0
     for k, timed in enumerate(events, 1):
         if k % step == 0:
-            progress(min(1.0, k / max(total, 1)))
+            done = min(1.0, k / max(total, 1))
+            progress(done)
         yield timed
-    if k % step or not k:
+    if done < 1.0:
         progress(1.0)
 
 
