@@ -111,9 +111,16 @@ class Twinned:
     states after the call (:meth:`same`). A mutator calling another on self is checked once, as the outer call."""
 
     MUTATORS: tuple[str, ...] = ()
+    #: the reference class the twin is an instance of (built with the same arguments)
+    REFERENCE: type
     calls = 0  # calls compared, over all instances (each class its own count: tests check the twin was exercised)
     twin: Any
     _inside = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.twin = type(self).REFERENCE(*args, **kwargs)
+        self.same(self, self.twin)
 
     @staticmethod
     def same(mine: Any, twin: Any) -> None:
@@ -159,12 +166,8 @@ class CheckedDirectMap(Twinned, FastDirectMap):
         "restore_range", "remove_pages", "restore_pages", "remove_2m", "restore_2m", "remove_1g", "restore_1g",
         "merge_2m", "merge_1g", "try_merge",
     )  # fmt: skip
+    REFERENCE = DirectMap
     same = staticmethod(same_directmap)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.twin = DirectMap(*args, **kwargs)
-        same_directmap(self, self.twin)
 
     def sync(self, twin: DirectMap) -> None:
         twin.running = self.running  # the boot-time splits are not counted in /proc/vmstat
@@ -206,9 +209,5 @@ class CheckedRmp(Twinned, FastRmp):
         "pvalidate_pfns", "rmpadjust", "fw_launch_update", "fw_launch_update_pfns", "fw_page_reclaim",
         "mark_in_use", "clear_in_use", "enable_rmpopt", "rmpopt",
     )  # fmt: skip
+    REFERENCE = Rmp
     same = staticmethod(same_rmp)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.twin = Rmp(*args, **kwargs)
-        same_rmp(self, self.twin)
