@@ -87,7 +87,8 @@ def replay(
     The trace's conversions drive the guest -> vmm -> kvm -> host -> hw layers at their timestamps (relative to
     the first one); its launch updates (QEMU's ``kvm_sev_snp_launch_update``) are the VM's launch (without any, the
     guest image's default launch); the VM's RAM is ``vm_memory``, else the trace's guest_memfd sizes, else inferred
-    from the highest converted address. ``record_conversions`` also keeps the launch in ``Result.launch``. Bad traces
+    from the highest converted address. ``record_conversions`` also keeps the launch in ``Result.launch``;
+    ``progress`` is called with the share of the trace's conversions handed to the guest so far. Bad traces
     raise :class:`snpsim.traces.TraceError` (a ``ValueError``) naming file and line, and so does a trace without
     a single conversion (empty, or every line skipped with ``lenient``).
 
