@@ -25,7 +25,6 @@ from snpsim.engine import DEFAULT_ENGINE, engine
 from snpsim.guest.events import Access, Conversion
 from snpsim.guest.linux import LinuxGuestConfig, guest_layout
 from snpsim.guest.workloads import random_conversions
-from snpsim.host import HostKernel
 from snpsim.metrics import Counters
 from snpsim.policy import presets
 from snpsim.runner import GuestDriver
@@ -126,13 +125,11 @@ def run_snpsim(
     """Time the events through snpsim; returns (seconds, the VMM, (to_private, to_shared, rmpupdates) during them)."""
     policy = presets["upstream"]
     components = engine(ENGINE)
-    host = HostKernel(
-        HOST_FRAMES, policy, allocator=components.allocator, directmap=components.directmap, rmp=components.rmp
-    )
+    host = components.host(HOST_FRAMES, policy)
     ram = np.zeros(cfg.end_gfn, dtype=bool)
     for lo, k in cfg.ram_ranges():
         ram[lo : lo + k] = True
-    qemu = Qemu(host, policy, ram, asid=1, counters=Counters())
+    qemu = Qemu(host, policy, ram, asid=1, counters=Counters(), kvm_vm=components.kvm_vm)
     guest = GuestDriver(qemu)
     guest.execute(Conversion(region[0], region[1], True, huge_ok=False))  # the region starts private, validated
     c = qemu.counters

@@ -45,7 +45,7 @@ from snpsim.engine import DEFAULT_ENGINE, engine
 from snpsim.errors import ConfigError
 from snpsim.guest.events import Access, Conversion
 from snpsim.guest.executor import SnpGuest
-from snpsim.host import HostKernel, Owner
+from snpsim.host import Owner
 from snpsim.host.uaccess import ACCESSORS, Accessor, guest_write
 from snpsim.metrics import Counters
 from snpsim.policy import Policy, presets
@@ -133,12 +133,10 @@ class World:
     def __init__(self, policy: Policy, cfg: ExploreConfig) -> None:
         self.cfg = cfg
         components = engine(cfg.engine)
-        self.host = HostKernel(
-            NFRAMES, policy, allocator=components.allocator, directmap=components.directmap, rmp=components.rmp
-        )
+        self.host = components.host(NFRAMES, policy)
         self.counters = Counters()
         ram = np.ones(GUEST_PAGES, dtype=bool)
-        self.qemu = Qemu(self.host, policy, ram, asid=1, counters=self.counters)
+        self.qemu = Qemu(self.host, policy, ram, asid=1, counters=self.counters, kvm_vm=components.kvm_vm)
         self.driver = GuestDriver(self.qemu)
         self.driver.guest = SnpGuest(GUEST_PAGES, on_vc_404=cfg.on_vc_404)
         self.killed: str | None = None

@@ -219,7 +219,8 @@ class Simulation:
         self.env = simpy.Environment()
         memory_map = scenario.memory_map()
         components = engine(scenario.engine)
-        self.host = HostKernel(
+        self.components = components
+        self.host = components.host(
             memory_map.max_pfn,
             scenario.policy,
             costs=scenario.costs,
@@ -229,9 +230,6 @@ class Simulation:
             memory_map=memory_map,
             transparent_hugepage=scenario.transparent_hugepage,
             hugepages=scenario.hugepages,
-            allocator=components.allocator,
-            directmap=components.directmap,
-            rmp=components.rmp,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}
@@ -310,7 +308,16 @@ class Simulation:
         main = self.host.account(f"vm{index}/qemu")
         try:
             qemu = self._run_on(
-                main, lambda: Qemu(self.host, self.s.policy, ram, asid=asid, counters=self.counters, launch=launch)
+                main,
+                lambda: Qemu(
+                    self.host,
+                    self.s.policy,
+                    ram,
+                    asid=asid,
+                    counters=self.counters,
+                    launch=launch,
+                    kvm_vm=self.components.kvm_vm,
+                ),
             )
             self._run_on(main, lambda: _launch(qemu, spec.vcpus))
         except (QemuExit, MemoryError) as e:  # the RAM block's mmap or the launch failed: QEMU exits

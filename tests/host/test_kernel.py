@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snpsim.fast import FastHostKernel
 from snpsim.host import HostKernel, Owner
 from snpsim.hw import PageSize, RmpStatus
 from snpsim.policy import Policy, presets
@@ -327,22 +328,22 @@ def test_compaction_fails_when_blocks_hold_unmovable_pages() -> None:
 def test_kernel_write_range_equals_the_page_by_page_loop(
     name: str, private: list[int], removed: list[int], writes: list[int]
 ) -> None:
-    """The vectorised check (more than SCALAR_MAX frames) gives the loop's crashes, faults and fixups."""
+    """The fast engine's check of the frames at once (:class:`snpsim.fast.FastHostKernel`) gives the reference
+    loop's crashes, faults and fixups."""
 
-    def build() -> HostKernel:
-        h = host(name, 8 * 512)
+    def build(cls: type[HostKernel] = HostKernel) -> HostKernel:
+        pol = presets[name]
+        h = cls(8 * 512, pol)
         for p in private:
             h.rmp_make_private(p, p << 12, PageSize.SIZE_4K, 1)
         for p in removed:
             h.directmap.remove_4k(p)
         return h
 
-    vec, loop = build(), build()
+    vec, loop = build(FastHostKernel), build()
     pfns = np.array(writes, dtype=np.int64)
-    vec.kernel_write_range(pfns, "test")
-    for p in writes:
-        loop.kernel_write(p, "test")
-    assert vec.crashes == loop.crashes
+    assert vec.kernel_write_range(pfns, "test") == loop.kernel_write_range(pfns, "test")
+    assert vec.crashes == loop.crashes and vec.busy_ns == loop.busy_ns
     assert vec.metrics() == loop.metrics()
     assert vec.fixup_page_count == loop.fixup_page_count
     assert np.array_equal(vec.rmp.assigned_mask(np.arange(8 * 512)), loop.rmp.assigned_mask(np.arange(8 * 512)))

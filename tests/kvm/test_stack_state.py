@@ -84,6 +84,7 @@ from hypothesis.stateful import (
 )
 from tests.fast.checked import CheckedAllocator, CheckedDirectMap, CheckedRmp
 
+from snpsim.fast import FastHostKernel, FastKvmVm
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel, Owner
 from snpsim.host.buddy import BuddyAllocator
@@ -93,7 +94,7 @@ from snpsim.hw import PageSize, Rmp
 from snpsim.hw.costs import OPS
 from snpsim.kvm.gmem import GuestMemfd
 from snpsim.kvm.npt import UNMAPPED
-from snpsim.kvm.vm import INITIAL_VMSA_GPA
+from snpsim.kvm.vm import INITIAL_VMSA_GPA, KvmVm
 from snpsim.metrics import Counters
 from snpsim.policy import Policy, presets
 from snpsim.runner import GuestDriver, GuestRamView
@@ -183,9 +184,11 @@ class StackMachine(RuleBasedStateMachine):
     def setup(self, data: st.DataObject) -> None:
         self.name = data.draw(st.sampled_from(self.policy_names), label="policy")
         self.policy = POLICIES[self.name]
-        # the reference engine's components, or the fast engine's checked against a reference twin at every call
+        # the reference engine, or the fast one: its host kernel and KVM classes, and its allocator, direct map and
+        # RMP checked against a reference twin at every call
         fast = data.draw(st.booleans(), label="fast engine (checked)")
-        self.host = HostKernel(
+        self.fast = fast
+        self.host = (FastHostKernel if fast else HostKernel)(
             HOST_FRAMES,
             self.policy,
             allocator=CheckedAllocator if fast else BuddyAllocator,
@@ -208,7 +211,8 @@ class StackMachine(RuleBasedStateMachine):
 
     def _new_vm(self) -> None:
         self.asid += 1
-        self.vmm = Qemu(self.host, self.policy, self.ram, asid=self.asid, counters=self.counters)
+        kvm_vm = FastKvmVm if self.fast else KvmVm
+        self.vmm = Qemu(self.host, self.policy, self.ram, asid=self.asid, counters=self.counters, kvm_vm=kvm_vm)
         self.guest = GuestDriver(self.vmm)
         kvm = self.vmm.kvm  # the launch's host SNP pages (invariant 9)
         kvm.snp_launch_start()

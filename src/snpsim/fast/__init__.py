@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from snpsim.fast.buddy import FastBuddyAllocator
 from snpsim.fast.directmap import FastDirectMap
+from snpsim.fast.kernel import FastHostKernel
+from snpsim.fast.kvm import FastKvmVm
 from snpsim.fast.rmp import FastRmp
 
-__all__ = ["FastBuddyAllocator", "FastDirectMap", "FastRmp"]
+__all__ = ["FastBuddyAllocator", "FastDirectMap", "FastHostKernel", "FastKvmVm", "FastRmp"]

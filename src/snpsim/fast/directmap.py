@@ -7,10 +7,11 @@ set_memory.c ``__change_page_attr()``: ``__should_split_large_page()`` splits a 
 kept, a hole is ignored) are the reference's :meth:`DirectMap.remove_4k` ... :meth:`DirectMap.restore_pages`,
 cited there; the ``unmap`` design and guest_memfd's direct-map removal make one call per run of frames, and a
 guest conversion of scattered frames makes many. Here one compiled call handles every run, one 2M piece at a
-time exactly as the reference's scalar path ``_set_in_2m`` does (its vectorised path for long ranges gives the
-same state, as its tests check): same splits, counters, PTE pool rows (popped from the top of the free stack,
-then fresh ones) and present bits, so :class:`FastDirectMap` and the reference methods it inherits (2M/1G
-removal, merging, the queries) share one state, and tests compare it with a reference twin array by array.
+time exactly as the reference's ``_set_in_2m`` does: same splits, counters, PTE pool rows (popped from the top of
+the free stack, then fresh ones) and present bits. :meth:`DirectMap.split_2m_many` (``adjust_direct_map`` before a
+bulk 4K RMPUPDATE) is the reference's loop of ``split_2m`` in one compiled call. So :class:`FastDirectMap` and the
+reference methods it inherits (2M/1G removal, merging, the queries) share one state, and tests compare it with a
+reference twin array by array.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from snpsim.host.directmap import (
     DirectMap,
     IntArray,
 )
+from snpsim.segments import unique_ints
 
 __all__ = ["FastDirectMap"]
 
@@ -146,6 +148,22 @@ def _set_pages(pud, pmd, slot, bits, free_a, ct, exists_idx, exists_rows, pfns, 
     return splits
 
 
+@_jit
+def _split_2m_list(pud, pmd, slot, bits, free_a, ct, idxs, running):  # type: ignore[no-untyped-def]
+    """The reference's ``split_2m`` on each 2M index of ``idxs`` (ascending, distinct); how many were split."""
+    n = 0
+    for idx in idxs:
+        m = pmd[idx]
+        if m == _PMD_SPLIT or m == _PMD_NONE:  # noqa: SIM109 (numba)
+            continue
+        gb = idx >> _SHIFT_2M
+        if pud[gb] != _PUD_TABLE:
+            _split_1g_one(pud, pmd, ct, gb, running)
+        _split_2m_one(pmd, slot, bits, free_a, ct, idx, running)
+        n += 1
+    return n
+
+
 class FastDirectMap(DirectMap):
     """:class:`DirectMap` with its 4K removal and restoration compiled; same results and state."""
 
@@ -168,6 +186,19 @@ class FastDirectMap(DirectMap):
             _set_pages(
                 self._pud, self._pmd, self._slot, self._bits, self._free_a, self._ct, self._exists_idx,
                 self._exists_rows, np.ascontiguousarray(pfns, dtype=np.int64), present, self.running,
+            )
+        )  # fmt: skip
+
+    def split_2m_many(self, idx2m: IntArray) -> int:
+        idx = unique_ints(np.asarray(idx2m, dtype=np.int64))
+        if not idx.size:
+            return 0
+        if int(idx[0]) < 0 or int(idx[-1]) >= self._n2m_total:  # the reference's error
+            return super().split_2m_many(idx)
+        self._reserve(int(idx.size))  # a PTE pool row for every 2M range
+        return int(
+            _split_2m_list(
+                self._pud, self._pmd, self._slot, self._bits, self._free_a, self._ct, idx, self.running
             )
         )  # fmt: skip
 

@@ -442,37 +442,6 @@ class DirectMap:
         if self.running:
             self._level2_splits += 1
 
-    def _split_1g_many(self, gbs: IntArray) -> None:
-        """Vectorised :meth:`_split_1g_one` for GiB indices whose PUD is not a table."""
-        k = int(gbs.size)
-        if not k:
-            return
-        present = self._pud[gbs] == _PUD_1G
-        sub = gbs[:, None] * _PMDS_PER_PUD + np.arange(_PMDS_PER_PUD, dtype=np.int64)[None, :]
-        self._pmd[sub] = np.where(present, _PMD_2M, _PMD_NP).astype(np.uint8)[:, None]
-        self._pud[gbs] = _PUD_TABLE
-        self._n1g -= k
-        self._n2m += k * _PMDS_PER_PUD
-        self._split_ops += k
-        if self.running:
-            self._level3_splits += k
-
-    def _split_2m_many(self, idxs: IntArray) -> None:
-        """Vectorised :meth:`_split_2m_one` for 2M indices whose PMD is ``_PMD_2M`` or ``_PMD_NP``."""
-        k = int(idxs.size)
-        if not k:
-            return
-        present = self._pmd[idxs] == _PMD_2M
-        slots = self._alloc(k)
-        self._bits[slots] = present[:, None]
-        self._slot[idxs] = slots
-        self._pmd[idxs] = _PMD_SPLIT
-        self._n2m -= k
-        self._n4k += k * PAGES_PER_2M
-        self._split_ops += k
-        if self.running:
-            self._level2_splits += k
-
     # ------------------------------------------------------------------ PTE bits over a range
 
     def _pte_rows(self, pfn: int, end: int) -> tuple[IntArray, list[tuple[int, int, int]]]:
@@ -639,21 +608,12 @@ class DirectMap:
         return True
 
     def split_2m_many(self, idx2m: IntArray) -> int:
-        """:meth:`split_2m` on each listed 2M range (any order, repeats allowed); returns how many were split.
-
-        The same final state and counters as the loop: each GiB still mapped 1G is split once, then each 2M
-        range not yet split."""
+        """:meth:`split_2m` on each listed 2M range (any order, repeats allowed), in ascending order; returns how
+        many were split."""
         idx = unique_ints(np.asarray(idx2m, dtype=np.int64))
-        if not idx.size:
-            return 0
-        if int(idx[0]) < 0 or int(idx[-1]) >= self._n2m_total:
+        if idx.size and (int(idx[0]) < 0 or int(idx[-1]) >= self._n2m_total):
             raise ValueError(f"2M index outside [0, {self._n2m_total})")
-        gbs = unique_ints(idx >> _SHIFT_2M)
-        self._split_1g_many(gbs[self._pud[gbs] != _PUD_TABLE])
-        pmd = self._pmd[idx]
-        todo = idx[(pmd == _PMD_2M) | (pmd == _PMD_NP)]
-        self._split_2m_many(todo)
-        return int(todo.size)
+        return sum(self.split_2m(i) for i in idx.tolist())
 
     def set_4k(self, pfn: int) -> int:
         """``set_memory_4k()`` on one page: make its mapping 4K; return the number of splits (0, 1 or 2)."""

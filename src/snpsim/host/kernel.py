@@ -50,7 +50,7 @@ from snpsim.hw.costs import CostModel
 from snpsim.hw.rmp import Rmp
 from snpsim.hw.types import PAGE_SHIFT, PAGES_PER_1G, PAGES_PER_2M, HostPageFault, PageSize, RmpStatus
 from snpsim.policy import Policy
-from snpsim.segments import SCALAR_MAX, ascending, unique_ints
+from snpsim.segments import ascending, unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -879,22 +879,10 @@ class HostKernel:
         return True
 
     def kernel_write_range(self, pfns: IntArray, path: str) -> int:
-        """:meth:`kernel_write` on each frame (page clearing, copies); returns the number of crashes."""
+        """:meth:`kernel_write` on each frame in order (page clearing, copies); returns the number of crashes."""
         self.charge("page_clear", int(pfns.size) * self.costs.page_clear_ns, int(pfns.size))
         before = self.host_crash_count
-        # The writes that fault on the initial state (Rmp.check_host_write, vectorised) go through
-        # :meth:`kernel_write` in order. Handling one (an oops, or a fixup that makes pages shared and maps them
-        # back) never makes another write fault, so skipping the rest gives the outcome of the per-page loop.
-        pfns = np.asarray(pfns, dtype=np.int64)
-        if pfns.size <= SCALAR_MAX:  # cheaper page by page than the numpy set-up
-            for pfn in pfns.tolist():
-                self.kernel_write(pfn, path)
-            return self.host_crash_count - before
-        level = self.directmap.levels_of(pfns)
-        risky = (level == NOT_PRESENT) | ((level > PageSize.SIZE_4K) & (self.rmp.assigned_in_2m_of(pfns) > 0))
-        small = np.flatnonzero(level == PageSize.SIZE_4K)
-        risky[small] = self.rmp.assigned_mask(pfns[small])
-        for pfn in pfns[risky].tolist():
+        for pfn in np.asarray(pfns, dtype=np.int64).tolist():
             self.kernel_write(pfn, path)
         return self.host_crash_count - before
 

@@ -83,23 +83,6 @@ class NestedPageTable:
         self.map_count += int(idx.size)
         return int(idx.size)
 
-    def map_2m_many(self, heads: npt.NDArray[np.int64], pfns: npt.NDArray[np.int64], private: bool) -> None:
-        """:meth:`map` at 2M of each 2M-aligned gfn in ``heads`` (distinct) to the 512 frames from ``pfns[k]``, in
-        one pass; none of the blocks may lie under a 1G mapping (whose zap would reach beyond the block)."""
-        if not heads.size:
-            return
-        n = PageSize.SIZE_2M.npages
-        idx = (heads[:, None] + np.arange(n, dtype=np.int64)).ravel()
-        old = self.level[idx]
-        for lv in (0, 1):
-            self._bytes[lv] -= int(np.count_nonzero(old == lv)) * PAGE_SIZE
-        self.zap_count += int(np.count_nonzero((old != UNMAPPED).reshape(-1, n).any(axis=1)))
-        self.level[idx] = int(PageSize.SIZE_2M)
-        self.pfn[idx] = (pfns[:, None] + np.arange(n, dtype=np.int64)).ravel()
-        self.private[idx] = private
-        self._bytes[1] += int(heads.size) * n * PAGE_SIZE
-        self.map_count += int(heads.size)
-
     def zap(self, gfn: int, npages: int, *, only_private: bool | None = None) -> int:
         """Zap every mapping intersecting ``[gfn, gfn+npages)`` (a huge one entirely); with ``only_private`` set,
         only mappings of that kind (KVM zaps the old-attribute SPTEs on an attribute change). Returns pages

@@ -22,7 +22,6 @@ import numpy.typing as npt
 
 from snpsim.arch import PAGE_SHIFT, PAGES_PER_2M, PageSize, PscRequest
 from snpsim.host import HostKernel
-from snpsim.segments import SCALAR_MAX, run_starts, unique_ints
 
 IntArray = npt.NDArray[np.int64]
 
@@ -81,36 +80,29 @@ def gmem_prepare(
 
 
 def gmem_invalidate(host: HostKernel, frames: IntArray) -> None:
-    """``sev_gmem_invalidate`` over frames being freed (sorted or not)."""
-    if frames.size == 0:
-        return
-    if frames.size <= SCALAR_MAX:  # page by page (never a whole 2M entry): less set-up, same result
-        smashed: set[int] = set()
-        for pfn in sorted(set(frames.tolist())):
-            is_assigned, level = host.snp_lookup_rmpentry(pfn)
-            if not is_assigned:
-                continue
-            head = pfn // PAGES_PER_2M * PAGES_PER_2M
-            if level == PageSize.SIZE_2M and head not in smashed:
-                smashed.add(head)
-                host.psmash(head)
-            host.rmp_make_shared(pfn, PageSize.SIZE_4K)
-        return
-    frames = unique_ints(frames)
-    assigned = frames[host.rmp_assigned(frames)]
-    if assigned.size == 0:
-        return
-    all_heads = assigned // PAGES_PER_2M * PAGES_PER_2M  # ascending, as ``assigned`` is
-    starts = run_starts(all_heads)
-    heads, counts = all_heads[starts], np.diff(np.append(starts, assigned.size))
-    keep = np.ones(assigned.size, dtype=bool)  # pages left for 4K RMPUPDATEs
-    for head, start, count in zip(heads.tolist(), starts.tolist(), counts.tolist(), strict=True):
-        is_assigned, level = host.snp_lookup_rmpentry(head)
-        if level != PageSize.SIZE_2M or not is_assigned:
+    """``sev_gmem_invalidate(start, end)`` over frames being freed (sorted or not, repeats ignored), in ascending
+    order as its loop ``for (pfn = start; pfn < end;)``: an unassigned frame is skipped; ``use_2m_update =
+    IS_ALIGNED(pfn, PTRS_PER_PMD) && end >= (pfn + PTRS_PER_PMD) && rmp_level > PG_LEVEL_4K`` (here: the 512
+    frames from an aligned ``pfn`` are all being freed); "if (!use_2m_update && rmp_level > PG_LEVEL_4K)" the entry
+    is PSMASHed first; then ``rmp_make_shared(pfn, use_2m_update ? PG_LEVEL_2M : PG_LEVEL_4K)``, and ``pfn +=
+    use_2m_update ? PTRS_PER_PMD : 1`` (``shared/reference/linux-snp-host.md`` §4). After a PSMASH the other
+    frames of the 2M range are 4K entries, so each 2M entry is smashed once."""
+    pfns = sorted(set(np.asarray(frames, dtype=np.int64).tolist()))
+    i = 0
+    while i < len(pfns):
+        pfn = pfns[i]
+        assigned, level = host.snp_lookup_rmpentry(pfn)
+        if not assigned:
+            i += 1
             continue
-        if count == PAGES_PER_2M:  # the whole 2M entry is freed: one 2M RMPUPDATE
-            host.rmp_make_shared(head, PageSize.SIZE_2M)
-            keep[start : start + count] = False
-            continue
-        host.psmash(head)
-    host.rmp_make_shared_pfns(assigned[keep])
+        last = i + PAGES_PER_2M - 1
+        use_2m = (
+            level == PageSize.SIZE_2M
+            and pfn % PAGES_PER_2M == 0
+            and last < len(pfns)
+            and pfns[last] == pfn + PAGES_PER_2M - 1
+        )
+        if level == PageSize.SIZE_2M and not use_2m:
+            host.psmash(pfn)
+        host.rmp_make_shared(pfn, PageSize.SIZE_2M if use_2m else PageSize.SIZE_4K)
+        i += PAGES_PER_2M if use_2m else 1

@@ -48,13 +48,10 @@ from snpsim.kvm.npt import UNMAPPED, NestedPageTable
 from snpsim.kvm.sev import gmem_invalidate, gmem_prepare
 from snpsim.metrics import Counters
 from snpsim.policy import Policy
-from snpsim.segments import SCALAR_MAX, bool_runs, run_starts
+from snpsim.segments import bool_runs, run_starts
 
 #: ``INITIAL_VMSA_GPA`` (arch/x86/kvm/svm/sev.c): the GPA KVM binds every VMSA to at launch ("0xFFFFFFFFF000")
 INITIAL_VMSA_GPA = 0xFFFFFFFFF000
-
-#: Vectorised re-checks of a guest access's remaining pages before the rest goes page by page.
-_MAX_RECHECKS = 8
 
 IntArray = npt.NDArray[np.int64]
 
@@ -133,7 +130,7 @@ class KvmVm:
         self.set_memory_attributes(gfn, npages, private)
         if not private:
             frames = gm.pfns(gfn, npages)
-            gmem_invalidate(self.host, frames[frames >= 0])
+            self._invalidate(frames[frames >= 0])
         gm.restructure_folios_in_range(gfn, npages)
         return None
 
@@ -172,6 +169,7 @@ class KvmVm:
         return self.shared.get_pfns(gfn, npages)
 
     def _invalidate(self, frames: IntArray) -> None:
+        """``kvm_arch_gmem_invalidate`` → ``sev_gmem_invalidate`` over frames leaving the guest."""
         gmem_invalidate(self.host, frames)
 
     def _pfns_of(self, gfn: int, npages: int, private: bool) -> IntArray | None:
@@ -209,76 +207,51 @@ class KvmVm:
             return False
         if private:
             self._prepare(gfn, npages)
-        faults = 0
-        if self._only_4k(private):
-            # Every gfn maps at 4K: one fault each, installed in bulk.
-            faults = self.npt.map_4k_where(gfn, need, pfns, private)
-        elif (
-            private
-            and npages > SCALAR_MAX
-            and self._cap_2m(gfn, npages)
-            and (got := self._fault_in_huge_folios(gfn, npages, need, pfns)) >= 0
-        ):
-            faults = got
-        else:
-            g = gfn
-            end = gfn + npages
-            while g < end:
-                if not need[g - gfn]:
-                    rest = np.flatnonzero(need[g - gfn :])
-                    if not rest.size:
-                        break
-                    g += int(rest[0])
-                assert self.shared is not None
-                cap = self._private_cap(g) if private else self._shared_cap(g)
-                level = self._max_level(g, private, cap)
-                n = level.npages
-                lo = g // n * n
-                if level == PageSize.SIZE_4K:
-                    # 4K mappings for the run of needing gfns up to the next 2M boundary: one fault each
-                    window = need[g - gfn : min(end, (g // PAGES_PER_2M + 1) * PAGES_PER_2M) - gfn]
-                    stop = g + (int(np.argmin(window)) if not window.all() else int(window.size))
-                    self.npt.map_4k(g, stop, pfns[g - gfn : stop - gfn], private)
-                    faults += stop - g
-                    g = stop
-                    continue
-                mapped = self._pfns_of(lo, n, private)
-                if mapped is None:
-                    return False
-                self.npt.map(lo, level, mapped, private)
-                faults += 1
-                g = lo + n
+        faults = self._map_needed(gfn, npages, need, pfns, private)
+        if faults is None:
+            return False
         if exits:
             self._npf(faults)
         return True
 
-    def _fault_in_huge_folios(self, gfn: int, npages: int, need: npt.NDArray[np.bool_], pfns: IntArray) -> int:
-        """The fault loop for a private range on 2M/1G folios, vectorised per 2M block (the RMP caps private
-        mappings at 2M): a block with a needing gfn maps at 2M (one fault) if the frame of its first needing gfn
-        has an assigned 2M RMP entry and the whole block is private RAM, else each needing gfn maps at 4K.
-        Returns the faults, or -1 when a 1G mapping spans the blocks (its zap reaches further): the loop then."""
-        n2 = PAGES_PER_2M
-        b0, b1 = gfn // n2, (gfn + npages - 1) // n2 + 1
-        if (self.npt.level[b0 * n2 : b1 * n2] == int(PageSize.SIZE_1G)).any():
-            return -1
-        g = np.flatnonzero(need) + gfn
-        starts = run_starts(g // n2)
-        first = g[starts]  # the first needing gfn of each block that has one
-        blocks = first // n2
-        whole = (min(b1 * n2, self.npages) - b0 * n2) // n2  # blocks from b0 lying wholly inside the VM
-        ok = np.zeros(b1 - b0, dtype=bool)
-        span = slice(b0 * n2, (b0 + whole) * n2)
-        ok[:whole] = (self.attrs.private[span].reshape(whole, n2) & self.ram[span].reshape(whole, n2)).all(axis=1)
-        huge = ok[blocks - b0] & self.host.rmp_assigned_2m(pfns[first - gfn])
-        assert self.gmem is not None
-        huge &= self.gmem.huge_blocks(blocks)
-        heads = blocks[huge] * n2
-        self.npt.map_2m_many(heads, pfns[first[huge] - gfn] - (first[huge] - heads), True)
-        small = need.copy()
-        huge_block = np.zeros(b1 - b0, dtype=bool)
-        huge_block[blocks[huge] - b0] = True
-        small &= ~np.repeat(huge_block, n2)[gfn - b0 * n2 : gfn - b0 * n2 + npages]
-        return int(heads.size) + self.npt.map_4k_where(gfn, small, pfns, True)
+    def _map_needed(
+        self, gfn: int, npages: int, need: npt.NDArray[np.bool_], pfns: IntArray, private: bool
+    ) -> int | None:
+        """``kvm_tdp_mmu_map`` for every gfn of the range marked in ``need`` (``pfns``: the backing of each gfn), in
+        order, each at :meth:`_max_level`; the mappings installed (one fault each), or None if the host ran out of
+        memory."""
+        if self._only_4k(private):
+            # Every gfn maps at 4K: one fault each, installed in bulk.
+            return self.npt.map_4k_where(gfn, need, pfns, private)
+        faults = 0
+        g = gfn
+        end = gfn + npages
+        while g < end:
+            if not need[g - gfn]:
+                rest = np.flatnonzero(need[g - gfn :])
+                if not rest.size:
+                    break
+                g += int(rest[0])
+            assert self.shared is not None
+            cap = self._private_cap(g) if private else self._shared_cap(g)
+            level = self._max_level(g, private, cap)
+            n = level.npages
+            lo = g // n * n
+            if level == PageSize.SIZE_4K:
+                # 4K mappings for the run of needing gfns up to the next 2M boundary: one fault each
+                window = need[g - gfn : min(end, (g // PAGES_PER_2M + 1) * PAGES_PER_2M) - gfn]
+                stop = g + (int(np.argmin(window)) if not window.all() else int(window.size))
+                self.npt.map_4k(g, stop, pfns[g - gfn : stop - gfn], private)
+                faults += stop - g
+                g = stop
+                continue
+            mapped = self._pfns_of(lo, n, private)
+            if mapped is None:
+                return None
+            self.npt.map(lo, level, mapped, private)
+            faults += 1
+            g = lo + n
+        return faults
 
     def _only_4k(self, private: bool) -> bool:
         """No gfn can map above 4K: 4K folios / VMM pages (private) or 4K host pages (shared)."""
@@ -369,7 +342,7 @@ class KvmVm:
         if to_private:
             gmem_prepare(self.host, gfns, pfns, 1, self.asid)
         else:
-            gmem_invalidate(self.host, pfns)
+            self._invalidate(pfns)
 
     # ------------------------------------------------------------------ guest accesses (from KVM_RUN)
     def guest_access(self, gfn: int, npages: int, private: bool, write: bool = True) -> int | None:
@@ -384,24 +357,11 @@ class KvmVm:
             raise MemoryFault(mismatch, private, mismatch - gfn)
         if not self._fault_in(gfn, npages, private):
             raise MemoryError("host out of memory")
-        start = gfn
-        end = gfn + npages
-        # Pages are checked in order. Vectorised: the pages that pass the hardware check need nothing else; the
-        # first that does not is handled (which may zap or remap later pages), then the rest is checked again.
-        # Few pages, or many failures, go page by page.
-        for _ in range(_MAX_RECHECKS if npages > SCALAR_MAX else 0):
-            lv = self.npt.level[start:end]
-            gfns = np.arange(start, end, dtype=np.int64)
-            ok = self.host.svm.access_ok(
-                self.npt.pfn[start:end], gfns, asid=self.asid, npt_huge=lv > 0, write=write, private=private
-            )
-            bad = np.flatnonzero(~ok | (lv == UNMAPPED))
-            if not bad.size:
-                return None
-            g = start + int(bad[0])
-            if self._checked_access(g, private, write):
-                return g
-            start = g + 1
+        return self._access_pages(gfn, gfn + npages, private, write)
+
+    def _access_pages(self, start: int, end: int, private: bool, write: bool) -> int | None:
+        """The hardware check of each access of ``[start, end)`` in order (the range is faulted in); the gfn whose
+        access raised #VC, or None."""
         for g in range(start, end):
             if self._checked_access(g, private, write):
                 return g
@@ -667,12 +627,12 @@ class KvmVm:
             self.gmem.release_all()
         elif self.shared is not None:
             mapped = self.shared.pfn.present()
-            gmem_invalidate(self.host, self.shared.pfn[np.flatnonzero(mapped & self.attrs.private)])
+            self._invalidate(self.shared.pfn[np.flatnonzero(mapped & self.attrs.private)])
         if self.bios_folios:  # the firmware RAM block: invalidated (made shared) and freed with its file
             fp = self.gmem.folio_pages if self.gmem is not None else 1
             heads = np.array(sorted(self.bios_folios.values()), dtype=np.int64)
             frames = (heads[:, None] + np.arange(fp, dtype=np.int64)).ravel()
-            gmem_invalidate(self.host, frames)
+            self._invalidate(frames)
             self.host.free_bulk(heads, fp.bit_length() - 1)
             if self.gmem is not None:
                 self.host.release_frames(frames)

@@ -76,7 +76,9 @@ class Qemu:
         asid: int,
         counters: Counters,
         launch: Sequence[SnpLaunchUpdate] | None = None,
+        kvm_vm: type[KvmVm] = KvmVm,
     ) -> None:
+        """``kvm_vm``: the class of KVM's VM state (the engine's: :mod:`snpsim.engine`)."""
         self.host = host
         #: the ``KVM_SEV_SNP_LAUNCH_UPDATE``s of this VM's launch (``sev_snp_launch_finish()``), e.g. a replayed
         #: trace's; None: the guest image's default launch
@@ -97,7 +99,7 @@ class Qemu:
             ) from None
         #: QEMU discards shared memory only when its RAM block has the host's page size (not hugetlb)
         self.discard_shared = self.memory.page_size == PAGE_SIZE
-        self.kvm = KvmVm(host, policy, int(ram.size), asid=asid, counters=counters)
+        self.kvm = kvm_vm(host, policy, int(ram.size), asid=asid, counters=counters)
         self.gmem: GuestMemfd | None = None
         self.in_place = self.kvm.in_place
         #: in-place conversions QEMU gave up on after its retries
