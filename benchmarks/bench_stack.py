@@ -127,7 +127,12 @@ def run_snpsim(
     policy = presets["upstream"]
     components = engine(ENGINE)
     host = HostKernel(
-        HOST_FRAMES, policy, allocator=components.allocator, directmap=components.directmap, rmp=components.rmp
+        HOST_FRAMES,
+        policy,
+        allocator=components.allocator,
+        directmap=components.directmap,
+        rmp=components.rmp,
+        compactor=components.compactor,
     )
     ram = np.zeros(cfg.end_gfn, dtype=bool)
     for lo, k in cfg.ram_ranges():

@@ -134,7 +134,12 @@ class World:
         self.cfg = cfg
         components = engine(cfg.engine)
         self.host = HostKernel(
-            NFRAMES, policy, allocator=components.allocator, directmap=components.directmap, rmp=components.rmp
+            NFRAMES,
+            policy,
+            allocator=components.allocator,
+            directmap=components.directmap,
+            rmp=components.rmp,
+            compactor=components.compactor,
         )
         self.counters = Counters()
         ram = np.ones(GUEST_PAGES, dtype=bool)

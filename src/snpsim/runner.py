@@ -232,6 +232,7 @@ class Simulation:
             allocator=components.allocator,
             directmap=components.directmap,
             rmp=components.rmp,
+            compactor=components.compactor,
         )
         self.counters = Counters()
         self.live: dict[int, _VmState] = {}

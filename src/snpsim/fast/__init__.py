@@ -3,13 +3,15 @@
 ``engine = "fast"`` (a scenario field, not a policy knob) builds the host with these classes; ``"reference"`` with
 the layers' own. Both give identical results (tests/fast/ compares them state by state); the reference layers never
 import this package. Today: the page allocator (:mod:`snpsim.fast.buddy`), the direct map's 4K removal and
-restoration (:mod:`snpsim.fast.directmap`) and the RMP's bulk 4K RMPUPDATE and PVALIDATE (:mod:`snpsim.fast.rmp`).
+restoration (:mod:`snpsim.fast.directmap`), the RMP's bulk 4K RMPUPDATE and PVALIDATE (:mod:`snpsim.fast.rmp`) and
+compaction's page migration, a batch of pages per call (:mod:`snpsim.fast.compaction`, numpy, not compiled).
 """
 
 from __future__ import annotations
 
 from snpsim.fast.buddy import FastBuddyAllocator
+from snpsim.fast.compaction import FastCompactor
 from snpsim.fast.directmap import FastDirectMap
 from snpsim.fast.rmp import FastRmp
 
-__all__ = ["FastBuddyAllocator", "FastDirectMap", "FastRmp"]
+__all__ = ["FastBuddyAllocator", "FastCompactor", "FastDirectMap", "FastRmp"]
