@@ -194,7 +194,8 @@ class Compactor:
 
     def _migrate_pages(self, srcs: list[int], dsts: list[int], path: str, *, free_source: bool = True) -> None:
         """``migrate_pages`` of a list: :meth:`_migrate` of each source to its destination, in order (the sources
-        in use, the destinations isolated free pages)."""
+        in use, the destinations isolated free pages). The fast engine's compactor overrides this, and only this,
+        to do the same a batch at a time."""
         for src, dst in zip(srcs, dsts, strict=True):
             self._migrate(src, dst, path, free_source=free_source)
 
