@@ -2,9 +2,9 @@
 
 Two machines: the reference's own state machine (tests/host/test_buddy.py ``BuddyMachine``, checked against the
 naive per-page model of mm/page_alloc.c written there) run on the fast allocator; and a lockstep machine that
-drives a reference and a fast allocator with the same calls, the reference-only operations (compaction's
-``take_free_range``, ``take_page_off_buddy``) interleaved, and compares their whole state after every step: every
-free list's words, counts and top words, the pageblock types and the zone table.
+drives a reference and a fast allocator with the same calls, compaction's operations (``take_free_range``, compiled
+too, and the reference-only ``take_page_off_buddy``) interleaved, and compares their whole state after every step:
+every free list's words, counts and top words, the pageblock types and the zone table.
 """
 
 from __future__ import annotations
@@ -108,11 +108,18 @@ class Lockstep(RuleBasedStateMachine):
             with pytest.raises(ValueError, match="double free"):
                 b.free_bulk(np.array([pfn]), order)
 
-    @rule(data=st.data())
-    def take_free_range(self, data: st.DataObject) -> None:
-        """Compaction's free scanner (reference code on both): one pageblock's free frames, then kept allocated."""
-        b = data.draw(st.integers(0, self.ref.nframes // 512 - 1))
-        lo, hi = b * 512, b * 512 + 512
+    @rule(data=st.data(), whole=st.booleans())
+    def take_free_range(self, data: st.DataObject, whole: bool) -> None:
+        """Compaction's free scanner (one pageblock's free frames) or ``alloc_contig_range``'s isolation (any range
+        inside a zone, not empty as no caller's is: free blocks straddling its ends are carved), then kept
+        allocated."""
+        if whole:
+            b = data.draw(st.integers(0, self.ref.nframes // 512 - 1))
+            lo, hi = b * 512, b * 512 + 512
+        else:
+            lo = data.draw(st.integers(0, self.ref.nframes - 1))
+            top = self.ref.zone_span(self.ref.zone_of(lo))[1]
+            hi = data.draw(st.integers(lo + 1, min(top, lo + 3000)))
         got = self.fast.take_free_range(lo, hi)
         assert got.tolist() == self.ref.take_free_range(lo, hi).tolist()
         self._got(got.tolist(), 0, 0)

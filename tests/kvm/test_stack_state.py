@@ -84,10 +84,11 @@ from hypothesis.stateful import (
 )
 from tests.fast.checked import CheckedAllocator, CheckedDirectMap, CheckedRmp
 
-from snpsim.fast import FastHostKernel, FastKvmVm
+from snpsim.fast import FastCompactor, FastHostKernel, FastKvmVm
 from snpsim.guest.events import Access, Conversion, Protocol
 from snpsim.host import HostKernel, Owner
 from snpsim.host.buddy import BuddyAllocator
+from snpsim.host.compaction import Compactor
 from snpsim.host.directmap import DirectMap
 from snpsim.host.uaccess import ACCESSORS, Address, Context, Outcome, guest_write
 from snpsim.hw import PageSize, Rmp
@@ -184,8 +185,8 @@ class StackMachine(RuleBasedStateMachine):
     def setup(self, data: st.DataObject) -> None:
         self.name = data.draw(st.sampled_from(self.policy_names), label="policy")
         self.policy = POLICIES[self.name]
-        # the reference engine, or the fast one: its host kernel and KVM classes, and its allocator, direct map and
-        # RMP checked against a reference twin at every call
+        # the reference engine, or the fast one: its host kernel, compaction and KVM classes, and its allocator,
+        # direct map and RMP checked against a reference twin at every call
         fast = data.draw(st.booleans(), label="fast engine (checked)")
         self.fast = fast
         self.host = (FastHostKernel if fast else HostKernel)(
@@ -194,6 +195,7 @@ class StackMachine(RuleBasedStateMachine):
             allocator=CheckedAllocator if fast else BuddyAllocator,
             directmap=CheckedDirectMap if fast else DirectMap,
             rmp=CheckedRmp if fast else Rmp,
+            compactor=FastCompactor if fast else Compactor,
         )
         self._orig_write = self.host.kernel_write
         self.host.kernel_write = self._checked_kernel_write  # every kernel write, incl. page zeroing

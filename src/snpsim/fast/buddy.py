@@ -2,14 +2,16 @@
 ``__free_one_page`` compiled with numba, over the very arrays the reference keeps.
 
 The reference allocator (``mm/page_alloc.c``, cited there function by function) is the specification; this module
-re-states four of its operations as compiled loops and nothing else: ``alloc`` and ``alloc_bulk`` (a loop of
+re-states five of its operations as compiled loops and nothing else: ``alloc`` and ``alloc_bulk`` (a loop of
 ``get_page_from_freelist`` → ``__rmqueue_smallest`` / ``__rmqueue_claim`` (``try_to_claim_block``,
 ``__move_freepages_block``) / ``__rmqueue_steal``, with ``expand()``), ``free`` and ``free_bulk`` (a loop of
-``__free_one_page`` in ascending PFN order, the reference's definition of a bulk free). Every free list is a bitmap
+``__free_one_page`` in ascending PFN order, the reference's definition of a bulk free), and ``take_free_range``
+(compaction's free scanner, ``isolate_freepages_block``, and ``alloc_contig_range``'s isolation: the free blocks of
+a range off their lists, one straddling an end carved). Every free list is a bitmap
 of the allocator's :class:`snpsim.host.bitmap.BitmapStore` (one ``uint64`` buffer, counts and top words in two
 arrays), the pageblock types one byte each, the frames' owner tags one byte each: the compiled code reads and
-writes those arrays in place, so a fast allocator and the reference methods it inherits (compaction's
-``take_free_range``, ``take_page_off_buddy``, the reports) interleave on one state, and a test can compare it with
+writes those arrays in place, so a fast allocator and the reference methods it inherits
+(``take_page_off_buddy``, the reports) interleave on one state, and a test can compare it with
 a reference allocator's array by array after every step (``tests/fast/test_fast_buddy.py``).
 
 Where the reference vectorises (``_bulk_smallest``, ``_bulk_claim_blocks``, ``_coalesce_sorted``: numpy passes that
@@ -532,13 +534,56 @@ def _coalesce_kernel(words, top, off, nlev, cnt, pb, zt, zone_of, pfns, order0):
             n = m
 
 
+# ---------------------------------------------------------------------------------------------- isolation
+@_jit
+def _take_range_kernel(words, top, off, nlev, nwords, cnt, pb, zt, z, lo, hi, out):  # type: ignore[no-untyped-def]
+    """The reference's ``take_free_range`` of ``[lo, hi)`` in zone ``z``: every free block of the range off its
+    list (one straddling an end carved, its outer parts given back to its type's lists as ``_carve`` does), the
+    frames taken written to ``out`` (unsorted); returns how many."""
+    zlo = zt[z, _LO]
+    k = 0
+    for order in range(_NORD):
+        size = 1 << order
+        a = (lo - zlo) >> order
+        b = (hi - zlo + size - 1) >> order
+        for mt in range(NTYPES):
+            bm = _fl(z, order, mt)
+            if cnt[bm] == 0 or b <= a:
+                continue
+            base = off[bm, 0]
+            for w in range(max(a, 0) >> 6, min((b + 63) >> 6, nwords[bm, 0])):
+                word = words[base + w]  # a copy: removing members below does not change what is visited
+                while word != _U0:
+                    idx = (w << 6) + np.int64(trailing_zeros(word))
+                    word &= word - _U1
+                    if idx < a or idx >= b:
+                        continue
+                    head = zlo + (idx << order)
+                    end = head + size
+                    if head >= lo and end <= hi:
+                        _bm_remove(words, top, off, nlev, cnt, bm, idx)
+                        zt[z, _FREE] -= size
+                        first, last = head, end
+                    else:  # _carve: the block off the list of its pageblock's type, the parts outside given back
+                        cmt = np.int64(pb[head >> PAGEBLOCK_ORDER])
+                        _bm_remove(words, top, off, nlev, cnt, _fl(z, order, cmt), (head - zlo) >> order)
+                        first, last = max(head, lo), min(end, hi)
+                        zt[z, _FREE] -= last - first
+                        _add_decomposed(words, top, off, nlev, cnt, zt, z, head, max(head, lo), cmt)
+                        _add_decomposed(words, top, off, nlev, cnt, zt, z, min(end, hi), end, cmt)
+                    for pfn in range(first, last):
+                        out[k] = pfn
+                        k += 1
+    return k
+
+
 _NO_TAGS = np.zeros(1, dtype=np.uint8)
 _NO_LRU = np.zeros(256, dtype=np.bool_)
 
 
 class FastBuddyAllocator(BuddyAllocator):
-    """:class:`BuddyAllocator` with ``alloc``/``alloc_bulk``/``free``/``free_bulk`` compiled; same results, same
-    state, same errors (the argument checks are the reference's)."""
+    """:class:`BuddyAllocator` with ``alloc``/``alloc_bulk``/``free``/``free_bulk``/``take_free_range`` compiled; same
+    results, same state, same errors (the argument checks are the reference's)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -596,3 +641,15 @@ class FastBuddyAllocator(BuddyAllocator):
         st = self._store
         one = np.array([pfn], dtype=np.int64)
         _free_kernel(st.words, st.top, st.off, st.nlev, st.count, self._pb, self._zt, self._zone_of, one, order)
+
+    def take_free_range(self, lo: int, hi: int) -> IntArray:
+        lo, hi = int(lo), int(hi)
+        st = self._store
+        out = np.empty(max(hi - lo, 0), dtype=np.int64)
+        z = 0 if lo < self._dma_end else (1 if lo < self._dma32_end else 2)  # _zone(lo)
+        k = _take_range_kernel(
+            st.words, st.top, st.off, st.nlev, st.nwords, st.count, self._pb, self._zt, z, lo, hi, out
+        )
+        taken = out[:k]
+        taken.sort()
+        return taken

@@ -151,14 +151,22 @@ class Compactor:
                 pos[0] = block + PAGEBLOCK_NR_PAGES
                 end = min(block + PAGEBLOCK_NR_PAGES, hi)
                 tags = host.frames.tags(block, end - block)
-                sources = np.flatnonzero(MIGRATABLE_OWNERS[tags]) + block  # isolate_migratepages_block
-                for src in sources.tolist():
+                sources = (np.flatnonzero(MIGRATABLE_OWNERS[tags]) + block).tolist()  # isolate_migratepages_block
+                done = 0
+                while done < len(sources):  # migrate_pages: each source to the next isolated free page
                     if budget is not None and migrated >= budget:
                         break
                     if not freepages and not self._isolate_freepages(pos, target_order, freepages):
                         break  # the free scanner reached the migration scanner: nothing to migrate into
-                    self._migrate(src, freepages.pop(0), PATH_COMPACT)
-                    migrated += 1
+                    # as many as the isolated free pages (and the budget) take before compaction_alloc isolates more
+                    n = min(len(sources) - done, len(freepages))
+                    if budget is not None:
+                        n = min(n, budget - migrated)
+                    dsts = freepages[:n]
+                    del freepages[:n]
+                    self._migrate_pages(sources[done : done + n], dsts, PATH_COMPACT)
+                    done += n
+                    migrated += n
         finally:
             if freepages:  # release_free_list(): isolated free pages not used go back
                 buddy.free_bulk(np.array(freepages, dtype=np.int64), 0, check_free=False)
@@ -183,6 +191,13 @@ class Compactor:
                 out.extend(frames.tolist())
                 return True
         return False
+
+    def _migrate_pages(self, srcs: list[int], dsts: list[int], path: str, *, free_source: bool = True) -> None:
+        """``migrate_pages`` of a list: :meth:`_migrate` of each source to its destination, in order (the sources
+        in use, the destinations isolated free pages). The fast engine's compactor overrides this, and only this,
+        to do the same a batch at a time."""
+        for src, dst in zip(srcs, dsts, strict=True):
+            self._migrate(src, dst, path, free_source=free_source)
 
     def _migrate(self, src: int, dst: int, path: str, *, free_source: bool = True) -> None:
         """``migrate_pages`` of one page: copy ``src`` to the isolated free page ``dst`` and free ``src`` (to the
@@ -231,6 +246,5 @@ class Compactor:
         if dsts is None:  # no room to migrate into outside the range: undo_isolate_page_range
             buddy.free_bulk(isolated, 0, check_free=False)
             return False
-        for src, dst in zip(sources.tolist(), dsts.tolist(), strict=True):
-            self._migrate(src, dst, PATH_CONTIG, free_source=False)
+        self._migrate_pages(sources.tolist(), dsts.tolist(), PATH_CONTIG, free_source=False)
         return True

@@ -101,9 +101,10 @@ class HostKernel:
         allocator: type[BuddyAllocator] = BuddyAllocator,
         directmap: type[DirectMap] = DirectMap,
         rmp: type[Rmp] = Rmp,
+        compactor: type[Compactor] = Compactor,
     ) -> None:
-        """``allocator``, ``directmap``, ``rmp``: the page allocator's, the direct map's and the RMP's classes (the
-        engine's: :mod:`snpsim.engine`)."""
+        """``allocator``, ``directmap``, ``rmp``, ``compactor``: the page allocator's, the direct map's, the RMP's
+        and compaction's classes (the engine's: :mod:`snpsim.engine`)."""
         self.nframes = int(nframes)
         if memory_map is not None and memory_map.max_pfn != self.nframes:
             raise ValueError(f"nframes {self.nframes} is not the memory map's max_pfn {memory_map.max_pfn}")
@@ -151,7 +152,7 @@ class HostKernel:
         self.lru: OrderedDict[int, None] = OrderedDict()
         #: pages moved by compaction (direct or kcompactd) and by alloc_contig_range
         self.compaction_migrated = 0
-        self.compactor = Compactor(self)
+        self.compactor = compactor(self)
         #: ``transparent_hugepage/enabled``; THP faults need ``always`` or ``madvise`` (QEMU madvises guest RAM)
         if transparent_hugepage not in THP_MODES:
             raise ValueError(f"transparent_hugepage {transparent_hugepage!r} is not one of {', '.join(THP_MODES)}")
