@@ -16,12 +16,6 @@ import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 
-#: The one size policy for small events: an operation on at most this many pages (or blocks) runs page by page
-#: in plain Python; above it, vectorised in numpy. Every layer's small path gives the same result as its
-#: vectorised path (tested). Measured on the project machine (``benchmarks/README.md``): a numpy call costs
-#: 1-5 us of set-up, a scalar RMP or buddy step 0.5-5 us, so the crossover lies at 10-30 pages.
-SCALAR_MAX = 16
-
 
 def run_starts(values: IntArray) -> IntArray:
     """Indices where a new value starts in a grouped (e.g. ascending) array: 0, then every change."""

@@ -28,12 +28,12 @@ from tests.fast.checked import outcome, same_directmap, same_result, same_rmp, s
 
 from snpsim.engine import engine
 from snpsim.fast import FastCompactor
+from snpsim.fast.kernel import SCALAR_MAX
 from snpsim.host import HostKernel, Owner
 from snpsim.host.buddy import MAX_PAGE_ORDER, Migratetype
 from snpsim.host.compaction import PATH_COMPACT, PATH_CONTIG, Compactor
 from snpsim.hw.types import PageSize, RmpStatus
 from snpsim.policy import Policy, presets
-from snpsim.segments import SCALAR_MAX
 
 POLICIES: dict[str, Policy] = {
     "fixup": presets["fixup"],  # directmap keep, rmp_fault fixup

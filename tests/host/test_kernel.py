@@ -349,7 +349,7 @@ def test_kernel_write_range_equals_the_page_by_page_loop(
     assert np.array_equal(vec.rmp.assigned_mask(np.arange(8 * 512)), loop.rmp.assigned_mask(np.arange(8 * 512)))
 
 
-@pytest.mark.parametrize("count", [4, 40])  # below and above SCALAR_MAX: the buddy's loop and numpy paths
+@pytest.mark.parametrize("count", [4, 40])  # a few frames and many
 def test_free_bulk_rejects_a_double_free_and_frees_nothing(count: int) -> None:
     """The host finds the double free in its frame table (the buddy's own check is skipped) before any change."""
     h = host("upstream", 8 * 512)

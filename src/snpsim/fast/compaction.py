@@ -27,7 +27,7 @@ because
 * the sources are freed with ``free_bulk``, whose state is that of a loop of ``free`` in ascending PFN order, the
   order the sources come in (checked, else one ``free`` per page).
 
-Small batches (up to :data:`~snpsim.segments.SCALAR_MAX` pages) take the reference loop: cheaper than the numpy
+Small batches (up to :data:`~snpsim.fast.kernel.SCALAR_MAX` pages) take the reference loop: cheaper than the numpy
 set-up, and the same by construction.
 """
 
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from snpsim.fast.kernel import SCALAR_MAX
 from snpsim.host.compaction import Compactor
 from snpsim.host.directmap import NOT_PRESENT
 from snpsim.host.frames import Owner
 from snpsim.hw.types import PageSize
-from snpsim.segments import SCALAR_MAX
 
 if TYPE_CHECKING:
     from snpsim.host.kernel import HostKernel

@@ -19,7 +19,12 @@ from snpsim.host.directmap import NOT_PRESENT
 from snpsim.host.kernel import HostKernel, IntArray
 from snpsim.hw.types import PageSize
 
-__all__ = ["FastHostKernel"]
+__all__ = ["SCALAR_MAX", "FastHostKernel"]
+
+#: The fast engine's one size policy for small events: an operation on at most this many pages (or blocks) takes
+#: the reference's loop; above it, the array version. Measured on the project machine (``benchmarks/README.md``): a
+#: numpy call costs 1-5 us of set-up, a scalar RMP or buddy step 0.5-5 us, so the crossover lies at 10-30 pages.
+SCALAR_MAX = 16
 
 
 class FastHostKernel(HostKernel):
@@ -27,7 +32,7 @@ class FastHostKernel(HostKernel):
 
     def kernel_write_range(self, pfns: IntArray, path: str) -> int:
         pfns = np.asarray(pfns, dtype=np.int64)
-        if pfns.size <= 16:  # a few frames: the loop costs less than the numpy set-up
+        if pfns.size <= SCALAR_MAX:
             return super().kernel_write_range(pfns, path)
         self.charge("page_clear", int(pfns.size) * self.costs.page_clear_ns, int(pfns.size))
         before = self.host_crash_count

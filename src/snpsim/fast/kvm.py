@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from snpsim.arch import PAGE_SIZE, PAGES_PER_2M, PageSize
+from snpsim.fast.kernel import SCALAR_MAX
 from snpsim.host import HostKernel
 from snpsim.kvm.npt import UNMAPPED, NestedPageTable
 from snpsim.kvm.vm import KvmVm
@@ -38,8 +39,6 @@ __all__ = ["FastKvmVm", "gmem_invalidate"]
 
 IntArray = npt.NDArray[np.int64]
 
-#: ranges of at most this many pages take the reference's loops (less numpy set-up, the same result)
-SCALAR_MAX = 16
 #: vectorised re-checks of a guest access's remaining pages before the rest goes page by page
 _MAX_RECHECKS = 8
 
