@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 
+from engine_arg import pop_engine
+
 from snpsim.explorer import explore_all
 from snpsim.policy import presets
 
@@ -23,10 +25,8 @@ SCENARIO = {
 def main() -> None:
     argv = sys.argv[1:]
     scenario = dict(SCENARIO)
-    if "--engine" in argv:
-        i = argv.index("--engine")
-        scenario["engine"] = argv[i + 1]
-        del argv[i : i + 2]
+    if (name := pop_engine(argv)) is not None:
+        scenario["engine"] = name
     depth = int(argv[0]) if argv else 4
     names = argv[1:] or list(presets)
     print("| preset | depth | states | seconds | states/s | outcomes (steps) |")

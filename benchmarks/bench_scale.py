@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any
 
+from engine_arg import pop_engine
+
 BOOT_PRESETS = ("upstream", "upm", "upm-nosplit", "hugetlb")
 
 MONTH: dict[str, Any] = {
@@ -148,8 +150,7 @@ def part_month(duration: str) -> dict[str, Any]:
 
 def child(args: list[str]) -> None:
     global ENGINE
-    if args[0] == "--engine":
-        ENGINE, args = args[1], args[2:]
+    ENGINE = pop_engine(args)
     what = args[0]
     out = part_boot(args[1], int(args[2])) if what == "boot" else part_host() if what == "host" else part_month(args[1])
     print(json.dumps(out))
@@ -160,11 +161,8 @@ def main() -> None:
         child(sys.argv[2:])
         return
     argv = sys.argv[1:]
-    engine: list[str] = []
-    if "--engine" in argv:
-        i = argv.index("--engine")
-        engine = argv[i : i + 2]
-        del argv[i : i + 2]
+    name = pop_engine(argv)
+    engine = [] if name is None else ["--engine", name]
     sys.argv[1:] = argv
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     duration = sys.argv[2] if len(sys.argv) > 2 else "30d"

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from engine_arg import pop_engine
 
 from snpsim.engine import DEFAULT_ENGINE, engine
 from snpsim.guest.events import Access, Conversion
@@ -173,10 +174,7 @@ def calls_per_event(
 def main() -> None:
     global ENGINE
     argv = sys.argv[1:]
-    if "--engine" in argv:
-        i = argv.index("--engine")
-        ENGINE = argv[i + 1]
-        del argv[i : i + 2]
+    ENGINE = pop_engine(argv) or ENGINE
     n = int(argv[0]) if argv else 20_000
     cfg, events, region = workload(n)
     run_snpsim(cfg, events[:200], region)  # warm-up: the fast engine loads (or compiles) its kernels on first use
