@@ -8,7 +8,7 @@ table) must be equal afterwards. A host built with it (``HostKernel(allocator=Ch
 -- a layer's state machine, a scenario -- with the two engines' allocators in lockstep inside the real stack.
 :class:`CheckedDirectMap` does the same for the direct map (entries, PTE pool rows, the free row stack,
 counters), :class:`CheckedRmp` for the RMP (every segment's arrays, which segments exist, in-use marks, the RMPOPT
-table, the instruction counters; an instruction's exception is part of its result), both through the mixin
+table, the instruction counters; an instruction's exception is part of its result), all three through the mixin
 :class:`Twinned`, which wraps the methods they name.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from snpsim.fast import FastBuddyAllocator, FastDirectMap, FastRmp
 from snpsim.host.buddy import BuddyAllocator
@@ -33,46 +32,6 @@ def same_state(a: BuddyAllocator, b: BuddyAllocator) -> None:
     assert np.array_equal(a._pb, b._pb), "pageblock types differ"
     assert np.array_equal(a._zt, b._zt), "zone tables differ"
     assert a.free_frames == b.free_frames
-
-
-class CheckedAllocator(FastBuddyAllocator):
-    """Fast allocator, reference twin, compared after every mutating call."""
-
-    calls = 0  # how many calls were compared, over all instances (tests check the twin was exercised)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.twin = BuddyAllocator(*args, **kwargs)
-        same_state(self, self.twin)
-
-    def _both(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        mine = getattr(super(), name)(*args, **kwargs)
-        theirs = getattr(self.twin, name)(*args, **kwargs)
-        if isinstance(mine, np.ndarray) or isinstance(theirs, np.ndarray):
-            assert mine is not None and theirs is not None and np.array_equal(mine, theirs), name
-        else:
-            assert mine == theirs, (name, mine, theirs)
-        same_state(self, self.twin)
-        CheckedAllocator.calls += 1
-        return mine
-
-    def alloc(self, order: int, migratetype: int = 1) -> int | None:
-        return self._both("alloc", order, migratetype)  # type: ignore[no-any-return]
-
-    def alloc_bulk(self, order: int, count: int, migratetype: int = 1) -> npt.NDArray[np.int64] | None:
-        return self._both("alloc_bulk", order, count, migratetype)  # type: ignore[no-any-return]
-
-    def free(self, pfn: int, order: int, *, check_free: bool = True) -> None:
-        self._both("free", pfn, order, check_free=check_free)
-
-    def free_bulk(self, pfns: npt.ArrayLike, order: int, *, check_free: bool = True) -> None:
-        self._both("free_bulk", np.array(pfns, dtype=np.int64), order, check_free=check_free)
-
-    def take_free_range(self, lo: int, hi: int) -> npt.NDArray[np.int64]:
-        return self._both("take_free_range", lo, hi)  # type: ignore[no-any-return]
-
-    def take_page_off_buddy(self, pfn: int) -> bool:
-        return self._both("take_page_off_buddy", pfn)  # type: ignore[no-any-return]
 
 
 def same_directmap(a: DirectMap, b: DirectMap) -> None:
@@ -155,6 +114,15 @@ class Twinned:
             return mine
 
         return both
+
+
+class CheckedAllocator(Twinned, FastBuddyAllocator):
+    """Fast allocator, reference twin, compared after every call that changes the free lists."""
+
+    calls = 0
+    MUTATORS = ("alloc", "alloc_bulk", "free", "free_bulk", "take_free_range", "take_page_off_buddy")
+    REFERENCE = BuddyAllocator
+    same = staticmethod(same_state)
 
 
 class CheckedDirectMap(Twinned, FastDirectMap):
