@@ -175,7 +175,7 @@ class LockstepMachine(RuleBasedStateMachine):
 
 
 LockstepMachine.TestCase.settings = settings(
-    max_examples=30,
+    max_examples=20,
     stateful_step_count=12,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
