@@ -536,10 +536,11 @@ def _coalesce_kernel(words, top, off, nlev, cnt, pb, zt, zone_of, pfns, order0):
 
 # ---------------------------------------------------------------------------------------------- isolation
 @_jit
-def _take_range_kernel(words, top, off, nlev, nwords, cnt, pb, zt, z, lo, hi, out):  # type: ignore[no-untyped-def]
-    """The reference's ``take_free_range`` of ``[lo, hi)`` in zone ``z``: every free block of the range off its
+def _take_range_kernel(words, top, off, nlev, nwords, cnt, pb, zt, zone_of, lo, hi, out):  # type: ignore[no-untyped-def]
+    """The reference's ``take_free_range`` of ``[lo, hi)``: every free block of the range off its
     list (one straddling an end carved, its outer parts given back to its type's lists as ``_carve`` does), the
-    frames taken written to ``out`` (unsorted); returns how many."""
+    frames taken written to ``out`` (unsorted); returns how many. The zone is ``lo``'s (``_zone(lo)``)."""
+    z = _zone_index(zone_of, lo)
     zlo = zt[z, _LO]
     k = 0
     for order in range(_NORD):
@@ -646,9 +647,8 @@ class FastBuddyAllocator(BuddyAllocator):
         lo, hi = int(lo), int(hi)
         st = self._store
         out = np.empty(max(hi - lo, 0), dtype=np.int64)
-        z = 0 if lo < self._dma_end else (1 if lo < self._dma32_end else 2)  # _zone(lo)
         k = _take_range_kernel(
-            st.words, st.top, st.off, st.nlev, st.nwords, st.count, self._pb, self._zt, z, lo, hi, out
+            st.words, st.top, st.off, st.nlev, st.nwords, st.count, self._pb, self._zt, self._zone_of, lo, hi, out
         )
         taken = out[:k]
         taken.sort()

@@ -38,11 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from snpsim.fast.kernel import SCALAR_MAX
+from snpsim.fast.kernel import SCALAR_MAX, write_may_fault
 from snpsim.host.compaction import Compactor
 from snpsim.host.directmap import NOT_PRESENT
 from snpsim.host.frames import Owner
-from snpsim.hw.types import PageSize
 
 if TYPE_CHECKING:
     from snpsim.host.kernel import HostKernel
@@ -55,14 +54,7 @@ IntArray = npt.NDArray[np.int64]
 def access_may_fault(host: HostKernel, srcs: IntArray, dsts: IntArray) -> npt.NDArray[np.bool_]:
     """Per pair: can the read of ``srcs[i]`` or the write of ``dsts[i]`` through the direct map fault on the
     current state (``kernel_read``: not present; ``kernel_write``: not present, or an RMP check that can fail)."""
-    risky = host.directmap.levels_of(srcs) == NOT_PRESENT
-    level = host.directmap.levels_of(dsts)
-    risky |= level == NOT_PRESENT
-    large = np.flatnonzero(level > PageSize.SIZE_4K)
-    risky[large] |= host.rmp.assigned_in_2m_of(dsts[large]) > 0
-    small = np.flatnonzero(level == PageSize.SIZE_4K)
-    risky[small] |= host.rmp.assigned_mask(dsts[small])
-    return risky
+    return (host.directmap.levels_of(srcs) == NOT_PRESENT) | write_may_fault(host, dsts)
 
 
 class FastCompactor(Compactor):

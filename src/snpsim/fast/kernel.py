@@ -14,17 +14,30 @@ the two engines.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from snpsim.host.directmap import NOT_PRESENT
 from snpsim.host.kernel import HostKernel, IntArray
 from snpsim.hw.types import PageSize
 
-__all__ = ["SCALAR_MAX", "FastHostKernel"]
+__all__ = ["SCALAR_MAX", "FastHostKernel", "write_may_fault"]
 
 #: The fast engine's one size policy for small events: an operation on at most this many pages (or blocks) takes
 #: the reference's loop; above it, the array version. Measured on the project machine (``benchmarks/README.md``): a
 #: numpy call costs 1-5 us of set-up, a scalar RMP or buddy step 0.5-5 us, so the crossover lies at 10-30 pages.
 SCALAR_MAX = 16
+
+
+def write_may_fault(host: HostKernel, pfns: IntArray) -> npt.NDArray[np.bool_]:
+    """Per frame: can :meth:`HostKernel.kernel_write` of it fault on the current state (its direct-map entry not
+    present; mapped at 4K and assigned in the RMP; or mapped large over a 2M range holding an assigned page)."""
+    level = host.directmap.levels_of(pfns)
+    risky = level == NOT_PRESENT
+    large = np.flatnonzero(level > PageSize.SIZE_4K)
+    risky[large] = host.rmp.assigned_in_2m_of(pfns[large]) > 0
+    small = np.flatnonzero(level == PageSize.SIZE_4K)
+    risky[small] = host.rmp.assigned_mask(pfns[small])
+    return risky
 
 
 class FastHostKernel(HostKernel):
@@ -36,10 +49,6 @@ class FastHostKernel(HostKernel):
             return super().kernel_write_range(pfns, path)
         self.charge("page_clear", int(pfns.size) * self.costs.page_clear_ns, int(pfns.size))
         before = self.host_crash_count
-        level = self.directmap.levels_of(pfns)
-        risky = (level == NOT_PRESENT) | ((level > PageSize.SIZE_4K) & (self.rmp.assigned_in_2m_of(pfns) > 0))
-        small = np.flatnonzero(level == PageSize.SIZE_4K)
-        risky[small] = self.rmp.assigned_mask(pfns[small])
-        for pfn in pfns[risky].tolist():
+        for pfn in pfns[write_may_fault(self, pfns)].tolist():
             self.kernel_write(pfn, path)
         return self.host_crash_count - before
