@@ -35,6 +35,7 @@ import datetime as dt
 import html
 import io
 import json
+import textwrap
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ import matplotlib
 matplotlib.use("svg")
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
+import matplotlib.transforms as mtransforms
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -75,7 +77,7 @@ def _svg(fig: Any) -> str:
     buf = io.StringIO()
     with warnings.catch_warnings():  # many small panels: the layout engine gives up on some, the figure is fine
         warnings.filterwarnings("ignore", message="constrained_layout not applied")
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg") :]
@@ -424,27 +426,42 @@ def stacked_multiples(timelines: dict[str, pd.DataFrame], metrics: dict[str, str
     return _svg(fig)
 
 
+#: The legends under the line panels: characters per line, inches per legend line, and the drop from the
+#: panel's bottom edge to the legend's top (below the tick labels and the axis label).
+_LEGEND_WIDTH = 58
+_LEGEND_LINE_IN = 0.13
+_LEGEND_DROP_IN = 0.42
+
+
 def line_panels(
     timelines: dict[str, pd.DataFrame], metrics: Sequence[str], *, ncols: int = 3, counts: bool = False
 ) -> str:
-    """One panel per metric, one line per group of presets with that metric's series equal (legend per panel:
-    the grouping differs between metrics); byte metrics in a common unit, counts on a log axis if they span
-    decades."""
+    """One panel per metric, one line per group of presets with that metric's series equal; byte metrics in a
+    common unit, counts on a log axis if they span decades.
+
+    Each panel has its own legend (the grouping differs between metrics), under the panel at a fixed distance
+    from it, its labels wrapped to the panel's width: a group of nine presets is a long label, and inside the
+    panel it hid the lines and squeezed the panels to slivers."""
     span = _span(timelines)
     unit, ns = time_unit(span)
     nrows, ncols = _grid(len(metrics), ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 2.9 * nrows), squeeze=False)
+    grouped = [identical_groups({label: tl[metric] for label, tl in timelines.items()}) for metric in metrics]
+    wrapped = [[textwrap.fill(group_label(m), _LEGEND_WIDTH) for m in groups] for groups in grouped]
+    lines = [sum(label.count("\n") + 1 for label in labels) for labels in wrapped]
+    rows = [max(lines[r * ncols : (r + 1) * ncols]) for r in range(nrows)]
+    height = sum(2.6 + _LEGEND_LINE_IN * n for n in rows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, height), squeeze=False)
+    below = mtransforms.ScaledTranslation(0, -_LEGEND_DROP_IN, fig.dpi_scale_trans)
     order = {label: k for k, label in enumerate(timelines)}
-    for ax, metric in zip(axes.flat, metrics, strict=False):
-        groups = identical_groups({label: tl[metric] for label, tl in timelines.items()})
+    for ax, metric, groups, labels in zip(axes.flat, metrics, grouped, wrapped, strict=False):
         values = [float(v) for tl in timelines.values() for v in tl[metric]]
         bunit, bmult = ("", 1.0) if counts else _byte_unit(max(values, default=0.0))
-        for members in groups:
+        for members, label in zip(groups, labels, strict=True):
             tl = timelines[members[0]]
             ax.plot(
                 tl["time_ns"] / ns,
                 tl[metric] / bmult,
-                label=group_label(members),
+                label=label,
                 linewidth=1.2,
                 markersize=4,
                 fillstyle="none",
@@ -456,7 +473,14 @@ def line_panels(
             ax.yaxis.set_major_formatter(_formatter())
         ax.set_title(f"{metric}" + (" (log)" if log else "") + (f" ({bunit})" if bunit else ""), fontsize=9)
         _time_axis(ax, unit, span / ns)
-        ax.legend(fontsize=6.5, frameon=False, loc="best")
+        ax.legend(
+            fontsize=6.5,
+            frameon=False,
+            loc="upper left",
+            bbox_to_anchor=(0, 0),
+            bbox_transform=ax.transAxes + below,
+            borderaxespad=0,
+        )
     for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     fig.set_layout_engine("constrained")
