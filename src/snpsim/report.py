@@ -492,12 +492,15 @@ def line_panels(
 
 def final_counts(docs: list[dict[str, Any]], metrics: Sequence[str], ncols: int = 4) -> str:
     """One small horizontal bar panel per metric, one bar per preset, the value written on each bar; a log x
-    axis when the values span decades (zero bars are written "0" at the axis)."""
+    axis when the values span decades (zero bars are written "0" at the axis). The panels share the preset
+    axis: its labels are written once per row, in the first column."""
     labels = [d["label"] for d in docs]
     nrows, ncols = _grid(len(metrics), ncols)
     height = 0.24 * len(labels) + 0.7
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, height * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, height * nrows), sharey=True, squeeze=False)
     y = np.arange(len(labels))
+    axes[0, 0].set_yticks(y, labels)
+    axes[0, 0].invert_yaxis()  # once: the panels share this axis
     for ax, metric in zip(axes.flat, metrics, strict=False):
         values = [_final_value(d, metric) or 0.0 for d in docs]
         log = spans_decades(values)
@@ -513,9 +516,8 @@ def final_counts(docs: list[dict[str, Any]], metrics: Sequence[str], ncols: int 
         for k, v in enumerate(values):
             ax.text(0.85 if log and v <= 0 else v, k, f" {v:,.0f}", va="center", fontsize=6.5)
         ax.set_title(metric + (" (log)" if log else ""), fontsize=8)
-        ax.set_yticks(y, labels, fontsize=7)
-        ax.invert_yaxis()
         ax.tick_params(axis="x", labelsize=6.5)
+        ax.tick_params(axis="y", labelsize=7)
     for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     fig.set_layout_engine("constrained")
