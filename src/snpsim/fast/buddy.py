@@ -19,7 +19,9 @@ give "exactly the result of a loop"), the kernels run the same algorithms as loo
 zone's blocks run by run once one ``get_page_from_freelist`` has chosen the zone, a bulk free merges the batch's
 own buddies level by level; a single ``alloc``/``free`` is the plain ``__rmqueue``/``__free_one_page``. The
 validation of arguments (ranges, alignment, double frees, RAM) stays the reference's Python, run before the
-kernels: errors are the same.
+kernels: errors are the same. One exception, for the host kernel's hottest path: ``free_tagged`` (its
+``HostKernel.free_bulk``) runs those checks and the frame table's double-free check inside its kernel and, when
+one fails, changes nothing and leaves the batch to the reference, which raises its error.
 """
 
 from __future__ import annotations
@@ -534,6 +536,32 @@ def _coalesce_kernel(words, top, off, nlev, cnt, pb, zt, zone_of, pfns, order0):
             n = m
 
 
+@_jit
+def _free_tagged_kernel(words, top, off, nlev, cnt, pb, zt, zone_of, tags, los, his, nframes, pfns, order0):  # type: ignore[no-untyped-def]
+    """``HostKernel.free_bulk`` on a fast allocator, when every check passes: the blocks ``pfns`` (ascending) are
+    in range, aligned, distinct and in RAM (the reference allocator's ``free_bulk`` checks), none of their frames
+    is tagged free (the host's double-free check); then ``_coalesce_kernel`` frees them and their frames are
+    tagged ``Owner.FREE`` (0). Returns False, with nothing changed, if a check fails (the caller then runs the
+    reference, which raises its error)."""
+    n = pfns.size
+    size = np.int64(1) << order0
+    for k in range(n):
+        p = pfns[k]
+        if p < 0 or p + size > nframes or p & (size - 1) or (k and p <= pfns[k - 1]):
+            return False
+        r = np.searchsorted(los, p, side="right") - 1
+        if r < 0 or p + size > his[r]:
+            return False
+        for f in range(p, p + size):
+            if tags[f] == 0:
+                return False
+    _coalesce_kernel(words, top, off, nlev, cnt, pb, zt, zone_of, pfns, order0)
+    for k in range(n):
+        for f in range(pfns[k], pfns[k] + size):
+            tags[f] = 0
+    return True
+
+
 # ---------------------------------------------------------------------------------------------- isolation
 @_jit
 def _take_range_kernel(words, top, off, nlev, nwords, cnt, pb, zt, zone_of, lo, hi, out):  # type: ignore[no-untyped-def]
@@ -637,6 +665,31 @@ class FastBuddyAllocator(BuddyAllocator):
     def _free_sorted(self, cur: IntArray, order: int) -> None:
         st = self._store
         _coalesce_kernel(st.words, st.top, st.off, st.nlev, st.count, self._pb, self._zt, self._zone_of, cur, order)
+
+    def free_tagged(self, pfns: IntArray, order: int) -> bool:
+        """Free the blocks ``pfns`` (ascending, of ``order`` <= ``MAX_PAGE_ORDER``) and tag their frames free, as
+        ``HostKernel.free_bulk`` does, in one compiled call; False, with nothing changed, if the reference would
+        raise (a block out of range, misaligned, repeated, outside RAM, or with a frame already free)."""
+        assert self._page_tags is not None  # a host kernel's allocator
+        st = self._store
+        return bool(
+            _free_tagged_kernel(
+                st.words,
+                st.top,
+                st.off,
+                st.nlev,
+                st.count,
+                self._pb,
+                self._zt,
+                self._zone_of,
+                self._page_tags[0],
+                self._range_los,
+                self._range_his,
+                self._nframes,
+                pfns,
+                order,
+            )
+        )
 
     def _free_checked(self, pfn: int, order: int) -> None:
         st = self._store

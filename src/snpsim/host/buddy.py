@@ -255,6 +255,9 @@ class BuddyAllocator:
         self._ranges = [(lo, hi) for lo, hi in spans if hi > lo]
         self._all_ram = self._ranges == [(0, self._nframes)] or self._nframes == 0
         self._range_starts = [lo for lo, _ in self._ranges]
+        #: the same bounds as arrays, for the batch checks of :meth:`_check_in_ram`
+        self._range_los = np.array(self._range_starts, dtype=np.int64)
+        self._range_his = np.array([hi for _, hi in self._ranges], dtype=np.int64)
         bounds = {ZoneType.DMA: (0, dma_end), ZoneType.DMA32: (dma_end, dma32_end)}
         zspans = []
         for kind in ZoneType:
@@ -833,10 +836,8 @@ class BuddyAllocator:
         """Raise ValueError unless every block ``[s, s+size)`` (sorted starts) lies inside one RAM range."""
         if self._all_ram:
             return
-        los = np.array([lo for lo, _ in self._ranges], dtype=np.int64)
-        his = np.array([hi for _, hi in self._ranges], dtype=np.int64)
-        r = np.searchsorted(los, starts, side="right") - 1
-        ok = (r >= 0) & (starts + size <= his[np.maximum(r, 0)])
+        r = np.searchsorted(self._range_los, starts, side="right") - 1
+        ok = (r >= 0) & (starts + size <= self._range_his[np.maximum(r, 0)])
         if not ok.all():
             raise ValueError(f"block {int(starts[np.argmin(ok)]):#x} (size {size}) is not RAM")
 

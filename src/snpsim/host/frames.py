@@ -157,13 +157,14 @@ class FrameTable:
         found = 0
         scanned = 0
         pfn = start % max(self.nframes, 1)
-        wanted = np.array([int(o) for o in owners], dtype=np.uint8)
+        wanted = np.zeros(256, dtype=bool)  # a lookup table per tag byte: one gather, where np.isin sorts
+        wanted[[int(o) for o in owners]] = True
         while found < limit and scanned < min(max_scan, self.nframes):
             s = pfn >> _SEG_SHIFT
             stop = min(self.nframes, (s + 1) << _SEG_SHIFT, pfn + (max_scan - scanned))
             if self._written[s]:
                 chunk = self.array[pfn:stop]
-                hits = np.flatnonzero(np.isin(chunk, wanted))[: limit - found] + pfn
+                hits = np.flatnonzero(wanted[chunk])[: limit - found] + pfn
                 out.append(hits.astype(np.int64))
                 found += hits.size
             scanned += stop - pfn
