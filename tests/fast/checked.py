@@ -124,6 +124,16 @@ class CheckedAllocator(Twinned, FastBuddyAllocator):
     REFERENCE = BuddyAllocator
     same = staticmethod(same_state)
 
+    def free_tagged(self, pfns: Any, order: int) -> bool:
+        """The host kernel's compiled bulk free, checked: when it frees, the twin frees the same blocks by the
+        reference's ``free_bulk`` (the frame tags are one array the two share, so the twin's are set too)."""
+        done = FastBuddyAllocator.free_tagged(self, pfns, order)
+        if done:
+            self.twin.free_bulk(pfns, order, check_free=False)
+            self.same(self, self.twin)
+            type(self).calls += 1
+        return done
+
 
 class CheckedDirectMap(Twinned, FastDirectMap):
     """Fast direct map, reference twin, compared after every mutating call."""
