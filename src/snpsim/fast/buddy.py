@@ -610,6 +610,10 @@ _NO_TAGS = np.zeros(1, dtype=np.uint8)
 _NO_LRU = np.zeros(256, dtype=np.bool_)
 
 
+#: what :meth:`FastBuddyAllocator._free_lists` returns (eight arrays)
+_FreeLists = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
+
+
 class FastBuddyAllocator(BuddyAllocator):
     """:class:`BuddyAllocator` with ``alloc``/``alloc_bulk``/``free``/``free_bulk``/``take_free_range`` compiled; same
     results, same state, same errors (the argument checks are the reference's)."""
@@ -662,39 +666,26 @@ class FastBuddyAllocator(BuddyAllocator):
         assert done == count  # obtainable() counted them
         return out
 
-    def _free_sorted(self, cur: IntArray, order: int) -> None:
+    def _free_lists(self) -> _FreeLists:
+        """The arrays the free kernels (``_free_kernel``, ``_coalesce_kernel``, ``_free_tagged_kernel``) take first:
+        the free-list bitmaps, the pageblock types, the zone table and the zone bounds."""
         st = self._store
-        _coalesce_kernel(st.words, st.top, st.off, st.nlev, st.count, self._pb, self._zt, self._zone_of, cur, order)
+        return st.words, st.top, st.off, st.nlev, st.count, self._pb, self._zt, self._zone_of
+
+    def _free_sorted(self, cur: IntArray, order: int) -> None:
+        _coalesce_kernel(*self._free_lists(), cur, order)
 
     def free_tagged(self, pfns: IntArray, order: int) -> bool:
         """Free the blocks ``pfns`` (ascending, of ``order`` <= ``MAX_PAGE_ORDER``) and tag their frames free, as
         ``HostKernel.free_bulk`` does, in one compiled call; False, with nothing changed, if the reference would
         raise (a block out of range, misaligned, repeated, outside RAM, or with a frame already free)."""
         assert self._page_tags is not None  # a host kernel's allocator
-        st = self._store
-        return bool(
-            _free_tagged_kernel(
-                st.words,
-                st.top,
-                st.off,
-                st.nlev,
-                st.count,
-                self._pb,
-                self._zt,
-                self._zone_of,
-                self._page_tags[0],
-                self._range_los,
-                self._range_his,
-                self._nframes,
-                pfns,
-                order,
-            )
-        )
+        tags = self._page_tags[0]
+        lists = self._free_lists()
+        return bool(_free_tagged_kernel(*lists, tags, self._range_los, self._range_his, self._nframes, pfns, order))
 
     def _free_checked(self, pfn: int, order: int) -> None:
-        st = self._store
-        one = np.array([pfn], dtype=np.int64)
-        _free_kernel(st.words, st.top, st.off, st.nlev, st.count, self._pb, self._zt, self._zone_of, one, order)
+        _free_kernel(*self._free_lists(), np.array([pfn], dtype=np.int64), order)
 
     def take_free_range(self, lo: int, hi: int) -> IntArray:
         lo, hi = int(lo), int(hi)
